@@ -1,0 +1,254 @@
+"""Bench: the pure-PyTorch DNIS lookup x alpha against its memory-speed limit.
+
+Side by side in one process, on one Zipf-distributed batch of ids:
+
+* eager   soft_select_fwd      reference forward, weight[ids] * alpha[block(ids)]
+* eager   soft_select_fwd_bwd  forward + autograd backward (dense weight grad, alpha grad)
+                               + normalize_alpha_grad (the alpha step's normalization)
+* eager   padded_gather_fwd    F.embedding, the uniform-dimension lookup it replaces
+* compile soft_select_fwd / soft_select_fwd_bwd   torch.compile of the same reference
+* torch   copy                 dst.copy_(src), the bandwidth the % column is relative to
+
+Ideal bytes come from ``mixemb.reference`` (formulas in its docstring and bench/README.md).
+
+    python bench/bench_reference.py                       # cuda: full shape; cpu: small
+    python bench/bench_reference.py --device cpu --no-compile
+    python bench/bench_reference.py --shape full --rows 1000000 --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+from common import (
+    DEFAULT_ITERS,
+    append_json_rows,
+    copy_bandwidth,
+    markdown_table,
+    result_row,
+    run_metadata,
+    time_ms,
+    write_markdown,
+)
+
+from mixemb.reference import (
+    equal_boundaries,
+    normalize_alpha_grad,
+    padded_gather_bytes,
+    padded_gather_reference,
+    soft_select_lookup_backward_bytes,
+    soft_select_lookup_bytes,
+    soft_select_lookup_reference,
+)
+
+BENCH = "bench_reference"
+
+# The one place sizes live. "full" is the documented anchor shape (4M rows, K = 64,
+# 10 equal blocks, a 16384 x 26 CTR batch); "small" keeps a 2-core CPU run under a minute.
+SHAPES = {
+    "full": dict(
+        rows=4_000_000, dim=64, blocks=10, batch=16384, fields=26, zipf=1.05, dtype="float32"
+    ),
+    "small": dict(
+        rows=200_000, dim=64, blocks=10, batch=2048, fields=26, zipf=1.05, dtype="float32"
+    ),
+}
+
+L1 = 1e-5  # the authors' lambda; only affects the normalization's input, not the timing
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / f"{BENCH}.json"
+TABLE_COLUMNS = [
+    ("provider", "provider"),
+    ("op", "op"),
+    ("ms", "ms"),
+    ("mb", "ideal MB"),
+    ("gbps", "GB/s"),
+    ("pct_of_copy", "% of copy"),
+]
+
+
+def zipf_ids(
+    num_rows: int, shape: tuple[int, ...], s: float, device: torch.device, seed: int = 0
+) -> torch.Tensor:
+    """(shape) int64 ids in [0, num_rows) with P(id = i) proportional to (i + 1) ** -s.
+
+    Ids are frequency-sorted (id 0 hottest), as mixemb re-maps them. Vectorised inverse
+    CDF: searchsorted of uniforms in a float64 cumulative-weight table (4M rows: 32 MB,
+    milliseconds on a GPU).
+    """
+    ranks = torch.arange(1, num_rows + 1, dtype=torch.float64, device=device)
+    cdf = torch.cumsum(ranks.pow(-s), 0)
+    cdf /= cdf[-1].clone()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    u = torch.rand(shape, generator=gen, dtype=torch.float64, device=device)
+    return torch.searchsorted(cdf, u).clamp_(max=num_rows - 1)
+
+
+def build_config(args: argparse.Namespace, device: torch.device) -> dict:
+    shape = args.shape or ("full" if device.type == "cuda" else "small")
+    cfg = {"name": shape, **SHAPES[shape]}
+    for key in ("rows", "dim", "blocks", "batch", "fields", "zipf", "dtype"):
+        value = getattr(args, key)
+        if value is not None:
+            cfg[key] = value
+    cfg["ids_dtype"] = args.ids_dtype
+    cfg["lookups"] = cfg["batch"] * cfg["fields"]
+    return cfg
+
+
+def make_cases(cfg: dict, device: torch.device, compile_: bool) -> list[tuple]:
+    """(provider, op, fn, ideal bytes) for every measurement of this bench."""
+    dtype = getattr(torch, cfg["dtype"])
+    ids_dtype = getattr(torch, cfg["ids_dtype"])
+    n, k, num_blocks = cfg["rows"], cfg["dim"], cfg["blocks"]
+    gen = torch.Generator(device=device).manual_seed(1)
+    weight = torch.randn(n, k, generator=gen, device=device, dtype=torch.float32).to(dtype)
+    alpha = torch.rand(num_blocks, k, generator=gen, device=device, dtype=torch.float32)
+    alpha = alpha.to(dtype)
+    boundaries = equal_boundaries(n, num_blocks).to(device)
+    ids = zipf_ids(n, (cfg["batch"], cfg["fields"]), cfg["zipf"], device).to(ids_dtype)
+    dout = torch.randn(*ids.shape, k, generator=gen, device=device, dtype=torch.float32)
+    dout = dout.to(dtype)
+    w_train = weight.clone().requires_grad_()
+    a_train = alpha.clone().requires_grad_()
+
+    m = cfg["lookups"]
+    fwd_bytes = soft_select_lookup_bytes(m, k, num_blocks, dtype, ids_dtype)
+    bwd_bytes = soft_select_lookup_backward_bytes(m, k, num_blocks, dtype, ids_dtype)
+    gather_bytes = padded_gather_bytes(m, k, dtype, ids_dtype)
+
+    def fwd_of(lookup):
+        def fwd():
+            with torch.no_grad():
+                return lookup(weight, alpha, boundaries, ids)
+
+        return fwd
+
+    def fwd_bwd_of(lookup, normalize):
+        def fwd_bwd():
+            w_train.grad = None
+            a_train.grad = None
+            lookup(w_train, a_train, boundaries, ids).backward(dout)
+            return normalize(a_train.grad, a_train.detach(), L1)
+
+        return fwd_bwd
+
+    def gather():
+        with torch.no_grad():
+            return padded_gather_reference(weight, ids)
+
+    cases = [
+        ("eager", "soft_select_fwd", fwd_of(soft_select_lookup_reference), fwd_bytes),
+        (
+            "eager",
+            "soft_select_fwd_bwd",
+            fwd_bwd_of(soft_select_lookup_reference, normalize_alpha_grad),
+            fwd_bytes + bwd_bytes,
+        ),
+        ("eager", "padded_gather_fwd", gather, gather_bytes),
+    ]
+    if compile_:
+        # Separate compiled objects for inference and training graphs, so neither
+        # recompiles when the other runs.
+        lookup_fwd = torch.compile(soft_select_lookup_reference, dynamic=False)
+        lookup_train = torch.compile(soft_select_lookup_reference, dynamic=False)
+        normalize = torch.compile(normalize_alpha_grad, dynamic=False)
+        cases += [
+            ("compile", "soft_select_fwd", fwd_of(lookup_fwd), fwd_bytes),
+            (
+                "compile",
+                "soft_select_fwd_bwd",
+                fwd_bwd_of(lookup_train, normalize),
+                fwd_bytes + bwd_bytes,
+            ),
+        ]
+    return cases
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--shape", choices=sorted(SHAPES), default=None, help="default: full on cuda, else small"
+    )
+    p.add_argument("--rows", type=int, help="N, table rows")
+    p.add_argument("--dim", type=int, help="K, max embedding dimension")
+    p.add_argument("--blocks", type=int, help="L, equal frequency blocks")
+    p.add_argument("--batch", type=int, help="samples per batch")
+    p.add_argument("--fields", type=int, help="categorical fields per sample")
+    p.add_argument("--zipf", type=float, help="Zipf exponent s of the id distribution")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--ids-dtype", choices=["int64", "int32"], default="int64")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
+    p.add_argument("--warmup", type=int, help="untimed iterations (default per device)")
+    p.add_argument("--repeats", type=int, help="timed iterations (default per device)")
+    p.add_argument("--copy-mib", type=int, help="copy-bandwidth buffer size (default per device)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON rows are appended here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the bench; returns this run's rows (also appended to --out, table to .md)."""
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but torch.cuda.is_available() is False")
+    cfg = build_config(args, device)
+    warmup, repeats = DEFAULT_ITERS[device.type]
+    warmup = warmup if args.warmup is None else args.warmup
+    repeats = repeats if args.repeats is None else args.repeats
+    copy_bytes = None if args.copy_mib is None else args.copy_mib << 20
+
+    meta = run_metadata(device)
+    copy_rate, copy_ms, copy_nbytes = copy_bandwidth(device, copy_bytes)
+    rows = [
+        result_row(
+            meta,
+            bench=BENCH,
+            shape=cfg,
+            provider="torch",
+            op="copy",
+            ms=copy_ms,
+            nbytes=2 * copy_nbytes,
+            copy_gbps=copy_rate,
+        )
+    ]
+    for provider, op, fn, nbytes in make_cases(cfg, device, compile_=not args.no_compile):
+        ms, error = None, None
+        try:
+            ms = time_ms(fn, device, warmup, repeats)
+        except Exception:  # one failing provider (e.g. no compiler) must not hide the rest
+            error = traceback.format_exc(limit=3)
+            print(f"{provider} {op} failed:\n{error}", file=sys.stderr)
+        rows.append(
+            result_row(
+                meta,
+                bench=BENCH,
+                shape=cfg,
+                provider=provider,
+                op=op,
+                ms=ms,
+                nbytes=nbytes,
+                copy_gbps=copy_rate,
+                error=error,
+            )
+        )
+
+    append_json_rows(args.out, rows)
+    shape_text = ", ".join(f"{k}={v}" for k, v in cfg.items())
+    table = markdown_table([{**r, "mb": r["bytes"] / 1e6} for r in rows], TABLE_COLUMNS)
+    text = (
+        f"## {BENCH} on {meta['device']}\n\n"
+        f"torch {meta['torch']}, commit {meta['commit']}, {meta['date']}\n\n"
+        f"shape: {shape_text}\n\n{table}"
+    )
+    write_markdown(args.out.with_suffix(".md"), text)
+    print(text)
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(1 if any(r["error"] for r in main()) else 0)

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# One pass over everything that needs a GPU, for a lent machine (H100/H200, torch + triton
+# + nvcc preinstalled, no internet). Run from anywhere:
+#
+#     OUT=/some/dir bash bench/gpu_check.sh        # default OUT=./gpu_out
+#
+# Each step runs under `timeout`, logs to $OUT/<step>.log, and the run keeps going when a
+# step fails; $OUT/summary.txt lists every step's exit code and seconds, and the script
+# exits non-zero at the end if any step failed. The timeouts add up to < 6 minutes.
+#
+# To add a step: write a `step_<name>` function and add "<name> <timeout_s>" to STEPS.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+OUT="${OUT:-./gpu_out}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+PYTHON="${PYTHON:-python}"
+export OUT PYTHON
+
+step_versions() {
+  "$PYTHON" - <<'EOF'
+import platform, sys
+import torch
+print("python", sys.version.replace("\n", " "), platform.platform())
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    print("device", torch.cuda.get_device_name(), torch.cuda.get_device_capability())
+try:
+    import triton
+    print("triton", triton.__version__)
+except ImportError as e:
+    print("triton missing:", e)
+EOF
+  local rc=$?
+  command -v nvcc >/dev/null && nvcc --version
+  git rev-parse --short HEAD 2>/dev/null || echo "commit: unknown"
+  return $rc
+}
+
+step_nvidia_smi() {
+  nvidia-smi
+}
+
+step_install() {
+  "$PYTHON" -m pip install --no-build-isolation --no-deps -e .
+}
+
+step_pytest_cuda() {
+  "$PYTHON" -m pytest -m cuda -q
+  local rc=$?
+  # 5 = no tests collected: the CUDA tests arrive with later issues.
+  if [ "$rc" -eq 5 ]; then echo "no cuda tests collected (exit 5), not a failure"; return 0; fi
+  return $rc
+}
+
+step_bench_reference() {
+  "$PYTHON" bench/bench_reference.py --device cuda --shape full \
+    --out "$OUT/bench_reference.json"
+}
+
+# name timeout_s, run in order
+STEPS=(
+  "versions 30"
+  "nvidia_smi 15"
+  "install 60"
+  "pytest_cuda 90"
+  "bench_reference 150"
+)
+
+for entry in "${STEPS[@]}"; do export -f "step_${entry%% *}"; done
+
+failed=0
+: >"$OUT/summary.txt"
+for entry in "${STEPS[@]}"; do
+  read -r name limit <<<"$entry"
+  start=$SECONDS
+  timeout --kill-after=10 "$limit" bash -c "step_$name" >"$OUT/$name.log" 2>&1
+  rc=$?
+  took=$((SECONDS - start))
+  status=ok
+  if [ "$rc" -ne 0 ]; then
+    status=FAILED
+    [ "$rc" -eq 124 ] && status="FAILED (timeout ${limit}s)"
+    failed=1
+  fi
+  printf '%-16s rc=%-3s %4ss  %s\n' "$name" "$rc" "$took" "$status" | tee -a "$OUT/summary.txt"
+done
+
+exit $failed

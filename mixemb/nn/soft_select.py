@@ -1,0 +1,139 @@
+"""``SoftSelectEmbedding``: an embedding table whose dimensions are scaled by a learned α.
+
+Feature ids are ordered by descending training frequency, so a frequency block is a
+contiguous id range given by ``boundaries``; α has one row per block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from mixemb.ops import soft_select_lookup
+from mixemb.reference import equal_boundaries
+
+
+def make_boundaries(
+    num_embeddings: int,
+    *,
+    num_blocks: int | None = None,
+    fractions: Sequence[float] | None = None,
+    counts: Sequence[int] | None = None,
+    thresholds: Sequence[float] | None = None,
+    frequencies: torch.Tensor | Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Block boundaries (L+1,) int64 over frequency-sorted ids, from exactly one recipe.
+
+    num_blocks: L blocks of near-equal size, larger first (the authors' MovieLens choice,
+        L=10).
+    fractions: cumulative fractions of N where blocks end, e.g. [0.1, 0.3, 1.0].
+    counts: block sizes, summing to N.
+    thresholds: decreasing minimum frequencies (e.g. [1e5, 1e4, 1e3]: features seen
+        ≥1e5 times, then ≥1e4, …, then the rest — the authors' Criteo split); needs
+        ``frequencies`` (N,), non-increasing. Empty blocks are dropped.
+    """
+    given = [x is not None for x in (num_blocks, fractions, counts, thresholds)]
+    if sum(given) != 1:
+        raise ValueError("give exactly one of num_blocks, fractions, counts, thresholds")
+    n = int(num_embeddings)
+    if n < 1:
+        raise ValueError(f"num_embeddings must be >= 1, got {n}")
+    if num_blocks is not None:
+        if not 1 <= num_blocks <= n:
+            raise ValueError(f"num_blocks must be in [1, {n}], got {num_blocks}")
+        return equal_boundaries(n, num_blocks)
+    elif fractions is not None:
+        if any(not 0 < f <= 1 for f in fractions) or list(fractions) != sorted(fractions):
+            raise ValueError(f"fractions must be increasing in (0, 1], got {list(fractions)}")
+        cuts = [round(n * f) for f in fractions]
+        if cuts[-1] != n:
+            cuts.append(n)
+    elif counts is not None:
+        if any(c < 1 for c in counts) or sum(counts) != n:
+            raise ValueError(f"counts must be >= 1 and sum to {n}, got {list(counts)}")
+        cuts = torch.tensor(list(counts)).cumsum(0).tolist()
+    else:
+        if frequencies is None:
+            raise ValueError("thresholds need the per-id frequencies")
+        freq = torch.as_tensor(frequencies)
+        if freq.numel() != n:
+            raise ValueError(f"frequencies has {freq.numel()} entries, expected {n}")
+        if list(thresholds) != sorted(thresholds, reverse=True):
+            raise ValueError(f"thresholds must be decreasing, got {list(thresholds)}")
+        # ids are sorted by descending frequency: the ids seen >= t times are a prefix.
+        cuts = [int((freq >= t).sum()) for t in thresholds] + [n]
+    edges = [0] + [c for c in cuts if c > 0]
+    edges = sorted(set(edges))
+    return torch.tensor(edges, dtype=torch.int64)
+
+
+class SoftSelectEmbedding(nn.Module):
+    """E[ids] ⊙ α[block(ids)] — the DNIS search-time embedding layer.
+
+    weight: (N, K) parameter, Xavier-normal init; alpha: (L, K) parameter, init 1;
+    boundaries: (L+1,) int64 buffer. ``forward(ids (...), values (...) | None) -> (..., K)``.
+    normalize, l1, eps: how α's gradient is post-processed (see ``soft_select_lookup``).
+    sparse: weight gradient as sparse rows (use with SparseAdam / SGD).
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        boundaries: torch.Tensor | Sequence[int],
+        *,
+        normalize: bool = True,
+        l1: float = 0.0,
+        eps: float = 1e-8,
+        sparse: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        b = torch.as_tensor(boundaries, dtype=torch.int64)
+        if b.dim() != 1 or b.numel() < 2 or b[0] != 0 or b[-1] != num_embeddings:
+            raise ValueError(
+                f"boundaries must run from 0 to num_embeddings={num_embeddings}, got {b.tolist()}"
+            )
+        if not bool((b[1:] > b[:-1]).all()):
+            raise ValueError(f"boundaries must be strictly increasing, got {b.tolist()}")
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
+        nn.init.xavier_normal_(self.weight)
+        self.alpha = nn.Parameter(torch.ones(b.numel() - 1, embedding_dim))
+        self.register_buffer("boundaries", b)
+        self.normalize, self.l1, self.eps = normalize, l1, eps
+        self.sparse, self.backend = sparse, backend
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def num_blocks(self) -> int:
+        return self.alpha.shape[0]
+
+    def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
+        return soft_select_lookup(
+            self.weight,
+            self.alpha,
+            self.boundaries,
+            ids,
+            values,
+            normalize=self.normalize,
+            l1=self.l1,
+            eps=self.eps,
+            sparse=self.sparse,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, blocks={self.num_blocks}, "
+            f"normalize={self.normalize}, l1={self.l1}, sparse={self.sparse}, "
+            f"backend={self.backend!r}"
+        )

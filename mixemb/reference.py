@@ -1,0 +1,204 @@
+"""Pure-PyTorch references of mixemb's ops, imported by the tests **and** the benches.
+
+Each reference is the plain eager expression (autograd does the backward), so it is both
+the correctness oracle and the eager baseline that a fused kernel is measured against.
+
+Byte counting lives here, once: ``*_bytes`` give the bytes an ideal kernel must move
+(read + write of DRAM, every input read once, every output written once). A bench's
+memory-speed limit is ``bytes / copy_bandwidth``, where the copy bandwidth is measured in
+the same run as ``2 * nbytes / time`` of ``dst.copy_(src)``.
+
+Notation for the formulas (M lookups, K dims, L blocks)::
+
+    P = M * K * itemsize(dtype)          one pass over the looked-up rows (or outputs)
+    I = M * itemsize(ids_dtype)          the ids
+    V = M * itemsize(dtype)              the values (numeric fields), 0 without values
+    A = L * K * itemsize(dtype)          alpha (or its gradient)
+    B = (L + 1) * 8                      the int64 boundaries
+
+    forward                 = 2P + I + V + A + B      rows + ids (+ values) + α + bounds in,
+                                                      outputs out
+    backward, α step        = 2P + I + V + 2A + B     rows + dout + ids (+ values) + α
+                                                      (sign for L1) + bounds in, dα out
+    backward, weights step  = 2P + I + V + A + B      dout + ids (+ values) + α + bounds in,
+                                                      one gradient row per lookup out
+    padded gather (forward) = 2P + I                  rows + ids in, outputs out
+
+The weights step counts one gradient row per lookup (the sparse / compacted form, what a
+fused kernel or ``sparse=True`` writes), not a dense (N, K) gradient: zero-filling a
+4M-row table per step is an artefact of dense autograd, not work the op requires.
+
+Anchor (docs' full shape: N = 4M, K = 64, L = 10, 16384 x 26 = 425,984 lookups, fp32,
+int64 ids): P = 425,984 * 64 * 4 = 109.05 MB, I = 3.41 MB. Forward + both backward
+steps = 6P + 3I + small = 664.5 MB, i.e. 0.22 ms at a 3.0 TB/s copy bandwidth, the
+documented fwd+bwd limit. Forward alone = 2P + I + small = 221.5 MB = 0.074 ms at
+3.0 TB/s; the documented "~0.09 ms" is these bytes at ~2.46 TB/s, so it is looser than
+this formula (no byte term justifies 2.5 passes; the bench reports this formula's limit).
+Only looked-up rows enter, not the table's N rows; a hot row looked up twice is counted
+twice, so caches can beat the limit (% of copy > 100).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "block_of",
+    "equal_boundaries",
+    "normalize_alpha_grad",
+    "padded_gather_bytes",
+    "padded_gather_reference",
+    "soft_select_alpha_grad_bytes",
+    "soft_select_lookup_backward_bytes",
+    "soft_select_lookup_bytes",
+    "soft_select_lookup_reference",
+    "soft_select_weight_grad_bytes",
+]
+
+
+def equal_boundaries(num_rows: int, num_blocks: int) -> torch.Tensor:
+    """(L+1,) int64 boundaries of ``num_blocks`` near-equal contiguous id blocks.
+
+    num_rows: N >= num_blocks >= 1. Block l holds ids [b_l, b_{l+1}); sizes differ by at
+    most one, larger blocks first (like ``torch.tensor_split``).
+    Returns (num_blocks + 1,) int64 with b_0 = 0 and b_L = N, strictly increasing.
+    """
+    if num_blocks < 1 or num_rows < num_blocks:
+        raise ValueError(f"need num_rows >= num_blocks >= 1, got {num_rows=} {num_blocks=}")
+    base, extra = divmod(num_rows, num_blocks)
+    sizes = torch.full((num_blocks,), base, dtype=torch.int64)
+    sizes[:extra] += 1
+    return torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(sizes, 0)])
+
+
+def block_of(ids: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
+    """Frequency block of each id, computed from the boundaries (no per-row array).
+
+    ids: (...) int32/int64 in [0, N).
+    boundaries: (L+1,) int64, boundaries[0] = 0 < ... < boundaries[L] = N.
+    Returns (...) int64: the l with boundaries[l] <= id < boundaries[l+1].
+    """
+    return torch.searchsorted(boundaries, ids.to(torch.int64), right=True) - 1
+
+
+def soft_select_lookup_reference(
+    weight: torch.Tensor,
+    alpha: torch.Tensor,
+    boundaries: torch.Tensor,
+    ids: torch.Tensor,
+    values: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """DNIS lookup x alpha, unfused and in eager autograd: weight[ids] * alpha[block(ids)].
+
+    weight: (N, K) float embedding table E.
+    alpha: (L, K) float soft selection layer α.
+    boundaries: (L+1,) int64 block boundaries (see ``block_of``).
+    ids: (...) int32/int64 feature ids in [0, N).
+    values: (...) float per-lookup multipliers (numeric fields) or None.
+    Returns (..., K): out[..., k] = weight[id, k] * alpha[block(id), k] (* values[...]).
+    Gradients are whatever autograd gives: a dense (N, K) weight gradient that accumulates
+    duplicate ids, and alpha's gradient summed per block (not normalized; see
+    ``normalize_alpha_grad``).
+    """
+    idx = ids.to(torch.int64)
+    out = weight[idx] * alpha[block_of(idx, boundaries)]
+    if values is not None:
+        out = out * values.unsqueeze(-1)
+    return out
+
+
+def normalize_alpha_grad(
+    g: torch.Tensor, alpha: torch.Tensor, l1: float = 0.0, eps: float = 1e-8
+) -> torch.Tensor:
+    """DNIS α-step gradient: L1 term inside, then per-block-row normalization.
+
+    g: (L, K) float gradient of the validation loss w.r.t. α.
+    alpha: (L, K) float current α (only its sign is used, for the L1 term).
+    l1: λ of λ·Σ|α| (default 0.0; the authors use 1e-5).
+    eps: stabilizer (default 1e-8, the authors' value); an all-zero row stays 0.
+    Returns (L, K): h / (mean_k |h| + eps) with h = g + l1 * sign(alpha).
+    """
+    h = g + l1 * torch.sign(alpha)
+    return h / (h.abs().mean(dim=1, keepdim=True) + eps)
+
+
+def padded_gather_reference(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Plain padded lookup, the uniform-dimension baseline.
+
+    weight: (N, K) float; ids: (...) int32/int64 in [0, N).
+    Returns (..., K) = F.embedding(ids, weight).
+    """
+    return F.embedding(ids, weight)
+
+
+def _terms(num_lookups, dim, num_blocks, dtype, ids_dtype, with_values):
+    item = dtype.itemsize
+    rows = num_lookups * dim * item
+    ids = num_lookups * ids_dtype.itemsize
+    vals = num_lookups * item if with_values else 0
+    alpha = num_blocks * dim * item
+    bounds = (num_blocks + 1) * 8
+    return rows, ids, vals, alpha, bounds
+
+
+def soft_select_lookup_bytes(
+    num_lookups: int,
+    dim: int,
+    num_blocks: int,
+    dtype: torch.dtype = torch.float32,
+    ids_dtype: torch.dtype = torch.int64,
+    with_values: bool = False,
+) -> int:
+    """Ideal forward bytes of lookup x α: 2P + I + V + A + B (module docstring)."""
+    p, i, v, a, b = _terms(num_lookups, dim, num_blocks, dtype, ids_dtype, with_values)
+    return 2 * p + i + v + a + b
+
+
+def soft_select_alpha_grad_bytes(
+    num_lookups: int,
+    dim: int,
+    num_blocks: int,
+    dtype: torch.dtype = torch.float32,
+    ids_dtype: torch.dtype = torch.int64,
+    with_values: bool = False,
+) -> int:
+    """Ideal bytes of the α step's backward: 2P + I + V + 2A + B (rows + dout in, dα out)."""
+    p, i, v, a, b = _terms(num_lookups, dim, num_blocks, dtype, ids_dtype, with_values)
+    return 2 * p + i + v + 2 * a + b
+
+
+def soft_select_weight_grad_bytes(
+    num_lookups: int,
+    dim: int,
+    num_blocks: int,
+    dtype: torch.dtype = torch.float32,
+    ids_dtype: torch.dtype = torch.int64,
+    with_values: bool = False,
+) -> int:
+    """Ideal bytes of the weights step's backward: 2P + I + V + A + B (dout in, rows out)."""
+    p, i, v, a, b = _terms(num_lookups, dim, num_blocks, dtype, ids_dtype, with_values)
+    return 2 * p + i + v + a + b
+
+
+def soft_select_lookup_backward_bytes(
+    num_lookups: int,
+    dim: int,
+    num_blocks: int,
+    dtype: torch.dtype = torch.float32,
+    ids_dtype: torch.dtype = torch.int64,
+    with_values: bool = False,
+) -> int:
+    """Ideal bytes of both backward steps (α step + weights step)."""
+    args = (num_lookups, dim, num_blocks, dtype, ids_dtype, with_values)
+    return soft_select_alpha_grad_bytes(*args) + soft_select_weight_grad_bytes(*args)
+
+
+def padded_gather_bytes(
+    num_lookups: int,
+    dim: int,
+    dtype: torch.dtype = torch.float32,
+    ids_dtype: torch.dtype = torch.int64,
+) -> int:
+    """Ideal bytes of a padded gather forward: 2P + I (rows + ids in, outputs out)."""
+    return 2 * num_lookups * dim * dtype.itemsize + num_lookups * ids_dtype.itemsize

@@ -1,0 +1,164 @@
+"""``mixemb compare``: DNIS and the baselines over budgets and seeds, resumable.
+
+Every finished cell (method, budget, seed) is written to ``results.json`` at once
+(atomically); a rerun skips cells already there, so a killed comparison continues where
+it stopped. ``results.md`` (mean ± std over seeds) and, when matplotlib is installed,
+``results.png`` (test metric vs stored bytes) are rewritten from ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from mixemb.data.schema import Dataset
+from mixemb.metrics import primary_metric
+from mixemb.search.methods import METHODS, MethodConfig, run_method
+from mixemb.train.checkpoint import write_json
+
+
+def cell_key(method: str, budget: float, seed: int) -> str:
+    return f"{method}|{budget:g}|{seed}"
+
+
+def load_results(path: Path, header: dict) -> dict:
+    """Existing results for the same experiment, or a fresh container."""
+    if not path.exists():
+        return {**header, "cells": {}}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    for key, value in header.items():
+        if data.get(key) != value:
+            raise ValueError(
+                f"{path} holds a different experiment ({key}: {data.get(key)!r} != {value!r}); "
+                "use another --out"
+            )
+    return data
+
+
+def compare(
+    dataset: Dataset,
+    spec: dict,
+    model_name: str,
+    config: MethodConfig,
+    *,
+    methods: Sequence[str] = METHODS,
+    budgets: Sequence[float] = (0.5, 0.2, 0.05),
+    seeds: Sequence[int] = (0, 1, 2),
+    out: str | Path = "runs/compare",
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run every missing cell, then write results.json / results.md / results.png in ``out``.
+
+    The uniform-K reference (``uniform`` at budget 1.0) is always included.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; valid: {', '.join(METHODS)}")
+    out = Path(out)
+    path = out / "results.json"
+    header = {"dataset": spec, "model": model_name, "config": asdict(config)}
+    results = load_results(path, header)
+    plan = [("uniform", 1.0, s) for s in seeds]
+    plan += [
+        (m, b, s) for b in budgets for m in methods for s in seeds if (m, b) != ("uniform", 1.0)
+    ]
+    todo = [p for p in plan if cell_key(*p) not in results["cells"]]
+    log(f"compare: {len(plan)} cells, {len(plan) - len(todo)} already done")
+    for i, (method, budget, seed) in enumerate(todo, 1):
+        cell = run_method(method, dataset, model_name, config, budget, seed)
+        results["cells"][cell_key(method, budget, seed)] = cell
+        write_json(results, path)
+        metric, _ = primary_metric(dataset.task, config.k)
+        log(
+            f"[{i}/{len(todo)}] {method:9s} budget {budget:<5g} seed {seed}: "
+            f"test {metric} {cell['test'][metric]:.4f}  kept {cell['kept_params']:,}  "
+            f"{cell['stored_bytes'] / 1e6:.2f} MB  {cell['seconds']:.0f}s"
+        )
+    (out / "results.md").write_text(markdown_table(results, dataset.task, config.k))
+    plot_results(results, dataset.task, config.k, out / "results.png")
+    return results
+
+
+def summarize(results: dict, task: str, k: int = 10) -> list[dict]:
+    """One row per (method, budget): mean and std over seeds of every reported number."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for cell in results["cells"].values():
+        groups.setdefault((cell["method"], cell["budget"]), []).append(cell)
+    rows = []
+    for (method, budget), cells in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        row = {"method": method, "budget": budget, "seeds": len(cells)}
+        for name in cells[0]["test"]:
+            vals = [c["test"][name] for c in cells]
+            row[name] = (statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        for name in ("kept_params", "stored_bytes", "seconds"):
+            row[name] = statistics.fmean(c[name] for c in cells)
+        rows.append(row)
+    return rows
+
+
+def markdown_table(results: dict, task: str, k: int = 10) -> str:
+    rows = summarize(results, task, k)
+    if not rows:
+        return "no results yet\n"
+    metrics = [m for m in rows[0] if isinstance(rows[0][m], tuple)]
+    head = [
+        "method",
+        "budget",
+        *[f"test {m}" for m in metrics],
+        "kept params",
+        "stored MB",
+        "wall s",
+        "seeds",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["method"], f"{r['budget']:g}"]
+        cells += [f"{r[m][0]:.4f} ± {r[m][1]:.4f}" for m in metrics]
+        cells += [
+            f"{r['kept_params']:,.0f}",
+            f"{r['stored_bytes'] / 1e6:.3f}",
+            f"{r['seconds']:.0f}",
+            str(r["seeds"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(results: dict, task: str, k: int, path: Path) -> bool:
+    """PNG of the primary test metric vs stored bytes; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    metric, _ = primary_metric(task, k)
+    rows = summarize(results, task, k)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in sorted({r["method"] for r in rows}):
+        pts = sorted(
+            (r["stored_bytes"], r[metric][0], r[metric][1]) for r in rows if r["method"] == method
+        )
+        ax.errorbar(
+            [p[0] / 1e6 for p in pts],
+            [p[1] for p in pts],
+            yerr=[p[2] for p in pts],
+            marker="o",
+            label=method,
+            capsize=3,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("stored embedding bytes (MB, metadata included)")
+    ax.set_ylabel(f"test {metric}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

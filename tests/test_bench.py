@@ -1,0 +1,49 @@
+"""bench/bench_reference.py runs end to end on a tiny shape and writes well-formed rows."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def bench_reference(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    return importlib.import_module("bench_reference")
+
+
+def test_zipf_ids_are_in_range_and_skewed(bench_reference):
+    ids = bench_reference.zipf_ids(1000, (200, 5), 1.05, torch.device("cpu"))
+    assert ids.dtype == torch.int64 and ids.shape == (200, 5)
+    assert int(ids.min()) >= 0 and int(ids.max()) < 1000
+    counts = torch.bincount(ids.reshape(-1), minlength=1000)
+    assert counts[0] == counts.max() and counts[:10].sum() > counts[500:].sum()
+
+
+def test_main_writes_rows_for_every_provider_and_op(bench_reference, tmp_path):
+    out = tmp_path / "r.json"
+    argv = ["--device", "cpu", "--no-compile", "--rows", "500", "--batch", "8", "--fields"]
+    argv += ["4", "--warmup", "1", "--repeats", "2", "--copy-mib", "1", "--out", str(out)]
+    rows = bench_reference.main(argv)
+    main_again = bench_reference.main(argv)  # a second run appends, it does not overwrite
+
+    saved = json.loads(out.read_text())
+    assert len(saved) == len(rows) + len(main_again)
+    assert {(r["provider"], r["op"]) for r in rows} == {
+        ("torch", "copy"),
+        ("eager", "soft_select_fwd"),
+        ("eager", "soft_select_fwd_bwd"),
+        ("eager", "padded_gather_fwd"),
+    }
+    for r in rows:
+        assert r["error"] is None
+        assert 0 < r["ms"] < 5000 and r["bytes"] > 0 and r["gbps"] > 0 and r["pct_of_copy"] > 0
+        assert r["shape"]["rows"] == 500 and r["shape"]["lookups"] == 32
+        assert r["torch"] == torch.__version__ and r["date"] and r["device"].startswith("cpu")
+    assert "| eager | soft_select_fwd |" in out.with_suffix(".md").read_text()

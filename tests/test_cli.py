@@ -1,0 +1,182 @@
+"""CLI: readable help, one-line errors with non-zero exit, train → evaluate round trip."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mixemb.cli import main
+
+
+def test_help_lists_commands_and_examples(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("fetch", "train", "evaluate", "examples:", "MIXEMB_DATA"):
+        assert word in out
+
+
+def test_train_help_explains_tasks(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "leave-one-out" in out and "--resume" in out and "--data-file" in out
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "ratings.dat"
+    bad.write_text("1::2::5::978300760\n1::3::oops::978300761\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mixemb",
+            "train",
+            "--data-file",
+            str(bad),
+            "--format",
+            "movielens",
+            "--epochs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("mixemb: error:")
+    assert "ratings.dat" in lines[0] and "2" in lines[0] and "oops" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_data_file_without_format_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--data-file", str(tmp_path / "x.csv")]) == 2
+    assert "--format" in capsys.readouterr().err
+
+
+def test_evaluate_missing_run_is_a_clear_error(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "nope")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_train_evaluate_round_trip_and_resume_guard(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--data",
+        "synthetic",
+        "--task",
+        "rating",
+        "--model",
+        "fm",
+        "--dim",
+        "8",
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "test: mse" in printed
+    result = json.loads((out / "result.json").read_text())
+    assert result["model"] == "fm" and len(result["history"]) == 2
+
+    assert main(["evaluate", str(out), "--split", "test"]) == 0
+    ev = capsys.readouterr().out
+    assert f"mse {result['test']['mse']:.4f}" in ev  # the reloaded model scores the same
+
+    assert main(args) == 2  # refuses to overwrite a run without --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0  # already finished: resumes to the same answer
+    assert f"mse {result['test']['mse']:.4f}" in capsys.readouterr().out
+
+
+def test_evaluate_reports_damaged_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "synthetic",
+                "--model",
+                "mf",
+                "--dim",
+                "4",
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    best = out / "best.pt"
+    best.write_bytes(best.read_bytes()[:100])
+    assert main(["evaluate", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "truncated or corrupted" in err and "best.pt" in err
+
+
+def test_search_prune_evaluate_pipeline(tmp_path, capsys):
+    run = tmp_path / "dnis"
+    common = ["--data", "synthetic", "--model", "fm", "--dim", "8", "--blocks", "4"]
+    assert (
+        main(["search", *common, "--warmup-epochs", "1", "--search-epochs", "1", "--out", str(run)])
+        == 0
+    )
+    assert "α mean per block" in capsys.readouterr().out
+    assert main(["prune", str(run), "--ratio", "0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "25.00% of uniform" in out and "bytes incl. metadata" in out
+    test_line = [line for line in out.splitlines() if line.startswith("test:")][0]
+    assert main(["evaluate", str(run / "pruned.pt")]) == 0
+    assert test_line.split("test: ")[1] in capsys.readouterr().out  # reload predicts the same
+    with pytest.raises(SystemExit) as exc:  # one budget only: argparse refuses two
+        main(["prune", str(run), "--ratio", "0.25", "--keep", "3"])
+    assert exc.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_compare_command_writes_results(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = [
+        "compare",
+        "--data",
+        "synthetic",
+        "--model",
+        "mf",
+        "--dim",
+        "8",
+        "--blocks",
+        "4",
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "1",
+        "--search-epochs",
+        "1",
+        "--methods",
+        "uniform,dnis",
+        "--budgets",
+        "0.5",
+        "--seeds",
+        "0",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    assert "| dnis | 0.5 |" in capsys.readouterr().out
+    assert (out / "results.json").exists() and (out / "results.md").exists()

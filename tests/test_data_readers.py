@@ -1,0 +1,120 @@
+"""Readers: every format, streamed in chunks, and every bad input named by file, line, value."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mixemb.data import DataError, read_criteo, read_csv, read_movielens, read_recbole
+from mixemb.data.readers import concat_chunks
+
+
+def _write(tmp_path, name, text, newline="\n"):
+    p = tmp_path / name
+    p.write_bytes(text.replace("\n", newline).encode())
+    return p
+
+
+def test_u_data_tab_separated(tmp_path):
+    p = _write(tmp_path, "u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n")
+    cols = concat_chunks(read_movielens(p))
+    assert cols["user_id"].tolist() == ["196", "186"]
+    assert cols["rating"].tolist() == [3.0, 3.0] and cols["timestamp"][0] == 881250949
+
+
+def test_ratings_dat_double_colon(tmp_path):
+    p = _write(tmp_path, "ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n")
+    assert concat_chunks(read_movielens(p))["item_id"].tolist() == ["1193", "661"]
+
+
+def test_ratings_csv_with_header(tmp_path):
+    p = _write(tmp_path, "ratings.csv", "userId,movieId,rating,timestamp\n1,31,2.5,1260759144\n")
+    cols = concat_chunks(read_movielens(p))
+    assert cols["user_id"].tolist() == ["1"] and cols["rating"].tolist() == [2.5]
+
+
+def test_recbole_inter_crlf_and_type_suffixes(tmp_path):
+    text = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1m_1\tHeat (1995)\t5\t9\n"
+    p = _write(tmp_path, "x.inter", text, newline="\r\n")
+    cols = concat_chunks(read_recbole(p, numeric=("rating",)))
+    assert list(cols) == ["user_id", "item_id", "rating", "timestamp"]
+    assert cols["item_id"].tolist() == ["Heat (1995)"] and cols["timestamp"].tolist() == ["9"]
+    assert cols["rating"].tolist() == [5.0]
+
+
+def test_criteo_missing_values(tmp_path):
+    ints = ["1", "", "3"] + [""] * 10
+    cats = ["68fd1e64", ""] + ["a"] * 24
+    p = _write(tmp_path, "day.txt", "\t".join(["1", *ints, *cats]) + "\n")
+    cols = concat_chunks(read_criteo(p))
+    assert cols["label"].tolist() == [1.0]
+    assert cols["I1"][0] == 1 and math.isnan(cols["I2"][0])
+    assert cols["C1"].tolist() == ["68fd1e64"] and cols["C2"].tolist() == [""]
+
+
+def test_generic_csv_selects_columns(tmp_path):
+    p = _write(tmp_path, "clicks.csv", "clicked,user,ad,price,junk\n1,u1,a1,2.5,x\n0,u2,a1,,y\n")
+    cols = concat_chunks(
+        read_csv(p, label="clicked", categorical=["user", "ad"], numeric=["price"])
+    )
+    assert set(cols) == {"clicked", "user", "ad", "price"}
+    assert cols["price"][0] == 2.5 and math.isnan(cols["price"][1])
+
+
+def test_streaming_in_chunks_keeps_line_numbers(tmp_path):
+    lines = "".join(f"{u}\t{i}\t4\t{u}\n" for u, i in zip(range(10), range(10, 20)))
+    p = _write(tmp_path, "u.data", lines)
+    chunks = list(read_movielens(p, chunk_rows=3))
+    assert [len(c) for c in chunks] == [3, 3, 3, 1]
+    assert [c.first_line for c in chunks] == [1, 4, 7, 10]
+    lines += "10\t20\tbad\t1\n"
+    p = _write(tmp_path, "u.data", lines)
+    with pytest.raises(DataError, match="u.data line 11: rating 'bad' is not a number"):
+        list(read_movielens(p, chunk_rows=3))
+
+
+@pytest.mark.parametrize(
+    "name,text,match",
+    [
+        ("ratings.dat", "1::2::5::9\n1::3::5\n", r"ratings.dat line 2: expected 4 columns, got 3"),
+        ("ratings.dat", "1::2::5::9\n1::3::five::9\n", r"ratings.dat line 2: rating 'five'"),
+        ("u.data", "", r"u.data line 1: empty file"),
+        ("ratings.csv", "userId,movieId,rating,timestamp\n", r"ratings.csv line 2: empty file"),
+        ("ratings.csv", "user,movie,rating,timestamp\n1,2,3,4\n", r"line 1: no column 'userId'"),
+    ],
+)
+def test_bad_movielens_files(tmp_path, name, text, match):
+    with pytest.raises(DataError, match=match):
+        list(read_movielens(_write(tmp_path, name, text)))
+
+
+def test_bad_criteo_label_and_columns(tmp_path):
+    row = ["2", *["1"] * 13, *["a"] * 26]
+    p = _write(tmp_path, "day.txt", "\t".join(["0", *row[1:]]) + "\n" + "\t".join(row) + "\n")
+    with pytest.raises(DataError, match=r"day.txt line 2: label '2' is not 0 or 1"):
+        list(read_criteo(p))
+    p = _write(tmp_path, "short.txt", "\t".join(row[:20]) + "\n")
+    with pytest.raises(DataError, match=r"short.txt line 1: expected 40 columns, got 20"):
+        list(read_criteo(p))
+    p = _write(tmp_path, "nan.txt", "\t".join(["1", "x1", *["1"] * 12, *["a"] * 26]) + "\n")
+    with pytest.raises(DataError, match=r"nan.txt line 1: I1 'x1' is not a number"):
+        list(read_criteo(p))
+
+
+def test_bad_generic_csv(tmp_path):
+    p = _write(tmp_path, "c.csv", "y,user\n1,a\n3,b\n")
+    with pytest.raises(DataError, match=r"c.csv line 3: y '3' is not 0 or 1"):
+        list(read_csv(p, label="y", categorical=["user"], binary_label=True))
+    assert concat_chunks(read_csv(p, label="y", categorical=["user"]))["y"].tolist() == [1, 3]
+    with pytest.raises(DataError, match=r"c.csv line 1: no column 'ad'"):
+        list(read_csv(p, label="y", categorical=["ad"]))
+    with pytest.raises(DataError, match="no such file"):
+        list(read_csv(tmp_path / "missing.csv", label="y", categorical=["user"]))
+
+
+def test_string_columns_are_str_arrays(tmp_path):
+    p = _write(tmp_path, "u.data", "1\t2\t3\t4\n")
+    assert concat_chunks(read_movielens(p))["user_id"].dtype.kind == "U"
+    assert np.issubdtype(concat_chunks(read_movielens(p))["rating"].dtype, np.floating)

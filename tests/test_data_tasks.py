@@ -1,0 +1,152 @@
+"""Tasks and splits: 7:2:1, CTR labels and side fields, leave-one-out top-k, sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mixemb.data import load_dataset, make_synthetic, random_split
+
+
+def _inter(tmp_path, rows, user_side=None, item_side=None):
+    p = tmp_path / "toy.inter"
+    lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    lines += ["\t".join(map(str, r)) for r in rows]
+    p.write_text("\n".join(lines) + "\n")
+    if user_side:
+        (tmp_path / "toy.user").write_text(
+            "user_id:token\tgender:token\n" + "".join(f"{u}\t{g}\n" for u, g in user_side)
+        )
+    if item_side:
+        (tmp_path / "toy.item").write_text(
+            "item_id:token\tmovie_title:token\tgenre:token\n"
+            + "".join(f"{i}\tT\t{g}\n" for i, g in item_side)
+        )
+    return p
+
+
+def _rows(n_users=20, n_items=15, per_user=6, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        items = rng.choice(n_items, per_user, replace=False)
+        for t, i in enumerate(items):
+            rows.append((f"u{u}", f"i{i}", int(rng.integers(1, 6)), 1000 + 10 * t))
+    return rows
+
+
+def test_random_split_is_exact_disjoint_and_seeded():
+    tr, va, te = random_split(1001, seed=3)
+    assert (len(tr), len(va), len(te)) == (701, 200, 100)
+    assert len(set(tr) | set(va) | set(te)) == 1001
+    assert np.array_equal(random_split(1001, 3)[0], tr)
+    assert not np.array_equal(random_split(1001, 4)[0], tr)
+
+
+def test_rating_task_and_train_only_frequencies(tmp_path):
+    p = _inter(tmp_path, _rows())
+    ds = load_dataset("toy", "rating", path=str(p), fmt="inter")
+    assert (len(ds.train), len(ds.valid), len(ds.test)) == (84, 24, 12)
+    freq = np.bincount(ds.train.ids.reshape(-1).numpy(), minlength=ds.num_features)
+    assert freq.tolist() == ds.encoder.frequencies.tolist()  # counts of the train split only
+    assert set(ds.train.labels.tolist()) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+    again = load_dataset("toy", "rating", path=str(p), fmt="inter")
+    assert torch.equal(again.test.ids, ds.test.ids)
+
+
+def test_ctr_drops_threes_and_joins_side_fields(tmp_path):
+    rows = [("a", "x", 5, 1), ("a", "y", 3, 2), ("b", "x", 1, 3), ("b", "z", 4, 4)] * 5
+    p = _inter(tmp_path, rows, user_side=[("a", "F"), ("b", "M")], item_side=[("x", "Drama")])
+    ds = load_dataset("toy", "ctr", path=str(p), fmt="inter")
+    total = len(ds.train) + len(ds.valid) + len(ds.test)
+    assert total == 15  # the five rating-3 rows are dropped
+    assert [f.name for f in ds.encoder.fields] == ["user_id", "item_id", "gender", "genre"]
+    enc = ds.encoder
+    for split in (ds.train, ds.valid, ds.test):
+        for row, y in zip(split.ids.tolist(), split.labels.tolist()):
+            user = enc.decode(row[0])[1]
+            item = enc.decode(row[1])[1]
+            assert enc.decode(row[2])[1] == {"a": "F", "b": "M"}[user]
+            # item z has no side row: its genre is missing, i.e. the genre OOV id
+            assert (row[3] == enc.oov_id("genre")) == (item == "z")
+            assert y == (1.0 if (user, item) in {("a", "x"), ("b", "z")} else 0.0)
+
+
+def test_topk_leave_one_out_and_negatives(tmp_path):
+    rows = _rows(n_users=12, n_items=140, per_user=5)
+    rows.append(("solo", "i1", 5, 1))  # < 3 interactions: training only
+    p = _inter(tmp_path, rows)
+    ds = load_dataset("toy", "topk", path=str(p), fmt="inter", num_negatives_eval=99)
+    enc = ds.encoder
+    assert ds.valid.group_size == ds.test.group_size == 100
+    assert len(ds.test) == 12 * 100 and len(ds.train) == 12 * 3 + 1
+    seen: dict[str, set] = {}
+    latest: dict[str, tuple] = {}
+    for u, i, _, t in rows:
+        seen.setdefault(u, set()).add(i)
+        if u not in latest or t > latest[u][1]:
+            latest[u] = (i, t)
+    for g in range(12):
+        group = ds.test.ids[g * 100 : (g + 1) * 100]
+        labels = ds.test.labels[g * 100 : (g + 1) * 100]
+        assert labels[0] == 1 and labels[1:].sum() == 0
+        user = enc.decode(int(group[0, 0]))[1]
+        assert (group[:, 0] == group[0, 0]).all()
+        pos = group[0, 1].item()
+        if pos != enc.oov_id("item_id"):
+            assert enc.decode(pos)[1] == latest[user][0]  # the latest interaction is held out
+        for item_id in group[1:, 1].tolist():
+            name = enc.decode(item_id)[1]
+            assert name is None or name not in seen[user]  # negatives never interacted
+
+
+def test_topk_train_sampler_is_seeded_per_epoch(tmp_path):
+    p = _inter(tmp_path, _rows(n_users=10, n_items=50, per_user=8))
+    ds = load_dataset("toy", "topk", path=str(p), fmt="inter", num_negatives_train=4)
+    e0, e0b, e1 = ds.train_for_epoch(0), ds.train_for_epoch(0), ds.train_for_epoch(1)
+    assert torch.equal(e0.ids, e0b.ids) and not torch.equal(e0.ids, e1.ids)
+    n_pos = len(ds.train)
+    assert len(e0) == 5 * n_pos and e0.labels[:n_pos].eq(1).all() and e0.labels[n_pos:].eq(0).all()
+    enc = ds.encoder
+    pairs = {(enc.decode(int(u))[1], enc.decode(int(i))[1]) for u, i in ds.train.ids.tolist()}
+    for u, i in e0.ids[n_pos:].tolist():
+        assert (enc.decode(u)[1], enc.decode(i)[1]) not in pairs
+
+
+def test_synthetic_every_task():
+    raw = make_synthetic(num_rows=5000, num_users=100, num_items=80, seed=1)
+    counts = np.unique(raw["user_id"], return_counts=True)[1]
+    assert counts.max() > 10 * np.median(counts)  # power-law: a few users dominate
+    for task in ("rating", "ctr", "topk"):
+        ds = load_dataset("synthetic", task, num_rows=3000, num_users=60, num_items=50)
+        assert len(ds.train) > 0 and ds.num_fields == 2
+        assert np.all(np.diff(ds.encoder.frequencies) <= 0)
+
+
+def test_criteo_and_csv_files_stream_through(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = []
+    for _ in range(300):
+        ints = [str(int(x)) if x < 50 else "" for x in rng.integers(0, 60, 13)]
+        cats = [f"{int(c):x}" for c in rng.integers(0, 20, 26)]
+        lines.append("\t".join([str(int(rng.integers(0, 2))), *ints, *cats]))
+    p = tmp_path / "day.txt"
+    p.write_text("\n".join(lines) + "\n")
+    ds = load_dataset("criteo-toy", "ctr", path=str(p), fmt="criteo", seed=2)
+    assert ds.num_fields == 39 and ds.train.values is not None
+    assert len(ds.train) + len(ds.valid) + len(ds.test) == 300
+    assert 0.55 < len(ds.train) / 300 < 0.85  # 7:2:1 in expectation
+    csv = tmp_path / "c.csv"
+    csv.write_text("y,user,price\n" + "".join(f"{i % 2},u{i % 7},{i}\n" for i in range(50)))
+    ds = load_dataset(
+        "c", "ctr", path=str(csv), fmt="csv", label="y", categorical=["user"], numeric=["price"]
+    )
+    assert ds.num_fields == 2 and ds.train.values is not None
+
+
+def test_unknown_names_are_clear():
+    with pytest.raises(ValueError, match="unknown dataset 'nope'"):
+        load_dataset("nope")
+    with pytest.raises(ValueError, match="task must be"):
+        load_dataset("synthetic", "regression")

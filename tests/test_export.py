@@ -1,0 +1,99 @@
+"""Searched model → merged, pruned, ragged model → one file → identical predictions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mixemb.models import build_model
+from mixemb.nn import RaggedEmbedding, SoftSelectEmbedding, make_boundaries
+from mixemb.search.export import (
+    load_pruned,
+    merge_and_prune,
+    ragged_metadata_bytes,
+    save_pruned,
+    to_ragged_model,
+)
+from mixemb.train import CheckpointError
+
+
+def _searched(name="deepfm", n=50, k=12, fields=3):
+    torch.manual_seed(0)
+    emb = SoftSelectEmbedding(n, k, make_boundaries(n, num_blocks=5))
+    with torch.no_grad():
+        emb.alpha.uniform_(0, 1)
+        emb.alpha[4, :6] = 0  # the rarest block drops half its dimensions
+    kw = {"hidden": [16]} if name in ("deepfm", "mlp", "neumf", "wide_deep") else {}
+    model = build_model(name, n, fields, k, embedding=emb, **kw)
+    with torch.no_grad():
+        for p in model.first_order_parameters():
+            p.normal_()
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["mf", "fm", "deepfm", "neumf"])
+def test_unpruned_export_predicts_exactly_like_the_searched_model(name):
+    model = _searched(name)
+    pruned, report = merge_and_prune(model.embedding, ratio=1.0)
+    serving = to_ragged_model(model, pruned)
+    ids = torch.randint(0, 50, (32, 3))
+    torch.testing.assert_close(serving(ids), model(ids), rtol=1e-6, atol=1e-6)
+    assert report.dims[-10:].max() <= 6  # α zeros are not stored
+
+
+def test_budget_is_hit_and_rare_block_keeps_less():
+    model = _searched()
+    pruned, report = merge_and_prune(model.embedding, ratio=0.2)
+    assert report.nnz == round(0.2 * 50 * 12)
+    serving = to_ragged_model(model, pruned)
+    assert serving.embedding.table.nnz == report.nnz
+    assert torch.equal(serving.embedding.table.to_dense(), pruned)
+
+
+def test_byte_budget_counts_metadata():
+    model = _searched()
+    budget = ragged_metadata_bytes(50, 12) + 4 * 100
+    pruned, report = merge_and_prune(model.embedding, nbytes=budget)
+    serving = to_ragged_model(model, pruned)
+    assert report.nnz == 100
+    assert serving.embedding.nbytes() == budget
+    with pytest.raises(ValueError, match="metadata"):
+        merge_and_prune(model.embedding, nbytes=10)
+
+
+def test_save_load_round_trip_identical_predictions(tmp_path):
+    model = _searched()
+    pruned, _ = merge_and_prune(model.embedding, ratio=0.3)
+    serving = to_ragged_model(model, pruned)
+    path = save_pruned(serving, tmp_path / "m.pt", encoder={"frequencies": [3, 2, 1]})
+    loaded, obj = load_pruned(path)
+    ids = torch.randint(0, 50, (64, 3))
+    assert torch.equal(loaded(ids), serving(ids))
+    assert isinstance(loaded.embedding, RaggedEmbedding)
+    assert obj["encoder"] == {"frequencies": [3, 2, 1]}
+    torch.load(path, weights_only=True)  # safe to load
+
+
+def test_truncated_or_tampered_pruned_file(tmp_path):
+    model = _searched()
+    serving = to_ragged_model(model, merge_and_prune(model.embedding, ratio=0.3)[0])
+    path = save_pruned(serving, tmp_path / "m.pt")
+    data = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load_pruned(tmp_path / "cut.pt")
+    obj = torch.load(path, weights_only=True)
+    obj["table"]["values"] = obj["table"]["values"][:-2]
+    torch.save(obj, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="damaged pruned model"):
+        load_pruned(tmp_path / "bad.pt")
+
+
+def test_half_precision_values():
+    model = _searched("fm")
+    pruned, _ = merge_and_prune(model.embedding, ratio=0.5)
+    serving = to_ragged_model(model, pruned, value_dtype=torch.float16)
+    assert serving.embedding.values.dtype == torch.float16
+    ids = torch.randint(0, 50, (8, 3))
+    ref = to_ragged_model(model, pruned)(ids)
+    torch.testing.assert_close(serving(ids).float(), ref, rtol=2e-2, atol=2e-2)

@@ -1,0 +1,130 @@
+"""DNIS and baselines at a budget: each respects it, reports bytes honestly, selects on valid."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mixemb.data.schema import Dataset, FieldSpec, Split
+from mixemb.search.methods import (
+    METHODS,
+    MethodConfig,
+    mde_block_dims,
+    random_block_dims,
+    run_method,
+)
+
+
+def _dataset(n=1500, users=50, items=30):
+    g = torch.Generator().manual_seed(1)
+    # frequency-sorted ids: low ids are drawn more often
+    u = (torch.rand(n, generator=g) ** 2 * users).long()
+    i = (torch.rand(n, generator=g) ** 2 * items).long()
+    pu, qi = torch.randn(users, 2, generator=g), torch.randn(items, 2, generator=g)
+    y = 3 + (pu[u] * qi[i]).sum(1) + 0.2 * torch.randn(n, generator=g)
+    ids = torch.stack([u, users + i], 1).int()
+    freq = torch.bincount(ids[: int(0.7 * n)].reshape(-1).long(), minlength=users + items)
+    enc = SimpleNamespace(
+        num_features=users + items,
+        fields=[FieldSpec("u"), FieldSpec("i")],
+        frequencies=freq.numpy(),
+    )
+    a, b = int(0.7 * n), int(0.9 * n)
+    return Dataset(
+        "t", "rating", enc, *[Split(ids[s], y[s]) for s in (slice(0, a), slice(a, b), slice(b, n))]
+    )
+
+
+CFG = MethodConfig(
+    dim=8,
+    num_blocks=4,
+    epochs=2,
+    search_epochs=1,
+    warmup_epochs=1,
+    random_trials=2,
+    batch_size=256,
+    lr=1e-2,
+)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_respects_the_budget(method):
+    ds = _dataset()
+    cell = run_method(method, ds, "mf", CFG, 0.5, seed=0)
+    assert cell["kept_params"] <= 0.5 * ds.num_features * 8 + 1e-9
+    assert cell["stored_bytes"] > 0 and cell["seconds"] > 0
+    assert set(cell["test"]) == {"mse", "rmse"} and cell["method"] == method
+
+
+def test_dnis_and_magnitude_keep_exactly_the_budget_and_finetune_keeps_mask():
+    ds = _dataset()
+    cfg = MethodConfig(**{**CFG.__dict__, "finetune_epochs": 1})
+    for method in ("dnis", "magnitude"):
+        cell = run_method(method, ds, "fm", cfg, 0.25, seed=0)
+        assert cell["kept_params"] == round(0.25 * ds.num_features * 8)
+
+
+def test_mde_dims_match_budget_and_follow_frequency():
+    sizes = [10, 10, 10, 10]
+    dims = mde_block_dims([1000, 100, 10, 1], sizes, 64, budget_params=800, exponent=0.5)
+    assert dims == sorted(dims, reverse=True) and dims[0] > dims[-1]
+    assert sum(s * d for s, d in zip(sizes, dims)) <= 800
+    flat = mde_block_dims([1000, 100, 10, 1], sizes, 64, budget_params=800, exponent=0.0)
+    assert flat == [20, 20, 20, 20]  # a = 0 is the uniform dimension
+
+
+def test_random_dims_are_non_increasing_and_within_budget():
+    rng = random.Random(0)
+    for _ in range(20):
+        dims = random_block_dims(rng, [5, 5, 5], 16, 150, min_dim=4)
+        assert dims == sorted(dims, reverse=True)
+        assert min(dims) >= 4 and sum(5 * d for d in dims) <= 150
+    assert random_block_dims(rng, [5, 5], 16, 10, min_dim=4) is None
+
+
+def test_bad_method_and_budget():
+    ds = _dataset(n=300)
+    with pytest.raises(ValueError, match="unknown method"):
+        run_method("oracle", ds, "mf", CFG, 0.5, 0)
+    with pytest.raises(ValueError, match="budget"):
+        run_method("dnis", ds, "mf", CFG, 1.5, 0)
+
+
+def test_compare_is_resumable_and_writes_tables(tmp_path):
+    from mixemb.search.compare import compare
+
+    ds = _dataset(n=600)
+    spec = {"name": "t", "task": "rating"}
+    calls = []
+    res = compare(
+        ds,
+        spec,
+        "mf",
+        CFG,
+        methods=["uniform", "mde"],
+        budgets=[0.5],
+        seeds=[0, 1],
+        out=tmp_path,
+        log=calls.append,
+    )
+    assert len(res["cells"]) == 2 + 4  # uniform-K reference x2 seeds + 2 methods x 2 seeds
+    table = (tmp_path / "results.md").read_text()
+    assert "| mde | 0.5 |" in table and "± " in table
+    again = compare(
+        ds,
+        spec,
+        "mf",
+        CFG,
+        methods=["uniform", "mde"],
+        budgets=[0.5],
+        seeds=[0, 1],
+        out=tmp_path,
+        log=calls.append,
+    )
+    assert "6 already done" in calls[-1] or any("6 already done" in c for c in calls)
+    assert again["cells"] == res["cells"]
+    with pytest.raises(ValueError, match="different experiment"):
+        compare(ds, spec, "fm", CFG, methods=["uniform"], budgets=[0.5], seeds=[0], out=tmp_path)

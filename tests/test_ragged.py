@@ -1,0 +1,114 @@
+"""RaggedTable format: exact round trip, gathers equal the dense pruned table, honest bytes."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from mixemb.ragged import RaggedTable, ragged_gather_reference
+
+
+def _pruned(n, k, keep_prob, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, k, generator=g).to(dtype)
+    x[torch.rand(n, k, generator=g) > keep_prob] = 0
+    return x
+
+
+SHAPES = [(1, 1), (7, 1), (20, 7), (33, 64), (17, 65), (9, 160), (0, 8)]
+
+
+@pytest.mark.parametrize("n,k", SHAPES)
+@pytest.mark.parametrize("group_size", [1, 4, 16])
+def test_round_trip_and_gather(n, k, group_size):
+    x = _pruned(n, k, 0.3, seed=n * k)
+    if n > 2:
+        x[1] = 0  # a row with zero kept dims
+        x[2] = torch.randn(k).abs() + 0.1  # an all-kept row
+    table = RaggedTable.from_dense(x, group_size=group_size)
+    assert table.nnz == int((x != 0).sum())
+    assert torch.equal(table.to_dense(), x)
+    assert torch.equal(table.row_dims(), (x != 0).sum(1))
+    if n:
+        ids = torch.randint(0, n, (5, 3))
+        ids[0, :] = 0  # duplicates
+        assert torch.equal(ragged_gather_reference(table, ids), x[ids])
+        assert torch.equal(ragged_gather_reference(table, ids.int()), x[ids])
+    empty = ragged_gather_reference(table, torch.empty(0, 3, dtype=torch.long))
+    assert empty.shape == (0, 3, k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_values(dtype):
+    x = _pruned(30, 12, 0.4)
+    table = RaggedTable.from_dense(x, dtype=dtype)
+    assert table.values.dtype == dtype
+    assert torch.equal(table.to_dense(), x.to(dtype))
+
+
+def test_nbytes_counts_every_tensor_and_metadata_is_small():
+    x = _pruned(1600, 64, 0.05)
+    table = RaggedTable.from_dense(x)
+    expected = table.masks.numel() * 8 + table.group_offsets.numel() * 8 + table.nnz * 4
+    assert table.nbytes() == expected
+    metadata_per_row = (table.nbytes() - table.nnz * 4) / 1600
+    assert metadata_per_row <= 8.51  # 8 B mask + 8 B per 16 rows
+
+
+def test_state_dict_loads_weights_only():
+    table = RaggedTable.from_dense(_pruned(40, 9, 0.5))
+    buf = io.BytesIO()
+    torch.save(table.state_dict(), buf)
+    buf.seek(0)
+    loaded = RaggedTable.from_state_dict(torch.load(buf, weights_only=True))
+    assert torch.equal(loaded.to_dense(), table.to_dense())
+
+
+def test_tampered_tables_are_rejected():
+    table = RaggedTable.from_dense(_pruned(40, 9, 0.5))
+    state = table.state_dict()
+    with pytest.raises(ValueError, match="stored"):
+        RaggedTable.from_state_dict({**state, "values": state["values"][:-1]})
+    offsets = state["group_offsets"].clone()
+    offsets[1] += 1
+    with pytest.raises(ValueError, match="group_offsets"):
+        RaggedTable.from_state_dict({**state, "group_offsets": offsets})
+    with pytest.raises(ValueError, match="version"):
+        RaggedTable.from_state_dict({**state, "format_version": 99})
+
+
+def test_out_of_range_id_is_named():
+    table = RaggedTable.from_dense(_pruned(5, 4, 0.5))
+    with pytest.raises(IndexError, match="id 5 out of range"):
+        ragged_gather_reference(table, torch.tensor([0, 5]))
+
+
+def test_popcount_matches_bit_count_including_sign_bit():
+    from mixemb.ragged import popcount64
+
+    x = torch.tensor([0, 1, -1, 2**62, -(2**63), 0x0F0F, 123456789123456789, -5])
+    expected = [bin(v & (2**64 - 1)).count("1") for v in x.tolist()]
+    assert popcount64(x).tolist() == expected
+
+
+def test_row_offsets_match_exclusive_prefix_sum():
+    x = _pruned(50, 70, 0.3)
+    table = RaggedTable.from_dense(x, group_size=8)
+    dims = (x != 0).sum(1)
+    assert torch.equal(table.row_offsets(), dims.cumsum(0) - dims)
+
+
+def test_ragged_embedding_module_serves_a_model():
+    from mixemb.models import build_model
+    from mixemb.nn import RaggedEmbedding
+
+    x = _pruned(30, 8, 0.4)
+    emb = RaggedEmbedding.from_dense(x)
+    assert emb.nbytes() == emb.table.nbytes()
+    ids = torch.randint(0, 30, (6, 2))
+    assert torch.equal(emb(ids), x[ids])
+    model = build_model("mf", 30, 2, 8, embedding=emb)
+    assert model(ids).shape == (6,)
+    assert "nnz=" in repr(emb)

@@ -1,0 +1,180 @@
+"""mixemb.reference: block_of, the lookup x alpha reference, the alpha-grad normalization,
+and the ideal-bytes formulas, each against a hand computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mixemb.reference import (
+    block_of,
+    equal_boundaries,
+    normalize_alpha_grad,
+    padded_gather_bytes,
+    padded_gather_reference,
+    soft_select_alpha_grad_bytes,
+    soft_select_lookup_backward_bytes,
+    soft_select_lookup_bytes,
+    soft_select_lookup_reference,
+    soft_select_weight_grad_bytes,
+)
+
+IDS_DTYPES = [torch.int32, torch.int64]
+
+
+def _block_by_scan(i: int, boundaries: list[int]) -> int:
+    for l in range(len(boundaries) - 1):
+        if boundaries[l] <= i < boundaries[l + 1]:
+            return l
+    raise AssertionError(f"id {i} outside {boundaries}")
+
+
+@pytest.mark.parametrize(
+    "boundaries",
+    [[0, 7], [0, 3, 4, 10, 11], list(range(65)), [0, 5, 20, 100]],
+    ids=["one-block", "uneven", "L64-one-row-each", "three"],
+)
+@pytest.mark.parametrize("ids_dtype", IDS_DTYPES)
+def test_block_of_at_block_edges(boundaries, ids_dtype):
+    b = torch.tensor(boundaries, dtype=torch.int64)
+    pairs = zip(boundaries[:-1], boundaries[1:], strict=True)
+    edges = sorted({x for lo, hi in pairs for x in (lo, hi - 1)})  # first and last id
+    ids = torch.tensor(edges, dtype=ids_dtype)
+    got = block_of(ids, b)
+    assert got.dtype == torch.int64 and got.shape == ids.shape
+    assert got.tolist() == [_block_by_scan(i, boundaries) for i in edges]
+
+
+def test_block_of_keeps_shape_and_handles_empty():
+    b = equal_boundaries(12, 3)
+    ids = torch.tensor([[0, 3, 4], [7, 8, 11]])
+    assert block_of(ids, b).tolist() == [[0, 0, 1], [1, 2, 2]]
+    assert block_of(torch.empty(0, 5, dtype=torch.int32), b).shape == (0, 5)
+
+
+@pytest.mark.parametrize("n,num_blocks", [(10, 1), (10, 3), (12, 3), (64, 64), (4_000_000, 10)])
+def test_equal_boundaries(n, num_blocks):
+    b = equal_boundaries(n, num_blocks)
+    sizes = b.diff()
+    assert b.dtype == torch.int64 and b.shape == (num_blocks + 1,)
+    assert b[0] == 0 and b[-1] == n and bool((sizes > 0).all())
+    assert int(sizes.max() - sizes.min()) <= 1
+
+
+@pytest.mark.parametrize("n,num_blocks", [(3, 4), (5, 0)])
+def test_equal_boundaries_rejects_bad_sizes(n, num_blocks):
+    with pytest.raises(ValueError, match="num_rows"):
+        equal_boundaries(n, num_blocks)
+
+
+def _loop_lookup(weight, alpha, boundaries, ids, values):
+    """out[j] = weight[id_j] * alpha[block(id_j)] (* v_j), one lookup at a time."""
+    bl = boundaries.tolist()
+    flat = ids.reshape(-1).tolist()
+    vals = None if values is None else values.reshape(-1).tolist()
+    out = torch.zeros(len(flat), weight.shape[1], dtype=weight.dtype)
+    for j, i in enumerate(flat):
+        out[j] = weight[i] * alpha[_block_by_scan(i, bl)] * (1.0 if vals is None else vals[j])
+    return out.reshape(*ids.shape, weight.shape[1])
+
+
+def _tiny(k, ids_shape, ids_dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = 9
+    weight = torch.randn(n, k, generator=g, dtype=torch.float64)
+    alpha = torch.rand(3, k, generator=g, dtype=torch.float64)
+    boundaries = torch.tensor([0, 2, 5, 9])
+    ids = torch.randint(0, n, ids_shape, generator=g).to(ids_dtype)
+    values = torch.rand(ids_shape, generator=g, dtype=torch.float64)
+    return weight, alpha, boundaries, ids, values
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+@pytest.mark.parametrize("ids_shape", [(6,), (4, 3), (0,), (0, 3)], ids=str)
+@pytest.mark.parametrize("ids_dtype", IDS_DTYPES)
+@pytest.mark.parametrize("with_values", [False, True])
+def test_lookup_forward_matches_loop(k, ids_shape, ids_dtype, with_values):
+    weight, alpha, boundaries, ids, values = _tiny(k, ids_shape, ids_dtype)
+    values = values if with_values else None
+    got = soft_select_lookup_reference(weight, alpha, boundaries, ids, values)
+    assert got.shape == (*ids_shape, k) and got.dtype == weight.dtype
+    torch.testing.assert_close(got, _loop_lookup(weight, alpha, boundaries, ids, values))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("ids_dtype", IDS_DTYPES)
+@pytest.mark.parametrize("with_values", [False, True])
+def test_lookup_grads_match_hand_computation(k, ids_dtype, with_values):
+    weight, alpha, boundaries, ids, values = _tiny(k, (5, 2), ids_dtype, seed=1)
+    ids.view(-1)[:4] = torch.tensor([6, 6, 0, 6], dtype=ids_dtype)  # duplicates
+    values = values if with_values else None
+    dout = torch.randn(*ids.shape, k, dtype=torch.float64)
+    w, a = weight.clone().requires_grad_(), alpha.clone().requires_grad_()
+    soft_select_lookup_reference(w, a, boundaries, ids, values).backward(dout)
+
+    dweight = torch.zeros_like(weight)
+    dalpha = torch.zeros_like(alpha)
+    bl = boundaries.tolist()
+    flat_dout = dout.reshape(-1, k)
+    for j, i in enumerate(ids.reshape(-1).tolist()):
+        v = 1.0 if values is None else float(values.reshape(-1)[j])
+        l = _block_by_scan(i, bl)
+        dweight[i] += flat_dout[j] * alpha[l] * v  # duplicates accumulate
+        dalpha[l] += weight[i] * flat_dout[j] * v  # per block: sum of weight[id] * dout
+    torch.testing.assert_close(w.grad, dweight)
+    torch.testing.assert_close(a.grad, dalpha)
+    assert int((w.grad[6] != 0).sum()) == k  # the id looked up 3 times has one summed row
+
+
+def test_lookup_grad_of_empty_batch_is_zero():
+    weight, alpha, boundaries, ids, _ = _tiny(3, (0, 4), torch.int64)
+    w, a = weight.clone().requires_grad_(), alpha.clone().requires_grad_()
+    soft_select_lookup_reference(w, a, boundaries, ids).sum().backward()
+    assert not w.grad.any() and not a.grad.any()
+
+
+@pytest.mark.parametrize("l1", [0.0, 1e-2])
+def test_normalize_alpha_grad_matches_formula(l1):
+    g = torch.tensor([[1.0, -3.0, 0.5], [0.0, 0.0, 0.0], [-2.0, 0.0, 4.0]], dtype=torch.float64)
+    alpha = torch.tensor([[0.5, 1.0, 0.0], [0.2, 0.0, 1.0], [1.0, 0.3, 0.7]], dtype=torch.float64)
+    eps = 1e-8
+    want = torch.empty_like(g)
+    for l in range(3):
+        h = [float(g[l, k]) + l1 * float(torch.sign(alpha[l, k])) for k in range(3)]
+        mean_abs = sum(abs(x) for x in h) / 3
+        want[l] = torch.tensor([x / (mean_abs + eps) for x in h], dtype=torch.float64)
+    got = normalize_alpha_grad(g, alpha, l1=l1, eps=eps)
+    torch.testing.assert_close(got, want)
+    assert got.abs().mean(1)[0] == pytest.approx(1.0, rel=1e-6)
+
+
+def test_normalize_alpha_grad_zero_row_stays_finite_and_zero():
+    g = torch.zeros(2, 4)
+    got = normalize_alpha_grad(g, torch.zeros(2, 4), l1=1e-5)  # sign(0) = 0: h is all zero
+    assert bool(torch.isfinite(got).all()) and not got.any()
+
+
+def test_padded_gather_reference_is_embedding():
+    weight, _, _, ids, _ = _tiny(3, (4, 2), torch.int32)
+    torch.testing.assert_close(padded_gather_reference(weight, ids), weight[ids.long()])
+
+
+def test_bytes_by_hand_arithmetic():
+    # M = 10 lookups, K = 4, L = 2, fp16 rows (2 B), int32 ids (4 B), with values.
+    p, i, v, a, b = 10 * 4 * 2, 10 * 4, 10 * 2, 2 * 4 * 2, 3 * 8  # 80, 40, 20, 16, 24
+    args = (10, 4, 2, torch.float16, torch.int32, True)
+    assert soft_select_lookup_bytes(*args) == 2 * p + i + v + a + b == 260
+    assert soft_select_alpha_grad_bytes(*args) == 2 * p + i + v + 2 * a + b == 276
+    assert soft_select_weight_grad_bytes(*args) == 260
+    assert soft_select_lookup_backward_bytes(*args) == 536
+    assert padded_gather_bytes(10, 4, torch.float16, torch.int32) == 2 * p + i == 200
+
+
+def test_bytes_at_the_documented_anchor():
+    m, k, num_blocks = 16384 * 26, 64, 10
+    assert m * k * 4 == 109_051_904  # "109 MB per pass of rows/outputs"
+    total = soft_select_lookup_bytes(m, k, num_blocks) + soft_select_lookup_backward_bytes(
+        m, k, num_blocks
+    )
+    assert total / 3.0e12 * 1e3 == pytest.approx(0.22, abs=0.005)  # fwd+bwd limit, ms
+    assert soft_select_lookup_bytes(m, k, num_blocks) == 2 * 109_051_904 + m * 8 + 2560 + 88

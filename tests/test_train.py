@@ -1,0 +1,170 @@
+"""Trainer: it learns, stops early, checkpoints atomically, resumes to the uninterrupted run."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mixemb.data.schema import Dataset, FieldSpec, Split
+from mixemb.models import build_model
+from mixemb.train import CheckpointError, TrainConfig, atomic_save, fit, load_checkpoint
+from mixemb.train.trainer import batch_order, evaluate
+
+
+def _planted_dataset(task: str = "rating", n: int = 1200, users: int = 40, items: int = 30):
+    """Two fields (user, item) with a planted rank-2 signal; ids in one shared space."""
+    gen = torch.Generator().manual_seed(0)
+    u = torch.randint(0, users, (n,), generator=gen)
+    i = torch.randint(0, items, (n,), generator=gen)
+    pu, qi = torch.randn(users, 2, generator=gen), torch.randn(items, 2, generator=gen)
+    signal = (pu[u] * qi[i]).sum(1)
+    if task == "rating":
+        labels = 3.0 + signal + 0.1 * torch.randn(n, generator=gen)
+    else:
+        labels = (torch.rand(n, generator=gen) < torch.sigmoid(2 * signal)).float()
+    ids = torch.stack([u, users + i], 1).to(torch.int32)
+    encoder = SimpleNamespace(
+        num_features=users + items, fields=[FieldSpec("user_id"), FieldSpec("item_id")]
+    )
+    a, b = int(0.7 * n), int(0.9 * n)
+    parts = [Split(ids[s], labels[s]) for s in (slice(0, a), slice(a, b), slice(b, n))]
+    return Dataset("planted", task, encoder, *parts)
+
+
+def _model(name: str, ds: Dataset, **kw):
+    torch.manual_seed(0)
+    return build_model(name, ds.num_features, ds.num_fields, 8, **kw)
+
+
+def test_batch_order_is_a_seeded_permutation():
+    idx = torch.cat(list(batch_order(103, 10, seed=1, epoch=2)))
+    assert sorted(idx.tolist()) == list(range(103))
+    again = torch.cat(list(batch_order(103, 10, seed=1, epoch=2)))
+    other = torch.cat(list(batch_order(103, 10, seed=1, epoch=3)))
+    assert torch.equal(idx, again) and not torch.equal(idx, other)
+
+
+def test_fit_learns_planted_signal_and_reports_test():
+    ds = _planted_dataset("rating")
+    model = _model("mf", ds)
+    var = float(ds.test.labels.var())
+    result = fit(
+        model, ds, TrainConfig(epochs=40, batch_size=64, lr=0.02, patience=5), log=lambda s: None
+    )
+    assert result.test["mse"] < 0.5 * var, (result.test, var)
+    assert result.valid["mse"] == pytest.approx(min(h["valid_mse"] for h in result.history))
+    assert 1 <= result.best_epoch <= len(result.history)
+
+
+def test_fit_ctr_auc_above_chance():
+    ds = _planted_dataset("ctr", n=3000)
+    result = fit(
+        _model("fm", ds), ds, TrainConfig(epochs=15, batch_size=128, lr=0.01), log=lambda s: None
+    )
+    assert result.test["auc"] > 0.7
+
+
+def test_early_stopping_stops_after_patience():
+    ds = _planted_dataset("rating")
+    # A huge learning rate makes validation loss blow up: it must stop after patience + 1 epochs.
+    cfg = TrainConfig(epochs=30, batch_size=64, lr=5.0, patience=2)
+    result = fit(_model("mf", ds), ds, cfg, log=lambda s: None)
+    assert result.stopped_early
+    assert len(result.history) == result.best_epoch + cfg.patience + 1
+
+
+def test_bias_starts_at_training_mean():
+    ds = _planted_dataset("rating")
+    model = _model("mf", ds)
+    fit(model, ds, TrainConfig(epochs=1, lr=1e-12), log=lambda s: None)
+    assert float(model.bias.detach()) == pytest.approx(float(ds.train.labels.mean()), abs=1e-4)
+
+
+@pytest.mark.parametrize("name,kw", [("mf", {}), ("mlp", {"dropout": 0.3})])
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path, name, kw):
+    ds = _planted_dataset("rating")
+    cfg = TrainConfig(epochs=5, batch_size=100, lr=0.01, patience=10, seed=3)
+    full = _model(name, ds, **kw)
+    ref = fit(full, ds, cfg, run_dir=tmp_path / "full", log=lambda s: None)
+
+    class Kill(Exception):
+        pass
+
+    def killer(line: str) -> None:
+        if line.startswith("epoch   3"):
+            raise Kill
+
+    with pytest.raises(Kill):
+        fit(_model(name, ds, **kw), ds, cfg, run_dir=tmp_path / "cut", log=killer)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1  # epochs 1 and 2 saved
+
+    resumed = _model(name, ds, **kw)  # fresh weights: everything must come from the checkpoint
+    out = fit(resumed, ds, cfg, run_dir=tmp_path / "cut", resume=True, log=lambda s: None)
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in ref.history]
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in out.history] == strip
+    assert out.test == ref.test
+
+
+def test_resume_with_other_config_is_refused(tmp_path):
+    ds = _planted_dataset("rating")
+    fit(_model("mf", ds), ds, TrainConfig(epochs=1), run_dir=tmp_path, log=lambda s: None)
+    with pytest.raises(CheckpointError, match="different configuration"):
+        fit(_model("mf", ds), ds, TrainConfig(epochs=1, lr=0.5), run_dir=tmp_path, resume=True)
+
+
+def test_checkpoints_are_atomic_and_damage_is_reported(tmp_path):
+    path = atomic_save({"kind": "x", "w": torch.arange(1000.0)}, tmp_path / "c.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
+    assert torch.equal(load_checkpoint(path, kind="x")["w"], torch.arange(1000.0))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load_checkpoint(path)
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match=str(path.name)):
+        load_checkpoint(path)
+    atomic_save({"kind": "y"}, path)
+    with pytest.raises(CheckpointError, match="expected a 'x' checkpoint"):
+        load_checkpoint(path, kind="x")
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_failed_save_keeps_previous_file(tmp_path):
+    path = atomic_save({"kind": "x", "v": 1}, tmp_path / "c.pt")
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        atomic_save({"kind": "x", "v": Unpicklable()}, path)
+    assert load_checkpoint(path)["v"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_evaluate_topk_groups():
+    # One group per "user": the positive first. A model scoring by item id ranks item 0 first.
+    ids = torch.tensor([[0, 2], [0, 3], [1, 3], [1, 2]], dtype=torch.int32)
+    split = Split(ids, torch.tensor([1.0, 0.0, 1.0, 0.0]), group_size=2)
+
+    class ByItem(torch.nn.Module):
+        def forward(self, ids, values=None):
+            return -ids[:, 1].float()
+
+    m = evaluate(ByItem(), split, "topk", k=1)
+    # group 1: positive item 2 beats item 3 -> hit; group 2: positive item 3 loses to 2 -> miss.
+    assert m["hr@1"] == pytest.approx(0.5)
+    assert m["ndcg@1"] == pytest.approx(0.5 * 1 / math.log2(2))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="lr"):
+        TrainConfig(lr=0)

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
 import statistics
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+
+from mixemb.train.checkpoint import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,21 +164,6 @@ def result_row(
     }
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def append_json_rows(path: Path, rows: Sequence[dict]) -> list[dict]:
     """Append ``rows`` to the JSON list in ``path`` (created if missing), atomically.
 
@@ -192,7 +177,7 @@ def append_json_rows(path: Path, rows: Sequence[dict]) -> list[dict]:
         if not isinstance(existing, list):
             raise ValueError(f"{path} does not hold a JSON list of rows")
     all_rows = existing + list(rows)
-    _atomic_write_text(path, json.dumps(all_rows, indent=1) + "\n")
+    atomic_write_text(json.dumps(all_rows, indent=1) + "\n", path)
     return all_rows
 
 
@@ -217,4 +202,4 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> 
 
 def write_markdown(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (the latest run's table)."""
-    _atomic_write_text(Path(path), text)
+    atomic_write_text(text, path)

@@ -229,6 +229,14 @@ def _train_block_dims(ds, model_name, cfg, boundaries, dims, seed, log):
     return model, result
 
 
+def _block_dims_cell(method, ds, model, cfg, budget, seed, t0, sizes, dims, **extra) -> dict:
+    """Export a trained block-dims model ragged (prefix masks) and report it."""
+    serving = to_ragged_model(model, model.embedding.weight.detach() * model.embedding.mask)
+    kept = sum(s * d for s, d in zip(sizes, dims))
+    nbytes = serving.embedding.nbytes()
+    return _cell(method, ds, serving, cfg, budget, seed, t0, kept, nbytes, block_dims=dims, **extra)
+
+
 def run_mde(ds, model_name, cfg, budget, seed, log=_quiet) -> dict:
     t0 = time.perf_counter()
     boundaries, sizes = _block_sizes(ds, cfg)
@@ -238,20 +246,8 @@ def run_mde(ds, model_name, cfg, budget, seed, log=_quiet) -> dict:
         mean_freq, sizes, cfg.dim, _budget_params(ds, cfg, budget), cfg.mde_exponent
     )
     model, _ = _train_block_dims(ds, model_name, cfg, boundaries, dims, seed, log)
-    serving = to_ragged_model(model, model.embedding.weight.detach() * model.embedding.mask)
-    kept = sum(s * d for s, d in zip(sizes, dims))
-    return _cell(
-        "mde",
-        ds,
-        serving,
-        cfg,
-        budget,
-        seed,
-        t0,
-        kept,
-        serving.embedding.nbytes(),
-        block_dims=dims,
-        exponent=cfg.mde_exponent,
+    return _block_dims_cell(
+        "mde", ds, model, cfg, budget, seed, t0, sizes, dims, exponent=cfg.mde_exponent
     )
 
 
@@ -274,20 +270,8 @@ def run_random(ds, model_name, cfg, budget, seed, log=_quiet) -> dict:
     if best is None:
         raise ValueError(f"random search found no block dims within budget {budget}")
     _, model, dims = best
-    serving = to_ragged_model(model, model.embedding.weight.detach() * model.embedding.mask)
-    kept = sum(s * d for s, d in zip(sizes, dims))
-    return _cell(
-        "random",
-        ds,
-        serving,
-        cfg,
-        budget,
-        seed,
-        t0,
-        kept,
-        serving.embedding.nbytes(),
-        block_dims=dims,
-        trials=cfg.random_trials,
+    return _block_dims_cell(
+        "random", ds, model, cfg, budget, seed, t0, sizes, dims, trials=cfg.random_trials
     )
 
 

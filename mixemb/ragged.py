@@ -213,3 +213,53 @@ def ragged_gather_reference(table: RaggedTable, ids: torch.Tensor) -> torch.Tens
     if gathered is not None:
         out = torch.where(present, gathered, out)
     return out.reshape(*ids.shape, table.embedding_dim)
+
+
+def ragged_bag_reference(
+    table: RaggedTable,
+    ids: torch.Tensor,
+    offsets: torch.Tensor,
+    *,
+    mode: str = "sum",
+    per_sample_weights: torch.Tensor | None = None,
+    include_last_offset: bool = False,
+) -> torch.Tensor:
+    """Pooled bags, ``nn.EmbeddingBag`` semantics: ids (M,) flat, offsets (B,) starts (or
+    (B+1,) with ``include_last_offset``); mode "sum" or "mean"; per_sample_weights (M,)
+    only with "sum". Returns (B, K); an empty bag gives zeros."""
+    if mode not in ("sum", "mean"):
+        raise ValueError(f"mode must be sum or mean, got {mode!r}")
+    if per_sample_weights is not None and mode != "sum":
+        raise ValueError("per_sample_weights only work with mode='sum'")
+    rows = ragged_gather_reference(table, ids.reshape(-1))
+    if per_sample_weights is not None:
+        rows = rows * per_sample_weights.reshape(-1, 1).to(rows.dtype)
+    offsets = offsets.long()
+    if include_last_offset:
+        starts, ends = offsets[:-1], offsets[1:]
+    else:
+        starts, ends = offsets, torch.cat([offsets[1:], offsets.new_tensor([ids.numel()])])
+    if len(starts) and int(starts[0]) != 0:
+        raise ValueError(f"offsets must start at 0, got {int(starts[0])}")
+    lengths = ends - starts
+    if bool((lengths < 0).any()):
+        raise ValueError("offsets must be non-decreasing")
+    bag = torch.repeat_interleave(torch.arange(len(starts), device=rows.device), lengths)
+    out = torch.zeros(len(starts), table.embedding_dim, dtype=rows.dtype, device=rows.device)
+    out.index_add_(0, bag, rows[: len(bag)])
+    if mode == "mean":
+        out = out / lengths.clamp(min=1).unsqueeze(1).to(out.dtype)
+    return out
+
+
+def ragged_dot_reference(
+    table_a: RaggedTable, ids_a: torch.Tensor, table_b: RaggedTable, ids_b: torch.Tensor
+) -> torch.Tensor:
+    """MF scores (B,): Σ_k a[ids_a, k]·b[ids_b, k] over the dims both rows keep."""
+    if table_a.embedding_dim != table_b.embedding_dim:
+        raise ValueError(
+            f"embedding dims differ: {table_a.embedding_dim} and {table_b.embedding_dim}"
+        )
+    a = ragged_gather_reference(table_a, ids_a)
+    b = ragged_gather_reference(table_b, ids_b)
+    return (a.float() * b.float()).sum(-1)

@@ -112,3 +112,51 @@ def test_ragged_embedding_module_serves_a_model():
     model = build_model("mf", 30, 2, 8, embedding=emb)
     assert model(ids).shape == (6,)
     assert "nnz=" in repr(emb)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+@pytest.mark.parametrize("include_last", [False, True])
+def test_bag_matches_embedding_bag(mode, include_last):
+    from mixemb.ragged import ragged_bag_reference
+
+    x = _pruned(25, 7, 0.4)
+    ids = torch.tensor([3, 3, 0, 24, 5, 1, 1, 1])
+    offsets = torch.tensor([0, 2, 2, 5])  # bag 1 is empty
+    if include_last:
+        offsets = torch.cat([offsets, torch.tensor([len(ids)])])
+    got = ragged_bag_reference(
+        RaggedTable.from_dense(x), ids, offsets, mode=mode, include_last_offset=include_last
+    )
+    ref = torch.nn.functional.embedding_bag(
+        ids, x, offsets, mode=mode, include_last_offset=include_last
+    )
+    torch.testing.assert_close(got, ref)
+
+
+def test_bag_per_sample_weights_and_gradcheck():
+    from mixemb.ragged import ragged_bag_reference
+
+    x = _pruned(10, 5, 0.5, dtype=torch.float64)
+    table = RaggedTable.from_dense(x)
+    ids, offsets = torch.tensor([1, 2, 2, 9]), torch.tensor([0, 1])
+    w = torch.rand(4, dtype=torch.float64, requires_grad=True)
+    ref = torch.nn.functional.embedding_bag(ids, x, offsets, mode="sum", per_sample_weights=w)
+    torch.testing.assert_close(ragged_bag_reference(table, ids, offsets, per_sample_weights=w), ref)
+    assert torch.autograd.gradcheck(
+        lambda w: ragged_bag_reference(table, ids, offsets, per_sample_weights=w), (w,)
+    )
+    with pytest.raises(ValueError, match="per_sample_weights"):
+        ragged_bag_reference(table, ids, offsets, mode="mean", per_sample_weights=w)
+    with pytest.raises(ValueError, match="start at 0"):
+        ragged_bag_reference(table, ids, torch.tensor([1, 2]))
+
+
+def test_dot_over_shared_kept_dims():
+    from mixemb.ragged import ragged_dot_reference
+
+    a, b = _pruned(12, 9, 0.5, seed=1), _pruned(8, 9, 0.5, seed=2)
+    ia, ib = torch.tensor([0, 11, 3, 3]), torch.tensor([7, 0, 3, 3])
+    got = ragged_dot_reference(RaggedTable.from_dense(a), ia, RaggedTable.from_dense(b), ib)
+    torch.testing.assert_close(got, (a[ia] * b[ib]).sum(-1))
+    with pytest.raises(ValueError, match="dims differ"):
+        ragged_dot_reference(RaggedTable.from_dense(a), ia, RaggedTable.from_dense(b[:, :4]), ib)

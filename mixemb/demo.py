@@ -60,8 +60,17 @@ def run_demo(
     scfg = SearchConfig(
         dim=dim, warmup_epochs=warmup_epochs, search_epochs=search_epochs, seed=seed
     )
-    search_run(spec, model, scfg, out / "dnis", dataset=dataset, log=log)
+    searched, _ = search_run(spec, model, scfg, out / "dnis", dataset=dataset, log=log)
     search_s = time.perf_counter() - t
+    rows.append(
+        {
+            "method": "DNIS unpruned",
+            "params": n,
+            "bytes": 4 * n,
+            metric: evaluate(searched, dataset.test, task)[metric],
+            "seconds": search_s,
+        }
+    )
 
     log(
         f"== 3/3 merge α, prune to {ratio:.0%} of uniform, fine-tune with the mask fixed, "

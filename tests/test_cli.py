@@ -180,3 +180,25 @@ def test_compare_command_writes_results(tmp_path, capsys):
     assert main(args) == 0
     assert "| dnis | 0.5 |" in capsys.readouterr().out
     assert (out / "results.json").exists() and (out / "results.md").exists()
+
+
+def test_demo_pipeline_on_synthetic_data(tmp_path):
+    from mixemb.demo import run_demo
+
+    lines: list[str] = []
+    rows = run_demo(
+        data="synthetic",
+        dim=8,
+        ratio=0.25,
+        out=tmp_path,
+        epochs=2,
+        warmup_epochs=1,
+        search_epochs=1,
+        finetune_epochs=1,
+        log=lines.append,
+    )
+    assert [r["method"] for r in rows] == ["uniform K=8", "DNIS unpruned", "DNIS 25%"]
+    assert rows[2]["params"] == round(0.25 * rows[0]["params"])
+    assert rows[2]["bytes"] < rows[0]["bytes"]
+    assert (tmp_path / "dnis" / "pruned.pt").exists()
+    assert any(line.startswith("mean kept dim per frequency block") for line in lines)

@@ -47,3 +47,16 @@ def test_main_writes_rows_for_every_provider_and_op(bench_reference, tmp_path):
         assert r["shape"]["rows"] == 500 and r["shape"]["lookups"] == 32
         assert r["torch"] == torch.__version__ and r["date"] and r["device"].startswith("cpu")
     assert "| eager | soft_select_fwd |" in out.with_suffix(".md").read_text()
+
+
+def test_ragged_format_bytes_match_the_stored_table(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    fmt = importlib.import_module("bench_ragged_format")
+    from mixemb.ragged import RaggedTable
+
+    x = torch.randn(300, 64)
+    x[torch.rand(300, 64) > 0.05] = 0
+    table = RaggedTable.from_dense(x)
+    sizes = fmt.format_bytes(table.nnz, 300, 64, 4, 16)
+    assert sizes["mask"] == table.nbytes()
+    assert sizes["column_index"] == 301 * 8 + table.nnz * 5

@@ -71,3 +71,16 @@ def test_module_trains_with_models():
 def test_bad_boundaries(b):
     with pytest.raises(ValueError, match="boundaries"):
         SoftSelectEmbedding(10, 4, b)
+
+
+@pytest.mark.slow
+def test_compiles_without_graph_breaks_and_matches_eager():
+    emb = SoftSelectEmbedding(100, 8, make_boundaries(100, num_blocks=4), l1=1e-3)
+    ids = torch.randint(0, 100, (16, 3))
+    compiled = torch.compile(lambda i: emb(i).square().sum(), fullgraph=True)
+    compiled(ids).backward()
+    grads = emb.weight.grad.clone(), emb.alpha.grad.clone()
+    emb.zero_grad(set_to_none=True)
+    emb(ids).square().sum().backward()
+    torch.testing.assert_close(grads[0], emb.weight.grad)
+    torch.testing.assert_close(grads[1], emb.alpha.grad)

@@ -395,10 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("experiment")
     _add_model_args(g, epochs=20)
     _add_search_args(g)
-    g.add_argument("--methods", default="uniform,dnis,magnitude,mde,random")
+    g.add_argument(
+        "--methods",
+        default="uniform,dnis,dnis_ft,magnitude,magnitude_ft,mde,random",
+        help="comma-separated; *_ft fine-tune the pruned model with its mask fixed",
+    )
     g.add_argument("--budgets", default="0.5,0.2,0.05", help="fractions of uniform-K params")
     g.add_argument("--seeds", default="0,1,2")
-    g.add_argument("--finetune-epochs", type=int, default=0)
+    g.add_argument("--finetune-epochs", type=int, default=10, help="max epochs of *_ft methods")
     g.add_argument("--random-trials", type=int, default=5)
     g.add_argument("--mde-exponent", type=float, default=0.3)
     g.add_argument("--out", default="runs/compare")

@@ -59,12 +59,13 @@ def test_every_method_respects_the_budget(method):
     assert set(cell["test"]) == {"mse", "rmse"} and cell["method"] == method
 
 
-def test_dnis_and_magnitude_keep_exactly_the_budget_and_finetune_keeps_mask():
+def test_pruning_methods_keep_exactly_the_budget_with_and_without_finetuning():
     ds = _dataset()
     cfg = MethodConfig(**{**CFG.__dict__, "finetune_epochs": 1})
-    for method in ("dnis", "magnitude"):
+    for method in ("dnis", "dnis_ft", "magnitude", "magnitude_ft"):
         cell = run_method(method, ds, "fm", cfg, 0.25, seed=0)
         assert cell["kept_params"] == round(0.25 * ds.num_features * 8)
+        assert cell["method"] == method
 
 
 def test_mde_dims_match_budget_and_follow_frequency():
@@ -83,6 +84,13 @@ def test_random_dims_are_non_increasing_and_within_budget():
         assert dims == sorted(dims, reverse=True)
         assert min(dims) >= 4 and sum(5 * d for d in dims) <= 150
     assert random_block_dims(rng, [5, 5], 16, 10, min_dim=4) is None
+    # a tight budget (20% of K=64 over 10 blocks) still gets random shapes that fit
+    sizes = [100] * 10
+    shapes = {tuple(random_block_dims(rng, sizes, 64, 12_800, 4)) for _ in range(10)}
+    assert len(shapes) > 1
+    for dims in shapes:
+        assert sum(100 * d for d in dims) <= 12_800 and min(dims) >= 4
+        assert list(dims) == sorted(dims, reverse=True)
 
 
 def test_bad_method_and_budget():
@@ -126,5 +134,9 @@ def test_compare_is_resumable_and_writes_tables(tmp_path):
     )
     assert "6 already done" in calls[-1] or any("6 already done" in c for c in calls)
     assert again["cells"] == res["cells"]
+    from mixemb.search.compare import markdown_table
+
+    res["cells"]["random|0.01|0"] = {"method": "random", "budget": 0.01, "seed": 0, "skipped": "x"}
+    assert "| random |" not in markdown_table(res, "rating")  # skipped cells stay out
     with pytest.raises(ValueError, match="different experiment"):
         compare(ds, spec, "fm", CFG, methods=["uniform"], budgets=[0.5], seeds=[0], out=tmp_path)

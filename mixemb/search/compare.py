@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mixemb.data.schema import Dataset
 from mixemb.metrics import primary_metric
-from mixemb.search.methods import METHODS, MethodConfig, run_method
+from mixemb.search.methods import METHODS, InfeasibleBudget, MethodConfig, run_method
 from mixemb.train.checkpoint import write_json
 
 
@@ -70,11 +70,23 @@ def compare(
     ]
     todo = [p for p in plan if cell_key(*p) not in results["cells"]]
     log(f"compare: {len(plan)} cells, {len(plan) - len(todo)} already done")
+    metric, _ = primary_metric(dataset.task, config.k)
     for i, (method, budget, seed) in enumerate(todo, 1):
-        cell = run_method(method, dataset, model_name, config, budget, seed)
+        try:
+            cell = run_method(method, dataset, model_name, config, budget, seed)
+        except InfeasibleBudget as exc:
+            # recorded, so a rerun does not retry it; left out of the tables
+            results["cells"][cell_key(method, budget, seed)] = {
+                "method": method,
+                "budget": budget,
+                "seed": seed,
+                "skipped": str(exc),
+            }
+            write_json(results, path)
+            log(f"[{i}/{len(todo)}] {method:9s} budget {budget:<5g} seed {seed}: skipped: {exc}")
+            continue
         results["cells"][cell_key(method, budget, seed)] = cell
         write_json(results, path)
-        metric, _ = primary_metric(dataset.task, config.k)
         log(
             f"[{i}/{len(todo)}] {method:9s} budget {budget:<5g} seed {seed}: "
             f"test {metric} {cell['test'][metric]:.4f}  kept {cell['kept_params']:,}  "
@@ -89,6 +101,8 @@ def summarize(results: dict, task: str, k: int = 10) -> list[dict]:
     """One row per (method, budget): mean and std over seeds of every reported number."""
     groups: dict[tuple[str, float], list[dict]] = {}
     for cell in results["cells"].values():
+        if "skipped" in cell:
+            continue
         groups.setdefault((cell["method"], cell["budget"]), []).append(cell)
     rows = []
     for (method, budget), cells in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):

@@ -7,14 +7,17 @@ uniform baseline is stored dense) and its wall time. Selection uses validation o
 
 Methods:
 * ``uniform``: one dimension d = floor(budget·K) for every feature (the grid's point);
-* ``dnis``: search α, merge, prune to the budget, optional fine-tune with the mask fixed;
-* ``magnitude``: train uniform-K, prune its table to the budget, optional fine-tune;
+* ``dnis``: search α, merge, prune to the budget; ``dnis_ft`` then fine-tunes with the
+  mask fixed for ``finetune_epochs`` (early stopping on validation);
+* ``magnitude``: train uniform-K, prune its table to the budget; ``magnitude_ft`` then
+  fine-tunes the same way;
 * ``mde``: block dims ∝ (mean frequency of the block)^a, budget-matched (Ginart et al.);
 * ``random``: N random non-increasing block-dim vectors within the budget, best on valid.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -31,7 +34,7 @@ from mixemb.search.dnis import SearchConfig, build_search_model, search
 from mixemb.search.export import merge_and_prune, to_ragged_model
 from mixemb.train.trainer import TrainConfig, evaluate, fit
 
-METHODS = ("uniform", "dnis", "magnitude", "mde", "random")
+METHODS = ("uniform", "dnis", "dnis_ft", "magnitude", "magnitude_ft", "mde", "random")
 
 
 @dataclass
@@ -41,7 +44,7 @@ class MethodConfig:
     dim: K of the uniform reference table. num_blocks: L frequency blocks.
     epochs / patience / lr / batch_size: the plain trainer's settings (all methods).
     search_epochs / warmup_epochs / alpha_lr / l1: DNIS search settings.
-    finetune_epochs: fine-tune pruned models with the mask fixed (0 = off).
+    finetune_epochs: maximum fine-tuning epochs of dnis_ft / magnitude_ft (mask fixed).
     random_trials: trials of random search. mde_exponent: a of MDE.
     min_block_dim: smallest block dimension of random search (4, lowered if the budget
         cannot afford it).
@@ -57,7 +60,7 @@ class MethodConfig:
     warmup_epochs: int = 2
     alpha_lr: float = 1e-2
     l1: float = 1e-5
-    finetune_epochs: int = 0
+    finetune_epochs: int = 10
     random_trials: int = 5
     mde_exponent: float = 0.3
     min_block_dim: int = 4
@@ -93,6 +96,10 @@ class MethodConfig:
         )
 
 
+class InfeasibleBudget(ValueError):
+    """A method cannot produce a model within the budget (e.g. min dims exceed it)."""
+
+
 def _quiet(_: str) -> None:
     pass
 
@@ -117,7 +124,8 @@ def _budget_params(ds: Dataset, cfg: MethodConfig, budget: float) -> int:
 
 
 def finetune_pruned(ds, model, pruned, cfg, seed, log) -> nn.Module:
-    """Retrain with the pruned entries held at zero; returns the ragged model."""
+    """Retrain for up to ``cfg.finetune_epochs`` with the pruned entries held at zero;
+    returns the ragged model (no retraining when finetune_epochs is 0)."""
     if cfg.finetune_epochs <= 0:
         return to_ragged_model(model, pruned)
     cfg_d = dict(model.config)
@@ -139,15 +147,18 @@ def run_uniform(ds, model_name, cfg, budget, seed, log=_quiet) -> dict:
     return _cell("uniform", ds, model, cfg, budget, seed, t0, n, 4 * n, dim=d)
 
 
-def run_dnis(ds, model_name, cfg, budget, seed, log=_quiet) -> dict:
+def run_dnis(ds, model_name, cfg, budget, seed, log=_quiet, finetune=False) -> dict:
     t0 = time.perf_counter()
     model = build_search_model(ds, model_name, cfg.search_config(seed), **cfg.model_kwargs)
     search(model, ds, cfg.search_config(seed), log=log)
     pruned, report = merge_and_prune(model.embedding, keep=_budget_params(ds, cfg, budget))
     boundaries = model.embedding.boundaries
-    serving = finetune_pruned(ds, model, pruned, cfg, seed, log)
+    if finetune:
+        serving = finetune_pruned(ds, model, pruned, cfg, seed, log)
+    else:
+        serving = to_ragged_model(model, pruned)
     return _cell(
-        "dnis",
+        "dnis_ft" if finetune else "dnis",
         ds,
         serving,
         cfg,
@@ -161,16 +172,19 @@ def run_dnis(ds, model_name, cfg, budget, seed, log=_quiet) -> dict:
     )
 
 
-def run_magnitude(ds, model_name, cfg, budget, seed, log=_quiet) -> dict:
+def run_magnitude(ds, model_name, cfg, budget, seed, log=_quiet, finetune=False) -> dict:
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     model = build_model(model_name, ds.num_features, ds.num_fields, cfg.dim, **cfg.model_kwargs)
     fit(model, ds, cfg.train_config(seed), log=log)
     pruned, report = merge_and_prune(model.embedding, keep=_budget_params(ds, cfg, budget))
-    serving = finetune_pruned(ds, model, pruned, cfg, seed, log)
+    if finetune:
+        serving = finetune_pruned(ds, model, pruned, cfg, seed, log)
+    else:
+        serving = to_ragged_model(model, pruned)
     boundaries = make_boundaries(ds.num_features, num_blocks=cfg.num_blocks)
     return _cell(
-        "magnitude",
+        "magnitude_ft" if finetune else "magnitude",
         ds,
         serving,
         cfg,
@@ -211,12 +225,29 @@ def mde_block_dims(
 def random_block_dims(
     rng: random.Random, sizes: list[int], dim: int, budget_params: int, min_dim: int
 ) -> list[int] | None:
-    """Non-increasing block dims in [min_dim, dim] within the budget (None if none found)."""
-    for _ in range(1000):
-        dims = sorted((rng.randint(min_dim, dim) for _ in sizes), reverse=True)
-        if sum(s * d for s, d in zip(sizes, dims)) <= budget_params:
-            return dims
-    return None
+    """Random non-increasing block dims in [min_dim, dim] within the budget.
+
+    Draws L dims uniformly in [min_dim, dim], sorts them (frequent blocks get more),
+    then shrinks them by the largest common factor that fits the budget (never below
+    min_dim). None when even min_dim everywhere exceeds the budget.
+    """
+    if sum(sizes) * min_dim > budget_params:
+        return None
+    draw = sorted((rng.randint(min_dim, dim) for _ in sizes), reverse=True)
+
+    def shrink(c: float) -> list[int]:
+        return [max(min_dim, int(c * d)) for d in draw]
+
+    def cost(dims: list[int]) -> int:
+        return sum(s * d for s, d in zip(sizes, dims))
+
+    if cost(draw) <= budget_params:
+        return draw
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cost(shrink(mid)) <= budget_params else (lo, mid)
+    return shrink(lo)
 
 
 def _train_block_dims(ds, model_name, cfg, boundaries, dims, seed, log):
@@ -268,7 +299,9 @@ def run_random(ds, model_name, cfg, budget, seed, log=_quiet) -> dict:
         if best is None or (value < best[0] if direction == "min" else value > best[0]):
             best = (value, model, dims)
     if best is None:
-        raise ValueError(f"random search found no block dims within budget {budget}")
+        raise InfeasibleBudget(
+            f"no block dims >= {min_dim} fit {budget_params:,} parameters (budget {budget:g})"
+        )
     _, model, dims = best
     return _block_dims_cell(
         "random", ds, model, cfg, budget, seed, t0, sizes, dims, trials=cfg.random_trials
@@ -278,7 +311,9 @@ def run_random(ds, model_name, cfg, budget, seed, log=_quiet) -> dict:
 RUNNERS = {
     "uniform": run_uniform,
     "dnis": run_dnis,
+    "dnis_ft": functools.partial(run_dnis, finetune=True),
     "magnitude": run_magnitude,
+    "magnitude_ft": functools.partial(run_magnitude, finetune=True),
     "mde": run_mde,
     "random": run_random,
 }

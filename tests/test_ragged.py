@@ -32,6 +32,8 @@ def test_round_trip_and_gather(n, k, group_size):
     assert torch.equal(table.to_dense(), x)
     assert torch.equal(table.row_dims(), (x != 0).sum(1))
     if n:
+        every_row = torch.arange(n)
+        assert torch.equal(ragged_gather_reference(table, every_row), x)
         ids = torch.randint(0, n, (5, 3))
         ids[0, :] = 0  # duplicates
         assert torch.equal(ragged_gather_reference(table, ids), x[ids])

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from mixemb.cli import main
 
@@ -202,3 +203,44 @@ def test_demo_pipeline_on_synthetic_data(tmp_path):
     assert rows[2]["bytes"] < rows[0]["bytes"]
     assert (tmp_path / "dnis" / "pruned.pt").exists()
     assert any(line.startswith("mean kept dim per frequency block") for line in lines)
+
+
+def test_saved_models_score_raw_rows_with_their_encoder(tmp_path, capsys):
+    import numpy as np
+
+    from mixemb.data import load_dataset
+    from mixemb.train.run import load_run, score_raw
+    from mixemb.train.trainer import predict
+
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "synthetic",
+                "--model",
+                "mf",
+                "--dim",
+                "4",
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    ds = load_dataset("synthetic", "rating")
+    enc = ds.encoder
+    rows = ds.test.ids[:20].tolist()
+    raw = {
+        "user_id": np.array([enc.decode(u)[1] for u, _ in rows]),
+        "item_id": np.array([enc.decode(i)[1] for _, i in rows]),
+    }
+    model, _ = load_run(out)
+    expected = predict(model, type(ds.test)(ds.test.ids[:20], ds.test.labels[:20]))
+    torch.testing.assert_close(score_raw(out, raw), expected)
+    unseen = score_raw(out, {"user_id": np.array(["never-seen"]), "item_id": raw["item_id"][:1]})
+    assert unseen.shape == (1,) and torch.isfinite(unseen).all()

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -143,3 +144,33 @@ def evaluate_run(
     model.to(device)
     k = k if k is not None else default_k
     return evaluate(model, getattr(dataset, split), dataset.task, k=k, device=device)
+
+
+def score_raw(path: str | Path, columns: dict, *, device: str = "cpu") -> torch.Tensor:
+    """Score raw rows with a saved model (train run, ``best.pt`` or pruned file).
+
+    columns: field name → (n,) raw values, as the readers produce them (strings for
+        categorical fields, numbers for numeric ones); unseen values map to their
+        field's OOV id through the encoder saved with the model.
+    Returns (n,) float32 scores (ratings, or logits for ctr / top-k).
+    """
+    from mixemb.data import FeatureEncoder
+    from mixemb.data.schema import Split
+    from mixemb.train.trainer import predict
+
+    path = Path(path)
+    file = path / "best.pt" if path.is_dir() else path
+    if load_checkpoint(file).get("kind") == "mixemb.pruned":
+        from mixemb.search.export import load_pruned
+
+        model, ckpt = load_pruned(file)
+    else:
+        model, ckpt = load_run(file)
+    encoder = FeatureEncoder.from_state_dict(ckpt["encoder"])
+    ids, values = encoder.transform({k: np.asarray(v) for k, v in columns.items()})
+    split = Split(
+        torch.from_numpy(ids),
+        torch.zeros(len(ids)),
+        None if values is None else torch.from_numpy(values),
+    )
+    return predict(model.to(device), split, device=device)

@@ -1,20 +1,78 @@
 """Build script for mixemb.
 
-Pure-Python for now: the package ``mixemb`` plus the top-level ``kernels/`` folder
-(Triton kernels) installed as ``mixemb.kernels``. The C++/CUDA extension from
-``csrc/`` is added here with torch.utils.cpp_extension when it lands, which is why
-installs use ``pip install --no-build-isolation`` (the build must see the installed torch).
+The package ``mixemb``, the top-level ``kernels/`` folder (Triton kernels) installed as
+``mixemb.kernels``, and the C++/CUDA extension ``mixemb._C`` from ``csrc/`` built with
+torch.utils.cpp_extension — so installs use ``pip install --no-build-isolation`` (the
+build must see the installed torch).
+
+Knobs (printed at build time), never ``torch.cuda.is_available()`` (a build machine
+need not have a GPU):
+  MIXEMB_SKIP_CUDA=1   CPU-only extension even where CUDA could be built
+  MIXEMB_FORCE_CUDA=1  build the CUDA kernels (fails loudly without nvcc / a CUDA torch)
+  TORCH_CUDA_ARCH_LIST the GPU architectures (default here: "8.0;9.0")
+  MIXEMB_SKIP_EXT=1    no extension at all (pure Python; ops fall back to references)
+Default: CUDA kernels when torch is a CUDA build and nvcc is found, else CPU only.
 """
 
+import glob
+import os
+import shutil
 import sys
 
 from setuptools import find_packages, setup
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def extension_modules():
+    if _flag("MIXEMB_SKIP_EXT"):
+        print("mixemb: MIXEMB_SKIP_EXT set: building no C++ extension", file=sys.stderr)
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    sources = sorted(glob.glob("csrc/*.cpp"))
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    nvcc = shutil.which("nvcc") or (
+        os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc") if "CUDA_HOME" in os.environ else None
+    )
+    if _flag("MIXEMB_SKIP_CUDA"):
+        use_cuda, why = False, "MIXEMB_SKIP_CUDA set"
+    elif _flag("MIXEMB_FORCE_CUDA"):
+        use_cuda, why = True, "MIXEMB_FORCE_CUDA set"
+    elif torch.version.cuda and nvcc:
+        use_cuda, why = True, f"torch {torch.__version__} is a CUDA build and nvcc is at {nvcc}"
+    else:
+        use_cuda, why = False, f"torch {torch.__version__} has no CUDA or no nvcc was found"
+    cxx = ["-O3", "-std=c++17"]
+    if use_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        print(
+            f"mixemb: building mixemb._C with CUDA ({why}); "
+            f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}",
+            file=sys.stderr,
+        )
+        ext = CUDAExtension(
+            "mixemb._C",
+            sources + cuda_sources,
+            define_macros=[("USE_CUDA", None), ("MIXEMB_WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "-DUSE_CUDA"]},
+        )
+    else:
+        print(f"mixemb: building mixemb._C for CPU only ({why})", file=sys.stderr)
+        ext = CppExtension("mixemb._C", sources, extra_compile_args={"cxx": cxx})
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
 
 packages = find_packages(include=["mixemb", "mixemb.*"]) + ["mixemb.kernels"]
 
 install_requires = ["torch>=2.6", "numpy"]
 if sys.platform.startswith("linux"):
     install_requires.append("triton")
+
+ext_modules, cmdclass = extension_modules()
 
 setup(
     name="mixemb",
@@ -34,6 +92,8 @@ setup(
         "plot": ["matplotlib"],
     },
     entry_points={"console_scripts": ["mixemb = mixemb.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
     license="MIT",
     classifiers=[
         "Programming Language :: Python :: 3",

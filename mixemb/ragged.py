@@ -262,4 +262,5 @@ def ragged_dot_reference(
         )
     a = ragged_gather_reference(table_a, ids_a)
     b = ragged_gather_reference(table_b, ids_b)
-    return (a.float() * b.float()).sum(-1)
+    acc = torch.float64 if a.dtype == torch.float64 else torch.float32
+    return (a.to(acc) * b.to(acc)).sum(-1)

@@ -1,9 +1,17 @@
-"""Serving ops over a :class:`mixemb.ragged.RaggedTable` (pruned, padding-free tables)."""
+"""Serving ops over a :class:`mixemb.ragged.RaggedTable` (pruned, padding-free tables).
+
+The kernels are ``torch.ops.mixemb.ragged_{gather,bag,dot}`` from the compiled extension
+(C++ on CPU, CUDA on GPU; schemas in ``csrc/ops.cpp``). This module registers their fake
+(meta) kernels — so ``torch.compile`` and ``torch.export`` trace them — and the autograd of
+``ragged_bag`` with respect to ``per_sample_weights``. Without the extension every op runs
+its pure-PyTorch reference (``mixemb.ragged``) after a one-time warning.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from mixemb import _ext
 from mixemb.ragged import (
     RaggedTable,
     ragged_bag_reference,
@@ -11,22 +19,52 @@ from mixemb.ragged import (
     ragged_gather_reference,
 )
 
-BACKENDS = ("auto", "reference")
+BACKENDS = ("auto", "extension", "reference")
+MODES = {"sum": 0, "mean": 1}
 
 
-def ragged_gather(table: RaggedTable, ids: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+def _use_extension(backend: str, op: str) -> bool:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "reference":
+        return False
+    if not _ext.HAS_EXT:
+        if backend == "extension":
+            raise RuntimeError(f"{op}: mixemb._C is not available ({_ext.LOAD_ERROR})")
+        _ext.warn_fallback(op)
+        return False
+    return True
+
+
+def _check_ids(ids: torch.Tensor, name: str = "ids") -> None:
+    if ids.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"{name} must be int32 or int64, got {ids.dtype}")
+
+
+def ragged_gather(
+    table: RaggedTable, ids: torch.Tensor, *, check_bounds: bool = True, backend: str = "auto"
+) -> torch.Tensor:
     """Dense rows of a ragged table.
 
     table: RaggedTable with N rows of maximum dimension K.
-    ids: (...) int32/int64 in [0, N); an out-of-range id raises IndexError naming it.
-    backend: "reference" (torch ops) or "auto" (the fastest available; today the reference).
+    ids: (...) int32/int64 in [0, N); with ``check_bounds`` an out-of-range id raises an
+        error naming it (on the GPU this costs a host sync when the check is on).
+    backend: "auto" (the extension when built, else the reference), "extension" or
+        "reference".
     Returns (..., K) in the table's value dtype, zeros at pruned dimensions.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if ids.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"ids must be int32 or int64, got {ids.dtype}")
-    return ragged_gather_reference(table, ids)
+    _check_ids(ids)
+    if not _use_extension(backend, "ragged_gather"):
+        return ragged_gather_reference(table, ids)
+    return torch.ops.mixemb.ragged_gather(
+        table.masks,
+        table.values,
+        table.group_offsets,
+        table.group_size,
+        table.embedding_dim,
+        ids,
+        check_bounds,
+    )
 
 
 def ragged_bag(
@@ -37,18 +75,39 @@ def ragged_bag(
     mode: str = "sum",
     per_sample_weights: torch.Tensor | None = None,
     include_last_offset: bool = False,
+    check_bounds: bool = True,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Pooled bags (``nn.EmbeddingBag`` semantics) over a ragged table → (B, K)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return ragged_bag_reference(
-        table,
+    """Pooled bags with ``nn.EmbeddingBag`` semantics → (B, K).
+
+    ids: (M,) int32/int64; offsets: (B,) bag starts (or (B+1,) with include_last_offset);
+    mode: "sum" or "mean"; per_sample_weights: (M,) float (sum only; differentiable).
+    """
+    _check_ids(ids)
+    _check_ids(offsets, "offsets")
+    if mode not in MODES:
+        raise ValueError(f"mode must be sum or mean, got {mode!r}")
+    if not _use_extension(backend, "ragged_bag"):
+        return ragged_bag_reference(
+            table,
+            ids,
+            offsets,
+            mode=mode,
+            per_sample_weights=per_sample_weights,
+            include_last_offset=include_last_offset,
+        )
+    return torch.ops.mixemb.ragged_bag(
+        table.masks,
+        table.values,
+        table.group_offsets,
+        table.group_size,
+        table.embedding_dim,
         ids,
         offsets,
-        mode=mode,
-        per_sample_weights=per_sample_weights,
-        include_last_offset=include_last_offset,
+        MODES[mode],
+        per_sample_weights,
+        include_last_offset,
+        check_bounds,
     )
 
 
@@ -58,9 +117,102 @@ def ragged_dot(
     table_b: RaggedTable,
     ids_b: torch.Tensor,
     *,
+    check_bounds: bool = True,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """MF-style scores (B,) float32 over the dimensions both rows keep."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return ragged_dot_reference(table_a, ids_a, table_b, ids_b)
+    """MF-style scores (...,) float32 (float64 for float64 tables): Σ over the dims both
+    rows keep of a·b, never materialising a padded row."""
+    _check_ids(ids_a, "ids_a")
+    _check_ids(ids_b, "ids_b")
+    if table_a.embedding_dim != table_b.embedding_dim:
+        raise ValueError(
+            f"embedding dims differ: {table_a.embedding_dim} and {table_b.embedding_dim}"
+        )
+    if not _use_extension(backend, "ragged_dot"):
+        return ragged_dot_reference(table_a, ids_a, table_b, ids_b)
+    return torch.ops.mixemb.ragged_dot(
+        table_a.masks,
+        table_a.values,
+        table_a.group_offsets,
+        table_a.group_size,
+        table_b.masks,
+        table_b.values,
+        table_b.group_offsets,
+        table_b.group_size,
+        table_a.embedding_dim,
+        ids_a,
+        ids_b,
+        check_bounds,
+    )
+
+
+# ---- fake kernels and autograd (only when the extension defined the ops) ----------------
+if _ext.HAS_EXT:
+
+    @torch.library.register_fake("mixemb::ragged_gather")
+    def _gather_fake(masks, values, group_offsets, group_size, dim, ids, check_bounds=True):
+        return values.new_empty((*ids.shape, dim))
+
+    @torch.library.register_fake("mixemb::ragged_bag")
+    def _bag_fake(
+        masks,
+        values,
+        group_offsets,
+        group_size,
+        dim,
+        ids,
+        offsets,
+        mode,
+        per_sample_weights,
+        include_last_offset,
+        check_bounds=True,
+    ):
+        bags = offsets.shape[0] - 1 if include_last_offset else offsets.shape[0]
+        return values.new_empty((bags, dim))
+
+    @torch.library.register_fake("mixemb::ragged_dot")
+    def _dot_fake(
+        masks_a,
+        values_a,
+        group_offsets_a,
+        group_size_a,
+        masks_b,
+        values_b,
+        group_offsets_b,
+        group_size_b,
+        dim,
+        ids_a,
+        ids_b,
+        check_bounds=True,
+    ):
+        dtype = torch.float64 if values_a.dtype == torch.float64 else torch.float32
+        return values_a.new_empty(ids_a.shape, dtype=dtype)
+
+    def _bag_setup(ctx, inputs, output):
+        masks, values, group_offsets, group_size, dim, ids, offsets, mode, psw, last, _ = inputs
+        ctx.table = (masks, values, group_offsets, group_size, dim)
+        ctx.include_last = last
+        ctx.save_for_backward(ids, offsets)
+        ctx.weights_dtype = None if psw is None else psw.dtype
+
+    def _bag_backward(ctx, grad):
+        ids, offsets = ctx.saved_tensors
+        grad_w = None
+        if ctx.weights_dtype is not None and ctx.needs_input_grad[8]:
+            # d out[b] / d w[i] = row(ids[i]) for i in bag b: dot the row with grad[b].
+            rows = torch.ops.mixemb.ragged_gather(*ctx.table, ids, False)
+            starts = offsets[:-1] if ctx.include_last else offsets
+            ends = (
+                offsets[1:]
+                if ctx.include_last
+                else torch.cat([offsets[1:], offsets.new_full((1,), ids.numel())])
+            )
+            bag_of = torch.repeat_interleave(
+                torch.arange(starts.numel(), device=ids.device),
+                (ends - starts).long(),
+                output_size=ids.numel(),
+            )
+            grad_w = (rows.to(grad.dtype) * grad[bag_of]).sum(1).to(ctx.weights_dtype)
+        return (None, None, None, None, None, None, None, None, grad_w, None, None)
+
+    torch.library.register_autograd("mixemb::ragged_bag", _bag_backward, setup_context=_bag_setup)

@@ -1,0 +1,154 @@
+"""Compiled ragged ops (mixemb._C) vs the pure-PyTorch references, opcheck, gradcheck, compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mixemb import _ext
+from mixemb.ops import ragged_bag, ragged_dot, ragged_gather
+from mixemb.ragged import (
+    RaggedTable,
+    ragged_bag_reference,
+    ragged_dot_reference,
+    ragged_gather_reference,
+)
+
+pytestmark = pytest.mark.skipif(not _ext.HAS_EXT, reason=f"mixemb._C missing: {_ext.LOAD_ERROR}")
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+# Reordered fp accumulation (bags, dots) vs the reference: tolerances per dtype.
+TOL = {
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.float64: dict(rtol=1e-12, atol=1e-12),
+    torch.float16: dict(rtol=2e-3, atol=2e-3),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2),
+}
+
+
+def _table(n, k, keep=0.3, seed=0, dtype=torch.float32, group_size=16):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, k, generator=g, dtype=torch.float64)
+    x[torch.rand(n, k, generator=g) > keep] = 0
+    if n > 2:
+        x[0] = 0  # a row with no kept dims
+        x[1] = torch.randn(k, generator=g, dtype=torch.float64).abs() + 0.5  # all kept
+    x = x.to(dtype)
+    return x, RaggedTable.from_dense(x, group_size=group_size)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("k", [1, 7, 64, 160])
+@pytest.mark.parametrize("ids_dtype", [torch.int32, torch.int64])
+def test_gather_matches_reference_exactly(dtype, k, ids_dtype):
+    x, table = _table(40, k, dtype=dtype)
+    ids = torch.randint(0, 40, (9, 4)).to(ids_dtype)
+    ids[0] = 1  # duplicates of the all-kept row
+    ids[1, 0] = 0
+    got = ragged_gather(table, ids, backend="extension")
+    assert torch.equal(got, ragged_gather_reference(table, ids))
+    assert torch.equal(got, x[ids.long()])
+    assert ragged_gather(table, ids[:0], backend="extension").shape == (0, 4, k)
+
+
+@pytest.mark.parametrize("group_size", [1, 5, 16])
+def test_gather_every_row_any_group_size(group_size):
+    x, table = _table(70, 70, group_size=group_size)
+    assert torch.equal(ragged_gather(table, torch.arange(70), backend="extension"), x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("k", [1, 7, 64, 160])
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+@pytest.mark.parametrize("include_last", [False, True])
+def test_bag_matches_reference(dtype, k, mode, include_last):
+    _, table = _table(30, k, dtype=dtype)
+    ids = torch.tensor([1, 1, 0, 29, 5, 5, 5, 12])
+    offsets = torch.tensor([0, 3, 3, 4])  # an empty bag
+    if include_last:
+        offsets = torch.cat([offsets, torch.tensor([8])])
+    got = ragged_bag(
+        table, ids, offsets, mode=mode, include_last_offset=include_last, backend="extension"
+    )
+    ref = ragged_bag_reference(table, ids, offsets, mode=mode, include_last_offset=include_last)
+    torch.testing.assert_close(got, ref, **TOL[dtype])
+    empty = ragged_bag(table, ids[:0], offsets[:0], backend="extension")
+    assert empty.shape == (0, k)
+
+
+def test_bag_per_sample_weights_gradcheck_and_matches_embedding_bag():
+    x, table = _table(12, 9, dtype=torch.float64)
+    ids, offsets = torch.tensor([2, 3, 3, 11, 1]), torch.tensor([0, 2, 2])
+    w = torch.rand(5, dtype=torch.float64, requires_grad=True)
+
+    def f(w):
+        return ragged_bag(table, ids, offsets, per_sample_weights=w, backend="extension")
+
+    ref = torch.nn.functional.embedding_bag(ids, x, offsets, mode="sum", per_sample_weights=w)
+    torch.testing.assert_close(f(w), ref)
+    assert torch.autograd.gradcheck(f, (w,))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("k", [1, 7, 64, 160])
+def test_dot_matches_reference(dtype, k):
+    xa, ta = _table(25, k, keep=0.5, seed=1, dtype=dtype)
+    xb, tb = _table(18, k, keep=0.5, seed=2, dtype=dtype, group_size=4)
+    ia, ib = torch.randint(0, 25, (30,)), torch.randint(0, 18, (30,))
+    ia[:3] = 1
+    ib[:3] = torch.tensor([0, 1, 1])
+    got = ragged_dot(ta, ia, tb, ib, backend="extension")
+    torch.testing.assert_close(got, ragged_dot_reference(ta, ia, tb, ib), **TOL[dtype])
+    assert ragged_dot(ta, ia[:0], tb, ib[:0], backend="extension").shape == (0,)
+
+
+def test_out_of_range_ids_are_named():
+    _, table = _table(10, 8)
+    with pytest.raises(RuntimeError, match=r"id 10 at position 2 is out of range \[0, 10\)"):
+        ragged_gather(table, torch.tensor([0, 1, 10]), backend="extension")
+    with pytest.raises(RuntimeError, match="id -1"):
+        ragged_bag(table, torch.tensor([-1]), torch.tensor([0]), backend="extension")
+    with pytest.raises(RuntimeError, match="id 99"):
+        ragged_dot(table, torch.tensor([99]), table, torch.tensor([0]), backend="extension")
+    with pytest.raises(RuntimeError, match="offsets must start at 0"):
+        ragged_bag(table, torch.tensor([1, 2]), torch.tensor([1]), backend="extension")
+
+
+def test_opcheck_every_op():
+    _, table = _table(20, 10, dtype=torch.float64)
+    t = (table.masks, table.values, table.group_offsets, table.group_size, 10)
+    ids = torch.tensor([[1, 3], [19, 0]])
+    torch.library.opcheck(torch.ops.mixemb.ragged_gather.default, (*t, ids, True))
+    w = torch.rand(4, dtype=torch.float64, requires_grad=True)
+    flat, offsets = ids.reshape(-1), torch.tensor([0, 1])
+    torch.library.opcheck(
+        torch.ops.mixemb.ragged_bag.default, (*t, flat, offsets, 0, w, False, True)
+    )
+    torch.library.opcheck(
+        torch.ops.mixemb.ragged_bag.default, (*t, flat, offsets, 1, None, False, True)
+    )
+    torch.library.opcheck(
+        torch.ops.mixemb.ragged_dot.default, (*t[:4], *t[:4], 10, flat, flat, True)
+    )
+
+
+@pytest.mark.slow
+def test_model_on_ragged_embedding_compiles_without_graph_breaks():
+    from mixemb.models import build_model
+    from mixemb.nn import RaggedEmbedding
+
+    x, table = _table(50, 16)
+    model = build_model("deepfm", 50, 3, 16, embedding=RaggedEmbedding(table), hidden=[8]).eval()
+    ids = torch.randint(0, 50, (32, 3))
+    eager = model(ids)
+    compiled = torch.compile(model, fullgraph=True)
+    torch.testing.assert_close(compiled(ids), eager)
+
+
+def test_auto_backend_uses_the_extension_and_reference_is_selectable():
+    _, table = _table(10, 8)
+    ids = torch.tensor([3, 4])
+    assert torch.equal(ragged_gather(table, ids), ragged_gather(table, ids, backend="reference"))
+    with pytest.raises(ValueError, match="backend"):
+        ragged_gather(table, ids, backend="cuda-magic")
+    assert "built without CUDA" in _ext.describe() or "with CUDA" in _ext.describe()

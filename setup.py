@@ -46,7 +46,7 @@ def extension_modules():
         use_cuda, why = True, f"torch {torch.__version__} is a CUDA build and nvcc is at {nvcc}"
     else:
         use_cuda, why = False, f"torch {torch.__version__} has no CUDA or no nvcc was found"
-    cxx = ["-O3", "-std=c++17"]
+    cxx = ["-O3"]
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         print(
@@ -58,7 +58,7 @@ def extension_modules():
             "mixemb._C",
             sources + cuda_sources,
             define_macros=[("USE_CUDA", None), ("MIXEMB_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "-DUSE_CUDA"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-DUSE_CUDA"]},
         )
     else:
         print(f"mixemb: building mixemb._C for CPU only ({why})", file=sys.stderr)

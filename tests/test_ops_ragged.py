@@ -16,6 +16,21 @@ from mixemb.ragged import (
 
 pytestmark = pytest.mark.skipif(not _ext.HAS_EXT, reason=f"mixemb._C missing: {_ext.LOAD_ERROR}")
 
+# One suite, two devices: CUDA cases run on a GPU machine (bench/gpu_check.sh: -m cuda).
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.cuda,
+            pytest.mark.skipif(
+                not (torch.cuda.is_available() and _ext.HAS_CUDA_KERNELS),
+                reason="needs a GPU and mixemb._C built with CUDA",
+            ),
+        ],
+    ),
+]
+
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # Reordered fp accumulation (bags, dots) vs the reference: tolerances per dtype.
 TOL = {
@@ -26,7 +41,7 @@ TOL = {
 }
 
 
-def _table(n, k, keep=0.3, seed=0, dtype=torch.float32, group_size=16):
+def _table(n, k, keep=0.3, seed=0, dtype=torch.float32, group_size=16, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, k, generator=g, dtype=torch.float64)
     x[torch.rand(n, k, generator=g) > keep] = 0
@@ -34,15 +49,16 @@ def _table(n, k, keep=0.3, seed=0, dtype=torch.float32, group_size=16):
         x[0] = 0  # a row with no kept dims
         x[1] = torch.randn(k, generator=g, dtype=torch.float64).abs() + 0.5  # all kept
     x = x.to(dtype)
-    return x, RaggedTable.from_dense(x, group_size=group_size)
+    return x.to(device), RaggedTable.from_dense(x, group_size=group_size).to(device)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("k", [1, 7, 64, 160])
 @pytest.mark.parametrize("ids_dtype", [torch.int32, torch.int64])
-def test_gather_matches_reference_exactly(dtype, k, ids_dtype):
-    x, table = _table(40, k, dtype=dtype)
-    ids = torch.randint(0, 40, (9, 4)).to(ids_dtype)
+@pytest.mark.parametrize("device", DEVICES)
+def test_gather_matches_reference_exactly(dtype, k, ids_dtype, device):
+    x, table = _table(40, k, dtype=dtype, device=device)
+    ids = torch.randint(0, 40, (9, 4)).to(device=device, dtype=ids_dtype)
     ids[0] = 1  # duplicates of the all-kept row
     ids[1, 0] = 0
     got = ragged_gather(table, ids, backend="extension")
@@ -61,12 +77,13 @@ def test_gather_every_row_any_group_size(group_size):
 @pytest.mark.parametrize("k", [1, 7, 64, 160])
 @pytest.mark.parametrize("mode", ["sum", "mean"])
 @pytest.mark.parametrize("include_last", [False, True])
-def test_bag_matches_reference(dtype, k, mode, include_last):
-    _, table = _table(30, k, dtype=dtype)
-    ids = torch.tensor([1, 1, 0, 29, 5, 5, 5, 12])
-    offsets = torch.tensor([0, 3, 3, 4])  # an empty bag
+@pytest.mark.parametrize("device", DEVICES)
+def test_bag_matches_reference(dtype, k, mode, include_last, device):
+    _, table = _table(30, k, dtype=dtype, device=device)
+    ids = torch.tensor([1, 1, 0, 29, 5, 5, 5, 12], device=device)
+    offsets = torch.tensor([0, 3, 3, 4], device=device)  # an empty bag
     if include_last:
-        offsets = torch.cat([offsets, torch.tensor([8])])
+        offsets = torch.cat([offsets, torch.tensor([8], device=device)])
     got = ragged_bag(
         table, ids, offsets, mode=mode, include_last_offset=include_last, backend="extension"
     )
@@ -91,21 +108,32 @@ def test_bag_per_sample_weights_gradcheck_and_matches_embedding_bag():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("k", [1, 7, 64, 160])
-def test_dot_matches_reference(dtype, k):
-    xa, ta = _table(25, k, keep=0.5, seed=1, dtype=dtype)
-    xb, tb = _table(18, k, keep=0.5, seed=2, dtype=dtype, group_size=4)
-    ia, ib = torch.randint(0, 25, (30,)), torch.randint(0, 18, (30,))
+@pytest.mark.parametrize("device", DEVICES)
+def test_dot_matches_reference(dtype, k, device):
+    xa, ta = _table(25, k, keep=0.5, seed=1, dtype=dtype, device=device)
+    xb, tb = _table(18, k, keep=0.5, seed=2, dtype=dtype, group_size=4, device=device)
+    ia = torch.randint(0, 25, (30,), device=device)
+    ib = torch.randint(0, 18, (30,), device=device)
     ia[:3] = 1
-    ib[:3] = torch.tensor([0, 1, 1])
+    ib[:3] = torch.tensor([0, 1, 1], device=device)
     got = ragged_dot(ta, ia, tb, ib, backend="extension")
     torch.testing.assert_close(got, ragged_dot_reference(ta, ia, tb, ib), **TOL[dtype])
     assert ragged_dot(ta, ia[:0], tb, ib[:0], backend="extension").shape == (0,)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_out_of_range_id_is_named_on_every_device(device):
+    _, table = _table(10, 8, device=device)
+    ids = torch.tensor([0, 1, 10], device=device)
+    with pytest.raises(RuntimeError, match=r"id 10 at position 2 is out of range"):
+        ragged_gather(table, ids, check_bounds=True, backend="extension")
+    if device == "cuda":  # unchecked: a zero row, no illegal memory access
+        out = ragged_gather(table, ids, check_bounds=False, backend="extension")
+        assert out[2].eq(0).all()
+
+
 def test_out_of_range_ids_are_named():
     _, table = _table(10, 8)
-    with pytest.raises(RuntimeError, match=r"id 10 at position 2 is out of range \[0, 10\)"):
-        ragged_gather(table, torch.tensor([0, 1, 10]), backend="extension")
     with pytest.raises(RuntimeError, match="id -1"):
         ragged_bag(table, torch.tensor([-1]), torch.tensor([0]), backend="extension")
     with pytest.raises(RuntimeError, match="id 99"):

@@ -41,14 +41,24 @@ def _check_ids(ids: torch.Tensor, name: str = "ids") -> None:
         raise ValueError(f"{name} must be int32 or int64, got {ids.dtype}")
 
 
+def _bounds(check_bounds: bool | None, ids: torch.Tensor) -> bool:
+    return ids.device.type == "cpu" if check_bounds is None else bool(check_bounds)
+
+
 def ragged_gather(
-    table: RaggedTable, ids: torch.Tensor, *, check_bounds: bool = True, backend: str = "auto"
+    table: RaggedTable,
+    ids: torch.Tensor,
+    *,
+    check_bounds: bool | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Dense rows of a ragged table.
 
     table: RaggedTable with N rows of maximum dimension K.
-    ids: (...) int32/int64 in [0, N); with ``check_bounds`` an out-of-range id raises an
-        error naming it (on the GPU this costs a host sync when the check is on).
+    ids: (...) int32/int64 in [0, N).
+    check_bounds: raise an error naming the first out-of-range id. Default: on for CPU
+        tensors, off on the GPU (the check costs a host sync there; without it a bad id
+        reads nothing and yields a zero row — never an illegal memory access).
     backend: "auto" (the extension when built, else the reference), "extension" or
         "reference".
     Returns (..., K) in the table's value dtype, zeros at pruned dimensions.
@@ -63,7 +73,7 @@ def ragged_gather(
         table.group_size,
         table.embedding_dim,
         ids,
-        check_bounds,
+        _bounds(check_bounds, ids),
     )
 
 
@@ -75,7 +85,7 @@ def ragged_bag(
     mode: str = "sum",
     per_sample_weights: torch.Tensor | None = None,
     include_last_offset: bool = False,
-    check_bounds: bool = True,
+    check_bounds: bool | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Pooled bags with ``nn.EmbeddingBag`` semantics → (B, K).
@@ -107,7 +117,7 @@ def ragged_bag(
         MODES[mode],
         per_sample_weights,
         include_last_offset,
-        check_bounds,
+        _bounds(check_bounds, ids),
     )
 
 
@@ -117,7 +127,7 @@ def ragged_dot(
     table_b: RaggedTable,
     ids_b: torch.Tensor,
     *,
-    check_bounds: bool = True,
+    check_bounds: bool | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """MF-style scores (...,) float32 (float64 for float64 tables): Σ over the dims both
@@ -142,7 +152,7 @@ def ragged_dot(
         table_a.embedding_dim,
         ids_a,
         ids_b,
-        check_bounds,
+        _bounds(check_bounds, ids_a),
     )
 
 

@@ -1,0 +1,339 @@
+// CUDA kernels of the ragged serving ops (schemas in csrc/ops.cpp; CPU twins in
+// csrc/ragged_cpu.cpp).
+//
+// One warp per lookup (gather, dot) or per bag. The lanes first count the kept values of
+// the rows before the looked-up row in its group (popcounts, a warp sum) to find where the
+// row's values start; then each lane handles 2 of every 64 dims: a dim's slot is the row
+// start plus the popcount of the mask bits below it. Pruned dims are written as zeros by
+// the same pass, so the output needs no memset. Only kept values are read.
+//
+// Lean includes only (no ATen/cuda/CUDAContext.h): this file compiles with nvcc against
+// the CPU torch wheel's headers, and takes the current stream from the AOTI C shim.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/library.h>
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace mixemb {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kWarpsPerBlock = 8;
+constexpr int64_t kMaxDim = 1024;  // 16 mask words; bags keep 32 accumulators per lane
+
+cudaStream_t current_stream(const at::Tensor& t) {
+  void* stream = nullptr;
+  TORCH_CHECK(aoti_torch_get_current_cuda_stream(t.get_device(), &stream) == AOTI_TORCH_SUCCESS,
+              "mixemb: could not get the current CUDA stream");
+  return static_cast<cudaStream_t>(stream);
+}
+
+void check_launch(const char* op) {
+  const cudaError_t err = cudaGetLastError();
+  TORCH_CHECK(err == cudaSuccess, op, ": CUDA launch failed: ", cudaGetErrorString(err));
+}
+
+struct TableView {
+  const int64_t* masks;
+  const int64_t* group_offsets;
+  int64_t rows;
+  int64_t words;
+  int64_t group_size;
+};
+
+__device__ __forceinline__ int64_t warp_sum(int64_t v) {
+  for (int off = kWarp / 2; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  return __shfl_sync(0xffffffffu, v, 0);
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_sum_float(T v) {
+  for (int off = kWarp / 2; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// First value of `row` (all lanes get the same answer).
+__device__ __forceinline__ int64_t row_start(const TableView& t, int64_t row, int lane) {
+  int64_t count = 0;
+  for (int64_t r = row - row % t.group_size + lane; r < row; r += kWarp) {
+    for (int64_t w = 0; w < t.words; ++w) {
+      count += __popcll(static_cast<unsigned long long>(t.masks[r * t.words + w]));
+    }
+  }
+  return t.group_offsets[row / t.group_size] + warp_sum(count);
+}
+
+// Records the smallest bad position; the host raises after the launch if asked to.
+__device__ __forceinline__ bool valid_id(int64_t id, int64_t rows, int64_t pos,
+                                         unsigned long long* bad, int lane) {
+  if (id >= 0 && id < rows) return true;
+  if (lane == 0) atomicMin(bad, static_cast<unsigned long long>(pos));
+  return false;
+}
+
+template <typename scalar_t, typename index_t>
+__global__ void ragged_gather_kernel(TableView t, const scalar_t* __restrict__ values,
+                                     const index_t* __restrict__ ids, int64_t n, int64_t dim,
+                                     scalar_t* __restrict__ out, unsigned long long* bad) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+       i < n; i += warps) {
+    const int64_t id = static_cast<int64_t>(ids[i]);
+    scalar_t* dst = out + i * dim;
+    if (!valid_id(id, t.rows, i, bad, lane)) {
+      for (int64_t k = lane; k < dim; k += kWarp) dst[k] = scalar_t(0);
+      continue;
+    }
+    int64_t start = row_start(t, id, lane);
+    for (int64_t w = 0; w < t.words; ++w) {
+      const unsigned long long m = static_cast<unsigned long long>(t.masks[id * t.words + w]);
+      for (int b = lane; b < 64; b += kWarp) {
+        const int64_t k = w * 64 + b;
+        if (k < dim) {
+          const bool kept = (m >> b) & 1ull;
+          const int64_t slot = start + __popcll(m & ((1ull << b) - 1ull));
+          dst[k] = kept ? values[slot] : scalar_t(0);
+        }
+      }
+      start += __popcll(m);
+    }
+  }
+}
+
+template <typename scalar_t>
+__global__ void ragged_bag_kernel(TableView t, const scalar_t* __restrict__ values,
+                                  const int64_t* __restrict__ ids,
+                                  const int64_t* __restrict__ offsets, int64_t num_offsets,
+                                  int64_t num_ids, int64_t bags, int64_t dim, int mean,
+                                  const double* __restrict__ weights,
+                                  scalar_t* __restrict__ out, unsigned long long* bad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  for (int64_t bag = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+       bag < bags; bag += warps) {
+    acc_t acc[2 * (kMaxDim / 64)];
+#pragma unroll
+    for (int j = 0; j < 2 * (kMaxDim / 64); ++j) acc[j] = acc_t(0);
+    const int64_t lo = offsets[bag];
+    const int64_t hi = bag + 1 < num_offsets ? offsets[bag + 1] : num_ids;
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t id = ids[i];
+      if (!valid_id(id, t.rows, i, bad, lane)) continue;
+      const acc_t scale = weights ? static_cast<acc_t>(weights[i]) : acc_t(1);
+      int64_t start = row_start(t, id, lane);
+      for (int64_t w = 0; w < t.words; ++w) {
+        const unsigned long long m = static_cast<unsigned long long>(t.masks[id * t.words + w]);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int b = lane + h * kWarp;
+          if ((m >> b) & 1ull) {
+            acc[2 * w + h] += scale * static_cast<acc_t>(
+                                          values[start + __popcll(m & ((1ull << b) - 1ull))]);
+          }
+        }
+        start += __popcll(m);
+      }
+    }
+    const acc_t div = (mean && hi > lo) ? static_cast<acc_t>(hi - lo) : acc_t(1);
+    for (int64_t w = 0; w < t.words; ++w) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t k = w * 64 + lane + h * kWarp;
+        if (k < dim) out[bag * dim + k] = static_cast<scalar_t>(acc[2 * w + h] / div);
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+__global__ void ragged_dot_kernel(TableView ta, const scalar_t* __restrict__ va, TableView tb,
+                                  const scalar_t* __restrict__ vb,
+                                  const int64_t* __restrict__ ids_a,
+                                  const int64_t* __restrict__ ids_b, int64_t n,
+                                  at::opmath_type<scalar_t>* __restrict__ out,
+                                  unsigned long long* bad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+       i < n; i += warps) {
+    const int64_t a = ids_a[i];
+    const int64_t b = ids_b[i];
+    const bool ok_a = valid_id(a, ta.rows, i, bad, lane);
+    const bool ok_b = valid_id(b, tb.rows, i, bad, lane);
+    if (!(ok_a && ok_b)) {
+      if (lane == 0) out[i] = acc_t(0);
+      continue;
+    }
+    int64_t sa = row_start(ta, a, lane);
+    int64_t sb = row_start(tb, b, lane);
+    acc_t acc = 0;
+    for (int64_t w = 0; w < ta.words; ++w) {
+      const unsigned long long ma = static_cast<unsigned long long>(ta.masks[a * ta.words + w]);
+      const unsigned long long mb = static_cast<unsigned long long>(tb.masks[b * tb.words + w]);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int bit = lane + h * kWarp;
+        if (((ma & mb) >> bit) & 1ull) {
+          const unsigned long long below = (1ull << bit) - 1ull;
+          acc += static_cast<acc_t>(va[sa + __popcll(ma & below)]) *
+                 static_cast<acc_t>(vb[sb + __popcll(mb & below)]);
+        }
+      }
+      sa += __popcll(ma);
+      sb += __popcll(mb);
+    }
+    acc = warp_sum_float(acc);
+    if (lane == 0) out[i] = acc;
+  }
+}
+
+TableView view(const at::Tensor& masks, const at::Tensor& group_offsets, int64_t group_size,
+               int64_t dim, const at::Tensor& values, const char* op) {
+  TORCH_CHECK(masks.is_cuda() && values.is_cuda() && group_offsets.is_cuda(), op,
+              ": table tensors must be on the GPU");
+  TORCH_CHECK(masks.dim() == 2 && masks.scalar_type() == at::kLong &&
+                  masks.size(1) == (dim + 63) / 64,
+              op, ": masks must be (N, ceil(dim/64)) int64, got ", masks.sizes());
+  TORCH_CHECK(dim >= 1 && dim <= kMaxDim, op, ": dim must be in [1, ", kMaxDim, "], got ", dim);
+  TORCH_CHECK(group_size >= 1, op, ": group_size must be >= 1");
+  TORCH_CHECK(group_offsets.scalar_type() == at::kLong &&
+                  group_offsets.numel() == (masks.size(0) + group_size - 1) / group_size + 1,
+              op, ": group_offsets must be (ceil(N/G)+1,) int64");
+  TORCH_CHECK(masks.is_contiguous() && values.is_contiguous() && group_offsets.is_contiguous(),
+              op, ": table tensors must be contiguous");
+  return TableView{masks.data_ptr<int64_t>(), group_offsets.data_ptr<int64_t>(), masks.size(0),
+                   masks.size(1), group_size};
+}
+
+int blocks_for(int64_t items) {
+  const int64_t blocks = (items + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  return static_cast<int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535));
+}
+
+// Raises naming the first bad position and its id(s); reading the flag is a host sync,
+// paid only when check_bounds is on.
+void raise_if_bad(const at::Tensor& bad, const at::Tensor& ids, const char* op,
+                  const at::Tensor* other_ids = nullptr) {
+  const int64_t pos = bad.cpu().data_ptr<int64_t>()[0];
+  if (pos == INT64_MAX) return;
+  auto id_at = [pos](const at::Tensor& t) {
+    return t.reshape(-1)[pos].cpu().to(at::kLong).data_ptr<int64_t>()[0];
+  };
+  if (other_ids == nullptr) {
+    TORCH_CHECK(false, op, ": id ", id_at(ids), " at position ", pos, " is out of range");
+  }
+  TORCH_CHECK(false, op, ": ids ", id_at(ids), " / ", id_at(*other_ids), " at position ", pos,
+              ": one is out of range");
+}
+
+at::Tensor ragged_gather_cuda(const at::Tensor& masks, const at::Tensor& values,
+                              const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
+                              const at::Tensor& ids, bool check_bounds) {
+  const TableView t = view(masks, group_offsets, group_size, dim, values, "ragged_gather");
+  TORCH_CHECK(ids.is_cuda(), "ragged_gather: ids must be on the GPU");
+  const at::Tensor ids_c = ids.contiguous();
+  std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
+  shape.push_back(dim);
+  at::Tensor out = at::empty(shape, values.options());
+  at::Tensor bad = at::full({1}, INT64_MAX, ids.options().dtype(at::kLong));
+  const int64_t n = ids_c.numel();
+  if (n == 0) return out;
+  const cudaStream_t stream = current_stream(values);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(),
+                                  "ragged_gather_cuda", [&] {
+    AT_DISPATCH_INDEX_TYPES(ids_c.scalar_type(), "ragged_gather_cuda_ids", [&] {
+      ragged_gather_kernel<scalar_t, index_t>
+          <<<blocks_for(n), kWarp * kWarpsPerBlock, 0, stream>>>(
+              t, values.data_ptr<scalar_t>(), ids_c.data_ptr<index_t>(), n, dim,
+              out.data_ptr<scalar_t>(),
+              reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()));
+    });
+  });
+  check_launch("ragged_gather");
+  if (check_bounds) raise_if_bad(bad, ids_c, "ragged_gather");
+  return out;
+}
+
+at::Tensor ragged_bag_cuda(const at::Tensor& masks, const at::Tensor& values,
+                           const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
+                           const at::Tensor& ids, const at::Tensor& offsets, int64_t mode,
+                           const std::optional<at::Tensor>& per_sample_weights,
+                           bool include_last_offset, bool check_bounds) {
+  const TableView t = view(masks, group_offsets, group_size, dim, values, "ragged_bag");
+  TORCH_CHECK(mode == 0 || mode == 1, "ragged_bag: mode must be 0 (sum) or 1 (mean)");
+  const bool weighted = per_sample_weights.has_value() && per_sample_weights->defined();
+  TORCH_CHECK(!weighted || mode == 0, "ragged_bag: per_sample_weights need mode sum");
+  const at::Tensor ids_c = ids.contiguous().to(at::kLong);
+  const at::Tensor off_c = offsets.contiguous().to(at::kLong);
+  const int64_t bags = include_last_offset ? std::max<int64_t>(off_c.numel() - 1, 0)
+                                           : off_c.numel();
+  at::Tensor out = at::empty({bags, dim}, values.options());
+  at::Tensor bad = at::full({1}, INT64_MAX, ids_c.options());
+  if (bags == 0) return out;
+  at::Tensor w_c;
+  if (weighted) w_c = per_sample_weights->contiguous().to(at::kDouble);
+  const cudaStream_t stream = current_stream(values);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(),
+                                  "ragged_bag_cuda", [&] {
+    ragged_bag_kernel<scalar_t><<<blocks_for(bags), kWarp * kWarpsPerBlock, 0, stream>>>(
+        t, values.data_ptr<scalar_t>(), ids_c.data_ptr<int64_t>(), off_c.data_ptr<int64_t>(),
+        off_c.numel(), ids_c.numel(), bags, dim, static_cast<int>(mode),
+        weighted ? w_c.data_ptr<double>() : nullptr, out.data_ptr<scalar_t>(),
+        reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()));
+  });
+  check_launch("ragged_bag");
+  if (check_bounds) raise_if_bad(bad, ids_c, "ragged_bag");
+  return out;
+}
+
+at::Tensor ragged_dot_cuda(const at::Tensor& masks_a, const at::Tensor& values_a,
+                           const at::Tensor& group_offsets_a, int64_t group_size_a,
+                           const at::Tensor& masks_b, const at::Tensor& values_b,
+                           const at::Tensor& group_offsets_b, int64_t group_size_b, int64_t dim,
+                           const at::Tensor& ids_a, const at::Tensor& ids_b, bool check_bounds) {
+  const TableView ta = view(masks_a, group_offsets_a, group_size_a, dim, values_a, "ragged_dot");
+  const TableView tb = view(masks_b, group_offsets_b, group_size_b, dim, values_b, "ragged_dot");
+  TORCH_CHECK(ids_a.sizes() == ids_b.sizes(), "ragged_dot: ids_a and ids_b shapes differ");
+  TORCH_CHECK(values_a.scalar_type() == values_b.scalar_type(),
+              "ragged_dot: both tables must have the same value dtype");
+  const at::Tensor ia = ids_a.contiguous().to(at::kLong);
+  const at::Tensor ib = ids_b.contiguous().to(at::kLong);
+  const auto out_type = values_a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor out = at::empty(ids_a.sizes(), values_a.options().dtype(out_type));
+  at::Tensor bad = at::full({1}, INT64_MAX, ia.options());
+  const int64_t n = ia.numel();
+  if (n == 0) return out;
+  const cudaStream_t stream = current_stream(values_a);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values_a.scalar_type(),
+                                  "ragged_dot_cuda", [&] {
+    ragged_dot_kernel<scalar_t><<<blocks_for(n), kWarp * kWarpsPerBlock, 0, stream>>>(
+        ta, values_a.data_ptr<scalar_t>(), tb, values_b.data_ptr<scalar_t>(),
+        ia.data_ptr<int64_t>(), ib.data_ptr<int64_t>(), n,
+        out.data_ptr<at::opmath_type<scalar_t>>(),
+        reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()));
+  });
+  check_launch("ragged_dot");
+  if (check_bounds) raise_if_bad(bad, ia, "ragged_dot", &ib);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mixemb, CUDA, m) {
+  m.impl("ragged_gather", &ragged_gather_cuda);
+  m.impl("ragged_bag", &ragged_bag_cuda);
+  m.impl("ragged_dot", &ragged_dot_cuda);
+}
+
+}  // namespace mixemb

@@ -1,0 +1,84 @@
+// C++ serving test: call mixemb's ops through the dispatcher, as a C++ process serving a
+// pruned table would, and compare with dense arithmetic. Run by ctest (CMakeLists.txt).
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/torch.h>
+
+#include <cstdlib>
+#include <iostream>
+
+namespace {
+
+int failures = 0;
+
+void expect(bool ok, const char* what) {
+  if (!ok) {
+    std::cerr << "FAILED: " << what << "\n";
+    ++failures;
+  }
+}
+
+// masks (N, 1) int64, values (nnz,), group_offsets for group size g, from a dense table.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> to_ragged(const at::Tensor& dense, int64_t g) {
+  const int64_t n = dense.size(0), k = dense.size(1);
+  auto present = dense.ne(0);
+  auto masks = torch::zeros({n, 1}, torch::kLong);
+  std::vector<int64_t> starts{0};
+  for (int64_t r = 0; r < n; ++r) {
+    int64_t m = 0, c = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      if (present[r][j].item<bool>()) {
+        m |= (int64_t{1} << j);
+        ++c;
+      }
+    }
+    masks[r][0] = m;
+    starts.push_back(starts.back() + c);
+  }
+  std::vector<int64_t> groups;
+  for (int64_t r = 0; r < n; r += g) groups.push_back(starts[r]);
+  groups.push_back(starts.back());
+  return {masks, dense.masked_select(present),
+          torch::tensor(groups, torch::kLong)};
+}
+
+}  // namespace
+
+int main() {
+  torch::manual_seed(0);
+  const int64_t n = 37, k = 19, g = 16;
+  auto dense = torch::randn({n, k});
+  dense.masked_fill_(torch::rand({n, k}) > 0.4, 0);
+  dense[3].zero_();
+  auto [masks, values, offsets] = to_ragged(dense, g);
+  auto ids = torch::tensor({0, 3, 36, 17, 17, 5}, torch::kLong);
+
+  auto gather = c10::Dispatcher::singleton()
+                    .findSchemaOrThrow("mixemb::ragged_gather", "")
+                    .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      int64_t, int64_t, const at::Tensor&, bool)>();
+  auto rows = gather.call(masks, values, offsets, g, k, ids, true);
+  expect(torch::equal(rows, dense.index_select(0, ids)), "ragged_gather equals dense rows");
+
+  auto dot = c10::Dispatcher::singleton()
+                 .findSchemaOrThrow("mixemb::ragged_dot", "")
+                 .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                   int64_t, const at::Tensor&, const at::Tensor&,
+                                   const at::Tensor&, int64_t, int64_t, const at::Tensor&,
+                                   const at::Tensor&, bool)>();
+  auto other = ids.flip(0);
+  auto scores = dot.call(masks, values, offsets, g, masks, values, offsets, g, k, ids, other,
+                         true);
+  auto expected = (dense.index_select(0, ids) * dense.index_select(0, other)).sum(1);
+  expect(torch::allclose(scores, expected, 1e-5, 1e-5), "ragged_dot equals dense dot");
+
+  bool threw = false;
+  try {
+    gather.call(masks, values, offsets, g, k, torch::tensor({n}, torch::kLong), true);
+  } catch (const c10::Error& e) {
+    threw = std::string(e.what()).find("out of range") != std::string::npos;
+  }
+  expect(threw, "an out-of-range id raises a named error");
+
+  std::cout << (failures ? "FAILED" : "OK") << ": " << failures << " failure(s)\n";
+  return failures ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -9,7 +9,9 @@ Side by side in one process, on one Zipf-distributed batch of ids:
 * compile soft_select_fwd / soft_select_fwd_bwd   torch.compile of the same reference
 * torch   copy                 dst.copy_(src), the bandwidth the % column is relative to
 
-Ideal bytes come from ``mixemb.reference`` (formulas in its docstring and bench/README.md).
+Ideal bytes come from ``mixemb.reference`` (formulas in its docstring and bench/README.md),
+with every lookup reading its row (unique_rows=None, the upper bound behind the documented
+limits); the shape records ``unique_ids``, the distinct ids of the batch, for the tighter one.
 
     python bench/bench_reference.py                       # cuda: full shape; cpu: small
     python bench/bench_reference.py --device cpu --no-compile
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 from common import (
     DEFAULT_ITERS,
-    append_json_rows,
+    RowsFile,
     copy_bandwidth,
     markdown_table,
     result_row,
@@ -65,6 +67,7 @@ TABLE_COLUMNS = [
     ("op", "op"),
     ("ms", "ms"),
     ("mb", "ideal MB"),
+    ("limit_ms", "limit ms"),
     ("gbps", "GB/s"),
     ("pct_of_copy", "% of copy"),
 ]
@@ -100,7 +103,10 @@ def build_config(args: argparse.Namespace, device: torch.device) -> dict:
 
 
 def make_cases(cfg: dict, device: torch.device, compile_: bool) -> list[tuple]:
-    """(provider, op, fn, ideal bytes) for every measurement of this bench."""
+    """(provider, op, fn, ideal bytes) for every measurement of this bench.
+
+    Also sets ``cfg["unique_ids"]``, the number of distinct ids in the sampled batch.
+    """
     dtype = getattr(torch, cfg["dtype"])
     ids_dtype = getattr(torch, cfg["ids_dtype"])
     n, k, num_blocks = cfg["rows"], cfg["dim"], cfg["blocks"]
@@ -110,6 +116,7 @@ def make_cases(cfg: dict, device: torch.device, compile_: bool) -> list[tuple]:
     alpha = alpha.to(dtype)
     boundaries = equal_boundaries(n, num_blocks).to(device)
     ids = zipf_ids(n, (cfg["batch"], cfg["fields"]), cfg["zipf"], device).to(ids_dtype)
+    cfg["unique_ids"] = int(torch.unique(ids).numel())
     dout = torch.randn(*ids.shape, k, generator=gen, device=device, dtype=torch.float32)
     dout = dout.to(dtype)
     w_train = weight.clone().requires_grad_()
@@ -204,7 +211,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     meta = run_metadata(device)
     copy_rate, copy_ms, copy_nbytes = copy_bandwidth(device, copy_bytes)
-    rows = [
+    cases = make_cases(cfg, device, compile_=not args.no_compile)
+    # Rows are saved one by one, so a run killed part-way keeps what it measured.
+    out = RowsFile(args.out)
+    out.add(
         result_row(
             meta,
             bench=BENCH,
@@ -215,15 +225,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
             nbytes=2 * copy_nbytes,
             copy_gbps=copy_rate,
         )
-    ]
-    for provider, op, fn, nbytes in make_cases(cfg, device, compile_=not args.no_compile):
+    )
+    for provider, op, fn, nbytes in cases:
         ms, error = None, None
         try:
             ms = time_ms(fn, device, warmup, repeats)
         except Exception:  # one failing provider (e.g. no compiler) must not hide the rest
             error = traceback.format_exc(limit=3)
             print(f"{provider} {op} failed:\n{error}", file=sys.stderr)
-        rows.append(
+        out.add(
             result_row(
                 meta,
                 bench=BENCH,
@@ -237,7 +247,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
         )
 
-    append_json_rows(args.out, rows)
+    rows = out.rows
     shape_text = ", ".join(f"{k}={v}" for k, v in cfg.items())
     table = markdown_table([{**r, "mb": r["bytes"] / 1e6} for r in rows], TABLE_COLUMNS)
     text = (

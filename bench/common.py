@@ -1,9 +1,10 @@
 """Shared bench helpers: timing, copy bandwidth, result rows, atomic JSON + Markdown output.
 
 Every bench in this folder measures its providers side by side in one process and reports
-each as: median ms, the op's ideal bytes (from ``mixemb.reference``), GB/s = bytes / time,
-and % of the copy bandwidth measured in the same run (so rows from different machines
-compare as fractions of what that machine's memory can do).
+each as: median ms, the op's ideal bytes (from ``mixemb.reference``), the memory-speed limit
+= bytes / copy bandwidth, GB/s = bytes / time, and % of the copy bandwidth measured in the
+same run (so rows from different machines compare as fractions of what that machine's
+memory can do).
 """
 
 from __future__ import annotations
@@ -148,7 +149,11 @@ def result_row(
     copy_gbps: float,
     error: str | None = None,
 ) -> dict:
-    """One result: ``meta`` + what ran + ms, ideal bytes, GB/s and % of copy bandwidth."""
+    """One result: ``meta`` + what ran + ms, ideal bytes, limit, GB/s and % of copy.
+
+    ``limit_ms`` = nbytes / copy bandwidth: the time an ideal kernel would take here.
+    ``ms=None`` (the provider failed) leaves the rate columns None.
+    """
     rate = gbps(nbytes, ms) if ms else None
     return {
         **meta,
@@ -158,27 +163,42 @@ def result_row(
         "op": op,
         "ms": ms,
         "bytes": nbytes,
+        "limit_ms": nbytes / copy_gbps / 1e6,
         "gbps": rate,
         "pct_of_copy": 100.0 * rate / copy_gbps if rate else None,
         "error": error,
     }
 
 
-def append_json_rows(path: Path, rows: Sequence[dict]) -> list[dict]:
-    """Append ``rows`` to the JSON list in ``path`` (created if missing), atomically.
+class RowsFile:
+    """A JSON list of result rows in ``path`` that this run appends to, one row at a time.
 
-    Results accumulate across runs (each row carries device, commit and date); a file
-    that is not a JSON list is an error rather than silently overwritten.
+    Rows of earlier runs are kept (each row carries device, commit and date). The file is
+    rewritten atomically after every ``add``, so a run killed part-way (a step timeout on a
+    lent GPU) keeps what it measured. A file that is not a JSON list is an error rather than
+    silently overwritten.
     """
-    path = Path(path)
-    existing: list[dict] = []
-    if path.exists():
-        existing = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(existing, list):
-            raise ValueError(f"{path} does not hold a JSON list of rows")
-    all_rows = existing + list(rows)
-    atomic_write_text(json.dumps(all_rows, indent=1) + "\n", path)
-    return all_rows
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.earlier: list[dict] = []
+        if self.path.exists():
+            self.earlier = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(self.earlier, list):
+                raise ValueError(f"{self.path} does not hold a JSON list of rows")
+        self.rows: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        atomic_write_text(json.dumps(self.earlier + self.rows, indent=1) + "\n", self.path)
+
+
+def append_json_rows(path: Path, rows: Sequence[dict]) -> list[dict]:
+    """Append ``rows`` to the JSON list in ``path`` (created if missing); returns all rows."""
+    out = RowsFile(path)
+    for row in rows:
+        out.add(row)
+    return out.earlier + out.rows
 
 
 def _fmt(value: object) -> str:

@@ -3,6 +3,7 @@
 # + nvcc preinstalled, no internet). Run from anywhere:
 #
 #     OUT=/some/dir bash bench/gpu_check.sh        # default OUT=./gpu_out
+#     ONLY="versions bench_reference" bash bench/gpu_check.sh   # a subset, in STEPS order
 #
 # Each step runs under `timeout`, logs to $OUT/<step>.log, and the run keeps going when a
 # step fails; $OUT/summary.txt lists every step's exit code and seconds, and the script
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-./gpu_out}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
-PYTHON="${PYTHON:-python}"
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
 export OUT PYTHON
 
 step_versions() {
@@ -74,6 +75,7 @@ failed=0
 : >"$OUT/summary.txt"
 for entry in "${STEPS[@]}"; do
   read -r name limit <<<"$entry"
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
   start=$SECONDS
   timeout --kill-after=10 "$limit" bash -c "step_$name" >"$OUT/$name.log" 2>&1
   rc=$?

@@ -8,34 +8,40 @@ Byte counting lives here, once: ``*_bytes`` give the bytes an ideal kernel must 
 memory-speed limit is ``bytes / copy_bandwidth``, where the copy bandwidth is measured in
 the same run as ``2 * nbytes / time`` of ``dst.copy_(src)``.
 
-Notation for the formulas (M lookups, K dims, L blocks)::
+Notation for the formulas (M lookups, U distinct ids among them, K dims, L blocks)::
 
-    P = M * K * itemsize(dtype)          one pass over the looked-up rows (or outputs)
+    P = M * K * itemsize(dtype)          one pass over the per-lookup outputs (or dout)
+    R = U * K * itemsize(dtype)          one pass over the distinct looked-up table rows
     I = M * itemsize(ids_dtype)          the ids
     V = M * itemsize(dtype)              the values (numeric fields), 0 without values
     A = L * K * itemsize(dtype)          alpha (or its gradient)
     B = (L + 1) * 8                      the int64 boundaries
 
-    forward                 = 2P + I + V + A + B      rows + ids (+ values) + α + bounds in,
-                                                      outputs out
-    backward, α step        = 2P + I + V + 2A + B     rows + dout + ids (+ values) + α
+    forward                 = R + P + I + V + A + B   table rows + ids (+ values) + α + bounds
+                                                      in, outputs out
+    backward, α step        = R + P + I + V + 2A + B  table rows + dout + ids (+ values) + α
                                                       (sign for L1) + bounds in, dα out
-    backward, weights step  = 2P + I + V + A + B      dout + ids (+ values) + α + bounds in,
-                                                      one gradient row per lookup out
-    padded gather (forward) = 2P + I                  rows + ids in, outputs out
+    backward, weights step  = P + R + I + V + A + B   dout + ids (+ values) + α + bounds in,
+                                                      one gradient row per distinct id out
+    padded gather (forward) = R + P + I               table rows + ids in, outputs out
 
-The weights step counts one gradient row per lookup (the sparse / compacted form, what a
-fused kernel or ``sparse=True`` writes), not a dense (N, K) gradient: zero-filling a
+``unique_rows=None`` means U = M, i.e. R = P: every lookup reads its row from DRAM. That is
+an upper bound (a hot row looked up twice is counted twice) and it is what the benches use,
+because it needs no ``torch.unique`` on the ids and it is the definition behind the
+documented limits below; with Zipf ids caches serve the repeats, so a provider can beat it
+(% of copy > 100). Passing the measured U gives the tighter, DRAM-only bound.
+
+The weights step counts one gradient row per distinct id (the sparse / compacted form, what
+a fused kernel or ``sparse=True`` writes), not a dense (N, K) gradient: zero-filling a
 4M-row table per step is an artefact of dense autograd, not work the op requires.
 
 Anchor (docs' full shape: N = 4M, K = 64, L = 10, 16384 x 26 = 425,984 lookups, fp32,
-int64 ids): P = 425,984 * 64 * 4 = 109.05 MB, I = 3.41 MB. Forward + both backward
+int64 ids, U = M): P = 425,984 * 64 * 4 = 109.05 MB, I = 3.41 MB. Forward + both backward
 steps = 6P + 3I + small = 664.5 MB, i.e. 0.22 ms at a 3.0 TB/s copy bandwidth, the
 documented fwd+bwd limit. Forward alone = 2P + I + small = 221.5 MB = 0.074 ms at
 3.0 TB/s; the documented "~0.09 ms" is these bytes at ~2.46 TB/s, so it is looser than
 this formula (no byte term justifies 2.5 passes; the bench reports this formula's limit).
-Only looked-up rows enter, not the table's N rows; a hot row looked up twice is counted
-twice, so caches can beat the limit (% of copy > 100).
+Only looked-up rows enter, never the table's N rows.
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ __all__ = [
     "normalize_alpha_grad",
     "padded_gather_bytes",
     "padded_gather_reference",
+    "ragged_bag_bytes",
+    "ragged_dot_bytes",
+    "ragged_gather_bytes",
     "soft_select_alpha_grad_bytes",
     "soft_select_lookup_backward_bytes",
     "soft_select_lookup_bytes",
@@ -132,14 +141,19 @@ def padded_gather_reference(weight: torch.Tensor, ids: torch.Tensor) -> torch.Te
     return F.embedding(ids, weight)
 
 
-def _terms(num_lookups, dim, num_blocks, dtype, ids_dtype, with_values):
+def _terms(num_lookups, dim, num_blocks, dtype, ids_dtype, with_values, unique_rows):
+    if unique_rows is None:
+        unique_rows = num_lookups
+    if not 0 <= unique_rows <= num_lookups:
+        raise ValueError(f"need 0 <= unique_rows <= num_lookups, got {unique_rows=} {num_lookups=}")
     item = dtype.itemsize
-    rows = num_lookups * dim * item
+    outs = num_lookups * dim * item
+    rows = unique_rows * dim * item
     ids = num_lookups * ids_dtype.itemsize
     vals = num_lookups * item if with_values else 0
     alpha = num_blocks * dim * item
     bounds = (num_blocks + 1) * 8
-    return rows, ids, vals, alpha, bounds
+    return outs, rows, ids, vals, alpha, bounds
 
 
 def soft_select_lookup_bytes(
@@ -149,10 +163,18 @@ def soft_select_lookup_bytes(
     dtype: torch.dtype = torch.float32,
     ids_dtype: torch.dtype = torch.int64,
     with_values: bool = False,
+    unique_rows: int | None = None,
 ) -> int:
-    """Ideal forward bytes of lookup x α: 2P + I + V + A + B (module docstring)."""
-    p, i, v, a, b = _terms(num_lookups, dim, num_blocks, dtype, ids_dtype, with_values)
-    return 2 * p + i + v + a + b
+    """Ideal forward bytes of lookup x α: R + P + I + V + A + B (module docstring).
+
+    num_lookups: M; dim: K; num_blocks: L; dtype: weight/alpha/output dtype (default
+    float32); ids_dtype: default int64; with_values: numeric-field multipliers (default
+    False); unique_rows: U distinct ids, default None = M (the upper bound the benches use).
+    """
+    p, r, i, v, a, b = _terms(
+        num_lookups, dim, num_blocks, dtype, ids_dtype, with_values, unique_rows
+    )
+    return r + p + i + v + a + b
 
 
 def soft_select_alpha_grad_bytes(
@@ -162,10 +184,16 @@ def soft_select_alpha_grad_bytes(
     dtype: torch.dtype = torch.float32,
     ids_dtype: torch.dtype = torch.int64,
     with_values: bool = False,
+    unique_rows: int | None = None,
 ) -> int:
-    """Ideal bytes of the α step's backward: 2P + I + V + 2A + B (rows + dout in, dα out)."""
-    p, i, v, a, b = _terms(num_lookups, dim, num_blocks, dtype, ids_dtype, with_values)
-    return 2 * p + i + v + 2 * a + b
+    """Ideal bytes of the α step's backward: R + P + I + V + 2A + B (rows + dout in, dα out).
+
+    Arguments as in ``soft_select_lookup_bytes``.
+    """
+    p, r, i, v, a, b = _terms(
+        num_lookups, dim, num_blocks, dtype, ids_dtype, with_values, unique_rows
+    )
+    return r + p + i + v + 2 * a + b
 
 
 def soft_select_weight_grad_bytes(
@@ -175,10 +203,16 @@ def soft_select_weight_grad_bytes(
     dtype: torch.dtype = torch.float32,
     ids_dtype: torch.dtype = torch.int64,
     with_values: bool = False,
+    unique_rows: int | None = None,
 ) -> int:
-    """Ideal bytes of the weights step's backward: 2P + I + V + A + B (dout in, rows out)."""
-    p, i, v, a, b = _terms(num_lookups, dim, num_blocks, dtype, ids_dtype, with_values)
-    return 2 * p + i + v + a + b
+    """Ideal bytes of the weights step's backward: P + R + I + V + A + B (dout in, rows out).
+
+    Arguments as in ``soft_select_lookup_bytes``.
+    """
+    p, r, i, v, a, b = _terms(
+        num_lookups, dim, num_blocks, dtype, ids_dtype, with_values, unique_rows
+    )
+    return p + r + i + v + a + b
 
 
 def soft_select_lookup_backward_bytes(
@@ -188,9 +222,10 @@ def soft_select_lookup_backward_bytes(
     dtype: torch.dtype = torch.float32,
     ids_dtype: torch.dtype = torch.int64,
     with_values: bool = False,
+    unique_rows: int | None = None,
 ) -> int:
-    """Ideal bytes of both backward steps (α step + weights step)."""
-    args = (num_lookups, dim, num_blocks, dtype, ids_dtype, with_values)
+    """Ideal bytes of both backward steps (α step + weights step); arguments as above."""
+    args = (num_lookups, dim, num_blocks, dtype, ids_dtype, with_values, unique_rows)
     return soft_select_alpha_grad_bytes(*args) + soft_select_weight_grad_bytes(*args)
 
 
@@ -199,6 +234,55 @@ def padded_gather_bytes(
     dim: int,
     dtype: torch.dtype = torch.float32,
     ids_dtype: torch.dtype = torch.int64,
+    unique_rows: int | None = None,
 ) -> int:
-    """Ideal bytes of a padded gather forward: 2P + I (rows + ids in, outputs out)."""
-    return 2 * num_lookups * dim * dtype.itemsize + num_lookups * ids_dtype.itemsize
+    """Ideal bytes of a padded gather forward: R + P + I (rows + ids in, outputs out).
+
+    Arguments as in ``soft_select_lookup_bytes`` (no alpha, bounds or values).
+    """
+    p, r, i, _, _, _ = _terms(num_lookups, dim, 0, dtype, ids_dtype, False, unique_rows)
+    return r + p + i
+
+
+# ---- serving (ragged tables) -----------------------------------------------------------
+# M lookups of rows keeping d_i values each (D = Σ d_i over the lookups), value size v,
+# W = ceil(K/64) mask words, output written dense:
+#     ragged gather = I + M·8·W (masks) + M·8 (group offset) + D·v (kept values) + M·K·v (out)
+# The masks of the ≤ G-1 rows before a row in its group share its cache lines and are not
+# counted. A padded gather of the unpruned table moves 2·M·K·v + I (padded_gather_bytes).
+# A bag writes B·K·v instead of M·K·v; a dot reads both rows' kept values and writes M·4.
+
+
+def ragged_gather_bytes(
+    num_lookups: int, dim: int, kept_values: int, dtype=torch.float32, ids_dtype=torch.int64
+) -> int:
+    """Ideal bytes of ``ragged_gather`` (see the formula above); kept_values = D."""
+    v = torch.empty((), dtype=dtype).element_size()
+    i = torch.empty((), dtype=ids_dtype).element_size()
+    words = -(-dim // 64)
+    return num_lookups * (i + 8 * words + 8 + dim * v) + kept_values * v
+
+
+def ragged_bag_bytes(
+    num_lookups: int,
+    num_bags: int,
+    dim: int,
+    kept_values: int,
+    dtype=torch.float32,
+    ids_dtype=torch.int64,
+) -> int:
+    """Ideal bytes of ``ragged_bag``: the gather's reads, B·K output values."""
+    v = torch.empty((), dtype=dtype).element_size()
+    i = torch.empty((), dtype=ids_dtype).element_size()
+    words = -(-dim // 64)
+    return num_lookups * (i + 8 * words + 8) + kept_values * v + num_bags * dim * v + num_bags * 8
+
+
+def ragged_dot_bytes(
+    num_pairs: int, dim: int, kept_values: int, dtype=torch.float32, ids_dtype=torch.int64
+) -> int:
+    """Ideal bytes of ``ragged_dot``: both rows' metadata and kept values, 4 B per score."""
+    v = torch.empty((), dtype=dtype).element_size()
+    i = torch.empty((), dtype=ids_dtype).element_size()
+    words = -(-dim // 64)
+    return num_pairs * 2 * (i + 8 * words + 8) + kept_values * v + num_pairs * 4

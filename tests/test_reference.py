@@ -178,3 +178,39 @@ def test_bytes_at_the_documented_anchor():
     )
     assert total / 3.0e12 * 1e3 == pytest.approx(0.22, abs=0.005)  # fwd+bwd limit, ms
     assert soft_select_lookup_bytes(m, k, num_blocks) == 2 * 109_051_904 + m * 8 + 2560 + 88
+
+
+def test_bytes_with_unique_rows_by_hand_arithmetic():
+    # M = 10 lookups of U = 3 distinct ids, K = 4, L = 2, fp32, int64 ids, no values.
+    p, r, i, a, b = 10 * 4 * 4, 3 * 4 * 4, 10 * 8, 2 * 4 * 4, 3 * 8  # 160, 48, 80, 32, 24
+    args = (10, 4, 2, torch.float32, torch.int64, False)
+    assert soft_select_lookup_bytes(*args, unique_rows=3) == r + p + i + a + b == 344
+    assert soft_select_alpha_grad_bytes(*args, unique_rows=3) == r + p + i + 2 * a + b == 376
+    assert soft_select_weight_grad_bytes(*args, unique_rows=3) == 344
+    assert padded_gather_bytes(10, 4, unique_rows=3) == r + p + i == 288
+    # unique_rows=None is the U = M upper bound
+    assert soft_select_lookup_bytes(*args) == soft_select_lookup_bytes(*args, unique_rows=10)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        soft_select_lookup_bytes,
+        soft_select_alpha_grad_bytes,
+        soft_select_weight_grad_bytes,
+        soft_select_lookup_backward_bytes,
+    ],
+)
+def test_bytes_grow_with_lookups_dim_and_unique_rows(fn):
+    assert fn(0, 4, 2) < fn(1, 4, 2) < fn(100, 4, 2) < fn(101, 4, 2)
+    assert fn(100, 1, 2) < fn(100, 3, 2) < fn(100, 64, 2)
+    assert fn(100, 4, 2, unique_rows=0) < fn(100, 4, 2, unique_rows=50) < fn(100, 4, 2)
+    assert fn(100, 4, 2, torch.float16) < fn(100, 4, 2, torch.float32)
+    assert fn(100, 4, 2, with_values=False) < fn(100, 4, 2, with_values=True)
+    assert padded_gather_bytes(100, 4) < padded_gather_bytes(101, 4) < padded_gather_bytes(101, 5)
+
+
+@pytest.mark.parametrize("unique_rows", [-1, 11])
+def test_bytes_reject_unique_rows_outside_range(unique_rows):
+    with pytest.raises(ValueError, match="unique_rows"):
+        soft_select_lookup_bytes(10, 4, 2, unique_rows=unique_rows)

@@ -11,7 +11,9 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace mixemb {
@@ -74,7 +76,7 @@ at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
   const at::Tensor ids_c = ids.contiguous();
   std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
   shape.push_back(dim);
-  at::Tensor out = at::zeros(shape, values.options());
+  at::Tensor out = at::empty(shape, values.options());
   const int64_t n = ids_c.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(),
                                   "ragged_gather_cpu", [&] {
@@ -85,12 +87,15 @@ at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
       at::parallel_for(0, n, 512, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
           const int64_t id = checked_id(idp, i, t.rows, check_bounds, "ragged_gather");
-          int64_t slot = row_start(t, id);
+          const scalar_t* src = vals + row_start(t, id);
           scalar_t* dst = dst_all + i * dim;
+          // Zero the row while it is in cache (all-zero bits are 0.0 in every float
+          // type), then scatter the few kept values: d iterations, not K.
+          std::memset(dst, 0, dim * sizeof(scalar_t));
           for (int64_t w = 0; w < t.words; ++w) {
             uint64_t m = static_cast<uint64_t>(t.masks[id * t.words + w]);
             while (m) {
-              dst[w * 64 + __builtin_ctzll(m)] = vals[slot++];
+              dst[w * 64 + __builtin_ctzll(m)] = *src++;
               m &= m - 1;
             }
           }

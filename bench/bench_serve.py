@@ -1,0 +1,222 @@
+"""Serving a pruned table: mixemb's ragged ops vs the padded table vs the torch-ops reference.
+
+Side by side in one process, on one realistically pruned table (K = 64, rows keep a
+non-prefix set of dims, frequent rows more: per-row dims d = clamp(A·(1+row)^-0.35)
+with A set for a target mean kept dim, 4 by default), Zipf lookups over
+frequency-sorted ids:
+
+* gather — ``mixemb.ops.ragged_gather`` (the extension) vs ``F.embedding`` on the unpruned
+  (N, K) table vs ``ragged_gather_reference`` (torch ops);
+* bag — ``ragged_bag`` (sum, one bag per sample of F lookups) vs ``F.embedding_bag`` on the
+  unpruned table;
+* dot — ``ragged_dot`` of two lookups vs gather + multiply + sum on the unpruned table.
+
+Reports ms, ideal bytes (``mixemb.reference``), GB/s, % of the copy bandwidth measured in
+the same run, and the bytes of each table. ``--sweep`` adds mean kept dims 2 and 6 and
+other lookup counts.
+
+    python bench/bench_serve.py --device cpu            # small shape on this CPU
+    python bench/bench_serve.py --device cuda           # DEVELOPERS.md shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_reference import zipf_ids  # noqa: E402
+from common import (  # noqa: E402
+    append_json_rows,
+    copy_bandwidth,
+    markdown_table,
+    result_row,
+    run_metadata,
+    time_ms,
+    write_markdown,
+)
+
+from mixemb.ops import ragged_bag, ragged_dot, ragged_gather  # noqa: E402
+from mixemb.ragged import RaggedTable, ragged_gather_reference  # noqa: E402
+from mixemb.reference import (  # noqa: E402
+    padded_gather_bytes,
+    ragged_bag_bytes,
+    ragged_dot_bytes,
+    ragged_gather_bytes,
+)
+
+BENCH = "bench_serve"
+SHAPES = {
+    "full": {"rows": 4_000_000, "dim": 64, "batch": 16384, "fields": 26, "zipf": 1.05},
+    "small": {"rows": 200_000, "dim": 64, "batch": 2048, "fields": 26, "zipf": 1.05},
+}
+ITERS = {"cpu": (2, 7), "cuda": (10, 50)}
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / f"{BENCH}.json"
+COLUMNS = [
+    ("mean_dim", "mean dim"),
+    ("lookups", "lookups"),
+    ("provider", "provider"),
+    ("op", "op"),
+    ("ms", "ms"),
+    ("mb", "ideal MB"),
+    ("gbps", "GB/s"),
+    ("pct_of_copy", "% of copy"),
+    ("table_mb", "table MB"),
+]
+
+
+def pruned_table(rows: int, dim: int, mean_dim: float, device, seed: int = 0) -> torch.Tensor:
+    """(rows, dim) float32 with ~mean_dim kept entries per row, more for low (hot) ids,
+    at random (non-prefix) positions; zeros elsewhere."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    decay = (1 + torch.arange(rows, device=device, dtype=torch.float64)).pow(-0.35)
+    lo, hi = 0.0, 1e6
+    for _ in range(60):  # the scale A that gives the target mean dim
+        mid = (lo + hi) / 2
+        mean = (mid * decay).round().clamp(1, dim).mean().item()
+        lo, hi = (mid, hi) if mean < mean_dim else (lo, mid)
+    dims = (lo * decay).round().clamp(1, dim).long()
+    ranks = torch.rand(rows, dim, generator=gen, device=device).argsort(1).argsort(1)
+    values = torch.randn(rows, dim, generator=gen, device=device)
+    return values * (ranks < dims.unsqueeze(1))
+
+
+def cases(cfg: dict, device: torch.device):
+    n, k = cfg["rows"], cfg["dim"]
+    dense = pruned_table(n, k, cfg["mean_dim"], device)
+    table = RaggedTable.from_dense(dense)
+    unpruned = torch.randn(n, k, device=device)  # what a padded table stores
+    ids = zipf_ids(n, (cfg["batch"], cfg["fields"]), cfg["zipf"], device)
+    flat = ids.reshape(-1)
+    m = flat.numel()
+    kept = int(table.row_dims()[flat].sum())
+    offsets = torch.arange(0, m, cfg["fields"], device=device)
+    ids_b = zipf_ids(n, (m,), cfg["zipf"], device, seed=1)
+    kept_pair = kept + int(table.row_dims()[ids_b].sum())
+    ragged_mb, padded_mb = table.nbytes() / 1e6, unpruned.numel() * 4 / 1e6
+    g = ragged_gather_bytes(m, k, kept)
+    return [
+        ("mixemb", "gather", lambda: ragged_gather(table, ids), g, ragged_mb),
+        (
+            "padded",
+            "gather",
+            lambda: F.embedding(ids, unpruned),
+            padded_gather_bytes(m, k),
+            padded_mb,
+        ),
+        ("reference", "gather", lambda: ragged_gather_reference(table, ids), g, ragged_mb),
+        (
+            "mixemb",
+            "bag",
+            lambda: ragged_bag(table, flat, offsets),
+            ragged_bag_bytes(m, cfg["batch"], k, kept),
+            ragged_mb,
+        ),
+        (
+            "padded",
+            "bag",
+            lambda: F.embedding_bag(flat, unpruned, offsets, mode="sum"),
+            m * k * 4 + m * 8 + cfg["batch"] * k * 4,
+            padded_mb,
+        ),
+        (
+            "mixemb",
+            "dot",
+            lambda: ragged_dot(table, flat, table, ids_b),
+            ragged_dot_bytes(m, k, kept_pair),
+            ragged_mb,
+        ),
+        (
+            "padded",
+            "dot",
+            lambda: (unpruned[flat] * unpruned[ids_b]).sum(1),
+            2 * m * k * 4 + 2 * m * 8 + m * 4,
+            padded_mb,
+        ),
+    ]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--shape", choices=sorted(SHAPES))
+    p.add_argument("--rows", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--mean-dim", type=float, default=4.0)
+    p.add_argument("--sweep", action="store_true", help="also mean dims 2, 6 and 4x lookups")
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    shape = args.shape or ("full" if device.type == "cuda" else "small")
+    base = {"name": shape, **SHAPES[shape], "mean_dim": args.mean_dim}
+    for key in ("rows", "batch"):
+        if getattr(args, key) is not None:
+            base[key] = getattr(args, key)
+    configs = [base]
+    if args.sweep:
+        configs += [
+            {**base, "mean_dim": 2.0},
+            {**base, "mean_dim": 6.0},
+            {**base, "batch": base["batch"] * 4},
+        ]
+    warmup, repeats = ITERS[device.type]
+    repeats = args.repeats or repeats
+    meta = run_metadata(device)
+    copy_rate, copy_ms, copy_bytes = copy_bandwidth(device, None)
+    rows = [
+        result_row(
+            meta,
+            bench=BENCH,
+            shape=base,
+            provider="torch",
+            op="copy",
+            ms=copy_ms,
+            nbytes=2 * copy_bytes,
+            copy_gbps=copy_rate,
+        )
+    ]
+    for cfg in configs:
+        cfg = {**cfg, "lookups": cfg["batch"] * cfg["fields"]}
+        for provider, op, fn, nbytes, table_mb in cases(cfg, device):
+            ms = time_ms(fn, device, warmup, repeats)
+            row = result_row(
+                meta,
+                bench=BENCH,
+                shape=cfg,
+                provider=provider,
+                op=op,
+                ms=ms,
+                nbytes=nbytes,
+                copy_gbps=copy_rate,
+            )
+            rows.append({**row, "table_mb": table_mb})
+    append_json_rows(args.out, rows)
+    table = markdown_table(
+        [
+            {
+                **r,
+                "mb": r["bytes"] / 1e6,
+                "mean_dim": r["shape"].get("mean_dim"),
+                "lookups": r["shape"].get("lookups"),
+            }
+            for r in rows
+        ],
+        COLUMNS,
+    )
+    text = (
+        f"## {BENCH} on {meta['device']}\n\ntorch {meta['torch']}, commit {meta['commit']}, "
+        f"{meta['date']}\n\nshape: {base}\n\n{table}"
+    )
+    write_markdown(args.out.with_suffix(".md"), text)
+    print(text)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

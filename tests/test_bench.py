@@ -60,3 +60,35 @@ def test_ragged_format_bytes_match_the_stored_table(monkeypatch, tmp_path):
     sizes = fmt.format_bytes(table.nnz, 300, 64, 4, 16)
     assert sizes["mask"] == table.nbytes()
     assert sizes["column_index"] == 301 * 8 + table.nnz * 5
+
+
+def test_bench_serve_runs_every_provider(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    serve = importlib.import_module("bench_serve")
+    out = tmp_path / "serve.json"
+    rows = serve.main(
+        ["--device", "cpu", "--rows", "2000", "--batch", "16", "--repeats", "1", "--out", str(out)]
+    )
+    got = {(r["provider"], r["op"]) for r in rows}
+    assert {
+        ("mixemb", "gather"),
+        ("padded", "gather"),
+        ("reference", "gather"),
+        ("mixemb", "bag"),
+        ("padded", "bag"),
+        ("mixemb", "dot"),
+        ("padded", "dot"),
+    } <= got
+    assert all(r["ms"] > 0 for r in rows)
+    assert json.loads(out.read_text())[-1]["op"] == "dot"
+
+
+def test_pruned_bench_table_hits_its_mean_dim_with_hot_rows_keeping_more(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    serve = importlib.import_module("bench_serve")
+    x = serve.pruned_table(5000, 64, 4.0, "cpu")
+    dims = (x != 0).sum(1).double()
+    assert abs(float(dims.mean()) - 4.0) < 0.3
+    assert dims[:50].mean() > dims[-50:].mean()
+    kept_pos = (x[:200] != 0).float().mean(0)
+    assert kept_pos[32:].sum() > 0  # positions spread over all dims, not a prefix

@@ -16,6 +16,7 @@ Default: CUDA kernels when torch is a CUDA build and nvcc is found, else CPU onl
 
 import glob
 import os
+import platform
 import shutil
 import sys
 
@@ -47,6 +48,10 @@ def extension_modules():
     else:
         use_cuda, why = False, f"torch {torch.__version__} has no CUDA or no nvcc was found"
     cxx = ["-O3"]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        # a hardware popcount: every x86-64 CPU since 2008 has it, and without the flag
+        # GCC calls a software routine for each of the popcounts a lookup does
+        cxx.append("-mpopcnt")
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         print(

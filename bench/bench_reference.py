@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from pathlib import Path
 
 import torch
@@ -30,11 +29,10 @@ from common import (
     DEFAULT_ITERS,
     RowsFile,
     copy_bandwidth,
-    markdown_table,
+    measure,
+    report,
     result_row,
     run_metadata,
-    time_ms,
-    write_markdown,
 )
 
 from mixemb.reference import (
@@ -227,36 +225,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
     )
     for provider, op, fn, nbytes in cases:
-        ms, error = None, None
-        try:
-            ms = time_ms(fn, device, warmup, repeats)
-        except Exception:  # one failing provider (e.g. no compiler) must not hide the rest
-            error = traceback.format_exc(limit=3)
-            print(f"{provider} {op} failed:\n{error}", file=sys.stderr)
-        out.add(
-            result_row(
-                meta,
-                bench=BENCH,
-                shape=cfg,
-                provider=provider,
-                op=op,
-                ms=ms,
-                nbytes=nbytes,
-                copy_gbps=copy_rate,
-                error=error,
-            )
+        measure(
+            out,
+            meta,
+            bench=BENCH,
+            shape=cfg,
+            provider=provider,
+            op=op,
+            fn=fn,
+            nbytes=nbytes,
+            copy_gbps=copy_rate,
+            device=device,
+            warmup=warmup,
+            repeats=repeats,
         )
-
     rows = out.rows
-    shape_text = ", ".join(f"{k}={v}" for k, v in cfg.items())
-    table = markdown_table([{**r, "mb": r["bytes"] / 1e6} for r in rows], TABLE_COLUMNS)
-    text = (
-        f"## {BENCH} on {meta['device']}\n\n"
-        f"torch {meta['torch']}, commit {meta['commit']}, {meta['date']}\n\n"
-        f"shape: {shape_text}\n\n{table}"
-    )
-    write_markdown(args.out.with_suffix(".md"), text)
-    print(text)
+    print(report(BENCH, meta, cfg, rows, TABLE_COLUMNS, args.out))
     return rows
 
 

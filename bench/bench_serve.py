@@ -32,13 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_reference import zipf_ids  # noqa: E402
 from common import (  # noqa: E402
-    append_json_rows,
+    RowsFile,
     copy_bandwidth,
-    markdown_table,
+    measure,
+    report,
     result_row,
     run_metadata,
-    time_ms,
-    write_markdown,
 )
 
 from mixemb.ops import ragged_bag, ragged_dot, ragged_gather  # noqa: E402
@@ -169,7 +168,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     repeats = args.repeats or repeats
     meta = run_metadata(device)
     copy_rate, copy_ms, copy_bytes = copy_bandwidth(device, None)
-    rows = [
+    out = RowsFile(args.out)
+    out.add(
         result_row(
             meta,
             bench=BENCH,
@@ -180,41 +180,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
             nbytes=2 * copy_bytes,
             copy_gbps=copy_rate,
         )
-    ]
+    )
     for cfg in configs:
         cfg = {**cfg, "lookups": cfg["batch"] * cfg["fields"]}
         for provider, op, fn, nbytes, table_mb in cases(cfg, device):
-            ms = time_ms(fn, device, warmup, repeats)
-            row = result_row(
+            measure(
+                out,
                 meta,
                 bench=BENCH,
                 shape=cfg,
                 provider=provider,
                 op=op,
-                ms=ms,
+                fn=fn,
                 nbytes=nbytes,
                 copy_gbps=copy_rate,
+                device=device,
+                warmup=warmup,
+                repeats=repeats,
+                table_mb=table_mb,
+                mean_dim=cfg["mean_dim"],
+                lookups=cfg["lookups"],
             )
-            rows.append({**row, "table_mb": table_mb})
-    append_json_rows(args.out, rows)
-    table = markdown_table(
-        [
-            {
-                **r,
-                "mb": r["bytes"] / 1e6,
-                "mean_dim": r["shape"].get("mean_dim"),
-                "lookups": r["shape"].get("lookups"),
-            }
-            for r in rows
-        ],
-        COLUMNS,
-    )
-    text = (
-        f"## {BENCH} on {meta['device']}\n\ntorch {meta['torch']}, commit {meta['commit']}, "
-        f"{meta['date']}\n\nshape: {base}\n\n{table}"
-    )
-    write_markdown(args.out.with_suffix(".md"), text)
-    print(text)
+    rows = out.rows
+    print(report(BENCH, meta, base, rows, COLUMNS, args.out))
     return rows
 
 

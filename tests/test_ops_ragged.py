@@ -180,3 +180,21 @@ def test_auto_backend_uses_the_extension_and_reference_is_selectable():
     with pytest.raises(ValueError, match="backend"):
         ragged_gather(table, ids, backend="cuda-magic")
     assert "built without CUDA" in _ext.describe() or "with CUDA" in _ext.describe()
+
+
+def test_without_the_extension_ops_fall_back_with_one_warning(monkeypatch):
+    _, table = _table(12, 8)
+    ids = torch.tensor([1, 5, 5])
+    monkeypatch.setattr(_ext, "HAS_EXT", False)
+    monkeypatch.setattr(_ext, "LOAD_ERROR", "ImportError: simulated")
+    monkeypatch.setattr(_ext, "_warned", False)
+    with pytest.warns(UserWarning, match="simulated.*pure-PyTorch references"):
+        first = ragged_gather(table, ids)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        ragged_dot(table, ids, table, ids)
+    assert torch.equal(first, ragged_gather_reference(table, ids))
+    with pytest.raises(RuntimeError, match="not available"):
+        ragged_gather(table, ids, backend="extension")

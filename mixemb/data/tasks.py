@@ -106,7 +106,11 @@ def _check_inter(inter: Table, name: str, task: str) -> Table:
 
 def _numeric_present(source, wanted: tuple[str, ...]) -> tuple[str, ...]:
     """The ``wanted`` columns that the RecBole header of ``source`` has."""
-    data = source[1][:4096] if isinstance(source, tuple) else Path(source).open("rb").read(4096)
+    if isinstance(source, tuple):
+        data = source[1][:4096]
+    else:
+        with open(source, "rb") as f:
+            data = f.read(4096)
     header = data.decode("utf-8-sig", "replace").splitlines()[0] if data else ""
     have = {c.strip().split(":", 1)[0] for c in header.split("\t")}
     return tuple(c for c in wanted if c in have)
@@ -114,9 +118,7 @@ def _numeric_present(source, wanted: tuple[str, ...]) -> tuple[str, ...]:
 
 def _recbole_table(source, task: str, name: str) -> Table:
     numeric = _numeric_present(source, ("rating", "timestamp"))
-    inter = concat_chunks(
-        read_recbole(source, numeric=numeric, required=("user_id", "item_id"))
-    )
+    inter = concat_chunks(read_recbole(source, numeric=numeric, required=("user_id", "item_id")))
     return _check_inter(inter, name, task)
 
 
@@ -365,7 +367,7 @@ def _streamed(
 
 
 def _file_dataset(
-    name, task, p: Path, fmt, label, categorical, numeric, delimiter, seed, min_count, mode
+    task, p: Path, fmt, label, categorical, numeric, delimiter, seed, min_count, mode
 ):
     if task == "topk":
         raise ValueError(f"format {fmt} supports the rating and ctr tasks, not topk")
@@ -441,9 +443,8 @@ def load_dataset(
         info["source"] = str(p)
         if fmt in ("criteo", "csv"):
             enc, tr, va, te = _file_dataset(
-                name, task, p, fmt, label, categorical, numeric, delimiter, seed, min_count,
-                numeric_mode,
-            )  # fmt: skip
+                task, p, fmt, label, categorical, numeric, delimiter, seed, min_count, numeric_mode
+            )
             return _dataset(name, task, enc, tr, va, te, None, info)
         if fmt == "movielens":
             inter = concat_chunks(read_movielens(p))

@@ -123,7 +123,56 @@ __attribute__((target("avx2,popcnt"))) void expand_row_avx2(const int64_t* mask_
     src += __builtin_popcount(b);
   }
 }
+
+// acc[0:dim] += scale * (the row expanded to dim lanes), 8 dims per step, for bags.
+__attribute__((target("avx2,popcnt"))) void accumulate_row_avx2(const int64_t* mask_row,
+                                                                 int64_t dim, const float* src,
+                                                                 const float* end, float scale,
+                                                                 float* acc) {
+  const ExpandTable& lut = expand_table();
+  const __m256 s = _mm256_set1_ps(scale);
+  for (int64_t k = 0; k < dim; k += 8) {
+    const uint64_t m = static_cast<uint64_t>(mask_row[k >> 6]);
+    const uint32_t b = static_cast<uint32_t>((m >> (k & 63)) & 0xFF);
+    if (b != 0) {
+      if (k + 8 <= dim && src + 8 <= end) {
+        const __m256 v = _mm256_loadu_ps(src);
+        const __m256i p = _mm256_load_si256(reinterpret_cast<const __m256i*>(lut.perm[b]));
+        const __m256 keep = _mm256_castsi256_ps(
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(lut.keep[b])));
+        const __m256 x = _mm256_and_ps(_mm256_permutevar8x32_ps(v, p), keep);
+        _mm256_storeu_ps(acc + k, _mm256_add_ps(_mm256_loadu_ps(acc + k), _mm256_mul_ps(x, s)));
+      } else {
+        int next = 0;
+        for (int64_t j = 0; j < 8 && k + j < dim; ++j) {
+          if ((b >> j) & 1) acc[k + j] += scale * src[next++];
+        }
+      }
+    }
+    src += __builtin_popcount(b);
+  }
+}
 #endif
+
+// Vectorised bag accumulation where there is one (fp32 on an AVX2 CPU); false otherwise.
+template <typename scalar_t, typename acc_t>
+inline bool accumulate_row_fast(const int64_t*, int64_t, const scalar_t*, const scalar_t*,
+                                acc_t, acc_t*) {
+  return false;
+}
+
+template <>
+inline bool accumulate_row_fast<float, float>(const int64_t* mask_row, int64_t dim,
+                                              const float* src, const float* end, float scale,
+                                              float* acc) {
+#ifdef MIXEMB_X86_64
+  if (kHasAvx2) {
+    accumulate_row_avx2(mask_row, dim, src, end, scale, acc);
+    return true;
+  }
+#endif
+  return false;
+}
 
 // The vectorised row expansion where there is one (fp32 on an AVX2 CPU); false otherwise.
 template <typename scalar_t>
@@ -163,15 +212,41 @@ Table check_table(const at::Tensor& masks, const at::Tensor& values,
                masks.size(1), group_size, shift};
 }
 
+constexpr int64_t kTile = 32;  // lookups whose loads are issued together
+
+// Row starts of the lookups [i0, i0 + count) (count <= kTile) into `starts`, with the loads
+// issued tile-wise: first prefetch every row's mask and group offset, then compute the
+// starts (those loads now hit) and prefetch the first values. A lookup's loads depend on
+// each other (mask -> start -> values); doing them a tile at a time keeps many misses in
+// flight instead of one after another.
+template <typename index_t, typename scalar_t>
+inline void tile_starts(const Table& t, const index_t* ids, int64_t i0, int64_t count,
+                        const scalar_t* vals, int64_t* starts) {
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t id = static_cast<int64_t>(ids[i0 + j]);
+    if (id < 0 || id >= t.rows) continue;
+    __builtin_prefetch(t.masks + (id - id % t.group_size) * t.words);
+    __builtin_prefetch(t.group_offsets + id / t.group_size);
+  }
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t id = static_cast<int64_t>(ids[i0 + j]);
+    // an out-of-range id that was not checked reads nothing: its row comes out zero
+    starts[j] = (id < 0 || id >= t.rows) ? -1 : row_start(t, id);
+    if (starts[j] >= 0) __builtin_prefetch(vals + starts[j]);
+  }
+}
+
+// The id at position i; with `check`, an out-of-range id raises naming it, without, it
+// comes back as -1 and the caller reads nothing for it (a zero row / zero score).
 template <typename index_t>
 inline int64_t checked_id(const index_t* ids, int64_t i, int64_t rows, bool check,
                           const char* op) {
   const int64_t id = static_cast<int64_t>(ids[i]);
+  const bool ok = id >= 0 && id < rows;
   if (check) {
-    TORCH_CHECK(id >= 0 && id < rows, op, ": id ", id, " at position ", i,
-                " is out of range [0, ", rows, ")");
+    TORCH_CHECK(ok, op, ": id ", id, " at position ", i, " is out of range [0, ", rows, ")");
   }
-  return id;
+  return ok ? id : -1;
 }
 
 at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
@@ -193,16 +268,29 @@ at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
     AT_DISPATCH_INDEX_TYPES(ids_c.scalar_type(), "ragged_gather_cpu_ids", [&] {
       const index_t* idp = ids_c.data_ptr<index_t>();
       at::parallel_for(0, n, 512, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t id = checked_id(idp, i, t.rows, check_bounds, "ragged_gather");
-          const scalar_t* src = vals + row_start(t, id);
-          scalar_t* dst = dst_all + i * dim;
-          if (expand_row_fast(t.masks + id * t.words, dim, src, vals + nnz, dst)) continue;
-          // Zero the row while it is in cache (all-zero bits are 0.0 in every float
-          // type), then scatter the few kept values: d iterations, not K.
-          std::memset(dst, 0, dim * sizeof(scalar_t));
-          for (int64_t w = 0; w < t.words; ++w) {
-            scatter_word(static_cast<uint64_t>(t.masks[id * t.words + w]), src, dst + w * 64);
+        int64_t starts[kTile];
+        for (int64_t i0 = begin; i0 < end; i0 += kTile) {
+          const int64_t count = std::min(kTile, end - i0);
+          for (int64_t j = 0; j < count; ++j) {
+            checked_id(idp, i0 + j, t.rows, check_bounds, "ragged_gather");
+          }
+          tile_starts(t, idp, i0, count, vals, starts);
+          for (int64_t j = 0; j < count; ++j) {
+            const int64_t i = i0 + j;
+            const int64_t id = static_cast<int64_t>(idp[i]);
+            scalar_t* dst = dst_all + i * dim;
+            if (starts[j] < 0) {
+              std::memset(dst, 0, dim * sizeof(scalar_t));
+              continue;
+            }
+            const scalar_t* src = vals + starts[j];
+            if (expand_row_fast(t.masks + id * t.words, dim, src, vals + nnz, dst)) continue;
+            // Zero the row while it is in cache (all-zero bits are 0.0 in every float
+            // type), then scatter the few kept values: d iterations, not K.
+            std::memset(dst, 0, dim * sizeof(scalar_t));
+            for (int64_t w = 0; w < t.words; ++w) {
+              scatter_word(static_cast<uint64_t>(t.masks[id * t.words + w]), src, dst + w * 64);
+            }
           }
         }
       });
@@ -245,6 +333,7 @@ at::Tensor ragged_bag_cpu(const at::Tensor& masks, const at::Tensor& values,
                                   "ragged_bag_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* vals = values.data_ptr<scalar_t>();
+    const int64_t nnz = values.numel();
     scalar_t* outp = out.data_ptr<scalar_t>();
     at::parallel_for(0, bags, 16, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> acc(dim);
@@ -254,8 +343,13 @@ at::Tensor ragged_bag_cpu(const at::Tensor& masks, const at::Tensor& values,
         const int64_t hi = (b + 1 < off_c.numel()) ? op[b + 1] : m_ids;
         for (int64_t i = lo; i < hi; ++i) {
           const int64_t id = checked_id(idp, i, t.rows, check_bounds, "ragged_bag");
+          if (id < 0) continue;
           const acc_t scale = wp ? static_cast<acc_t>(wp[i]) : acc_t(1);
           int64_t slot = row_start(t, id);
+          if (accumulate_row_fast(t.masks + id * t.words, dim, vals + slot, vals + nnz, scale,
+                                  acc.data())) {
+            continue;
+          }
           for (int64_t w = 0; w < t.words; ++w) {
             uint64_t m = static_cast<uint64_t>(t.masks[id * t.words + w]);
             while (m) {
@@ -301,6 +395,10 @@ at::Tensor ragged_dot_cpu(const at::Tensor& masks_a, const at::Tensor& values_a,
       for (int64_t i = begin; i < end; ++i) {
         const int64_t a = checked_id(pa, i, ta.rows, check_bounds, "ragged_dot");
         const int64_t b = checked_id(pb, i, tb.rows, check_bounds, "ragged_dot");
+        if (a < 0 || b < 0) {
+          outp[i] = 0;
+          continue;
+        }
         int64_t sa = row_start(ta, a);
         int64_t sb = row_start(tb, b);
         acc_t acc = 0;

@@ -97,3 +97,73 @@ def test_bad_arguments():
         FeatureEncoder([FieldSpec("a")], min_count=0)
     with pytest.raises(RuntimeError, match="before fit"):
         FeatureEncoder([FieldSpec("a")]).transform(_cols(a=["x"]))
+
+
+def test_per_field_oov_ids_are_sorted_in_by_frequency():
+    train = _cols(user=["a", "a", "a", "r", "s", ""], item=["x", "x", "y", "y", "z", "z"])
+    enc = FeatureEncoder([FieldSpec("user"), FieldSpec("item")], min_count=2).fit([train])
+    # user OOV holds r, s and the missing value (3 lookups); item x/y/z have 2 each;
+    # the item OOV was never used: count 0, last.
+    assert enc.frequencies.tolist() == [3, 3, 2, 2, 2, 0]
+    assert enc.id_of("user", "a") == 0 and enc.oov_id("user") == 1  # a before OOV in a tie
+    assert [enc.id_of("item", v) for v in "xyz"] == [2, 3, 4] and enc.oov_id("item") == 5
+    ids, _ = enc.transform(train)
+    counts = np.bincount(ids.reshape(-1), minlength=enc.num_features)
+    assert counts.tolist() == enc.frequencies.tolist()
+    unseen = FeatureEncoder([FieldSpec("user"), FieldSpec("item")]).fit(
+        [_cols(user=["a"], item=["x"])]
+    )
+    # both OOVs unused in training: count 0, last, user's first
+    assert unseen.frequencies.tolist() == [1, 1, 0, 0]
+    assert [unseen.oov_id("user"), unseen.oov_id("item")] == [2, 3]
+
+
+def test_ties_do_not_depend_on_row_order():
+    vals = np.array(["q", "b", "m", "a", "z", "c"])
+    one = FeatureEncoder([FieldSpec("f")]).fit([_cols(f=vals)])
+    two = FeatureEncoder([FieldSpec("f")]).fit([_cols(f=vals[::-1])])
+    assert [one.decode(i)[1] for i in range(6)] == ["a", "b", "c", "m", "q", "z"]
+    assert [two.decode(i)[1] for i in range(6)] == ["a", "b", "c", "m", "q", "z"]
+
+
+def test_transform_accepts_unicode_object_and_number_columns():
+    enc = FeatureEncoder([FieldSpec("f")]).fit([_cols(f=["1", "2", "2"])])
+    want = [enc.id_of("f", "2"), enc.id_of("f", "1")]
+    assert enc.transform({"f": np.array(["2", "1"])})[0][:, 0].tolist() == want
+    assert enc.transform({"f": np.array(["2", "1"], dtype=object)})[0][:, 0].tolist() == want
+    assert enc.transform({"f": np.array([2, 1])})[0][:, 0].tolist() == want
+    assert enc.id_of("f", 2) == enc.id_of("f", "2") == 0
+    with pytest.raises(Exception, match="missing column 'f'"):
+        enc.transform({"g": np.array(["1"])})
+
+
+def test_bucket_labels_follow_the_criteo_rule():
+    from mixemb.data.encoder import bucket_labels
+
+    x = np.array([-1.0, 0.0, 1.5, 2.0, 3.0, 10.0, 1000.0, math.nan])
+    expected = ["-1", "0", "1", "2", "1", "5", "47", ""]
+    assert bucket_labels(x).tolist() == expected
+    enc = FeatureEncoder([FieldSpec("n", "numeric")], numeric_mode="bucketize").fit(
+        [{"n": np.array([10.0, 12.0, 3.0, math.nan])}]
+    )
+    assert enc.decode(enc.id_of("n", 10.0)) == ("n", "5")
+    assert enc.decode(enc.id_of("n", 12.0)) == ("n", "6")  # floor(log(12)^2) = 6
+    assert enc.id_of("n", math.nan) == enc.oov_id("n")  # missing
+    assert enc.id_of("n", 99999.0) == enc.oov_id("n")  # bucket 132 unseen in training
+
+
+def test_state_dict_types_and_file_round_trip(tmp_path):
+    x = np.array([1.0, 5.0, math.nan, 50.0])
+    cols = {"n": x, "c": np.array(["a", "b", "a", ""], dtype=object)}
+    enc = FeatureEncoder([FieldSpec("c"), FieldSpec("n", "numeric")], min_count=2).fit([cols])
+    state = enc.state_dict()
+    assert torch.as_tensor(state["frequencies"]).dtype == torch.int64
+    torch.save(state, tmp_path / "enc.pt")
+    back = FeatureEncoder.from_state_dict(torch.load(tmp_path / "enc.pt", weights_only=True))
+    for a, b in zip(back.transform(cols), enc.transform(cols)):
+        assert np.array_equal(a, b)
+    assert back.min_count == 2 and back.numeric_mode == "scale"
+    assert [back.decode(i) for i in range(back.num_features)] == [
+        enc.decode(i) for i in range(enc.num_features)
+    ]
+    assert back.field_of_id.tolist() == enc.field_of_id.tolist()

@@ -114,7 +114,52 @@ def test_bad_generic_csv(tmp_path):
         list(read_csv(tmp_path / "missing.csv", label="y", categorical=["user"]))
 
 
-def test_string_columns_are_str_arrays(tmp_path):
+def test_string_columns_are_str_and_numbers_float64(tmp_path):
     p = _write(tmp_path, "u.data", "1\t2\t3\t4\n")
-    assert concat_chunks(read_movielens(p))["user_id"].dtype.kind == "U"
-    assert np.issubdtype(concat_chunks(read_movielens(p))["rating"].dtype, np.floating)
+    cols = concat_chunks(read_movielens(p))
+    assert cols["user_id"].dtype == object and type(cols["user_id"][0]) is str
+    assert cols["rating"].dtype == np.float64
+
+
+def test_movielens_format_sniffed_from_content(tmp_path):
+    p = _write(tmp_path, "ml1m.txt", "1::1193::5::978300760\n")
+    assert concat_chunks(read_movielens(p))["item_id"].tolist() == ["1193"]
+    p = _write(tmp_path, "latest.txt", "userId,movieId,rating,timestamp\n7,31,2.5,1\n")
+    assert concat_chunks(read_movielens(p))["user_id"].tolist() == ["7"]
+    p = _write(tmp_path, "plain.txt", "5\t6\t1\t2\n")
+    assert concat_chunks(read_movielens(p))["user_id"].tolist() == ["5"]
+
+
+def test_blank_lines_are_skipped_and_line_numbers_stay_right(tmp_path):
+    p = _write(tmp_path, "u.data", "1\t2\t3\t4\n\n5\t6\t4\t8\n\n9\t9\tx\t9\n")
+    with pytest.raises(DataError, match=r"u.data line 5: rating 'x' is not a number"):
+        list(read_movielens(p))
+    p = _write(tmp_path, "u.data", "1\t2\t3\t4\n\n5\t6\t4\t8\n\n")
+    assert concat_chunks(read_movielens(p))["user_id"].tolist() == ["1", "5"]
+
+
+def test_recbole_from_wheel_bytes_names_the_member(tmp_path):
+    data = b"user_id:token\trating:float\r\na\t4\r\nb\tbad\r\n"
+    with pytest.raises(DataError, match=r"x.whl!ml.inter line 3: rating 'bad' is not a number"):
+        list(read_recbole(("x.whl!ml.inter", data), numeric=("rating",)))
+    with pytest.raises(DataError, match=r"ml.inter line 1: no column 'item_id'"):
+        list(read_recbole(("ml.inter", data), required=("item_id",)))
+
+
+def test_non_finite_rating_is_rejected(tmp_path):
+    p = _write(tmp_path, "u.data", "1\t2\t3\t4\n1\t3\tnan\t4\n")
+    with pytest.raises(DataError, match=r"u.data line 2: rating 'nan' is not a number"):
+        list(read_movielens(p))
+    p = _write(tmp_path, "u.data", "1\t2\t\t4\n")
+    with pytest.raises(DataError, match=r"u.data line 1: rating '' is not a number"):
+        list(read_movielens(p))
+
+
+def test_criteo_streams_in_chunks_with_line_numbers(tmp_path):
+    row = "\t".join(["0", *["5"] * 13, *["ab"] * 26])
+    bad = "\t".join(["1", "7", "oops", *["5"] * 11, *["ab"] * 26])
+    p = _write(tmp_path, "train.txt", (row + "\n") * 5 + bad + "\n")
+    chunks = read_criteo(p, chunk_rows=2)
+    assert [len(next(chunks)) for _ in range(2)] == [2, 2]
+    with pytest.raises(DataError, match=r"train.txt line 6: I2 'oops' is not a number"):
+        list(chunks)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mixemb.data import load_dataset, make_synthetic, random_split
+from mixemb.data import DataError, load_dataset, random_split
 
 
 def _inter(tmp_path, rows, user_side=None, item_side=None):
@@ -109,19 +109,13 @@ def test_topk_train_sampler_is_seeded_per_epoch(tmp_path):
     n_pos = len(ds.train)
     assert len(e0) == 5 * n_pos and e0.labels[:n_pos].eq(1).all() and e0.labels[n_pos:].eq(0).all()
     enc = ds.encoder
-    pairs = {(enc.decode(int(u))[1], enc.decode(int(i))[1]) for u, i in ds.train.ids.tolist()}
+    rows = _rows(n_users=10, n_items=50, per_user=8)
+    pairs = {(u, i) for u, i, _, _ in rows}  # every interaction, valid and test included
     for u, i in e0.ids[n_pos:].tolist():
         assert (enc.decode(u)[1], enc.decode(i)[1]) not in pairs
-
-
-def test_synthetic_every_task():
-    raw = make_synthetic(num_rows=5000, num_users=100, num_items=80, seed=1)
-    counts = np.unique(raw["user_id"], return_counts=True)[1]
-    assert counts.max() > 10 * np.median(counts)  # power-law: a few users dominate
-    for task in ("rating", "ctr", "topk"):
-        ds = load_dataset("synthetic", task, num_rows=3000, num_users=60, num_items=50)
-        assert len(ds.train) > 0 and ds.num_fields == 2
-        assert np.all(np.diff(ds.encoder.frequencies) <= 0)
+    for u, i in e0.ids[:n_pos].tolist():
+        assert (enc.decode(u)[1], enc.decode(i)[1]) in pairs
+    assert not torch.equal(ds.train_for_epoch(2).ids, e1.ids)
 
 
 def test_criteo_and_csv_files_stream_through(tmp_path):
@@ -146,7 +140,104 @@ def test_criteo_and_csv_files_stream_through(tmp_path):
 
 
 def test_unknown_names_are_clear():
-    with pytest.raises(ValueError, match="unknown dataset 'nope'"):
+    with pytest.raises(ValueError, match="unknown dataset 'nope'.*movielens-100k.*synthetic"):
         load_dataset("nope")
     with pytest.raises(ValueError, match="task must be"):
         load_dataset("synthetic", "regression")
+
+
+def test_rating_splits_partition_the_rows_and_follow_the_seed(tmp_path):
+    rows = _rows(n_users=30, n_items=20, per_user=7)
+    p = _inter(tmp_path, rows)
+    ds = load_dataset("toy", "rating", path=str(p), fmt="inter", seed=5)
+    n = len(rows)
+    assert (len(ds.train), len(ds.valid), len(ds.test)) == (
+        round(0.7 * n),
+        round(0.2 * n),
+        n - round(0.7 * n) - round(0.2 * n),
+    )
+    enc = ds.encoder
+    got = []
+    for split in (ds.train, ds.valid, ds.test):
+        for (u, i), y in zip(split.ids.tolist(), split.labels.tolist()):
+            got.append((enc.decode(u)[1], enc.decode(i)[1], y))
+    # valid/test values unseen in training decode to None (OOV); the rest match the file
+    known = [g for g in got if None not in g]
+    assert len(got) == n and len(known) > 0.8 * n
+    assert set(known) <= {(u, i, float(r)) for u, i, r, _ in rows}
+    other = load_dataset("toy", "rating", path=str(p), fmt="inter", seed=6)
+    assert not torch.equal(other.train.labels, ds.train.labels)
+    assert ds.info["rows"] == {"train": len(ds.train), "valid": len(ds.valid), "test": 21}
+    assert ds.info["source"] == str(p) and ds.info["num_users"] == 30
+
+
+def test_topk_latest_timestamp_ties_by_file_order(tmp_path):
+    rows = [
+        ("u", "a", 5, 5),
+        ("u", "b", 5, 9),
+        ("u", "c", 5, 9),  # same time as b, later in the file: the test positive
+        ("u", "d", 5, 1),
+        ("v", "b", 5, 3),
+        ("v", "c", 5, 2),  # v has 2 interactions: both stay in training (b, c get ids)
+    ]
+    rows += [("w", f"x{k}", 4, k) for k in range(120)]
+    p = _inter(tmp_path, rows)
+    ds = load_dataset("toy", "topk", path=str(p), fmt="inter", num_negatives_eval=9)
+    enc = ds.encoder
+    assert ds.test.group_size == 10 and len(ds.test) == 20  # users u and w
+    test_pos = {enc.decode(int(g[0, 0]))[1]: int(g[0, 1]) for g in ds.test.ids.reshape(-1, 10, 2)}
+    valid_pos = {enc.decode(int(g[0, 0]))[1]: int(g[0, 1]) for g in ds.valid.ids.reshape(-1, 10, 2)}
+    assert test_pos["u"] == enc.id_of("item_id", "c") != enc.oov_id("item_id")
+    assert valid_pos["u"] == enc.id_of("item_id", "b") != enc.oov_id("item_id")
+    assert test_pos["w"] == enc.oov_id("item_id") == valid_pos["w"]
+    train_pairs = {(enc.decode(u)[1], enc.decode(i)[1]) for u, i in ds.train.ids.tolist()}
+    assert {("u", "a"), ("u", "d"), ("v", "b"), ("v", "c")} <= train_pairs
+    assert ("u", "b") not in train_pairs and ("u", "c") not in train_pairs
+    for g in ds.test.ids.reshape(-1, 10, 2):
+        negs = g[1:, 1].tolist()
+        user = enc.decode(int(g[0, 0]))[1]
+        if user == "u":  # u's negatives: distinct, never interacted
+            names = [enc.decode(i)[1] for i in negs]
+            assert len(set(negs)) == 9 and not set(names) & {"a", "b", "c", "d"}
+
+
+def test_topk_needs_no_rating_column(tmp_path):
+    p = tmp_path / "clicks.inter"
+    lines = "".join(f"u{u}\ti{(u * 3 + k) % 40}\t{k}\n" for u in range(5) for k in range(6))
+    p.write_text("user_id:token\titem_id:token\ttimestamp:float\n" + lines)
+    ds = load_dataset("clicks", "topk", path=str(p), fmt="inter")
+    assert len(ds.test) == 5 * 100 and ds.info["num_items"] == len(
+        {l.split()[1] for l in lines.splitlines()}
+    )
+    with pytest.raises(DataError, match="clicks.inter line 1: no column 'rating'"):
+        load_dataset("clicks", "rating", path=str(p), fmt="inter")
+
+
+def test_movielens_file_through_the_path_api(tmp_path):
+    p = tmp_path / "ratings.dat"
+    p.write_text(
+        "".join(f"{u}::{i}::{1 + (u + i) % 5}::{u * i}\n" for u in range(9) for i in range(9))
+    )
+    ds = load_dataset(str(p), "ctr", path=str(p), fmt="movielens")
+    kept = sum(1 for u in range(9) for i in range(9) if (1 + (u + i) % 5) != 3)
+    assert sum(ds.info["rows"].values()) == kept
+    assert set(ds.train.labels.tolist()) <= {0.0, 1.0}
+
+
+def test_bad_requests(tmp_path):
+    p = _inter(tmp_path, _rows(n_users=4))
+    with pytest.raises(ValueError, match="fmt must be one of"):
+        load_dataset("toy", path=str(p), fmt="parquet")
+    with pytest.raises(DataError, match="no such file"):
+        load_dataset("toy", path=str(tmp_path / "missing.inter"), fmt="inter")
+    csv = tmp_path / "c.csv"
+    csv.write_text("y,user\n1,a\n")
+    with pytest.raises(ValueError, match="not topk"):
+        load_dataset("c", "topk", path=str(csv), fmt="csv", label="y", categorical=["user"])
+    with pytest.raises(ValueError, match="label="):
+        load_dataset("c", "ctr", path=str(csv), fmt="csv", categorical=["user"])
+    with pytest.raises(ValueError, match="unexpected options"):
+        load_dataset("movielens-1m", "rating", num_rows=10)
+    csv.write_text("y,user\n1,a\n2,b\n")
+    with pytest.raises(DataError, match="c.csv line 3: y '2' is not 0 or 1"):
+        load_dataset("c", "ctr", path=str(csv), fmt="csv", label="y", categorical=["user"])

@@ -127,9 +127,15 @@ def test_out_of_range_id_is_named_on_every_device(device):
     ids = torch.tensor([0, 1, 10], device=device)
     with pytest.raises(RuntimeError, match=r"id 10 at position 2 is out of range"):
         ragged_gather(table, ids, check_bounds=True, backend="extension")
-    if device == "cuda":  # unchecked: a zero row, no illegal memory access
-        out = ragged_gather(table, ids, check_bounds=False, backend="extension")
-        assert out[2].eq(0).all()
+    # unchecked: the bad id reads nothing and gives a zero row / zero score
+    out = ragged_gather(table, ids, check_bounds=False, backend="extension")
+    assert out[2].eq(0).all() and out[1].ne(0).any()
+    bag = ragged_bag(
+        table, ids, torch.tensor([0, 2], device=device), check_bounds=False, backend="extension"
+    )
+    assert bag[1].eq(0).all()
+    dot = ragged_dot(table, ids, table, ids, check_bounds=False, backend="extension")
+    assert dot[2] == 0 and dot[1] > 0
 
 
 def test_out_of_range_ids_are_named():

@@ -5,6 +5,7 @@ from mixemb.data.encoder import FeatureEncoder
 from mixemb.data.fetch import PINS, cache_dir, fetch_wheel, read_member
 from mixemb.data.readers import (
     Chunk,
+    concat_chunks,
     read_criteo,
     read_csv,
     read_delimited,
@@ -27,6 +28,7 @@ __all__ = [
     "FieldSpec",
     "Split",
     "cache_dir",
+    "concat_chunks",
     "fetch_dataset",
     "fetch_wheel",
     "load_dataset",

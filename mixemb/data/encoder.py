@@ -22,6 +22,7 @@ beats sorting strings with ``np.unique``: MovieLens-1M encodes in a fraction of 
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -149,6 +150,7 @@ class FeatureEncoder:
                     present[j] += int(np.isfinite(np.asarray(col, dtype=np.float64)).sum())
                 else:
                     counts[j].update(self._keys(f, col))
+        totals = [sum(c.values()) for c in counts]  # lookups per field, missing included
         neg_count, field, is_oov, rank, values = [], [], [], [], []
         for j, f in enumerate(self.fields):
             if self._is_scaled(f):
@@ -156,10 +158,11 @@ class FeatureEncoder:
                 oov_count = int(present[j])
             else:
                 c = counts[j]
-                kept = sorted(v for v, k in c.items() if k >= self.min_count and v != "")
-                oov_count = sum(c.values()) - sum(c[v] for v in kept)
+                c.pop("", None)  # missing values go to the OOV
+                kept = sorted(v for v, k in c.items() if k >= self.min_count)
+                oov_count = totals[j] - sum(map(c.__getitem__, kept))
             m = len(kept)
-            neg_count.append(-np.fromiter((counts[j][v] for v in kept), np.int64, m))
+            neg_count.append(-np.fromiter(map(counts[j].__getitem__, kept), np.int64, m))
             neg_count.append(np.array([-oov_count], dtype=np.int64))
             field.append(np.full(m + 1, j, dtype=np.int64))
             is_oov.append(np.r_[np.zeros(m, np.int64), 1])
@@ -177,16 +180,24 @@ class FeatureEncoder:
         return self
 
     def _build_tables(self, gid_of_entry, field_of_entry, oov_of_entry, values) -> None:
+        """Per-field lookup dicts from entries grouped by field (any order within a field)."""
+        gids = np.asarray(gid_of_entry).tolist()
+        fld = np.asarray(field_of_entry)
+        oov = np.asarray(oov_of_entry, dtype=bool)
+        order = np.argsort(fld, kind="stable")
+        bounds = np.searchsorted(fld[order], np.arange(len(self.fields) + 1))
         self._oov = [-1] * len(self.fields)
-        per_field: list[list[tuple[str, int]]] = [[] for _ in self.fields]
-        for g, j, o, v in zip(
-            gid_of_entry.tolist(), field_of_entry.tolist(), oov_of_entry.tolist(), values
-        ):
-            if o:
-                self._oov[j] = g
-            else:
-                per_field[j].append((v, g))
-        self._tables = [_Lookup(items, self._oov[j]) for j, items in enumerate(per_field)]
+        self._tables = []
+        for j in range(len(self.fields)):
+            rows = order[bounds[j] : bounds[j + 1]]
+            special = rows[oov[rows]]
+            if len(special) != 1:
+                raise ValueError(f"field {self.fields[j].name!r} needs exactly one OOV id")
+            self._oov[j] = gids[int(special[0])]
+            plain = rows[~oov[rows]].tolist()
+            self._tables.append(
+                _Lookup(zip([values[r] for r in plain], [gids[r] for r in plain]), self._oov[j])
+            )
 
     # ---- transforming -----------------------------------------------------------------
     @property
@@ -205,7 +216,9 @@ class FeatureEncoder:
         n = len(column)
         if self._is_scaled(f):
             return np.full(n, self._oov[j], dtype=np.int32)
-        return np.fromiter(map(self._tables[j].__getitem__, self._keys(f, column)), np.int32, n)
+        table = self._tables[j]
+        keys = self._keys(f, column)
+        return np.fromiter(map(table.get, keys, itertools.repeat(table.oov)), np.int32, n)
 
     def transform(self, chunk) -> tuple[np.ndarray, np.ndarray | None]:
         """ids (n, F) int32 and values (n, F) float32 (None when no field scales; 1.0 for

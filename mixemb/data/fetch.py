@@ -73,6 +73,7 @@ def pip_download(requirement: str, dest: Path) -> None:
             "pip",
             "download",
             "--no-deps",
+            "--only-binary=:all:",
             "--quiet",
             "-d",
             str(dest),
@@ -96,7 +97,7 @@ def fetch_wheel(key: str, *, log=None) -> Path:
     target = cache / pin.filename
     if target.exists():
         if _is_good(target, pin):
-            return target
+            return target  # verified cache hit: no pip, no network
         if log:
             log(f"{target}: fails its sha256/zip check; fetching it again")
         target.unlink()
@@ -107,14 +108,17 @@ def fetch_wheel(key: str, *, log=None) -> Path:
         try:
             pip_download(requirement, tmp)
             got = tmp / pin.filename
+            if not got.exists():  # pip may spell the file name differently
+                wheels = sorted(tmp.glob("*.whl"))
+                got = wheels[0] if len(wheels) == 1 else got
             if _is_good(got, pin):
                 os.replace(got, target)
                 return target
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     raise DataError(
-        f"{pin.filename}: downloaded twice, and both copies fail the sha256 check "
-        f"(expected {pin.sha256})"
+        f"{pin.filename}: downloaded twice, and both copies fail the sha256/zip check "
+        f"(expected sha256 {pin.sha256})"
     )
 
 

@@ -93,25 +93,15 @@ def _line_blocks(stream: io.TextIOBase, chunk_rows: int) -> Iterator[list[str]]:
 def _floats(raw: list[str], chunk: Chunk, column: str, allow_missing: bool) -> np.ndarray:
     """float64 column; "" is NaN when ``allow_missing``; else non-numbers are a DataError."""
     values: np.ndarray | None = None
-    if allow_missing:
-        obj = np.array(raw, dtype=object)
-        missing = obj == ""
-        if missing.any():
-            obj[missing] = "nan"
-        try:
-            values = obj.astype(np.float64)
-        except ValueError:
-            pass
-    else:
-        try:
-            values = np.array(raw, dtype=np.float64)
-        except ValueError:
-            pass
-        if values is not None and not np.isfinite(values).all():
-            j = int(np.flatnonzero(~np.isfinite(values))[0])
-            raise DataError(
-                f"{chunk.source} line {chunk.line_of(j)}: {column} {raw[j]!r} is not a number"
-            )
+    try:
+        values = np.array([x or "nan" for x in raw] if allow_missing else raw, dtype=np.float64)
+    except ValueError:
+        pass
+    if values is not None and not allow_missing and not np.isfinite(values).all():
+        j = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise DataError(
+            f"{chunk.source} line {chunk.line_of(j)}: {column} {raw[j]!r} is not a number"
+        )
     if values is None:
         for j, x in enumerate(raw):
             if allow_missing and x == "":

@@ -221,7 +221,8 @@ class _Interactions:
 
     def __init__(self, u: np.ndarray, i: np.ndarray, n_items: int) -> None:
         self.n_items = n_items
-        self.keys = np.unique(u.astype(np.int64) * n_items + i)
+        keys = np.sort(u.astype(np.int64) * n_items + i)
+        self.keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
 
     def contains(self, u: np.ndarray, i: np.ndarray) -> np.ndarray:
         keys = u.astype(np.int64) * self.n_items + i

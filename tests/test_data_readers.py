@@ -163,3 +163,89 @@ def test_criteo_streams_in_chunks_with_line_numbers(tmp_path):
     assert [len(next(chunks)) for _ in range(2)] == [2, 2]
     with pytest.raises(DataError, match=r"train.txt line 6: I2 'oops' is not a number"):
         list(chunks)
+
+
+_CRITEO_ROW = "\t".join(["0", *["1"] * 13, *["ab"] * 26])
+_INTER_HEAD = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+
+
+def _ml(p):
+    return read_movielens(p)
+
+
+def _inter_reader(p):
+    return read_recbole(p, numeric=("rating", "timestamp"), required=("user_id", "item_id"))
+
+
+def _ctr_csv(p):
+    return read_csv(p, label="y", categorical=["user"], numeric=["price"], binary_label=True)
+
+
+def _tsv(p):
+    return read_csv(p, label="y", categorical=["user"], delimiter="\t")
+
+
+# (reader, file name, content, line number, the value the message must quote)
+BAD_INPUTS = [
+    (_ml, "u.data", "1\t2\t3\t4\n1\t2\t3\n", 2, r"'1\t2\t3'"),
+    (_ml, "u.data", "1\t2\t3\t4\n1\t2\t3\t4\t5\n", 2, r"'1\t2\t3\t4\t5'"),
+    (_ml, "u.data", "1\t2\t3\t4\n1\t2\tgood\t4\n", 2, "'good'"),
+    (_ml, "u.data", "\n\n", 3, "empty file"),
+    (_ml, "ratings.dat", "1::2::5::9\n1::3::5\n", 2, "'1::3::5'"),
+    (_ml, "ratings.dat", "1::2::5::9\n1::3::*::9\n", 2, "'*'"),
+    (_ml, "ratings.dat", "", 1, "empty file"),
+    (_ml, "ratings.csv", "userId,movieId,rating,timestamp\n1,2,3,4\n1,2,3\n", 3, "'1,2,3'"),
+    (_ml, "ratings.csv", "userId,movieId,rating,timestamp\n1,2,3,4\n1,2,3.5.1,4\n", 3, "'3.5.1'"),
+    (_ml, "ratings.csv", "userId,movieId,rating,timestamp\n", 2, "empty file"),
+    (_ml, "ratings.csv", "userId,itemId,rating,timestamp\n1,2,3,4\n", 1, "'movieId'"),
+    (_ml, "ratings.csv", "userId,movieId,rating,timestamp\n1,2,3,4\n5,6,7,when\n", 3, "'when'"),
+    (_inter_reader, "a.inter", (_INTER_HEAD + "1\t2\t5\t9\n1\t2\tx\t9\n"), 3, "'x'"),
+    (_inter_reader, "a.inter", (_INTER_HEAD + "1\t2\t5\n").replace("\n", "\r\n"), 2, r"'1\t2\t5'"),
+    (_inter_reader, "a.inter", _INTER_HEAD.replace("item_id", "movie_id"), 1, "'item_id'"),
+    (_inter_reader, "a.inter", _INTER_HEAD.replace("rating", "score"), 1, "'rating'"),
+    (_inter_reader, "a.inter", _INTER_HEAD, 2, "empty file"),
+    (_inter_reader, "a.inter", "", 1, "empty file"),
+    (read_criteo, "day_0", _CRITEO_ROW + "\n" + _CRITEO_ROW.replace("0", "-1", 1), 2, "'-1'"),
+    (read_criteo, "day_0", _CRITEO_ROW + "\n" + _CRITEO_ROW + "\tab\n", 2, "got 41"),
+    (read_criteo, "day_0", _CRITEO_ROW.replace("\t1\t", "\t0x1\t", 1) + "\n", 1, "'0x1'"),
+    (read_criteo, "day_0", "\n", 2, "empty file"),
+    (_ctr_csv, "c.csv", "y,user,price\n1,a,2\n0.5,b,3\n", 3, "'0.5'"),
+    (_ctr_csv, "c.csv", "y,user,price\n1,a,2\n1,b\n", 3, "'1,b'"),
+    (_ctr_csv, "c.csv", "y,user,price\n1,a,two\n", 2, "'two'"),
+    (_ctr_csv, "c.csv", "y,user,cost\n1,a,2\n", 1, "'price'"),
+    (_ctr_csv, "c.csv", "y,user,price\n", 2, "empty file"),
+    (_tsv, "c.tsv", "y\tuser\n4\ta\n4\n", 3, "'4'"),
+]
+
+
+@pytest.mark.parametrize("reader,name,text,line,value", BAD_INPUTS)
+def test_every_bad_input_names_file_line_and_value(tmp_path, reader, name, text, line, value):
+    p = tmp_path / name
+    p.write_bytes(text.encode())
+    with pytest.raises(DataError) as err:
+        list(reader(p))
+    msg = str(err.value)
+    assert msg.startswith(f"{name} line {line}:"), msg
+    assert value in msg, msg
+
+
+def test_quoted_csv_fields(tmp_path):
+    p = _write(
+        tmp_path,
+        "movies.csv",
+        'y,"title",price\n1,"Toy Story, The",2\n0,Heat,"3"\n1,"Say ""Hi""",\n',
+    )
+    cols = concat_chunks(read_csv(p, label="y", categorical=["title"], numeric=["price"]))
+    assert cols["title"].tolist() == ["Toy Story, The", "Heat", 'Say "Hi"']
+    assert cols["price"][:2].tolist() == [2.0, 3.0] and math.isnan(cols["price"][2])
+    p = _write(tmp_path, "bad.csv", 'y,title\n1,"a, b"\n0,"c", d\n')
+    with pytest.raises(DataError, match=r"bad.csv line 3: expected 2 columns, got 3"):
+        list(read_csv(p, label="y", categorical=["title"]))
+
+
+def test_default_chunks_are_capped_by_cells(tmp_path):
+    from mixemb.data.readers import default_chunk_rows
+
+    assert default_chunk_rows(4) == 1_000_000 and default_chunk_rows(40) == 200_000
+    p = _write(tmp_path, "u.data", "".join(f"{k}\t{k}\t1\t{k}\n" for k in range(2500)))
+    assert [len(c) for c in read_movielens(p)] == [2500]

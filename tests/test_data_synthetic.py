@@ -65,3 +65,29 @@ def test_options_reach_the_generator_and_scale():
     t0 = time.perf_counter()
     raw = make_synthetic(num_rows=2_000_000, num_users=100_000, num_items=20_000)
     assert len(raw["user_id"]) == 2_000_000 and time.perf_counter() - t0 < 5.0
+
+
+def test_more_fields_with_their_own_vocabularies():
+    raw = make_synthetic(num_rows=30000, num_fields=4, vocab_sizes=[60, 50, 8, 3], seed=2)
+    assert set(raw) == {"user_id", "item_id", "f2", "f3", "rating", "timestamp"}
+    assert len(set(raw["f2"].tolist())) <= 8 and len(set(raw["f3"].tolist())) <= 3
+    # the two-field generator is unchanged by the option
+    two = make_synthetic(num_rows=500, seed=1)
+    same = make_synthetic(num_rows=500, seed=1, num_fields=2, vocab_sizes=[500, 300])
+    assert all(np.array_equal(two[k], same[k]) for k in two)
+    # every field carries signal: fixing all four fields fixes the rating
+    key = np.char.add(
+        np.char.add(raw["user_id"].astype(str), raw["item_id"].astype(str)),
+        np.char.add(raw["f2"].astype(str), raw["f3"].astype(str)),
+    )
+    _, inv = np.unique(key, return_inverse=True)
+    means = np.bincount(inv, raw["rating"]) / np.bincount(inv)
+    assert (raw["rating"] - means[inv]).std() < 0.15
+    pair = np.char.add(raw["user_id"].astype(str), raw["item_id"].astype(str))
+    _, inv2 = np.unique(pair, return_inverse=True)
+    means2 = np.bincount(inv2, raw["rating"]) / np.bincount(inv2)
+    assert (raw["rating"] - means2[inv2]).std() > 0.2  # user and item alone do not
+    with pytest.raises(ValueError, match="num_fields"):
+        make_synthetic(num_fields=1)
+    with pytest.raises(ValueError, match="vocab_sizes has 2 entries for 3 fields"):
+        make_synthetic(num_fields=3, vocab_sizes=[5, 5])

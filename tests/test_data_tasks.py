@@ -110,12 +110,64 @@ def test_topk_train_sampler_is_seeded_per_epoch(tmp_path):
     assert len(e0) == 5 * n_pos and e0.labels[:n_pos].eq(1).all() and e0.labels[n_pos:].eq(0).all()
     enc = ds.encoder
     rows = _rows(n_users=10, n_items=50, per_user=8)
-    pairs = {(u, i) for u, i, _, _ in rows}  # every interaction, valid and test included
+    pairs = {(u, i) for u, i, _, _ in rows}
+    train_pairs = {(enc.decode(u)[1], enc.decode(i)[1]) for u, i in ds.train.ids.tolist()}
+    assert train_pairs < pairs and len(train_pairs) == n_pos == 10 * 6
     for u, i in e0.ids[n_pos:].tolist():
-        assert (enc.decode(u)[1], enc.decode(i)[1]) not in pairs
-    for u, i in e0.ids[:n_pos].tolist():
-        assert (enc.decode(u)[1], enc.decode(i)[1]) in pairs
+        assert (enc.decode(u)[1], enc.decode(i)[1]) not in train_pairs
+    assert torch.equal(e0.ids[:n_pos], ds.train.ids)
     assert not torch.equal(ds.train_for_epoch(2).ids, e1.ids)
+
+
+def test_topk_train_negatives_avoid_training_items_only(tmp_path):
+    # u trains on a, b, c; d (valid) and e (test) are held out. w trains on d, e, f.
+    rows = [("u", x, 5, t) for t, x in enumerate("abcde")]
+    rows += [("w", x, 5, t) for t, x in enumerate("defgh")]
+    p = _inter(tmp_path, rows)
+    ds = load_dataset("toy", "topk", path=str(p), fmt="inter", num_negatives_eval=1)
+    enc = ds.encoder
+    sampled = ds.train_for_epoch(0)
+    n_pos = len(ds.train)
+    negs = [enc.decode(i)[1] for u, i in sampled.ids[n_pos:].tolist() if enc.decode(u)[1] == "u"]
+    # g, h appear only in w's held-out rows: unseen in training, they decode as OOV (None)
+    assert len(negs) == 3 * 4 and set(negs) <= {"d", "e", "f", None}
+    # u's held-out items are fair game in training, as NCF and RecBole sample them
+    assert set(negs) & {"d", "e"}
+    # but an evaluation negative is never an item u touched in any split
+    for split in (ds.valid, ds.test):
+        for g in split.ids.reshape(-1, 2, 2):
+            if enc.decode(int(g[0, 0]))[1] == "u":
+                assert enc.decode(int(g[1, 1]))[1] in {"f", None}
+
+
+def test_topk_repeated_pairs_count_once_at_their_latest_time(tmp_path):
+    rows = [("u", "a", 5, 1), ("u", "b", 5, 2), ("u", "c", 5, 3), ("u", "a", 5, 4)]
+    rows += [("w", "a", 4, 0), ("w", "c", 4, 0)] + [("w", f"x{k}", 4, k) for k in range(1, 6)]
+    p = _inter(tmp_path, rows)
+    ds = load_dataset("toy", "topk", path=str(p), fmt="inter", num_negatives_eval=3)
+    enc = ds.encoder
+    assert ds.info["num_repeats_dropped"] == 1 and ds.info["num_interactions"] == 10
+    by_user = {enc.decode(int(g[0, 0]))[1]: g for g in ds.test.ids.reshape(-1, 4, 2)}
+    assert enc.decode(int(by_user["u"][0, 1])) == ("item_id", "a")  # a at t=4 is the latest
+    valid = {enc.decode(int(g[0, 0]))[1]: g for g in ds.valid.ids.reshape(-1, 4, 2)}
+    assert enc.decode(int(valid["u"][0, 1])) == ("item_id", "c")
+    train_pairs = {(enc.decode(u)[1], enc.decode(i)[1]) for u, i in ds.train.ids.tolist()}
+    assert ("u", "a") not in train_pairs and ("u", "b") in train_pairs
+
+
+def test_synthetic_extra_fields_and_guessed_formats(tmp_path):
+    ds = load_dataset("synthetic", "ctr", num_rows=2000, num_fields=4, vocab_sizes=[50, 40, 30, 5])
+    assert [f.name for f in ds.encoder.fields] == ["user_id", "item_id", "f2", "f3"]
+    assert len(ds.encoder.vocab("f3")) <= 5 and ds.num_features <= 50 + 40 + 30 + 5 + 4
+    topk = load_dataset("synthetic", "topk", num_rows=3000, num_fields=3)
+    assert topk.num_fields == 2  # top-k ranks items for users
+    p = _inter(tmp_path, _rows(n_users=5))
+    assert load_dataset("toy", "rating", path=str(p)).info["source"] == str(p)
+    dat = tmp_path / "ratings.dat"
+    dat.write_text("".join(f"{u}::{i}::4::{i}\n" for u in range(5) for i in range(5)))
+    assert sum(load_dataset("ml", "rating", path=str(dat)).info["rows"].values()) == 25
+    with pytest.raises(ValueError, match="fmt must be one of"):
+        load_dataset("x", "rating", path=str(tmp_path / "toy.user"))
 
 
 def test_criteo_and_csv_files_stream_through(tmp_path):
@@ -238,6 +290,8 @@ def test_bad_requests(tmp_path):
         load_dataset("c", "ctr", path=str(csv), fmt="csv", categorical=["user"])
     with pytest.raises(ValueError, match="unexpected options"):
         load_dataset("movielens-1m", "rating", num_rows=10)
+    with pytest.raises(ValueError, match="fmt, label only apply to a file"):
+        load_dataset("movielens-1m", "ctr", fmt="csv", label="y")
     csv.write_text("y,user\n1,a\n2,b\n")
     with pytest.raises(DataError, match="c.csv line 3: y '2' is not 0 or 1"):
         load_dataset("c", "ctr", path=str(csv), fmt="csv", label="y", categorical=["user"])

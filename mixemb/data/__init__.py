@@ -12,7 +12,7 @@ from mixemb.data.readers import (
     read_movielens,
     read_recbole,
 )
-from mixemb.data.registry import DATASETS, fetch_dataset
+from mixemb.data.registry import DATASETS, fetch_dataset, fetch_dataset_files
 from mixemb.data.schema import TASKS, DataError, Dataset, FieldSpec, Split
 from mixemb.data.synthetic import make_synthetic
 from mixemb.data.tasks import load_dataset, random_split
@@ -30,6 +30,7 @@ __all__ = [
     "cache_dir",
     "concat_chunks",
     "fetch_dataset",
+    "fetch_dataset_files",
     "fetch_wheel",
     "load_dataset",
     "make_synthetic",

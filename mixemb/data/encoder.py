@@ -8,11 +8,13 @@ OOV id, used for values seen fewer than ``min_count`` times, for values unseen i
 training and for missing ("") values; its frequency is the number of training lookups
 that went to it (the rare values plus the missing ones), and it is sorted in with the
 rest (an OOV that no training row used has frequency 0 and goes last). So
-``frequencies == bincount(ids of the training rows)`` always holds.
+``frequencies == bincount(ids of the training rows)`` holds, except for scaled numeric
+fields with missing values (see below).
 
 Numeric fields either *scale* (one id per field whose embedding is multiplied by the
-transformed value, the Criteo convention v = log(x)² for x > 2, else x; missing → 0;
-its frequency is the number of non-missing training values) or are *bucketized* into
+transformed value, the Criteo convention v = log(x)² for x > 2, else x; missing → 0, so a
+missing value still looks the id up but contributes nothing; its frequency is the number
+of non-missing training values) or are *bucketized* into
 categorical bucket labels ``str(int(floor(log(x)²)))`` for x > 2, else ``str(int(x))``
 (missing → the field's OOV).
 
@@ -246,6 +248,13 @@ class FeatureEncoder:
         else:
             column = np.array([str(raw)], dtype=object)
         return int(self.ids_of(field, column)[0])
+
+    def vocab(self, field: str) -> dict[str, int]:
+        """Raw value → global id for every kept value of ``field`` (its OOV id excluded;
+        bucket labels for a bucketized numeric field, empty for a scaled one), in id order."""
+        self._check_fitted()
+        table = self._tables[self._field(field)]
+        return dict(sorted(table.items(), key=lambda kv: kv[1]))
 
     def oov_id(self, field: str) -> int:
         """The OOV id of ``field`` (for a scaled numeric field: its one id)."""

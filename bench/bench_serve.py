@@ -32,12 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_reference import zipf_ids  # noqa: E402
 from common import (  # noqa: E402
-    RowsFile,
-    copy_bandwidth,
     measure,
     report,
-    result_row,
-    run_metadata,
+    start_run,
 )
 
 from mixemb.ops import ragged_bag, ragged_dot, ragged_gather  # noqa: E402
@@ -166,21 +163,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ]
     warmup, repeats = ITERS[device.type]
     repeats = args.repeats or repeats
-    meta = run_metadata(device)
-    copy_rate, copy_ms, copy_bytes = copy_bandwidth(device, None)
-    out = RowsFile(args.out)
-    out.add(
-        result_row(
-            meta,
-            bench=BENCH,
-            shape=base,
-            provider="torch",
-            op="copy",
-            ms=copy_ms,
-            nbytes=2 * copy_bytes,
-            copy_gbps=copy_rate,
-        )
-    )
+    out, meta, copy_rate = start_run(args.out, device, bench=BENCH, shape=base)
     for cfg in configs:
         cfg = {**cfg, "lookups": cfg["batch"] * cfg["fields"]}
         for provider, op, fn, nbytes, table_mb in cases(cfg, device):

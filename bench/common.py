@@ -279,3 +279,28 @@ def report(bench: str, meta: dict, shape: dict, rows: Sequence[dict], columns, o
     )
     write_markdown(Path(out).with_suffix(".md"), text)
     return text
+
+
+def start_run(
+    path: Path, device: torch.device, *, bench: str, shape: dict, copy_bytes: int | None = None
+) -> tuple[RowsFile, dict, float]:
+    """Open the rows file, measure this run's copy bandwidth and record it as the first row.
+
+    Returns (rows file, run metadata, copy bandwidth in GB/s) for :func:`measure`.
+    """
+    meta = run_metadata(device)
+    copy_rate, copy_ms, copy_nbytes = copy_bandwidth(device, copy_bytes)
+    out = RowsFile(path)
+    out.add(
+        result_row(
+            meta,
+            bench=bench,
+            shape=shape,
+            provider="torch",
+            op="copy",
+            ms=copy_ms,
+            nbytes=2 * copy_nbytes,
+            copy_gbps=copy_rate,
+        )
+    )
+    return out, meta, copy_rate

@@ -103,27 +103,16 @@ def test_train_evaluate_round_trip_and_resume_guard(tmp_path, capsys):
     assert f"mse {result['test']['mse']:.4f}" in capsys.readouterr().out
 
 
+def _train_tiny_mf(out, capsys) -> None:
+    """A one-epoch K=4 MF run on synthetic data in ``out`` (output swallowed)."""
+    args = ["train", "--data", "synthetic", "--model", "mf", "--dim", "4", "--epochs", "1"]
+    assert main([*args, "--out", str(out)]) == 0
+    capsys.readouterr()
+
+
 def test_evaluate_reports_damaged_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                "synthetic",
-                "--model",
-                "mf",
-                "--dim",
-                "4",
-                "--epochs",
-                "1",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    capsys.readouterr()
+    _train_tiny_mf(out, capsys)
     best = out / "best.pt"
     best.write_bytes(best.read_bytes()[:100])
     assert main(["evaluate", str(out)]) == 2
@@ -213,25 +202,7 @@ def test_saved_models_score_raw_rows_with_their_encoder(tmp_path, capsys):
     from mixemb.train.trainer import predict
 
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                "synthetic",
-                "--model",
-                "mf",
-                "--dim",
-                "4",
-                "--epochs",
-                "1",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    capsys.readouterr()
+    _train_tiny_mf(out, capsys)
     ds = load_dataset("synthetic", "rating")
     enc = ds.encoder
     rows = ds.test.ids[:20].tolist()

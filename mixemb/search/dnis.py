@@ -206,7 +206,7 @@ def search(
     weight_params = [emb.weight] + model.first_order_parameters()
     if config.train_dense:
         weight_params += model.dense_parameters()
-    frozen = [p for p in model.dense_parameters()] if not config.train_dense else []
+    frozen = [] if config.train_dense else model.dense_parameters()
     opt_w = torch.optim.Adam(weight_params, lr=config.lr)
     opt_a = torch.optim.SGD([emb.alpha], lr=config.alpha_lr)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -246,12 +246,11 @@ def search(
         total_w = total_a = 0.0
         t_epoch = time.perf_counter()
         with Progress(steps, f"search {epoch + 1}/{config.search_epochs}", enabled=progress) as bar:
+            for p in frozen:  # frozen for the whole epoch; restored after it
+                p.requires_grad_(False)
             for index in batch_order(len(train), config.batch_size, config.seed, epoch):
                 # weights step on a training batch (α frozen)
                 emb.alpha.requires_grad_(False)
-                emb.weight.requires_grad_(True)
-                for p in frozen:
-                    p.requires_grad_(False)
                 for p in weight_params:
                     p.requires_grad_(True)
                 ids, values, labels = split_batch(train, index, device)

@@ -7,8 +7,11 @@
 #
 # Each step runs under `timeout`, logs to $OUT/<step>.log, and the run keeps going when a
 # step fails; $OUT/summary.txt lists every step's exit code and seconds, and the script
-# exits non-zero at the end if any step failed. The timeouts add up to about 9 minutes
-# (the CUDA extension build is most of it); a device call allows 10.
+# exits non-zero at the end if any step failed. The timeouts add up to about 16 minutes
+# and a device call allows 10, so run it as two calls on the same warm machine:
+#
+#     ONLY="versions nvidia_smi install pytest_cuda bench_train bench_serve" bash bench/gpu_check.sh
+#     ONLY="bench_reference bench_train_sweep" bash bench/gpu_check.sh
 #
 # To add a step: write a `step_<name>` function and add "<name> <timeout_s>" to STEPS.
 set -uo pipefail
@@ -62,6 +65,16 @@ step_bench_serve() {
     --out "$OUT/bench_serve.json"
 }
 
+step_bench_train() {
+  "$PYTHON" bench/bench_train.py --device cuda --shape full --out "$OUT/bench_train.json"
+}
+
+step_bench_train_sweep() {
+  "$PYTHON" bench/bench_train.py --device cuda --shape full --sweep --sweep-only-fused \
+    --ops fwd,alpha_step,weights_step,weights_step_sgd --warmup 3 --repeats 10 \
+    --out "$OUT/bench_train_sweep.json"
+}
+
 step_bench_reference() {
   "$PYTHON" bench/bench_reference.py --device cuda --shape full \
     --out "$OUT/bench_reference.json"
@@ -72,9 +85,11 @@ STEPS=(
   "versions 30"
   "nvidia_smi 15"
   "install 200"
-  "pytest_cuda 90"
-  "bench_reference 120"
+  "pytest_cuda 150"
+  "bench_train 120"
   "bench_serve 90"
+  "bench_reference 120"
+  "bench_train_sweep 240"
 )
 
 for entry in "${STEPS[@]}"; do export -f "step_${entry%% *}"; done

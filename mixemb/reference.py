@@ -52,6 +52,7 @@ import torch.nn.functional as F
 __all__ = [
     "block_of",
     "equal_boundaries",
+    "fused_update_reference",
     "normalize_alpha_grad",
     "padded_gather_bytes",
     "padded_gather_reference",
@@ -59,6 +60,7 @@ __all__ = [
     "ragged_dot_bytes",
     "ragged_gather_bytes",
     "soft_select_alpha_grad_bytes",
+    "soft_select_fused_update_bytes",
     "soft_select_lookup_backward_bytes",
     "soft_select_lookup_bytes",
     "soft_select_lookup_reference",
@@ -130,6 +132,50 @@ def normalize_alpha_grad(
     """
     h = g + l1 * torch.sign(alpha)
     return h / (h.abs().mean(dim=1, keepdim=True) + eps)
+
+
+def fused_update_reference(
+    dout: torch.Tensor,
+    weight: torch.Tensor,
+    alpha: torch.Tensor,
+    boundaries: torch.Tensor,
+    ids: torch.Tensor,
+    values: torch.Tensor | None,
+    state: torch.Tensor,
+    lr: torch.Tensor,
+    optimizer: str,
+    eps: float = 1e-8,
+) -> None:
+    """The weights step with its optimizer applied in place, as the fused kernel does.
+
+    dout: (B, K) output gradient; weight: (N, K), updated in place; alpha (L, K);
+    boundaries (L+1,) int64; ids (B,) int32/int64; values (B,) or None.
+    state: (N,) float32 row-wise Adagrad accumulator (updated in place; ignored by SGD).
+    lr: (1,) float32 tensor. optimizer: "sgd" or "rowwise_adagrad"; eps: Adagrad's.
+    Each looked-up row's gradient is g = Σ_lookups dout ⊙ alpha[block] (⊙ v), in fp32;
+    "sgd": w -= lr·g; "rowwise_adagrad": m += mean_k g², w -= lr·g / (√m + eps).
+    Rows not looked up are untouched.
+    """
+    if optimizer not in ("sgd", "rowwise_adagrad"):
+        raise ValueError(f"optimizer must be 'sgd' or 'rowwise_adagrad', got {optimizer!r}")
+    flat = ids.reshape(-1).long()
+    if flat.numel() == 0:
+        return
+    rows = dout.float() * alpha.float()[block_of(flat, boundaries)]
+    if values is not None:
+        rows = rows * values.reshape(-1, 1).float()
+    unique, inverse = torch.unique(flat, return_inverse=True)
+    g = torch.zeros(unique.numel(), weight.shape[1], device=weight.device).index_add_(
+        0, inverse, rows
+    )
+    step = lr.reshape(()).float()
+    if optimizer == "rowwise_adagrad":
+        m = state[unique] + (g * g).mean(dim=1)
+        state.index_copy_(0, unique, m)
+        g = g / (m.sqrt() + eps).unsqueeze(1)
+    new = weight[unique].float() - step * g
+    with torch.no_grad():
+        weight.index_copy_(0, unique, new.to(weight.dtype))
 
 
 def padded_gather_reference(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -227,6 +273,28 @@ def soft_select_lookup_backward_bytes(
     """Ideal bytes of both backward steps (α step + weights step); arguments as above."""
     args = (num_lookups, dim, num_blocks, dtype, ids_dtype, with_values, unique_rows)
     return soft_select_alpha_grad_bytes(*args) + soft_select_weight_grad_bytes(*args)
+
+
+def soft_select_fused_update_bytes(
+    num_lookups: int,
+    dim: int,
+    num_blocks: int,
+    dtype: torch.dtype = torch.float32,
+    ids_dtype: torch.dtype = torch.int64,
+    with_values: bool = False,
+    unique_rows: int | None = None,
+    optimizer: str = "sgd",
+) -> int:
+    """Ideal bytes of the weights step with its optimizer fused: P + 2R + I + V + A + B
+    (dout in, each distinct row read and written back), + 8U for row-wise Adagrad's fp32
+    accumulator (read and written). Other arguments as in ``soft_select_lookup_bytes``.
+    """
+    p, r, i, v, a, b = _terms(
+        num_lookups, dim, num_blocks, dtype, ids_dtype, with_values, unique_rows
+    )
+    u = num_lookups if unique_rows is None else unique_rows
+    state = 8 * u if optimizer == "rowwise_adagrad" else 0
+    return p + 2 * r + i + v + a + b + state
 
 
 def padded_gather_bytes(

@@ -92,3 +92,17 @@ def test_pruned_bench_table_hits_its_mean_dim_with_hot_rows_keeping_more(monkeyp
     assert dims[:50].mean() > dims[-50:].mean()
     kept_pos = (x[:200] != 0).float().mean(0)
     assert kept_pos[32:].sum() > 0  # positions spread over all dims, not a prefix
+
+
+def test_bench_train_runs_every_provider_and_op(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    train = importlib.import_module("bench_train")
+    out = tmp_path / "train.json"
+    argv = ["--device", "cpu", "--rows", "300", "--batch", "4", "--fields", "3", "--no-compile"]
+    rows = train.main([*argv, "--repeats", "1", "--warmup", "0", "--out", str(out)])
+    got = {(r["provider"], r["op"]) for r in rows if not r["error"]}
+    assert {("op", op) for op in train.OPS} <= got
+    assert {("reference", "both_step"), ("eager", "alpha_step")} <= got
+    assert all(r["ms"] > 0 and r["bytes"] > 0 for r in rows)
+    sweep = train.sweep_configs({**train.SHAPES["full"], "ids_dtype": "int64"})
+    assert len(sweep) == 6 * 3 * 5 and max(c["rows"] * c["dim"] * 4 for c in sweep) <= 1 << 30

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mixemb.ops import soft_select_lookup
+from mixemb.ops import FusedOptimizer, soft_select_lookup
 from mixemb.reference import equal_boundaries
 
 
@@ -76,6 +76,11 @@ class SoftSelectEmbedding(nn.Module):
     boundaries: (L+1,) int64 buffer. ``forward(ids (...), values (...) | None) -> (..., K)``.
     normalize, l1, eps: how α's gradient is post-processed (see ``soft_select_lookup``).
     sparse: weight gradient as sparse rows (use with SparseAdam / SGD).
+    backend: "auto" (Triton kernels on CUDA, the reference on CPU), "triton" or
+        "reference" (see ``mixemb.ops.soft_select_lookup``).
+    deterministic: bitwise-reproducible weight gradients on the Triton path (default).
+    ``use_fused_optimizer(kind, lr)`` makes the backward update the table in place
+    (SGD or row-wise Adagrad, FBGEMM-style); the table then gets no ``.grad``.
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class SoftSelectEmbedding(nn.Module):
         eps: float = 1e-8,
         sparse: bool = False,
         backend: str = "auto",
+        deterministic: bool = True,
     ) -> None:
         super().__init__()
         b = torch.as_tensor(boundaries, dtype=torch.int64)
@@ -103,7 +109,24 @@ class SoftSelectEmbedding(nn.Module):
         self.alpha = nn.Parameter(torch.ones(b.numel() - 1, embedding_dim))
         self.register_buffer("boundaries", b)
         self.normalize, self.l1, self.eps = normalize, l1, eps
-        self.sparse, self.backend = sparse, backend
+        self.sparse, self.backend, self.deterministic = sparse, backend, deterministic
+        self.fused_optimizer = None
+
+    def use_fused_optimizer(self, kind: str = "sgd", lr: float = 0.01, eps: float = 1e-8):
+        """Update the table inside the backward from now on; returns the optimizer
+        (``set_lr`` changes its rate). Its state and lr are buffers (saved with the
+        module). Exclude ``weight`` from any other optimizer."""
+        opt = FusedOptimizer(self.weight, kind, lr=lr, eps=eps)
+        self.register_buffer("fused_lr", opt.lr)
+        self.register_buffer("fused_state", opt.state)
+        self.fused_optimizer = opt
+        return opt
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        if self.fused_optimizer is not None:  # keep the optimizer on the moved buffers
+            self.fused_optimizer.lr, self.fused_optimizer.state = self.fused_lr, self.fused_state
+        return out
 
     @property
     def num_embeddings(self) -> int:
@@ -129,6 +152,8 @@ class SoftSelectEmbedding(nn.Module):
             eps=self.eps,
             sparse=self.sparse,
             backend=self.backend,
+            deterministic=self.deterministic,
+            fused_optimizer=self.fused_optimizer,
         )
 
     def extra_repr(self) -> str:
@@ -136,4 +161,5 @@ class SoftSelectEmbedding(nn.Module):
             f"{self.num_embeddings}, {self.embedding_dim}, blocks={self.num_blocks}, "
             f"normalize={self.normalize}, l1={self.l1}, sparse={self.sparse}, "
             f"backend={self.backend!r}"
+            + ("" if self.fused_optimizer is None else f", fused={self.fused_optimizer.kind!r}")
         )

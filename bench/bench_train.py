@@ -1,0 +1,345 @@
+"""Bench: the DNIS training path — fused Triton lookup × α and its backward variants.
+
+Side by side in one process, on one batch of Zipf ids over frequency-sorted rows:
+
+providers
+* launcher   the bare Triton launchers of ``mixemb.kernels.soft_select`` (CUDA only)
+* op         ``soft_select_lookup(backend="triton")``: the registered torch.library ops
+             (on CPU they run the reference math: the CPU path)
+* reference  ``soft_select_lookup(backend="reference")``: hand-written backward, eager
+* eager      the unfused reference expression + autograd + ``normalize_alpha_grad``
+* compile    ``torch.compile`` of the eager provider
+* torch      the copy that sets the memory-speed limit
+
+ops (every step is forward + backward, as one training step runs them)
+* fwd                    out = E[ids] ⊙ α[block(ids)]
+* alpha_step             table frozen: dα (normalized per block row, L1 inside)
+* weights_step           α frozen: dense dE, deterministic (sort + run reduction)
+* weights_step_atomic    the same with atomic adds (deterministic=False): its cost
+* weights_step_sgd       α frozen, the table updated in the backward (fused SGD)
+* weights_step_adagrad   same, row-wise Adagrad
+* both_step              dE and dα (the warm start)
+
+Ideal bytes come from ``mixemb.reference`` (one read of inputs, one write of outputs per
+pass, every lookup reading its row); the sort of the deterministic weights step is extra
+traffic the ideal does not count.
+
+    python bench/bench_train.py                      # cuda: full shape; cpu: small
+    python bench/bench_train.py --device cuda --sweep
+    python bench/bench_train.py --device cpu --no-compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_reference import zipf_ids  # noqa: E402
+from common import DEFAULT_ITERS, measure, report, start_run  # noqa: E402
+
+from mixemb.ops import FusedOptimizer, soft_select_lookup  # noqa: E402
+from mixemb.reference import (  # noqa: E402
+    equal_boundaries,
+    normalize_alpha_grad,
+    soft_select_alpha_grad_bytes,
+    soft_select_fused_update_bytes,
+    soft_select_lookup_bytes,
+    soft_select_lookup_reference,
+    soft_select_weight_grad_bytes,
+)
+
+BENCH = "bench_train"
+SHAPES = {
+    "full": dict(rows=4_000_000, dim=64, blocks=10, batch=16384, fields=26, zipf=1.05),
+    "small": dict(rows=200_000, dim=64, blocks=10, batch=2048, fields=26, zipf=1.05),
+}
+# The sweep of the issue: K × lookups × id distribution (0 = uniform) × hot-row placement.
+SWEEP = dict(
+    dim=[8, 16, 32, 64, 128, 256],
+    lookups=[4096, 65536, 524288],
+    zipf=[0.0, 1.05, 1.15],
+    permuted=[False, True],
+)
+SWEEP_TABLE_BYTES = 1 << 30  # rows = min(4M, 1 GiB / row bytes)
+L1 = 1e-5
+LR = 1e-3
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / f"{BENCH}.json"
+TABLE_COLUMNS = [
+    ("provider", "provider"),
+    ("op", "op"),
+    ("ms", "ms"),
+    ("mb", "ideal MB"),
+    ("limit_ms", "limit ms"),
+    ("gbps", "GB/s"),
+    ("pct_of_copy", "% of copy"),
+]
+OPS = [
+    "fwd",
+    "alpha_step",
+    "weights_step",
+    "weights_step_atomic",
+    "weights_step_sgd",
+    "weights_step_adagrad",
+    "both_step",
+]
+
+
+def make_inputs(cfg: dict, device: torch.device) -> dict:
+    """Table, α, boundaries, ids (B, F) and dout for one config; sets cfg["unique_ids"]."""
+    n, k, num_blocks = cfg["rows"], cfg["dim"], cfg["blocks"]
+    gen = torch.Generator(device=device).manual_seed(1)
+    weight = torch.randn(n, k, generator=gen, device=device)
+    alpha = torch.rand(num_blocks, k, generator=gen, device=device)
+    shape = (cfg["batch"], cfg["fields"])
+    if cfg["zipf"] > 0:
+        ids = zipf_ids(n, shape, cfg["zipf"], device)
+    else:
+        ids = torch.randint(0, n, shape, generator=gen, device=device)
+    if cfg.get("permuted"):  # hot rows scattered over the table instead of at id 0..
+        perm = torch.randperm(n, generator=gen, device=device)
+        ids = perm[ids]
+    ids = ids.to(getattr(torch, cfg.get("ids_dtype", "int64")))
+    cfg["unique_ids"] = int(torch.unique(ids).numel())
+    dout = torch.randn(*shape, k, generator=gen, device=device)
+    return dict(
+        weight=weight, alpha=alpha, boundaries=equal_boundaries(n, num_blocks).to(device),
+        ids=ids, dout=dout,
+    )  # fmt: skip
+
+
+def ideal_bytes(cfg: dict, op: str) -> int:
+    args = (cfg["batch"] * cfg["fields"], cfg["dim"], cfg["blocks"])
+    kw = dict(ids_dtype=getattr(torch, cfg.get("ids_dtype", "int64")))
+    fwd = soft_select_lookup_bytes(*args, **kw)
+    if op == "fwd":
+        return fwd
+    if op == "alpha_step":
+        return fwd + soft_select_alpha_grad_bytes(*args, **kw)
+    if op in ("weights_step", "weights_step_atomic"):
+        return fwd + soft_select_weight_grad_bytes(*args, **kw)
+    if op == "weights_step_sgd":
+        return fwd + soft_select_fused_update_bytes(*args, **kw, optimizer="sgd")
+    if op == "weights_step_adagrad":
+        return fwd + soft_select_fused_update_bytes(*args, **kw, optimizer="rowwise_adagrad")
+    if op == "both_step":
+        return (
+            fwd
+            + soft_select_alpha_grad_bytes(*args, **kw)
+            + soft_select_weight_grad_bytes(*args, **kw)
+        )
+    raise ValueError(op)
+
+
+def lookup_cases(x: dict, backend: str) -> dict:
+    """op → callable for soft_select_lookup with ``backend`` ("triton" or "reference")."""
+    w_frozen, a_frozen = x["weight"], x["alpha"]
+    w_train = x["weight"].clone().requires_grad_()
+    a_train = x["alpha"].clone().requires_grad_()
+    b, ids, dout = x["boundaries"], x["ids"], x["dout"]
+    kw = dict(l1=L1, backend=backend, check_ids=False)
+
+    def step(w, a, **extra):
+        def run():
+            w.grad = a.grad = None
+            soft_select_lookup(w, a, b, ids, **kw, **extra).backward(dout)
+
+        return run
+
+    def fwd():
+        with torch.no_grad():
+            return soft_select_lookup(w_frozen, a_frozen, b, ids, **kw)
+
+    cases = {
+        "fwd": fwd,
+        "alpha_step": step(w_frozen, a_train),
+        "weights_step": step(w_train, a_frozen),
+        "both_step": step(w_train, a_train),
+    }
+    if backend == "triton":
+        cases["weights_step_atomic"] = step(w_train, a_frozen, deterministic=False)
+        for name, kind in (("sgd", "sgd"), ("adagrad", "rowwise_adagrad")):
+            opt = FusedOptimizer(w_train, kind, lr=LR)
+            cases[f"weights_step_{name}"] = step(w_train, a_frozen, fused_optimizer=opt)
+    return cases
+
+
+def launcher_cases(x: dict) -> dict:
+    """op → callable on the bare launchers (no dispatcher, no autograd)."""
+    from mixemb.kernels import soft_select as K
+
+    w, a, b, dout = x["weight"], x["alpha"], x["boundaries"], x["dout"]
+    flat = x["ids"].reshape(-1)
+    d = dout.reshape(-1, w.shape[1])
+    w_upd = w.clone()
+    lr = torch.tensor([LR], device=w.device)
+    state = torch.zeros(w.shape[0], device=w.device)
+
+    def fwd():
+        return K.soft_select_fwd(w, a, b, flat)
+
+    def alpha_step():
+        K.soft_select_fwd(w, a, b, flat)
+        return K.soft_select_bwd_alpha(d, w, a, b, flat, l1=L1)
+
+    def weights(**kw):
+        def run():
+            K.soft_select_fwd(w_upd, a, b, flat)
+            return K.soft_select_bwd_weight(d, w_upd, a, b, flat, **kw)
+
+        return run
+
+    def both_step():
+        K.soft_select_fwd(w, a, b, flat)
+        K.soft_select_bwd_alpha(d, w, a, b, flat, l1=L1)
+        return K.soft_select_bwd_weight(d, w, a, b, flat)
+
+    return {
+        "fwd": fwd,
+        "alpha_step": alpha_step,
+        "weights_step": weights(),
+        "weights_step_atomic": weights(deterministic=False),
+        "weights_step_sgd": weights(optimizer="sgd", lr=lr),
+        "weights_step_adagrad": weights(optimizer="rowwise_adagrad", lr=lr, state=state),
+        "both_step": both_step,
+    }
+
+
+def eager_cases(x: dict, compile_: bool) -> dict:
+    """op → callable for the unfused reference with autograd (optionally compiled)."""
+    lookup = soft_select_lookup_reference
+    normalize = normalize_alpha_grad
+    if compile_:
+        lookup = torch.compile(soft_select_lookup_reference, dynamic=False)
+        normalize = torch.compile(normalize_alpha_grad, dynamic=False)
+    w_frozen, a_frozen = x["weight"], x["alpha"]
+    w_train = x["weight"].clone().requires_grad_()
+    a_train = x["alpha"].clone().requires_grad_()
+    b, ids, dout = x["boundaries"], x["ids"], x["dout"]
+
+    def step(w, a):
+        def run():
+            w.grad = a.grad = None
+            lookup(w, a, b, ids).backward(dout)
+            if a.grad is not None:
+                return normalize(a.grad, a.detach(), L1)
+
+        return run
+
+    def fwd():
+        with torch.no_grad():
+            return lookup(w_frozen, a_frozen, b, ids)
+
+    return {
+        "fwd": fwd,
+        "alpha_step": step(w_frozen, a_train),
+        "weights_step": step(w_train, a_frozen),
+        "both_step": step(w_train, a_train),
+    }
+
+
+def providers(x: dict, device: torch.device, args) -> list[tuple[str, dict]]:
+    out = []
+    if device.type == "cuda":
+        out.append(("launcher", launcher_cases(x)))
+    out.append(("op", lookup_cases(x, "triton")))
+    if not args.sweep_only_fused:
+        out.append(("reference", lookup_cases(x, "reference")))
+        out.append(("eager", eager_cases(x, compile_=False)))
+        if not args.no_compile:
+            out.append(("compile", eager_cases(x, compile_=True)))
+    return out
+
+
+def sweep_configs(base: dict) -> list[dict]:
+    cfgs = []
+    for dim, lookups, zipf, permuted in itertools.product(*SWEEP.values()):
+        if permuted and zipf == 0:
+            continue  # uniform ids have no hot rows to move
+        rows = min(base["rows"], SWEEP_TABLE_BYTES // (4 * dim))
+        cfgs.append(
+            dict(base, name=f"sweep-K{dim}-M{lookups}-s{zipf}{'-perm' if permuted else ''}",
+                 rows=rows, dim=dim, batch=lookups // base["fields"] or 1, zipf=zipf,
+                 permuted=permuted)
+        )  # fmt: skip
+    return cfgs
+
+
+def run_config(cfg, device, args, warmup, repeats, copy_bytes, ops) -> list[dict]:
+    x = make_inputs(cfg, device)
+    out, meta, copy_rate = start_run(
+        args.out, device, bench=BENCH, shape=cfg, copy_bytes=copy_bytes
+    )
+    for provider, cases in providers(x, device, args):
+        for op in ops:
+            if op not in cases:
+                continue
+            measure(
+                out, meta, bench=BENCH, shape=cfg, provider=provider, op=op, fn=cases[op],
+                nbytes=ideal_bytes(cfg, op), copy_gbps=copy_rate, device=device,
+                warmup=warmup, repeats=repeats,
+            )  # fmt: skip
+    del x
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    print(report(BENCH, meta, cfg, out.rows, TABLE_COLUMNS, args.out))
+    return out.rows
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--shape", choices=sorted(SHAPES), help="default: full on cuda, else small")
+    p.add_argument("--rows", type=int)
+    p.add_argument("--dim", type=int)
+    p.add_argument("--blocks", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--fields", type=int)
+    p.add_argument("--zipf", type=float, help="0 = uniform ids")
+    p.add_argument("--ids-dtype", choices=["int64", "int32"], default="int64")
+    p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {OPS}")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
+    p.add_argument("--sweep", action="store_true", help="also run the K × lookups × ids sweep")
+    p.add_argument(
+        "--sweep-only-fused", action="store_true",
+        help="providers launcher + op only (what the sweep uses)",
+    )  # fmt: skip
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--copy-mib", type=int)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but torch.cuda.is_available() is False")
+    ops = [o for o in args.ops.split(",") if o]
+    unknown = sorted(set(ops) - set(OPS))
+    if unknown:
+        raise SystemExit(f"unknown ops {unknown}; choose from {OPS}")
+    shape = args.shape or ("full" if device.type == "cuda" else "small")
+    cfg = {"name": shape, **SHAPES[shape], "ids_dtype": args.ids_dtype}
+    for key in ("rows", "dim", "blocks", "batch", "fields", "zipf"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    warmup, repeats = DEFAULT_ITERS[device.type]
+    warmup = warmup if args.warmup is None else args.warmup
+    repeats = repeats if args.repeats is None else args.repeats
+    copy_bytes = None if args.copy_mib is None else args.copy_mib << 20
+    rows = run_config(cfg, device, args, warmup, repeats, copy_bytes, ops)
+    if args.sweep:
+        args.sweep_only_fused = True
+        for sweep_cfg in sweep_configs(cfg):
+            rows += run_config(sweep_cfg, device, args, warmup, repeats, copy_bytes, ops)
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(1 if any(r["error"] for r in main()) else 0)

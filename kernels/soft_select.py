@@ -1,0 +1,618 @@
+"""Triton kernels of the DNIS lookup × α op and their launchers.
+
+Notation: B lookups (flattened ids), table E (N, K), soft selection α (L, K), block
+boundaries (L+1,) int64. block(id) is computed in-kernel by comparing the id with the
+L-1 inner boundaries (L ≤ 64): no per-row block array is ever stored or read.
+
+Kernels (all accumulate in fp32, mask the K tail, never synchronise with the host):
+
+* ``_scale_rows_kernel`` — out[b] = src[row(b)] ⊙ α[block(id_b)] (⊙ v_b). With
+  GATHER=True, row(b) = id_b: the forward. With GATHER=False, row(b) = b and src is the
+  output gradient: the per-lookup weight gradients of the sparse backward.
+* ``_alpha_grad_partial_kernel`` + ``_alpha_grad_finish_kernel`` — the α step:
+  per-program (L, K) partials Σ E[id] ⊙ dout (⊙ v) accumulated with a one-hot matmul
+  (no sort, no atomics), then one program per block row adds λ·sign(α), normalizes by
+  mean_k |g| + eps and writes dα. The partial kernel also writes dvalues when asked.
+* ``_segment_rows_kernel`` + ``_segment_carry_kernel`` — the weights step over ids
+  sorted once with ``torch.sort``: fixed-size chunks of sorted positions, each reduced
+  by one program; a run of equal ids that crosses chunk edges (a hot row) leaves one
+  partial per chunk, summed in order by the chunk where the run starts. Every unique id
+  is finished exactly once, by one program, so the result is deterministic and needs
+  no atomics — which also lets the finishing step apply an optimizer to the row in
+  place (SGD, row-wise Adagrad) instead of writing a gradient.
+* ``_atomic_rows_kernel`` — the opt-in non-deterministic dense weight gradient
+  (atomic adds; hot rows serialise on their addresses).
+
+Launchers validate, allocate and pick block sizes; the registered ops live in
+``mixemb.ops.soft_select_triton``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+#: True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1 at import).
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+MAX_BLOCKS = 64
+MAX_DIM = 1024
+#: sorted positions reduced by one program of the weights step
+SEGMENT_CHUNK = 32
+
+OPTIMIZERS = {"none": 0, "sgd": 1, "rowwise_adagrad": 2}
+
+
+@triton.jit
+def _and(vec_mask, flag):
+    """vec_mask & flag with the scalar flag broadcast explicitly (the interpreter's
+    implicit scalar-vector broadcast of int1 gives a mask its loads reject)."""
+    return vec_mask & (tl.zeros(vec_mask.shape, tl.int1) | flag)
+
+
+@triton.jit
+def _block_of(ids, bounds_ptr, num_blocks, L_PAD: tl.constexpr):
+    """Block index of every id: the number of inner boundaries b_1..b_{L-1} ≤ id."""
+    offs = tl.arange(0, L_PAD)
+    live = offs < num_blocks - 1
+    inner = tl.load(bounds_ptr + 1 + offs, mask=live, other=0)
+    hit = (ids[:, None] >= inner[None, :]) & live[None, :]
+    return tl.sum(hit.to(tl.int32), axis=1).to(tl.int64)
+
+
+@triton.jit
+def _scale_rows_kernel(
+    src_ptr,
+    alpha_ptr,
+    bounds_ptr,
+    ids_ptr,
+    values_ptr,
+    out_ptr,
+    num_lookups,
+    num_rows,
+    dim,
+    num_blocks,
+    stride_src,
+    stride_alpha,
+    GATHER: tl.constexpr,
+    HAS_VALUES: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    L_PAD: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_k = tl.program_id(1).to(tl.int64)
+    lookups = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    live = lookups < num_lookups
+    ids = tl.load(ids_ptr + lookups, mask=live, other=0).to(tl.int64)
+    # an out-of-range id reads nothing and yields a zero row (the launcher checks on request)
+    valid = live & (ids >= 0) & (ids < num_rows)
+    blocks = _block_of(ids, bounds_ptr, num_blocks, L_PAD)
+    mask = valid[:, None] & (cols < dim)[None, :]
+    rows = ids if GATHER else lookups
+    src = tl.load(src_ptr + rows[:, None] * stride_src + cols[None, :], mask=mask, other=0.0)
+    scale = tl.load(
+        alpha_ptr + blocks[:, None] * stride_alpha + cols[None, :], mask=mask, other=0.0
+    )
+    out = src.to(ACC) * scale.to(ACC)
+    if HAS_VALUES:
+        v = tl.load(values_ptr + lookups, mask=live, other=0.0)
+        out = out * v.to(ACC)[:, None]
+    out_mask = live[:, None] & (cols < dim)[None, :]
+    tl.store(
+        out_ptr + lookups[:, None] * dim + cols[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=out_mask,
+    )
+
+
+@triton.jit
+def _alpha_grad_partial_kernel(
+    weight_ptr,
+    alpha_ptr,
+    bounds_ptr,
+    ids_ptr,
+    values_ptr,
+    dout_ptr,
+    partial_ptr,
+    dvalues_ptr,
+    num_lookups,
+    num_rows,
+    dim,
+    num_blocks,
+    stride_w,
+    stride_alpha,
+    tiles_per_program,
+    HAS_VALUES: tl.constexpr,
+    NEED_ALPHA: tl.constexpr,
+    NEED_VALUES: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    L_PAD: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    pid_k = tl.program_id(1).to(tl.int64)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    cmask = cols < dim
+    block_ids = tl.arange(0, L_PAD)
+    acc = tl.zeros([L_PAD, BLOCK_K], dtype=ACC)
+    # each program owns a contiguous range of lookup tiles: one (L, K) partial per program
+    for t in range(tiles_per_program):
+        lookups = (pid * tiles_per_program + t) * BLOCK_B + tl.arange(0, BLOCK_B)
+        live = lookups < num_lookups
+        ids = tl.load(ids_ptr + lookups, mask=live, other=0).to(tl.int64)
+        valid = live & (ids >= 0) & (ids < num_rows)
+        blocks = _block_of(ids, bounds_ptr, num_blocks, L_PAD)
+        mask = valid[:, None] & cmask[None, :]
+        e = tl.load(weight_ptr + ids[:, None] * stride_w + cols[None, :], mask=mask, other=0.0)
+        d = tl.load(dout_ptr + lookups[:, None] * dim + cols[None, :], mask=mask, other=0.0)
+        prod = e.to(ACC) * d.to(ACC)
+        if NEED_VALUES:
+            a = tl.load(
+                alpha_ptr + blocks[:, None] * stride_alpha + cols[None, :], mask=mask, other=0.0
+            )
+            dv = tl.sum(prod * a.to(ACC), axis=1)
+            tl.store(dvalues_ptr + pid_k * num_lookups + lookups, dv, mask=live)
+        if NEED_ALPHA:
+            if HAS_VALUES:
+                v = tl.load(values_ptr + lookups, mask=live, other=0.0)
+                prod = prod * v.to(ACC)[:, None]
+            onehot = ((blocks[:, None] == block_ids[None, :]) & valid[:, None]).to(ACC)
+            # (L_PAD, BLOCK_B) @ (BLOCK_B, BLOCK_K): the per-block sum, exact fp32 products
+            acc += tl.dot(tl.trans(onehot), prod, input_precision="ieee")
+    if NEED_ALPHA:
+        out = partial_ptr + pid * num_blocks * dim + block_ids[:, None] * dim + cols[None, :]
+        tl.store(out, acc, mask=(block_ids < num_blocks)[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _alpha_grad_finish_kernel(
+    partial_ptr,
+    alpha_ptr,
+    dalpha_ptr,
+    num_partials,
+    num_blocks,
+    dim,
+    stride_alpha,
+    l1,
+    eps,
+    NORMALIZE: tl.constexpr,
+    K_PAD: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, K_PAD)
+    cmask = cols < dim
+    g = tl.zeros([K_PAD], dtype=ACC)
+    for p in range(num_partials):  # fixed order: bitwise reproducible
+        g += tl.load(partial_ptr + (p * num_blocks + row) * dim + cols, mask=cmask, other=0.0)
+    a = tl.load(alpha_ptr + row * stride_alpha + cols, mask=cmask, other=0.0).to(ACC)
+    sign = tl.where(a > 0, 1.0, tl.where(a < 0, -1.0, 0.0))
+    g = g + l1 * sign
+    if NORMALIZE:
+        mean_abs = tl.sum(tl.where(cmask, tl.abs(g), 0.0), axis=0) / dim
+        g = g / (mean_abs + eps)
+    tl.store(dalpha_ptr + row * dim + cols, g.to(dalpha_ptr.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def _finish_row(
+    row_id,
+    g,
+    cols,
+    cmask,
+    dim,
+    do_it,
+    alpha_ptr,
+    bounds_ptr,
+    num_blocks,
+    stride_alpha,
+    out_ptr,
+    stride_out,
+    state_ptr,
+    lr_ptr,
+    opt_eps,
+    OPTIMIZER: tl.constexpr,
+    L_PAD: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """Scale a row's summed output gradient by α[block(row)] and write or apply it."""
+    block = tl.sum(_block_of(tl.zeros([1], tl.int64) + row_id, bounds_ptr, num_blocks, L_PAD))
+    mask = _and(cmask, do_it)
+    a = tl.load(alpha_ptr + block * stride_alpha + cols, mask=mask, other=0.0)
+    grad = g * a.to(ACC)
+    dst = out_ptr + row_id * stride_out + cols
+    if OPTIMIZER == 0:
+        tl.store(dst, grad.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        lr = tl.load(lr_ptr).to(ACC)
+        w = tl.load(dst, mask=mask, other=0.0).to(ACC)
+        if OPTIMIZER == 1:
+            w = w - lr * grad
+        else:
+            # row-wise Adagrad (FBGEMM's): one accumulator per row, mean of g² over K
+            one = _and(tl.full([1], 1, tl.int1), do_it)
+            m_old = tl.load(state_ptr + row_id + tl.zeros([1], tl.int64), mask=one, other=0.0)
+            m = tl.sum(m_old, axis=0) + tl.sum(tl.where(cmask, grad * grad, 0.0), axis=0) / dim
+            tl.store(
+                state_ptr + row_id + tl.zeros([1], tl.int64),
+                (tl.zeros([1], ACC) + m).to(state_ptr.dtype.element_ty),
+                mask=one,
+            )
+            w = w - lr * grad / (tl.sqrt(m) + opt_eps)
+        tl.store(dst, w.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _segment_rows_kernel(
+    sorted_ids_ptr,
+    perm_ptr,
+    dout_ptr,
+    values_ptr,
+    alpha_ptr,
+    bounds_ptr,
+    out_ptr,
+    state_ptr,
+    lr_ptr,
+    carry_first_ptr,
+    carry_last_ptr,
+    num_lookups,
+    num_rows,
+    dim,
+    num_blocks,
+    stride_alpha,
+    stride_out,
+    opt_eps,
+    HAS_VALUES: tl.constexpr,
+    OPTIMIZER: tl.constexpr,
+    CHUNK: tl.constexpr,
+    K_PAD: tl.constexpr,
+    L_PAD: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    chunk = tl.program_id(0).to(tl.int64)
+    start = chunk * CHUNK
+    cols = tl.arange(0, K_PAD)
+    cmask = cols < dim
+    prev_id = tl.load(sorted_ids_ptr + start - 1, mask=start > 0, other=-1)
+    first_id = tl.load(sorted_ids_ptr + start)
+    # the chunk's first run began in an earlier chunk: its sum is a carry, not a row
+    cont_prev = first_id == prev_id
+    acc = tl.zeros([K_PAD], dtype=ACC)
+    for i in range(CHUNK):
+        pos = start + i
+        live = pos < num_lookups
+        row_id = tl.load(sorted_ids_ptr + pos, mask=live, other=-1)
+        src = tl.load(perm_ptr + pos, mask=live, other=0)
+        d = tl.load(dout_ptr + src * dim + cols, mask=_and(cmask, live), other=0.0).to(ACC)
+        if HAS_VALUES:
+            d = d * tl.load(values_ptr + src, mask=live, other=0.0).to(ACC)
+        acc += d
+        has_next = pos + 1 < num_lookups
+        next_id = tl.load(sorted_ids_ptr + pos + 1, mask=has_next, other=-1)
+        run_ends = live & ((~has_next) | (next_id != row_id) | (i == CHUNK - 1))
+        cont_next = has_next & (next_id == row_id)  # only possible at the chunk's end
+        valid = (row_id >= 0) & (row_id < num_rows)
+        tl.store(carry_first_ptr + chunk * dim + cols, acc, mask=_and(cmask, run_ends & cont_prev))
+        tl.store(
+            carry_last_ptr + chunk * dim + cols,
+            acc,
+            mask=_and(cmask, run_ends & (~cont_prev) & cont_next),
+        )
+        done = run_ends & (~cont_prev) & (~cont_next) & valid
+        _finish_row(
+            row_id, acc, cols, cmask, dim, done, alpha_ptr, bounds_ptr, num_blocks,
+            stride_alpha, out_ptr, stride_out, state_ptr, lr_ptr, opt_eps, OPTIMIZER, L_PAD, ACC,
+        )  # fmt: skip
+        acc = tl.where(run_ends, 0.0, acc)
+        cont_prev = cont_prev & (~run_ends)
+
+
+@triton.jit
+def _segment_carry_kernel(
+    sorted_ids_ptr,
+    alpha_ptr,
+    bounds_ptr,
+    out_ptr,
+    state_ptr,
+    lr_ptr,
+    carry_first_ptr,
+    carry_last_ptr,
+    num_lookups,
+    num_rows,
+    dim,
+    num_blocks,
+    stride_alpha,
+    stride_out,
+    opt_eps,
+    OPTIMIZER: tl.constexpr,
+    CHUNK: tl.constexpr,
+    K_PAD: tl.constexpr,
+    L_PAD: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    chunk = tl.program_id(0).to(tl.int64)
+    start = chunk * CHUNK
+    end = start + CHUNK
+    cols = tl.arange(0, K_PAD)
+    cmask = cols < dim
+    has_next = end < num_lookups
+    last_id = tl.load(sorted_ids_ptr + tl.minimum(end, num_lookups) - 1)
+    next_id = tl.load(sorted_ids_ptr + end, mask=has_next, other=-1)
+    first_id = tl.load(sorted_ids_ptr + start)
+    prev_id = tl.load(sorted_ids_ptr + start - 1, mask=start > 0, other=-1)
+    whole_chunk_continued = (first_id == last_id) & (first_id == prev_id)
+    # the chunk where a crossing run starts owns it and adds the later chunks' carries
+    owner = has_next & (next_id == last_id) & (~whole_chunk_continued)
+    acc = tl.load(carry_last_ptr + chunk * dim + cols, mask=_and(cmask, owner), other=0.0)
+    j = chunk + 1
+    going = owner
+    while going:
+        acc += tl.load(carry_first_ptr + j * dim + cols, mask=cmask, other=0.0)
+        j_end = (j + 1) * CHUNK
+        j_last = tl.load(sorted_ids_ptr + tl.minimum(j_end, num_lookups) - 1)
+        j_next = tl.load(sorted_ids_ptr + j_end, mask=j_end < num_lookups, other=-1)
+        going = (j_end < num_lookups) & (j_last == last_id) & (j_next == last_id)
+        j += 1
+    valid = (last_id >= 0) & (last_id < num_rows)
+    _finish_row(
+        last_id, acc, cols, cmask, dim, owner & valid, alpha_ptr, bounds_ptr, num_blocks,
+        stride_alpha, out_ptr, stride_out, state_ptr, lr_ptr, opt_eps, OPTIMIZER, L_PAD, ACC,
+    )  # fmt: skip
+
+
+@triton.jit
+def _atomic_rows_kernel(
+    dout_ptr,
+    alpha_ptr,
+    bounds_ptr,
+    ids_ptr,
+    values_ptr,
+    out_ptr,
+    num_lookups,
+    num_rows,
+    dim,
+    num_blocks,
+    stride_alpha,
+    HAS_VALUES: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    L_PAD: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_k = tl.program_id(1).to(tl.int64)
+    lookups = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    live = lookups < num_lookups
+    ids = tl.load(ids_ptr + lookups, mask=live, other=0).to(tl.int64)
+    valid = live & (ids >= 0) & (ids < num_rows)
+    blocks = _block_of(ids, bounds_ptr, num_blocks, L_PAD)
+    mask = valid[:, None] & (cols < dim)[None, :]
+    d = tl.load(dout_ptr + lookups[:, None] * dim + cols[None, :], mask=mask, other=0.0)
+    a = tl.load(alpha_ptr + blocks[:, None] * stride_alpha + cols[None, :], mask=mask, other=0.0)
+    g = d.to(ACC) * a.to(ACC)
+    if HAS_VALUES:
+        g = g * tl.load(values_ptr + lookups, mask=live, other=0.0).to(ACC)[:, None]
+    tl.atomic_add(out_ptr + ids[:, None] * dim + cols[None, :], g, mask=mask, sem="relaxed")
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _pow2(n: int, floor: int = 1) -> int:
+    return max(floor, triton.next_power_of_2(max(int(n), 1)))
+
+
+def _acc(dtype: torch.dtype):
+    """(Triton, torch) accumulation dtype: fp64 for fp64 tables (gradcheck), else fp32."""
+    return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
+
+
+def _l_pad(num_blocks: int) -> int:
+    return _pow2(num_blocks, 16)  # tl.dot needs every dimension ≥ 16
+
+
+def _tile(dim: int) -> tuple[int, int]:
+    """(BLOCK_B, BLOCK_K) for gathers: K tiles of ≤ 128 columns, ~4K elements a program."""
+    block_k = min(_pow2(dim, 16), 128)
+    block_b = max(16, min(128, 4096 // block_k))
+    return block_b, block_k
+
+
+def _num_programs_cap(device: torch.device) -> int:
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the interpreter runs programs one after another
+
+
+def check_inputs(weight, alpha, boundaries, ids, values) -> None:
+    """Shape/dtype/device checks of every launcher (cheap, no device reads)."""
+    if weight.dim() != 2 or not weight.is_contiguous():
+        raise ValueError(f"weight must be a contiguous (N, K) tensor, got {tuple(weight.shape)}")
+    num_blocks, dim = alpha.shape
+    if dim != weight.shape[1] or alpha.stride(1) != 1:
+        raise ValueError(f"alpha must be (L, K={weight.shape[1]}) with unit column stride")
+    if not 1 <= num_blocks <= MAX_BLOCKS:
+        raise ValueError(
+            f"the Triton backend supports 1 ≤ L ≤ {MAX_BLOCKS} blocks, got {num_blocks}"
+        )
+    if not 1 <= dim <= MAX_DIM:
+        raise ValueError(f"the Triton backend supports 1 ≤ K ≤ {MAX_DIM}, got {dim}")
+    if boundaries.dtype != torch.int64 or boundaries.numel() != num_blocks + 1:
+        raise ValueError(f"boundaries must be int64 (L+1,) = ({num_blocks + 1},)")
+    if ids.dtype not in (torch.int32, torch.int64) or not ids.is_contiguous():
+        raise ValueError(f"ids must be contiguous int32/int64, got {ids.dtype}")
+    for name, t in (("alpha", alpha), ("boundaries", boundaries), ("ids", ids), ("values", values)):
+        if t is not None and t.device != weight.device:
+            raise ValueError(f"{name} is on {t.device}, weight on {weight.device}")
+    if values is not None and (values.shape != ids.shape or not values.is_contiguous()):
+        raise ValueError(f"values must be contiguous with the shape of ids {tuple(ids.shape)}")
+
+
+def soft_select_fwd(weight, alpha, boundaries, ids, values=None, *, out_dtype=None):
+    """out (B, K) = weight[ids] ⊙ alpha[block(ids)] (⊙ values[:, None]).
+
+    weight: (N, K) float32/float16/bfloat16, contiguous. alpha: (L, K), L ≤ 64.
+    boundaries: (L+1,) int64. ids: (B,) int32/int64. values: (B,) or None.
+    out_dtype: default torch.promote_types(weight.dtype, alpha.dtype).
+    """
+    check_inputs(weight, alpha, boundaries, ids, values)
+    out_dtype = out_dtype or torch.promote_types(weight.dtype, alpha.dtype)
+    return scale_rows(weight, alpha, boundaries, ids, values, gather=True, out_dtype=out_dtype)
+
+
+def scale_rows(src, alpha, boundaries, ids, values, *, gather, out_dtype, num_rows=None):
+    """The shared launcher of the forward (gather=True) and of per-lookup row grads."""
+    num_lookups = ids.numel()
+    dim = src.shape[1]
+    out = torch.empty((num_lookups, dim), dtype=out_dtype, device=src.device)
+    if num_lookups == 0:
+        return out
+    block_b, block_k = _tile(dim)
+    grid = (triton.cdiv(num_lookups, block_b), triton.cdiv(dim, block_k))
+    _scale_rows_kernel[grid](
+        src, alpha, boundaries, ids, values if values is not None else src, out,
+        num_lookups, num_rows if num_rows is not None else src.shape[0], dim, alpha.shape[0],
+        src.stride(0), alpha.stride(0),
+        GATHER=gather, HAS_VALUES=values is not None,
+        BLOCK_B=block_b, BLOCK_K=block_k, L_PAD=_l_pad(alpha.shape[0]),
+        ACC=_acc(src.dtype)[0],
+    )  # fmt: skip
+    return out
+
+
+def soft_select_bwd_alpha(
+    dout, weight, alpha, boundaries, ids, values=None, *,
+    need_alpha=True, need_values=False, normalize=True, l1=0.0, eps=1e-8,
+):  # fmt: skip
+    """The α step's backward: (dalpha (L, K) in alpha's dtype or None, dvalues (B,) or None).
+
+    dout: (B, K) contiguous. dalpha = normalize?(Σ_block weight[id] ⊙ dout (⊙ v)
+    + l1·sign(alpha)); dvalues[b] = Σ_k weight[id] ⊙ alpha[block] ⊙ dout.
+    Deterministic: fixed partition of lookups into programs and a fixed-order sum.
+    """
+    check_inputs(weight, alpha, boundaries, ids, values)
+    num_lookups = ids.numel()
+    num_blocks, dim = alpha.shape
+    device = weight.device
+    block_b, block_k = _tile(dim)
+    num_k_tiles = triton.cdiv(dim, block_k)
+    tiles = triton.cdiv(num_lookups, block_b)
+    programs = max(1, min(tiles, _num_programs_cap(device)))
+    tiles_per_program = triton.cdiv(tiles, programs) if tiles else 0
+    programs = triton.cdiv(tiles, tiles_per_program) if tiles else 1
+    # every program writes its whole (L, K) tile; zeros only when no program runs
+    alloc = torch.empty if num_lookups and need_alpha else torch.zeros
+    acc_tl, acc_torch = _acc(weight.dtype)
+    partial = alloc((programs, num_blocks if need_alpha else 0, dim), dtype=acc_torch,
+                    device=device)  # fmt: skip
+    dv = torch.empty((num_k_tiles, num_lookups if need_values else 0), dtype=acc_torch,
+                     device=device)  # fmt: skip
+    if num_lookups and (need_alpha or need_values):
+        _alpha_grad_partial_kernel[(programs, num_k_tiles)](
+            weight, alpha, boundaries, ids, values if values is not None else weight,
+            dout, partial, dv,
+            num_lookups, weight.shape[0], dim, num_blocks, weight.stride(0), alpha.stride(0),
+            tiles_per_program,
+            HAS_VALUES=values is not None, NEED_ALPHA=need_alpha, NEED_VALUES=need_values,
+            BLOCK_B=block_b, BLOCK_K=block_k, L_PAD=_l_pad(num_blocks), ACC=acc_tl,
+        )  # fmt: skip
+    dalpha = dvalues = None
+    if need_alpha:
+        dalpha = torch.empty((num_blocks, dim), dtype=alpha.dtype, device=device)
+        _alpha_grad_finish_kernel[(num_blocks,)](
+            partial, alpha, dalpha, programs, num_blocks, dim, alpha.stride(0),
+            float(l1), float(eps), NORMALIZE=normalize, K_PAD=_pow2(dim, 16), ACC=acc_tl,
+        )  # fmt: skip
+    if need_values:
+        dv = dv[0] if num_k_tiles == 1 else dv.sum(0)
+        dvalues = dv.to(values.dtype if values is not None else weight.dtype)
+    return dalpha, dvalues
+
+
+def soft_select_bwd_rows(dout, weight, alpha, boundaries, ids, values=None):
+    """Per-lookup weight gradients (B, K) in weight's dtype: dout ⊙ alpha[block] (⊙ v).
+
+    With ids they form nn.Embedding(sparse=True)'s uncoalesced sparse gradient.
+    """
+    check_inputs(weight, alpha, boundaries, ids, values)
+    return scale_rows(
+        dout, alpha, boundaries, ids, values,
+        gather=False, out_dtype=weight.dtype, num_rows=weight.shape[0],
+    )  # fmt: skip
+
+
+def soft_select_bwd_weight(
+    dout, weight, alpha, boundaries, ids, values=None, *,
+    deterministic=True, optimizer="none", lr=None, state=None, optimizer_eps=1e-8,
+):  # fmt: skip
+    """The weights step's backward: a dense (N, K) gradient, or an in-place update.
+
+    optimizer="none": returns dweight (N, K) in weight's dtype, each row α[block] ⊙
+    Σ_lookups dout (⊙ v). deterministic=True sorts the ids once and reduces runs
+    (bitwise reproducible, no atomics); False adds with atomics (opt-in, hot rows
+    contend).
+    optimizer="sgd" | "rowwise_adagrad": updates weight (and state, (N,) float32, the
+    row-wise Adagrad accumulator) in place with lr, a 1-element float32 tensor on the
+    weight's device (a runtime value: changing it does not recompile); returns None.
+    """
+    check_inputs(weight, alpha, boundaries, ids, values)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {optimizer!r}")
+    num_lookups = ids.numel()
+    num_rows, dim = weight.shape
+    num_blocks = alpha.shape[0]
+    device = weight.device
+    fused = optimizer != "none"
+    acc_tl, acc_torch = _acc(weight.dtype)
+    if fused:
+        if lr is None or lr.numel() != 1 or lr.device != device:
+            raise ValueError("a fused optimizer needs lr as a 1-element tensor on weight's device")
+        if optimizer == "rowwise_adagrad" and (
+            state is None or state.shape != (num_rows,) or state.dtype != torch.float32
+        ):
+            raise ValueError(f"rowwise_adagrad needs state: ({num_rows},) float32")
+    if not fused and not deterministic:
+        acc = torch.zeros((num_rows, dim), dtype=acc_torch, device=device)
+        if num_lookups:
+            block_b, block_k = _tile(dim)
+            grid = (triton.cdiv(num_lookups, block_b), triton.cdiv(dim, block_k))
+            _atomic_rows_kernel[grid](
+                dout, alpha, boundaries, ids, values if values is not None else dout, acc,
+                num_lookups, num_rows, dim, num_blocks, alpha.stride(0),
+                HAS_VALUES=values is not None,
+                BLOCK_B=block_b, BLOCK_K=block_k, L_PAD=_l_pad(num_blocks), ACC=acc_tl,
+            )  # fmt: skip
+        return acc if weight.dtype == acc_torch else acc.to(weight.dtype)
+    out = weight if fused else torch.zeros_like(weight)
+    if num_lookups == 0:
+        return None if fused else out
+    sorted_ids, perm = torch.sort(ids.long(), stable=True)
+    num_chunks = triton.cdiv(num_lookups, SEGMENT_CHUNK)
+    carry_first = torch.empty((num_chunks, dim), dtype=acc_torch, device=device)
+    carry_last = torch.empty((num_chunks, dim), dtype=acc_torch, device=device)
+    lr_t = lr if fused else carry_first  # unused pointers still need a tensor
+    state_t = state if state is not None else carry_first
+    common = dict(
+        OPTIMIZER=OPTIMIZERS[optimizer], CHUNK=SEGMENT_CHUNK, K_PAD=_pow2(dim, 16),
+        L_PAD=_l_pad(num_blocks), ACC=acc_tl,
+    )  # fmt: skip
+    _segment_rows_kernel[(num_chunks,)](
+        sorted_ids, perm, dout, values if values is not None else dout, alpha, boundaries,
+        out, state_t, lr_t, carry_first, carry_last,
+        num_lookups, num_rows, dim, num_blocks, alpha.stride(0), out.stride(0),
+        float(optimizer_eps), HAS_VALUES=values is not None, **common,
+    )  # fmt: skip
+    _segment_carry_kernel[(num_chunks,)](
+        sorted_ids, alpha, boundaries, out, state_t, lr_t, carry_first, carry_last,
+        num_lookups, num_rows, dim, num_blocks, alpha.stride(0), out.stride(0),
+        float(optimizer_eps), **common,
+    )  # fmt: skip
+    return None if fused else out

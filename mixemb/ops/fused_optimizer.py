@@ -1,0 +1,97 @@
+"""In-backward optimizer for the DNIS table: the table is updated while the gradient is
+being reduced, never materialised (the pattern of FBGEMM's table-batched embeddings).
+
+Use::
+
+    opt = FusedOptimizer(weight, "rowwise_adagrad", lr=0.05)
+    out = soft_select_lookup(weight, alpha, boundaries, ids, fused_optimizer=opt)
+    loss(out).backward()      # weight's looked-up rows are updated here; weight.grad stays None
+    opt.set_lr(0.01)          # lr is a device tensor: changing it does not recompile
+
+weight must have requires_grad=True (that is what makes autograd call the backward);
+keep it out of the dense optimizer. α's gradient (and values') is computed as usual,
+before the table is touched. Eager mode only: the in-place update is a side effect
+that torch.compile should not trace through.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mixemb.ops import soft_select_triton as ops
+
+KINDS = ("sgd", "rowwise_adagrad")
+
+
+class FusedOptimizer:
+    """SGD or row-wise Adagrad applied inside ``soft_select_lookup``'s backward.
+
+    weight: (N, K) the table it updates. kind: "sgd" or "rowwise_adagrad".
+    lr: learning rate (default 0.01), stored as a (1,) float32 tensor on weight's device.
+    eps: Adagrad's stabilizer (default 1e-8).
+    state: (N,) float32 accumulator of mean_k g² per row (rowwise_adagrad; empty for sgd).
+    """
+
+    def __init__(
+        self, weight: torch.Tensor, kind: str = "sgd", lr: float = 0.01, eps: float = 1e-8
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if lr < 0:
+            raise ValueError(f"lr must be >= 0, got {lr}")
+        self.kind, self.eps = kind, float(eps)
+        self.lr = torch.tensor([float(lr)], dtype=torch.float32, device=weight.device)
+        rows = weight.shape[0] if kind == "rowwise_adagrad" else 0
+        self.state = torch.zeros(rows, dtype=torch.float32, device=weight.device)
+
+    def set_lr(self, lr: float) -> None:
+        self.lr.fill_(float(lr))
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "eps": self.eps, "lr": self.lr.clone(), "state": self.state}
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd["kind"] != self.kind:
+            raise ValueError(f"state is for {sd['kind']!r}, this optimizer is {self.kind!r}")
+        if sd["state"].shape != self.state.shape:
+            raise ValueError(f"state shape {tuple(sd['state'].shape)} != {tuple(self.state.shape)}")
+        self.eps = float(sd["eps"])
+        self.lr.copy_(sd["lr"])
+        self.state.copy_(sd["state"])
+
+    def __repr__(self) -> str:
+        return f"FusedOptimizer({self.kind!r}, lr={float(self.lr)}, eps={self.eps})"
+
+
+class FusedSoftSelect(torch.autograd.Function):
+    """Forward = the registered lookup; backward = α/values grads, then the fused update."""
+
+    @staticmethod
+    def forward(ctx, weight, alpha, boundaries, ids, values, normalize, l1, eps, optimizer):
+        out = ops.soft_select(
+            weight, alpha, boundaries, ids, values, normalize, l1, eps, False, True
+        )
+        ctx.save_for_backward(weight, alpha, boundaries, ids, values)
+        ctx.cfg = (normalize, l1, eps, optimizer)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        weight, alpha, boundaries, ids, values = ctx.saved_tensors
+        normalize, l1, eps, optimizer = ctx.cfg
+        need_w, need_a, _, _, need_v = ctx.needs_input_grad[:5]
+        dalpha = dvalues = None
+        if need_a or need_v:  # before the update: α's gradient sees the forward's table
+            dalpha, dv = ops.soft_select_backward_alpha(
+                dout, weight, alpha, boundaries, ids, values, bool(need_v), normalize, l1, eps
+            )
+            dalpha = dalpha if need_a else None
+            dvalues = dv if need_v else None
+        if need_w:
+            with torch.no_grad():
+                ops.soft_select_fused_update_(
+                    dout, weight.detach(), alpha.detach(), boundaries, ids,
+                    None if values is None else values.detach(),
+                    optimizer.state, optimizer.lr, optimizer.kind, optimizer.eps,
+                )  # fmt: skip
+        return None, dalpha, None, None, dvalues, None, None, None, None

@@ -1,0 +1,309 @@
+"""The Triton lookup × α op (backend="triton") against the reference op.
+
+On this CPU machine the kernels run in Triton's interpreter (conftest sets
+TRITON_INTERPRET=1 before they are imported), so shapes stay tiny; on a GPU the same
+bodies run on CUDA. Every case checks the forward and every backward variant the search
+uses: α step (table frozen), weights step (α frozen; dense deterministic, dense atomic,
+sparse rows, fused SGD / row-wise Adagrad) and both at once.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from mixemb.kernels import soft_select as kernels
+
+from mixemb import SoftSelectEmbedding
+from mixemb.ops import FusedOptimizer, soft_select_lookup
+from mixemb.ops import soft_select_triton as ops
+from mixemb.reference import fused_update_reference
+
+HAS_CUDA = torch.cuda.is_available()
+CUDA_ONLY = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA_ONLY)]
+pytestmark = pytest.mark.skipif(
+    not (HAS_CUDA or kernels.INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1"
+)
+
+# fp32: the kernels reorder sums (per-block one-hot matmul, run sums before the α scale),
+# so gradients agree to a few fp32 ulps of the summed magnitude, not bitwise.
+# fp16 tables: one fp16 rounding of outputs / row grads (2^-11 relative) vs the
+# reference's two roundings; the α gradient accumulates in fp32 in both.
+TOL = {
+    torch.float32: dict(atol=2e-5, rtol=2e-5),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+    torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+}
+
+
+def _case(n, k, num_blocks, shape, *, hot=False, seed=0, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(n, k, generator=g).to(dtype)
+    alpha = torch.rand(num_blocks, k, generator=g)
+    cuts = torch.sort(torch.randperm(n - 1, generator=g)[: num_blocks - 1] + 1).values
+    boundaries = torch.cat([torch.tensor([0]), cuts, torch.tensor([n])]).long()
+    ids = torch.randint(0, n, shape, generator=g)
+    if hot and ids.numel():
+        ids.view(-1)[: ids.numel() * 3 // 4] = 0  # one row takes most lookups
+    values = torch.rand(shape, generator=g)
+    dout = torch.randn(*shape, k, generator=g)
+    return [t.to(device) for t in (weight, alpha, boundaries, ids, values, dout)]
+
+
+CASES = {
+    "dup": dict(n=20, k=8, num_blocks=4, shape=(6, 3)),
+    "K1": dict(n=20, k=1, num_blocks=2, shape=(5,)),
+    "K3-one-block": dict(n=33, k=3, num_blocks=1, shape=(7, 2)),
+    "K24-L64": dict(n=64, k=24, num_blocks=64, shape=(9, 4)),
+    "hot-row": dict(n=10, k=5, num_blocks=3, shape=(80,), hot=True),
+    "K160": dict(n=12, k=160, num_blocks=3, shape=(10,), hot=True),
+    "empty": dict(n=10, k=5, num_blocks=3, shape=(0, 3)),
+    "one": dict(n=10, k=5, num_blocks=3, shape=(1, 1)),
+}
+
+
+def _run(backend, weight, alpha, boundaries, ids, values, dout, *, need, **kw):
+    """Forward + backward; need is a subset of 'wav' (weight, alpha, values)."""
+    w = weight.clone().requires_grad_("w" in need)
+    a = alpha.clone().requires_grad_("a" in need)
+    v = None if values is None else values.clone().requires_grad_("v" in need)
+    out = soft_select_lookup(w, a, boundaries, ids, v, backend=backend, **kw)
+    out.backward(dout.to(out.dtype))
+    grad = w.grad.to_dense() if w.grad is not None and w.grad.is_sparse else w.grad
+    return out, grad, a.grad, None if v is None else v.grad
+
+
+def _close(got, want, dtype, what):
+    if want is None:
+        assert got is None, what
+        return
+    torch.testing.assert_close(got, want, **TOL[dtype], msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize(
+    "need,with_values",
+    [("a", False), ("a", True), ("av", True), ("w", False), ("w", True), ("wa", False),
+     ("wav", True)],
+)  # fmt: skip
+def test_forward_and_backward_variants_match_reference(device, name, need, with_values):
+    weight, alpha, boundaries, ids, values, dout = _case(**CASES[name], device=device)
+    values = values if with_values else None
+    kw = dict(l1=1e-3, normalize=True, need=need)
+    want = _run("reference", weight, alpha, boundaries, ids, values, dout, **kw)
+    variants = [dict(deterministic=True), dict(deterministic=False), dict(sparse=True)]
+    for extra in variants if "w" in need else variants[:1]:
+        got = _run("triton", weight, alpha, boundaries, ids, values, dout, **kw, **extra)
+        for g, r, what in zip(got, want, ("out", "dweight", "dalpha", "dvalues")):
+            _close(g, r, torch.float32, f"{name} {need} {extra} {what}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=CUDA_ONLY)])
+def test_half_tables_match_reference_within_dtype_tolerance(device, dtype):
+    if dtype == torch.bfloat16 and device == "cpu":
+        pytest.skip("numpy (the interpreter) has no bfloat16")
+    weight, alpha, boundaries, ids, values, dout = _case(
+        30, 12, 3, (16,), hot=True, dtype=dtype, device=device
+    )
+    want = _run("reference", weight, alpha, boundaries, ids, values, dout, need="wav")
+    got = _run("triton", weight, alpha, boundaries, ids, values, dout, need="wav")
+    assert got[0].dtype == want[0].dtype == torch.float32  # promote(weight, α=fp32)
+    assert got[1].dtype == dtype
+    for g, r, what in zip(got, want, ("out", "dweight", "dalpha", "dvalues")):
+        _close(g, r, dtype, what)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("chunk", [2, 4, 5])
+def test_runs_across_chunk_edges(device, chunk, monkeypatch):
+    """Runs of equal ids that span 1, 2 and many chunks, ending on and off chunk edges."""
+    monkeypatch.setattr(kernels, "SEGMENT_CHUNK", chunk)
+    counts = [1, chunk, chunk + 1, 3 * chunk, 1, 2 * chunk - 1, 7]
+    ids = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    ids = ids[torch.randperm(ids.numel(), generator=torch.Generator().manual_seed(1))]
+    weight, alpha, boundaries, _, _, _ = _case(len(counts), 6, 2, (1,), device=device)
+    ids = ids.to(device)
+    dout = torch.randn(ids.numel(), 6, device=device)
+    want = _run("reference", weight, alpha, boundaries, ids, None, dout, need="w")[1]
+    got = _run("triton", weight, alpha, boundaries, ids, None, dout, need="w")[1]
+    _close(got, want, torch.float32, "dweight")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_deterministic_mode_is_bitwise_reproducible(device, monkeypatch):
+    monkeypatch.setattr(kernels, "SEGMENT_CHUNK", 4)
+    weight, alpha, boundaries, ids, values, dout = _case(16, 7, 3, (60,), hot=True, device=device)
+    runs = [
+        _run("triton", weight, alpha, boundaries, ids, values, dout, need="wav", l1=1e-4)
+        for _ in range(2)
+    ]
+    for x, y in zip(*runs):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["sgd", "rowwise_adagrad"])
+@pytest.mark.parametrize("with_values", [False, True])
+def test_fused_optimizer_matches_reference_update(device, kind, with_values, monkeypatch):
+    monkeypatch.setattr(kernels, "SEGMENT_CHUNK", 4)
+    weight, alpha, boundaries, ids, values, dout = _case(15, 9, 3, (30,), hot=True, device=device)
+    values = values if with_values else None
+    w = weight.clone().requires_grad_()
+    a = alpha.clone().requires_grad_()
+    opt = FusedOptimizer(w, kind, lr=0.3)
+    want_w, want_state = weight.clone(), opt.state.clone()
+    for step in range(2):  # the second step sees the first's accumulator
+        out = soft_select_lookup(
+            w, a, boundaries, ids, values, backend="triton", fused_optimizer=opt
+        )
+        out.backward(dout)
+        fused_update_reference(
+            dout.reshape(-1, 9), want_w, alpha, boundaries, ids.reshape(-1), values,
+            want_state, opt.lr, kind,
+        )  # fmt: skip
+        assert w.grad is None
+        _close(w.detach(), want_w, torch.float32, f"weight after step {step}")
+        if kind == "rowwise_adagrad":
+            _close(opt.state, want_state, torch.float32, "state")
+    # α's gradient was computed from the table before the update
+    ref_a = _run("reference", weight, alpha, boundaries, ids, values, dout, need="a")[2]
+    a.grad = None
+    w2 = weight.clone().requires_grad_()
+    soft_select_lookup(
+        w2, a, boundaries, ids, values, backend="triton", fused_optimizer=FusedOptimizer(w2, kind)
+    ).backward(dout)
+    _close(a.grad, ref_a, torch.float32, "dalpha")
+
+
+def test_fused_optimizer_rejects_bad_settings():
+    w = torch.zeros(4, 3)
+    with pytest.raises(ValueError, match="kind must be"):
+        FusedOptimizer(w, "adam")
+    with pytest.raises(ValueError, match="lr must be"):
+        FusedOptimizer(w, lr=-1.0)
+    with pytest.raises(ValueError, match="sparse must be False"):
+        soft_select_lookup(
+            w, torch.ones(1, 3), torch.tensor([0, 4]), torch.tensor([1]), sparse=True,
+            fused_optimizer=FusedOptimizer(w),
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_every_op(device):
+    weight, alpha, boundaries, ids, values, dout = _case(12, 5, 3, (4, 3), hot=True, device=device)
+    for req in (False, True):
+        w, a = weight.clone().requires_grad_(req), alpha.clone().requires_grad_(req)
+        for v in (None, values):
+            for sparse in (False, True):
+                torch.library.opcheck(
+                    ops.soft_select, (w, a, boundaries, ids, v, True, 1e-3, 1e-8, sparse, True)
+                )
+    torch.library.opcheck(
+        ops.soft_select_backward_alpha,
+        (dout, weight, alpha, boundaries, ids, values, True, True, 0.0, 1e-8),
+    )
+    for sparse in (False, True):
+        torch.library.opcheck(
+            ops.soft_select_backward_weight,
+            (dout, weight, alpha, boundaries, ids, values, sparse, True),
+        )
+    state, lr = torch.zeros(12, device=device), torch.tensor([0.1], device=device)
+    torch.library.opcheck(
+        ops.soft_select_fused_update_,
+        (dout, weight.clone(), alpha, boundaries, ids, values, state, lr, "rowwise_adagrad", 1e-8),
+    )
+
+
+def test_gradcheck_float64():
+    weight, alpha, boundaries, ids, values, _ = _case(
+        6, 3, 2, (4, 2), hot=True, dtype=torch.float64
+    )
+    alpha, values = alpha.double(), values.double()
+
+    def fn(w, a, v):
+        return soft_select_lookup(w, a, boundaries, ids, v, normalize=False, backend="triton")
+
+    args = (weight.requires_grad_(), alpha.requires_grad_(), values.requires_grad_())
+    assert torch.autograd.gradcheck(fn, args)
+
+
+def test_torch_compile_fullgraph_and_export():
+    torch._dynamo.reset()
+    emb = SoftSelectEmbedding(20, 6, [0, 5, 20], backend="triton")
+    ids = torch.tensor([[0, 3, 19], [0, 0, 7]])
+
+    def step(ids):
+        return emb(ids).square().sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    loss = compiled(ids)
+    loss.backward()
+    want = SoftSelectEmbedding(20, 6, [0, 5, 20], backend="reference")
+    want.load_state_dict(emb.state_dict())
+    want(ids).square().sum().backward()
+    torch.testing.assert_close(loss, want(ids).square().sum())
+    torch.testing.assert_close(emb.alpha.grad, want.alpha.grad)
+    torch.testing.assert_close(emb.weight.grad, want.weight.grad)
+    exported = torch.export.export(emb, (ids,))
+    torch.testing.assert_close(exported.module()(ids), emb(ids))
+
+
+def test_out_of_range_ids_raise_or_read_zero():
+    weight, alpha, boundaries, _, _, _ = _case(10, 4, 2, (1,))
+    bad = torch.tensor([3, 10, -1])
+    with pytest.raises(ValueError, match=r"ids\[1\] \(flattened\) = 10 is outside"):
+        soft_select_lookup(weight, alpha, boundaries, bad, backend="triton")
+    out = soft_select_lookup(weight, alpha, boundaries, bad, backend="triton", check_ids=False)
+    assert torch.equal(out[1:], torch.zeros(2, 4))
+    torch.testing.assert_close(out[0], weight[3] * alpha[0])
+
+
+def test_launcher_limits_are_named():
+    w, a, b = torch.zeros(100, 4), torch.ones(65, 4), torch.arange(66).long()
+    with pytest.raises(ValueError, match="1 ≤ L ≤ 64"):
+        kernels.soft_select_fwd(w, a, b, torch.tensor([1]))
+    with pytest.raises(ValueError, match="1 ≤ K ≤ 1024"):
+        kernels.soft_select_fwd(torch.zeros(4, 1025), torch.ones(1, 1025), torch.tensor([0, 4]),
+                                torch.tensor([1]))  # fmt: skip
+    with pytest.raises(ValueError, match="lr as a 1-element tensor"):
+        kernels.soft_select_bwd_weight(
+            torch.zeros(1, 4), torch.zeros(10, 4), torch.ones(1, 4), torch.tensor([0, 10]),
+            torch.tensor([1]), optimizer="sgd",
+        )  # fmt: skip
+
+
+def test_module_fused_optimizer_trains_and_saves_state():
+    torch.manual_seed(0)
+    emb = SoftSelectEmbedding(30, 8, [0, 10, 30], backend="triton")
+    opt = emb.use_fused_optimizer("rowwise_adagrad", lr=0.5)
+    ids = torch.randint(0, 30, (40,))
+    target = torch.randn(40, 8)
+    losses = []
+    for _ in range(5):
+        loss = (emb(ids) - target).square().mean()
+        loss.backward()
+        losses.append(float(loss))
+        emb.alpha.grad = None
+    assert losses[-1] < losses[0]
+    assert emb.weight.grad is None
+    assert "fused_state" in emb.state_dict() and float(emb.fused_state.sum()) > 0
+    opt.set_lr(0.0)
+    before = emb.weight.detach().clone()
+    emb(ids).sum().backward()
+    assert torch.equal(emb.weight.detach(), before)
+    assert "fused='rowwise_adagrad'" in repr(emb)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_auto_backend_uses_triton_on_cuda(monkeypatch):
+    calls = []
+    real = kernels.soft_select_fwd
+    monkeypatch.setattr(
+        kernels, "soft_select_fwd", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    w, a, b, ids, _, _ = _case(10, 4, 2, (3,), device="cuda")
+    soft_select_lookup(w, a, b, ids)
+    assert calls

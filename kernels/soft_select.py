@@ -600,7 +600,9 @@ def soft_select_bwd_weight(
     carry_last = torch.empty((num_chunks, dim), dtype=acc_torch, device=device)
     lr_t = lr if fused else carry_first  # unused pointers still need a tensor
     state_t = state if state is not None else carry_first
+    # one program reduces one row vector at a time: a warp per 128 columns is plenty
     common = dict(
+        num_warps=max(1, min(4, _pow2(dim) // 128)),
         OPTIMIZER=OPTIMIZERS[optimizer], CHUNK=SEGMENT_CHUNK, K_PAD=_pow2(dim, 16),
         L_PAD=_l_pad(num_blocks), ACC=acc_tl,
     )  # fmt: skip

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mixemb.kernels import soft_select as kernels
 
 from mixemb import SoftSelectEmbedding
+from mixemb.kernels import soft_select as kernels
 from mixemb.ops import FusedOptimizer, soft_select_lookup
 from mixemb.ops import soft_select_triton as ops
 from mixemb.reference import fused_update_reference

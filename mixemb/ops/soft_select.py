@@ -51,33 +51,53 @@ def _check(weight, alpha, boundaries, ids, values) -> None:
 
 def reference_forward(weight, alpha, boundaries, flat, values):
     """(B, K) = weight[flat] * alpha[block(flat)] (* values[:, None]); flat (B,) int64."""
-    out = weight.index_select(0, flat) * alpha.index_select(0, block_of(flat, boundaries))
+    return _scaled(weight.index_select(0, flat), _scale_of(alpha, boundaries, flat), values)
+
+
+def _scale_of(alpha, boundaries, flat):
+    return alpha.index_select(0, block_of(flat, boundaries))
+
+
+def _scaled(rows, scale, values):
+    out = rows * scale
     if values is not None:
         out = out * values.reshape(-1, 1).to(out.dtype)
     return out
 
 
-def reference_row_grads(dout, weight, alpha, boundaries, flat, values):
-    """(B, K) per-lookup weight gradients dout * alpha[block] (* v) in weight's dtype."""
-    g_rows = dout * alpha.index_select(0, block_of(flat, boundaries)).to(dout.dtype)
+def reference_row_grads(dout, weight, alpha, boundaries, flat, values, scale=None):
+    """(B, K) per-lookup weight gradients dout * alpha[block] (* v) in weight's dtype.
+
+    scale: alpha[block(flat)] when the caller kept it from the forward.
+    """
+    if scale is None:
+        scale = _scale_of(alpha, boundaries, flat)
+    g_rows = dout * scale.to(dout.dtype)
     if values is not None:
         g_rows = g_rows * values.reshape(-1, 1).to(dout.dtype)
     return g_rows.to(weight.dtype)
 
 
-def reference_weight_grad(dout, weight, alpha, boundaries, flat, values):
+def reference_weight_grad(dout, weight, alpha, boundaries, flat, values, scale=None):
     """(N, K) dense weight gradient: the row grads summed per id."""
-    rows = reference_row_grads(dout, weight, alpha, boundaries, flat, values)
+    rows = reference_row_grads(dout, weight, alpha, boundaries, flat, values, scale)
     # index_put_(accumulate) is ~3x faster than index_add_ on CPU for many repeated ids
     return torch.zeros_like(weight).index_put_((flat,), rows, accumulate=True)
 
 
 def reference_alpha_values_grad(
-    dout, weight, alpha, boundaries, flat, values, need_alpha, need_values, normalize, l1, eps
-):
-    """(dalpha (L, K) or None, dvalues (B,) or None); see the module docstring."""
-    blocks = block_of(flat, boundaries)
-    prod = weight.index_select(0, flat).to(dout.dtype) * dout
+    dout, weight, alpha, boundaries, flat, values, need_alpha, need_values, normalize, l1, eps,
+    rows=None, blocks=None,
+):  # fmt: skip
+    """(dalpha (L, K) or None, dvalues (B,) or None); see the module docstring.
+
+    rows, blocks: weight[flat] and block(flat) when the caller kept them from the forward.
+    """
+    if blocks is None:
+        blocks = block_of(flat, boundaries)
+    if rows is None:
+        rows = weight.index_select(0, flat)
+    prod = rows.to(dout.dtype) * dout
     dalpha = dvalues = None
     if need_values:
         scale = alpha.index_select(0, blocks).to(dout.dtype)
@@ -96,35 +116,47 @@ def reference_alpha_values_grad(
 
 
 class _SoftSelectLookup(torch.autograd.Function):
+    """The reference op. Like eager autograd, the forward keeps the gathered table rows
+    (for α's and values' gradients) and α rows (for the table's), so the backward does not
+    gather again; only what the inputs that need grad use is kept."""
+
     @staticmethod
     def forward(ctx, weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse):
         flat = ids.reshape(-1).long()
         vals = None if values is None else values.reshape(-1)
-        out = reference_forward(weight, alpha, boundaries, flat, vals)
-        ctx.save_for_backward(weight, alpha, boundaries, flat, vals)
+        blocks = block_of(flat, boundaries)
+        rows = weight.index_select(0, flat)
+        scale = alpha.index_select(0, blocks)
+        out = _scaled(rows, scale, vals)
+        need_w, need_a, _, _, need_v = ctx.needs_input_grad[:5]
+        ctx.save_for_backward(
+            weight, alpha, boundaries, flat, vals, blocks,
+            rows if (need_a or need_v) else None, scale if need_w else None,
+        )  # fmt: skip
         ctx.ids_shape = ids.shape
         ctx.cfg = (normalize, l1, eps, sparse)
         return out.reshape(*ids.shape, weight.shape[1])
 
     @staticmethod
     def backward(ctx, dout):
-        weight, alpha, boundaries, flat, vals = ctx.saved_tensors
+        weight, alpha, boundaries, flat, vals, blocks, rows, scale = ctx.saved_tensors
         normalize, l1, eps, sparse = ctx.cfg
         dout = dout.reshape(-1, weight.shape[1])
         dweight = dalpha = dvalues = None
         need_w, need_a, _, _, need_v = ctx.needs_input_grad[:5]
         if need_w:
             if sparse:
-                rows = reference_row_grads(dout, weight, alpha, boundaries, flat, vals)
+                g_rows = reference_row_grads(dout, weight, alpha, boundaries, flat, vals, scale)
                 dweight = torch.sparse_coo_tensor(
-                    flat.unsqueeze(0), rows, weight.shape, check_invariants=False
+                    flat.unsqueeze(0), g_rows, weight.shape, check_invariants=False
                 )
             else:
-                dweight = reference_weight_grad(dout, weight, alpha, boundaries, flat, vals)
+                dweight = reference_weight_grad(dout, weight, alpha, boundaries, flat, vals, scale)
         if need_a or need_v:
             dalpha, dvalues = reference_alpha_values_grad(
-                dout, weight, alpha, boundaries, flat, vals, need_a, need_v, normalize, l1, eps
-            )
+                dout, weight, alpha, boundaries, flat, vals, need_a, need_v, normalize, l1, eps,
+                rows=rows, blocks=blocks,
+            )  # fmt: skip
             if dvalues is not None:
                 dvalues = dvalues.reshape(ctx.ids_shape)
         return dweight, dalpha, None, None, dvalues, None, None, None, None

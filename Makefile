@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mixemb-installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench clean results
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -35,6 +35,13 @@ format: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+# Not part of `make test`: hours on a laptop CPU. Resumable (rerun to continue).
+# RESULTS_PRESET=quick (ML-1M rating MF + CTR FM, 3 seeds) or full (six combinations).
+RESULTS_PRESET ?= quick
+RESULTS_OUT ?= runs/results
+results: $(STAMP)
+	RESULTS_PRESET=$(RESULTS_PRESET) $(PY) -m mixemb.results --out $(RESULTS_OUT)
 
 bench: $(STAMP)
 	$(PY) bench/bench_reference.py

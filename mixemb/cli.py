@@ -275,6 +275,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         k=args.k,
         device=args.device,
         model_kwargs=_model_kwargs(args),
+        budget_unit=args.budget_unit,
     )
     dataset = load_from_spec(spec)
     compare(
@@ -398,9 +399,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--methods",
         default="uniform,dnis,dnis_ft,magnitude,magnitude_ft,mde,random",
-        help="comma-separated; *_ft fine-tune the pruned model with its mask fixed",
+        help="comma-separated, of: uniform, dnis, dnis_aligned, dnis_rot, magnitude, "
+        "magnitude_rot (each also as *_ft: fine-tune the pruned model with its mask fixed), "
+        "mde, mde@a (MDE with exponent a), random. *_rot: MF and FM only",
     )
     g.add_argument("--budgets", default="0.5,0.2,0.05", help="fractions of uniform-K params")
+    g.add_argument(
+        "--budget-unit",
+        default="params",
+        choices=["params", "bytes"],
+        help="params: budgets are fractions of N·K entries; bytes: of the dense uniform-K "
+        "fp32 bytes, ragged metadata included (equal budgets = equal stored bytes)",
+    )
     g.add_argument("--seeds", default="0,1,2")
     g.add_argument("--finetune-epochs", type=int, default=10, help="max epochs of *_ft methods")
     g.add_argument("--random-trials", type=int, default=5)

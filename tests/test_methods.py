@@ -140,3 +140,71 @@ def test_compare_is_resumable_and_writes_tables(tmp_path):
     assert "| random |" not in markdown_table(res, "rating")  # skipped cells stay out
     with pytest.raises(ValueError, match="different experiment"):
         compare(ds, spec, "fm", CFG, methods=["uniform"], budgets=[0.5], seeds=[0], out=tmp_path)
+
+
+def test_aligned_prune_keeps_dnis_dims_at_nested_positions():
+    from mixemb.prune import prune
+    from mixemb.search.export import aligned_prune
+
+    g = torch.Generator().manual_seed(0)
+    merged = torch.randn(50, 16, generator=g) * torch.linspace(2, 0.1, 16)
+    ref, report = prune(merged, keep=200)
+    table, mask = aligned_prune(merged, keep=200)
+    assert int(mask.sum()) == 200 and torch.equal(mask.sum(1), report.dims)
+    assert torch.equal(table != 0, mask) and torch.equal(table[mask], merged[mask])
+    # any two rows: the smaller kept set lies inside the larger (overlap = min of dims)
+    shared = (mask.unsqueeze(1) & mask.unsqueeze(0)).sum(-1)
+    dims = mask.sum(1)
+    assert torch.equal(shared, torch.minimum(dims.unsqueeze(1), dims.unsqueeze(0)))
+
+
+def test_rotation_keeps_dot_products_and_is_only_offered_where_exact():
+    from mixemb.search.export import rotate_table
+    from mixemb.search.methods import NotApplicable
+
+    e = torch.randn(30, 8, generator=torch.Generator().manual_seed(2))
+    r = rotate_table(e)
+    assert torch.allclose(r @ r.T, e @ e.T, atol=1e-5)
+    energy = (r * r).sum(0)
+    assert bool((energy[:-1] >= energy[1:] - 1e-5).all())  # leading columns carry most
+    ds = _dataset(n=300)
+    with pytest.raises(NotApplicable):
+        run_method("dnis_rot", ds, "mlp", CFG, 0.5, 0)
+    cell = run_method("magnitude_rot", ds, "mf", CFG, 0.5, 0)
+    assert cell["kept_params"] == round(0.5 * ds.num_features * 8)
+
+
+def test_byte_budgets_include_ragged_metadata():
+    from mixemb.search.methods import InfeasibleBudget
+
+    ds = _dataset(n=400)
+    cfg = MethodConfig(**{**CFG.__dict__, "budget_unit": "bytes"})
+    dense = 4 * ds.num_features * 8
+    for method in ("uniform", "dnis", "mde@0.5", "random"):
+        cell = run_method(method, ds, "mf", cfg, 0.5, 0)
+        assert cell["stored_bytes"] <= 0.5 * dense, method
+    assert run_method("mde@0.5", ds, "mf", cfg, 0.5, 0)["config"]["mde_exponent"] == 0.5
+    with pytest.raises(InfeasibleBudget):  # the masks alone need more than 5% here
+        run_method("dnis", ds, "mf", cfg, 0.05, 0)
+    with pytest.raises(ValueError, match="budget_unit"):
+        MethodConfig(budget_unit="rows")
+
+
+def test_search_runs_once_per_seed_across_budgets_and_variants(monkeypatch):
+    import mixemb.search.methods as methods
+
+    calls = []
+    real = methods.search
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    methods.clear_cache()
+    monkeypatch.setattr(methods, "search", counting)
+    ds = _dataset(n=300)
+    cells = [run_method(m, ds, "mf", CFG, b, 0) for m in ("dnis", "dnis_ft") for b in (0.5, 0.2)]
+    assert len(calls) == 1
+    assert len({c["search_seconds"] for c in cells}) == 1
+    with pytest.raises(ValueError, match="mde@a"):
+        run_method("mde@x", ds, "mf", CFG, 0.5, 0)

@@ -104,3 +104,13 @@ def test_search_needs_soft_select_embedding():
 def test_bad_search_config(bad):
     with pytest.raises(ValueError):
         SearchConfig(**bad)
+
+
+def test_search_on_a_warm_started_model_keeps_its_bias():
+    ds, cut = _planted(n=1000)
+    model = _model(ds, cut)
+    with torch.no_grad():
+        model.bias.fill_(-7.0)  # as if warm-started elsewhere
+    cfg = SearchConfig(search_epochs=1, **{**CFG, "warmup_epochs": 0, "lr": 1e-9})
+    search(model, ds, cfg, log=lambda s: 0, init_bias=False)
+    assert abs(float(model.bias) + 7.0) < 1e-3

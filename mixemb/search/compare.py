@@ -16,7 +16,14 @@ from pathlib import Path
 
 from mixemb.data.schema import Dataset
 from mixemb.metrics import primary_metric
-from mixemb.search.methods import METHODS, InfeasibleBudget, MethodConfig, run_method
+from mixemb.search.methods import (
+    METHODS,
+    InfeasibleBudget,
+    MethodConfig,
+    clear_cache,
+    parse_method,
+    run_method,
+)
 from mixemb.train.checkpoint import write_json
 
 
@@ -57,16 +64,24 @@ def compare(
 
     The uniform-K reference (``uniform`` at budget 1.0) is always included.
     """
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = []
+    for m in methods:
+        try:
+            parse_method(m)
+        except ValueError:
+            unknown.append(m)
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; valid: {', '.join(METHODS)}")
+        raise ValueError(f"unknown methods {unknown}; valid: {', '.join(METHODS)}, mde@a")
     out = Path(out)
     path = out / "results.json"
     header = {"dataset": spec, "model": model_name, "config": asdict(config)}
     results = load_results(path, header)
+    # seed-major: a seed's DNIS search and uniform-K model are trained once and reused by
+    # all its budgets and variants (see methods._cached), and a partial run already holds
+    # whole curves for the first seeds
     plan = [("uniform", 1.0, s) for s in seeds]
     plan += [
-        (m, b, s) for b in budgets for m in methods for s in seeds if (m, b) != ("uniform", 1.0)
+        (m, b, s) for s in seeds for b in budgets for m in methods if (m, b) != ("uniform", 1.0)
     ]
     todo = [p for p in plan if cell_key(*p) not in results["cells"]]
     log(f"compare: {len(plan)} cells, {len(plan) - len(todo)} already done")
@@ -92,6 +107,7 @@ def compare(
             f"test {metric} {cell['test'][metric]:.4f}  kept {cell['kept_params']:,}  "
             f"{cell['stored_bytes'] / 1e6:.2f} MB  {cell['seconds']:.0f}s"
         )
+    clear_cache()  # the shared searches / uniform-K models of this comparison
     (out / "results.md").write_text(markdown_table(results, dataset.task, config.k))
     plot_results(results, dataset.task, config.k, out / "results.png")
     return results

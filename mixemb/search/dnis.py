@@ -161,11 +161,15 @@ def search(
     resume: bool = False,
     log: Callable[[str], None] = print,
     progress: bool | None = None,
+    init_bias: bool = True,
 ) -> SearchResult:
     """Run the DNIS search on ``model`` (whose ``embedding`` is a SoftSelectEmbedding).
 
     run_dir: ``warmup/`` (the plain trainer's checkpoints) and ``search_last.pt`` are
         written there atomically; ``resume`` continues an interrupted search.
+    init_bias: with ``warmup_epochs=0``, start the global bias at the label mean; pass
+        False when ``model`` was already warm-started elsewhere (one warm start shared by
+        several searches, as in ``scripts/dnis_ablation.py``).
     Leaves ``model`` in its best-on-validation state.
     """
     emb = model.embedding
@@ -207,7 +211,9 @@ def search(
     if config.train_dense:
         weight_params += model.dense_parameters()
     frozen = [] if config.train_dense else model.dense_parameters()
-    opt_w = torch.optim.Adam(weight_params, lr=config.lr)
+    # fused Adam: one kernel per step instead of a dozen (≈0.2 s of a 3.9 s ML-1M epoch)
+    fused = device.type in ("cpu", "cuda") and all(p.dtype == torch.float32 for p in weight_params)
+    opt_w = torch.optim.Adam(weight_params, lr=config.lr, fused=fused or None)
     opt_a = torch.optim.SGD([emb.alpha], lr=config.alpha_lr)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt_a, mode=direction, factor=0.5, patience=max(config.patience - 1, 0)
@@ -228,7 +234,7 @@ def search(
         history, best_state = state["history"], state["best_model"]
         torch.set_rng_state(state["rng"])
         log(f"resumed search at epoch {start + 1}")
-    elif config.warmup_epochs == 0:
+    elif config.warmup_epochs == 0 and init_bias:
         from mixemb.train.trainer import init_output_bias
 
         init_output_bias(model, task, dataset.train.labels)

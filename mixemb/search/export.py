@@ -74,6 +74,39 @@ def merge_and_prune(
     return prune(merged, keep=keep, ratio=ratio)
 
 
+def aligned_prune(merged: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Element-wise magnitude pruning's per-feature dimensions, at aligned positions.
+
+    d_i = the number of entries of row i among the ``keep`` largest |Ê| (exactly what
+    :func:`mixemb.prune.prune` keeps per row); row i then keeps the d_i columns ranked
+    highest by one global column order (Σ_i |Ê[i, k]|, ties to the lower column), so the
+    kept dimensions of any two features are nested and a dot product between them runs
+    over min(d_u, d_v) shared dimensions instead of a chance overlap.
+    Returns (pruned (N, K) with Ê's values at the kept positions, mask (N, K) bool).
+    """
+    _, report = prune(merged, keep=keep)
+    score = merged.abs().sum(0)
+    order = torch.sort(score, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    mask = rank.unsqueeze(0) < report.dims.unsqueeze(1)
+    mask &= merged != 0
+    pruned = torch.where(mask, merged, torch.zeros((), dtype=merged.dtype, device=merged.device))
+    return pruned, mask
+
+
+def rotate_table(merged: torch.Tensor) -> torch.Tensor:
+    """Ê·V with V (K, K) the right singular vectors of Ê, largest singular value first.
+
+    V is orthogonal, so every dot product <ê_u, ê_v> is unchanged: a model whose
+    embeddings only meet in dot products (MF, FM) scores exactly the same on the rotated
+    table, while the energy of Ê moves into the leading columns, where magnitude pruning
+    then keeps it.
+    """
+    v = torch.linalg.svd(merged.double(), full_matrices=False).Vh.T
+    return (merged.double() @ v).to(merged.dtype)
+
+
 def to_ragged_model(
     model: nn.Module, pruned: torch.Tensor, *, value_dtype: torch.dtype | None = None
 ) -> nn.Module:

@@ -9,19 +9,37 @@ Methods:
 * ``uniform``: one dimension d = floor(budget·K) for every feature (the grid's point);
 * ``dnis``: search α, merge, prune to the budget; ``dnis_ft`` then fine-tunes with the
   mask fixed for ``finetune_epochs`` (early stopping on validation);
+* ``dnis_aligned`` (``_ft``): DNIS's per-feature dimensions (the element-wise pruning's
+  count per row), kept at positions shared by every feature (one global column order),
+  so two features' kept dimensions always overlap in dot products (see
+  :func:`mixemb.search.export.aligned_prune`);
+* ``dnis_rot`` (``_ft``): Ê is first rotated onto its right singular vectors (Ê·V, V
+  orthogonal), then pruned element-wise like ``dnis``. Exact only for models whose
+  embeddings meet in dot products alone (MF, FM): other models are skipped;
 * ``magnitude``: train uniform-K, prune its table to the budget; ``magnitude_ft`` then
-  fine-tunes the same way;
+  fine-tunes the same way; ``magnitude_rot`` (``_ft``) rotates first, like ``dnis_rot``;
 * ``mde``: block dims ∝ (mean frequency of the block)^a, budget-matched (Ginart et al.);
+  ``mde@a`` sets the exponent a for that cell (e.g. ``mde@0``, ``mde@0.5``);
 * ``random``: N random non-increasing block-dim vectors within the budget, best on valid.
+
+Budgets: ``budget_unit="params"`` (default) — a fraction of the N·K parameters;
+``"bytes"`` — a fraction of the uniform-K table's dense fp32 bytes (4·N·K), which ragged
+tables must meet *including* their metadata (so equal budgets are equal stored bytes).
+
+The DNIS search (per seed) and the uniform-K model of ``magnitude*`` (per seed) are
+trained once per process and reused across budgets and the ``_ft``/``_aligned``/``_rot``
+variants; each cell reports the shared search's wall time as ``search_seconds``.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -30,11 +48,34 @@ from mixemb.data.schema import Dataset
 from mixemb.metrics import primary_metric
 from mixemb.models import build_model
 from mixemb.nn import MaskedEmbedding, make_boundaries
+from mixemb.prune import PruneReport, prune
 from mixemb.search.dnis import SearchConfig, build_search_model, search
-from mixemb.search.export import merge_and_prune, to_ragged_model
+from mixemb.search.export import (
+    aligned_prune,
+    merge_and_prune,
+    merged_table,
+    ragged_metadata_bytes,
+    rotate_table,
+    to_ragged_model,
+)
 from mixemb.train.trainer import TrainConfig, evaluate, fit
 
-METHODS = ("uniform", "dnis", "dnis_ft", "magnitude", "magnitude_ft", "mde", "random")
+METHODS = (
+    "uniform",
+    "dnis",
+    "dnis_ft",
+    "dnis_aligned",
+    "dnis_aligned_ft",
+    "dnis_rot",
+    "dnis_rot_ft",
+    "magnitude",
+    "magnitude_ft",
+    "magnitude_rot",
+    "magnitude_rot_ft",
+    "mde",
+    "random",
+)
+ROTATION_MODELS = ("mf", "fm")  # embeddings only meet in dot products: E·V is exact
 
 
 @dataclass
@@ -48,6 +89,8 @@ class MethodConfig:
     random_trials: trials of random search. mde_exponent: a of MDE.
     min_block_dim: smallest block dimension of random search (4, lowered if the budget
         cannot afford it).
+    budget_unit: "params" (a fraction of N·K entries) or "bytes" (a fraction of the dense
+        uniform-K fp32 bytes, metadata of ragged tables included).
     """
 
     dim: int = 64
@@ -67,6 +110,11 @@ class MethodConfig:
     k: int = 10
     device: str = "cpu"
     model_kwargs: dict = field(default_factory=dict)
+    budget_unit: str = "params"
+
+    def __post_init__(self) -> None:
+        if self.budget_unit not in ("params", "bytes"):
+            raise ValueError(f"budget_unit must be 'params' or 'bytes', got {self.budget_unit!r}")
 
     def train_config(self, seed: int, epochs: int | None = None) -> TrainConfig:
         return TrainConfig(
@@ -100,6 +148,34 @@ class InfeasibleBudget(ValueError):
     """A method cannot produce a model within the budget (e.g. min dims exceed it)."""
 
 
+class NotApplicable(InfeasibleBudget):
+    """A method does not apply to this model (recorded as skipped, like a budget)."""
+
+
+# (kind, dataset id, model, config, seed) -> trained state, shared by the cells of one
+# process; only the most recent few are held (tables can be large).
+_CACHE: dict[tuple, dict] = {}
+_CACHE_SIZE = 4
+
+
+def _cached(key: tuple, ds: Dataset, build: Callable[[], dict]) -> dict:
+    # the entry holds the dataset itself, so its id (in the key) cannot be reused meanwhile
+    entry = _CACHE.get(key)
+    if entry is None or entry["dataset"] is not ds:
+        while len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        entry = _CACHE[key] = {**build(), "dataset": ds}
+    return entry
+
+
+def clear_cache() -> None:
+    _CACHE.clear()
+
+
+def _key(kind, ds, model_name, cfg, seed) -> tuple:
+    return (kind, id(ds), model_name, json.dumps(asdict(cfg), sort_keys=True), seed)
+
+
 def _quiet(_: str) -> None:
     pass
 
@@ -120,7 +196,34 @@ def _cell(method, ds, model, cfg, budget, seed, t0, kept, stored, **extra) -> di
 
 
 def _budget_params(ds: Dataset, cfg: MethodConfig, budget: float) -> int:
-    return round(budget * ds.num_features * cfg.dim)
+    """Entries a ragged table may keep: budget·N·K, or with ``budget_unit="bytes"`` the
+    fp32 values that fit in budget·4·N·K bytes once the ragged metadata is paid."""
+    n, k = ds.num_features, cfg.dim
+    if cfg.budget_unit == "params":
+        return round(budget * n * k)
+    room = math.floor(budget * 4 * n * k) - ragged_metadata_bytes(n, k)
+    if room < 4:
+        raise InfeasibleBudget(
+            f"{budget * 4 * n * k:,.0f} bytes do not hold the ragged metadata "
+            f"({ragged_metadata_bytes(n, k):,} B) of {n:,} rows"
+        )
+    return min(room // 4, n * k)
+
+
+def _prune(model_name: str, embedding, keep: int, pruner: str):
+    """(pruned table, report) of ``embedding`` at ``keep`` entries with ``pruner``
+    ("elem": DNIS's element-wise magnitude pruning, "aligned", "rot")."""
+    if pruner == "elem":
+        return merge_and_prune(embedding, keep=keep)
+    merged = merged_table(embedding)
+    if pruner == "rot":
+        if model_name not in ROTATION_MODELS:
+            raise NotApplicable(f"rotation is exact only for {', '.join(ROTATION_MODELS)}")
+        merged = rotate_table(merged)
+        return prune(merged, keep=keep)
+    table, mask = aligned_prune(merged, keep)
+    report = PruneReport(nnz=int(mask.sum()), numel=mask.numel(), tau=0.0, dims=mask.sum(1))
+    return table, report
 
 
 def finetune_pruned(ds, model, pruned, cfg, seed, log) -> nn.Module:
@@ -137,28 +240,66 @@ def finetune_pruned(ds, model, pruned, cfg, seed, log) -> nn.Module:
     return to_ragged_model(tuned, masked.weight.detach() * masked.mask)
 
 
-def run_uniform(ds, model_name, cfg, budget, seed, log=_quiet) -> dict:
-    t0 = time.perf_counter()
-    d = max(1, math.floor(budget * cfg.dim + 1e-9))
+def _train_uniform(ds, model_name, cfg, d, seed, log) -> nn.Module:
     torch.manual_seed(seed)
     model = build_model(model_name, ds.num_features, ds.num_fields, d, **cfg.model_kwargs)
     fit(model, ds, cfg.train_config(seed), log=log)
+    return model
+
+
+def run_uniform(ds, model_name, cfg, budget, seed, log=_quiet) -> dict:
+    t0 = time.perf_counter()
+    d = max(1, math.floor(budget * cfg.dim + 1e-9))
+    if d == cfg.dim:  # the uniform-K model: shared with magnitude*
+        model = _uniform_k(ds, model_name, cfg, seed, log)["model"]
+    else:
+        model = _train_uniform(ds, model_name, cfg, d, seed, log)
     n = ds.num_features * d
     return _cell("uniform", ds, model, cfg, budget, seed, t0, n, 4 * n, dim=d)
 
 
-def run_dnis(ds, model_name, cfg, budget, seed, log=_quiet, finetune=False) -> dict:
+def _uniform_k(ds, model_name, cfg, seed, log) -> dict:
+    def build():
+        t = time.perf_counter()
+        model = _train_uniform(ds, model_name, cfg, cfg.dim, seed, log)
+        return {"model": model, "seconds": time.perf_counter() - t}
+
+    return _cached(_key("uniform-K", ds, model_name, cfg, seed), ds, build)
+
+
+def _searched(ds, model_name, cfg, seed, log) -> dict:
+    def build():
+        scfg = cfg.search_config(seed)
+        model = build_search_model(ds, model_name, scfg, **cfg.model_kwargs)
+        result = search(model, ds, scfg, log=log)
+        return {"model": model, "seconds": result.warmup_seconds + result.search_seconds}
+
+    return _cached(_key("dnis-search", ds, model_name, cfg, seed), ds, build)
+
+
+def _name(base: str, pruner: str, finetune: bool) -> str:
+    return (
+        base
+        + {"elem": "", "aligned": "_aligned", "rot": "_rot"}[pruner]
+        + ("_ft" if finetune else "")
+    )
+
+
+def run_dnis(ds, model_name, cfg, budget, seed, log=_quiet, finetune=False, pruner="elem") -> dict:
     t0 = time.perf_counter()
-    model = build_search_model(ds, model_name, cfg.search_config(seed), **cfg.model_kwargs)
-    search(model, ds, cfg.search_config(seed), log=log)
-    pruned, report = merge_and_prune(model.embedding, keep=_budget_params(ds, cfg, budget))
+    if pruner == "rot" and model_name not in ROTATION_MODELS:
+        raise NotApplicable(f"rotation is exact only for {', '.join(ROTATION_MODELS)}")
+    keep = _budget_params(ds, cfg, budget)
+    searched = _searched(ds, model_name, cfg, seed, log)
+    model = searched["model"]
+    pruned, report = _prune(model_name, model.embedding, keep, pruner)
     boundaries = model.embedding.boundaries
     if finetune:
         serving = finetune_pruned(ds, model, pruned, cfg, seed, log)
     else:
         serving = to_ragged_model(model, pruned)
     return _cell(
-        "dnis_ft" if finetune else "dnis",
+        _name("dnis", pruner, finetune),
         ds,
         serving,
         cfg,
@@ -169,22 +310,27 @@ def run_dnis(ds, model_name, cfg, budget, seed, log=_quiet, finetune=False) -> d
         serving.embedding.nbytes(),
         block_mean_dims=report.block_mean_dims(boundaries),
         alpha_mean=model.embedding.alpha.detach().mean(1).tolist(),
+        search_seconds=searched["seconds"],
     )
 
 
-def run_magnitude(ds, model_name, cfg, budget, seed, log=_quiet, finetune=False) -> dict:
+def run_magnitude(
+    ds, model_name, cfg, budget, seed, log=_quiet, finetune=False, pruner="elem"
+) -> dict:
     t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    model = build_model(model_name, ds.num_features, ds.num_fields, cfg.dim, **cfg.model_kwargs)
-    fit(model, ds, cfg.train_config(seed), log=log)
-    pruned, report = merge_and_prune(model.embedding, keep=_budget_params(ds, cfg, budget))
+    if pruner == "rot" and model_name not in ROTATION_MODELS:
+        raise NotApplicable(f"rotation is exact only for {', '.join(ROTATION_MODELS)}")
+    keep = _budget_params(ds, cfg, budget)
+    trained = _uniform_k(ds, model_name, cfg, seed, log)
+    model = trained["model"]
+    pruned, report = _prune(model_name, model.embedding, keep, pruner)
     if finetune:
         serving = finetune_pruned(ds, model, pruned, cfg, seed, log)
     else:
         serving = to_ragged_model(model, pruned)
     boundaries = make_boundaries(ds.num_features, num_blocks=cfg.num_blocks)
     return _cell(
-        "magnitude_ft" if finetune else "magnitude",
+        _name("magnitude", pruner, finetune),
         ds,
         serving,
         cfg,
@@ -194,6 +340,7 @@ def run_magnitude(ds, model_name, cfg, budget, seed, log=_quiet, finetune=False)
         report.nnz,
         serving.embedding.nbytes(),
         block_mean_dims=report.block_mean_dims(boundaries),
+        train_seconds=trained["seconds"],
     )
 
 
@@ -310,21 +457,41 @@ def run_random(ds, model_name, cfg, budget, seed, log=_quiet) -> dict:
 
 RUNNERS = {
     "uniform": run_uniform,
-    "dnis": run_dnis,
-    "dnis_ft": functools.partial(run_dnis, finetune=True),
-    "magnitude": run_magnitude,
-    "magnitude_ft": functools.partial(run_magnitude, finetune=True),
     "mde": run_mde,
     "random": run_random,
 }
+for _base, _run in (("dnis", run_dnis), ("magnitude", run_magnitude)):
+    for _pruner in ("elem", "aligned", "rot"):
+        for _ft in (False, True):
+            RUNNERS[_name(_base, _pruner, _ft)] = functools.partial(
+                _run, finetune=_ft, pruner=_pruner
+            )
+RUNNERS = {m: RUNNERS[m] for m in METHODS}
+
+
+def parse_method(method: str) -> tuple[str, dict]:
+    """``"mde@0.5"`` → ("mde", {"mde_exponent": 0.5}); any other name → (name, {})."""
+    base, at, arg = method.partition("@")
+    if at:
+        if base != "mde":
+            raise ValueError(f"only mde takes a parameter (mde@a), got {method!r}")
+        try:
+            return base, {"mde_exponent": float(arg)}
+        except ValueError:
+            raise ValueError(f"mde@a needs a number a, got {method!r}") from None
+    if method not in RUNNERS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}, mde@a")
+    return method, {}
 
 
 def run_method(method, ds, model_name, cfg: MethodConfig, budget, seed, log=_quiet) -> dict:
-    """One cell: ``method`` on ``ds`` with ``model_name`` at ``budget`` (fraction of N·K)."""
-    if method not in RUNNERS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    """One cell: ``method`` on ``ds`` with ``model_name`` at ``budget`` (a fraction of N·K
+    parameters, or of the uniform-K dense bytes with ``budget_unit="bytes"``)."""
+    base, overrides = parse_method(method)
     if not 0 < budget <= 1:
         raise ValueError(f"budget must be in (0, 1], got {budget}")
-    cell = RUNNERS[method](ds, model_name, cfg, budget, seed, log)
-    cell["config"] = asdict(cfg)
+    cell_cfg = replace(cfg, **overrides) if overrides else cfg
+    cell = RUNNERS[base](ds, model_name, cell_cfg, budget, seed, log)
+    cell["method"] = method
+    cell["config"] = asdict(cell_cfg)
     return cell

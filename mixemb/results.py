@@ -1,0 +1,470 @@
+"""``python -m mixemb.results`` (``make results``): the experiments behind docs/results.md.
+
+For every (data, task, model) combination of a preset it runs what ``mixemb compare`` runs
+— every (method, budget, seed) cell, saved to ``OUT/<name>/results.json`` as it finishes,
+so a killed run resumes where it stopped — then writes the report (default
+``docs/results.md``, plots in ``docs/results/``) from those files alone:
+
+* per combination, the primary test metric, mean ± std over seeds, per method and budget;
+  budgets are fractions of the uniform-K table's dense fp32 bytes, and ragged tables pay
+  their metadata out of them (``budget_unit="bytes"``), so a column is *equal stored
+  bytes*;
+* a plot of the metric vs stored bytes (when matplotlib is installed);
+* DNIS's learned dimension per frequency block;
+* DNIS's search time vs the uniform grid's (and random search's) total training time;
+* the exact commands, the machine, torch's version and the git commit.
+
+Presets: ``quick`` (ML-1M rating MF + ML-1M CTR FM, 3 seeds; hours on 2 CPU cores),
+``full`` (the six combinations of the issue), chosen with ``--preset`` or the
+``RESULTS_PRESET`` environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mixemb.metrics import primary_metric
+from mixemb.search.compare import compare, plot_results, summarize
+from mixemb.search.methods import MethodConfig
+
+BUDGETS = (1.0, 0.5, 0.2, 0.1, 0.05)
+ALL_METHODS = (
+    "uniform",
+    "dnis",
+    "dnis_ft",
+    "dnis_rot",
+    "dnis_rot_ft",
+    "magnitude",
+    "magnitude_ft",
+    "magnitude_rot_ft",
+    "mde@0",
+    "mde@0.3",
+    "mde@0.5",
+    "random",
+)
+
+
+@dataclass
+class Experiment:
+    """One (data, task, model) combination and the settings of its cells."""
+
+    name: str
+    data: str
+    task: str
+    model: str
+    model_kwargs: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # MethodConfig overrides
+    methods: list[str] | None = None  # None: the preset's
+
+
+@dataclass
+class Preset:
+    experiments: list[Experiment]
+    seeds: list[int]
+    budgets: list[float] = field(default_factory=lambda: list(BUDGETS))
+    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
+    config: dict = field(default_factory=dict)  # MethodConfig overrides for every experiment
+
+
+PRESETS = {
+    # what fits one afternoon on 2 CPU cores (the two experiments run side by side with
+    # --only, ~80 min each): CTR FM drops the un-fine-tuned and MDE a=0/0.5 variants
+    "quick": Preset(
+        experiments=[
+            Experiment("ml1m-rating-mf", "movielens-1m", "rating", "mf"),
+            Experiment(
+                "ml1m-ctr-fm",
+                "movielens-1m",
+                "ctr",
+                "fm",
+                methods=[
+                    "uniform",
+                    "dnis_ft",
+                    "dnis_rot_ft",
+                    "magnitude_ft",
+                    "magnitude_rot_ft",
+                    "mde@0.3",
+                    "random",
+                ],
+            ),  # fmt: skip
+        ],
+        seeds=[0, 1, 2],
+        config={"random_trials": 3},
+    ),
+    "full": Preset(
+        experiments=[
+            Experiment("ml1m-rating-mf", "movielens-1m", "rating", "mf"),
+            Experiment("ml1m-rating-neumf", "movielens-1m", "rating", "neumf"),
+            Experiment("ml1m-rating-fm", "movielens-1m", "rating", "fm"),
+            Experiment("ml1m-ctr-fm", "movielens-1m", "ctr", "fm"),
+            Experiment("ml1m-ctr-deepfm", "movielens-1m", "ctr", "deepfm"),
+            Experiment("ml1m-topk-neumf", "movielens-1m", "topk", "neumf"),
+        ],
+        seeds=[0, 1, 2],
+    ),
+}
+
+
+def method_config(preset: Preset, exp: Experiment) -> MethodConfig:
+    return MethodConfig(
+        **{
+            "budget_unit": "bytes",
+            **preset.config,
+            **exp.config,
+            "model_kwargs": dict(exp.model_kwargs),
+        }
+    )
+
+
+def compare_command(preset: Preset, exp: Experiment, out: Path) -> str:
+    """The ``mixemb compare`` command line that runs the same cells."""
+    cfg = method_config(preset, exp)
+    args = [
+        "mixemb",
+        "compare",
+        "--data",
+        exp.data,
+        "--task",
+        exp.task,
+        "--model",
+        exp.model,
+        "--dim",
+        str(cfg.dim),
+        "--blocks",
+        str(cfg.num_blocks),
+        "--epochs",
+        str(cfg.epochs),
+        "--patience",
+        str(cfg.patience),
+        "--lr",
+        f"{cfg.lr:g}",
+        "--batch-size",
+        str(cfg.batch_size),
+        "--warmup-epochs",
+        str(cfg.warmup_epochs),
+        "--search-epochs",
+        str(cfg.search_epochs),
+        "--alpha-lr",
+        f"{cfg.alpha_lr:g}",
+        "--l1",
+        f"{cfg.l1:g}",
+        "--finetune-epochs",
+        str(cfg.finetune_epochs),
+        "--random-trials",
+        str(cfg.random_trials),
+        "--mde-exponent",
+        f"{cfg.mde_exponent:g}",
+        "--budget-unit",
+        cfg.budget_unit,
+        "--methods",
+        ",".join(exp.methods or preset.methods),
+        "--budgets",
+        ",".join(f"{b:g}" for b in preset.budgets),
+        "--seeds",
+        ",".join(map(str, preset.seeds)),
+        "--out",
+        str(out / exp.name),
+    ]
+    if "hidden" in exp.model_kwargs:
+        args += ["--hidden", ",".join(map(str, exp.model_kwargs["hidden"]))]
+    return shlex.join(args)
+
+
+def run_preset(
+    preset: Preset,
+    out: Path,
+    *,
+    only: Sequence[str] = (),
+    load: Callable[[dict], object] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict]:
+    """Run (or resume) every experiment of ``preset``; returns name → results.json dict."""
+    from mixemb.train.run import load_from_spec
+
+    load = load or load_from_spec
+    results = {}
+    for exp in preset.experiments:
+        if only and exp.name not in only:
+            continue
+        spec = {"name": exp.data, "task": exp.task, "seed": 0, "min_count": 1}
+        log(f"== {exp.name}: {exp.data} {exp.task} {exp.model} -> {out / exp.name}")
+        results[exp.name] = compare(
+            load(spec),
+            spec,
+            exp.model,
+            method_config(preset, exp),
+            methods=exp.methods or preset.methods,
+            budgets=[b for b in preset.budgets],
+            seeds=preset.seeds,
+            out=out / exp.name,
+            log=log,
+        )
+    return results
+
+
+# ---- the report -------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, str]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], capture_output=True, text=True, check=True, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {
+        "cpu count": str(os.cpu_count()),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch threads": str(torch.get_num_threads()),
+        "GPU": cuda,
+        "git commit": commit,
+    }
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def _cells(results: dict) -> list[dict]:
+    return [c for c in results["cells"].values() if "skipped" not in c]
+
+
+def metric_table(results: dict, task: str, k: int, methods: Sequence[str]) -> str:
+    """Methods × budgets: primary test metric mean ± std (n seeds); best mean in bold."""
+    metric, direction = primary_metric(task, k)
+    rows = summarize(results, task, k)
+    budgets = sorted({r["budget"] for r in rows}, reverse=True)
+    order = [m for m in methods if any(r["method"] == m for r in rows)]
+    order += sorted({r["method"] for r in rows} - set(order))
+    by = {(r["method"], r["budget"]): r for r in rows}
+    best = {}
+    for b in budgets:
+        vals = [by[m, b][metric][0] for m in order if (m, b) in by]
+        best[b] = (min if direction == "min" else max)(vals) if vals else None
+    unit = results.get("config", {}).get("budget_unit", "params")
+    head = ["method"] + [f"{b:g}" for b in budgets]
+    lines = [
+        f"Test {metric} ({'lower' if direction == 'min' else 'higher'} is better), "
+        f"mean ± std over seeds (n); columns: budget as a fraction of the uniform-K "
+        + ("dense fp32 bytes (ragged metadata included)." if unit == "bytes" else "parameters.")
+        + " Stored MB in the next table.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for m in order:
+        cells = [m]
+        for b in budgets:
+            r = by.get((m, b))
+            if r is None:
+                cells.append("–")
+                continue
+            mean, std = r[metric]
+            text = f"{mean:.4f} ± {std:.4f} ({r['seeds']})"
+            cells.append(f"**{text}**" if mean == best[b] else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Stored embedding MB (mean over seeds):", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in order:
+        cells = [m] + [
+            f"{by[m, b]['stored_bytes'] / 1e6:.3f}" if (m, b) in by else "–" for b in budgets
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def dnis_dims_table(results: dict) -> str:
+    """Mean kept dimension per frequency block (block 0 = most frequent), DNIS cells."""
+    groups: dict[float, list[list[float]]] = {}
+    alpha: list[list[float]] = []
+    for c in _cells(results):
+        if c["method"] == "dnis":
+            groups.setdefault(c["budget"], []).append(c["block_mean_dims"])
+            alpha.append(c.get("alpha_mean", []))
+    if not groups:
+        return "no DNIS cells yet\n"
+    nblocks = len(next(iter(groups.values()))[0])
+    head = ["budget"] + [f"b{i}" for i in range(nblocks)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for b in sorted(groups, reverse=True):
+        cols = list(zip(*groups[b]))
+        lines.append(f"| {b:g} | " + " | ".join(f"{statistics.fmean(x):.1f}" for x in cols) + " |")
+    alpha = [a for a in alpha if a]
+    if alpha:
+        cols = list(zip(*alpha))
+        lines.append("| α mean | " + " | ".join(f"{statistics.fmean(x):.2f}" for x in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def timing_table(results: dict) -> str:
+    """DNIS search (warm start + search) vs the uniform grid's and random search's total
+    training time, per seed (mean ± std over seeds)."""
+    per_seed: dict[str, dict[int, float]] = {}
+    for c in _cells(results):
+        s = c["seed"]
+        if c["method"] == "uniform":
+            per_seed.setdefault("uniform grid (all budgets, total)", {})
+            d = per_seed["uniform grid (all budgets, total)"]
+            d[s] = d.get(s, 0.0) + c["seconds"]
+        elif c["method"] == "random":
+            d = per_seed.setdefault("random search (all budgets, total)", {})
+            d[s] = d.get(s, 0.0) + c["seconds"]
+        elif "search_seconds" in c:
+            per_seed.setdefault("DNIS search (warm start + search, once)", {})[s] = c[
+                "search_seconds"
+            ]
+    if not per_seed:
+        return "no timings yet\n"
+    lines = ["| what | seconds per seed | seeds |", "|---|---|---|"]
+    for name, d in per_seed.items():
+        mean, std = _mean_std(list(d.values()))
+        lines.append(f"| {name} | {mean:.0f} ± {std:.0f} | {len(d)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    results: dict[str, dict],
+    preset: Preset,
+    preset_name: str,
+    out: Path,
+    doc: Path,
+    *,
+    command: str,
+    wall_seconds: float | None = None,
+) -> Path:
+    """Write ``doc`` (markdown) and its plots in ``doc.parent / 'results'`` from
+    ``results`` (name → results.json dict) alone."""
+    fig_dir = doc.parent / "results"
+    info = machine_info()
+    lines = [
+        "# Results: DNIS vs baselines at equal stored bytes",
+        "",
+        f"Written by `{command}` (preset `{preset_name}`) on "
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}. Every number below comes from the cells in "
+        f"`{out}/<name>/results.json` of that run; rerunning resumes it.",
+        "",
+        "Methods: `uniform` = the grid over one dimension d = ⌊budget·K⌋ (dense table); "
+        "`dnis` / `dnis_ft` = DNIS as in docs (element-wise magnitude pruning of E ⊙ α, "
+        "then fine-tuning with the mask fixed); `dnis_rot*` = DNIS with Ê rotated onto its "
+        "singular vectors before pruning (MF/FM only); `magnitude*` = pruning a trained "
+        "uniform-K model; `mde@a` = MDE with exponent a; `random` = random search over "
+        "block dims. Selection on validation only; the test split is only reported.",
+        "",
+        "## Machine",
+        "",
+        *[f"- {k}: {v}" for k, v in info.items()],
+    ]
+    if wall_seconds is not None:
+        lines.append(f"- wall time of this invocation: {wall_seconds:.0f} s")
+    lines += ["", "## Commands", "", "```", command]
+    for exp in preset.experiments:
+        if exp.name in results:
+            lines.append(compare_command(preset, exp, out))
+    lines += ["```", ""]
+    for exp in preset.experiments:
+        if exp.name not in results:
+            continue
+        res = results[exp.name]
+        k = res.get("config", {}).get("k", 10)
+        cells = _cells(res)
+        seeds = sorted({c["seed"] for c in cells})
+        lines += [
+            f"## {exp.name}: {exp.data}, {exp.task}, {exp.model}",
+            "",
+            f"{len(cells)} cells done, seeds {seeds}; "
+            f"{sum('skipped' in c for c in res['cells'].values())} skipped.",
+            "",
+            metric_table(res, exp.task, k, exp.methods or preset.methods),
+        ]
+        png = fig_dir / f"{exp.name}.png"
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        if cells and plot_results(res, exp.task, k, png):
+            lines += [f"![{exp.name}](results/{png.name})", ""]
+        else:
+            lines += ["(plot skipped: matplotlib is not installed or no cells yet)", ""]
+        lines += [
+            "DNIS: mean kept dimension per frequency block (b0 = most frequent; K = "
+            f"{res.get('config', {}).get('dim', '?')}), and α's mean per block:",
+            "",
+            dnis_dims_table(res),
+            "Search time vs training the candidates:",
+            "",
+            timing_table(res),
+        ]
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text("\n".join(lines))
+    return doc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mixemb.results", description=__doc__)
+    p.add_argument(
+        "--preset",
+        default=os.environ.get("RESULTS_PRESET", "quick"),
+        choices=sorted(PRESETS),
+        help="default: $RESULTS_PRESET or quick",
+    )
+    p.add_argument("--out", default=os.environ.get("RESULTS_OUT", "runs/results"))
+    p.add_argument("--doc", default="docs/results.md")
+    p.add_argument("--only", default="", help="comma-separated experiment names")
+    p.add_argument("--seeds", help="override the preset's seeds, e.g. 0,1")
+    p.add_argument(
+        "--report-only", action="store_true", help="rewrite the report from results.json"
+    )
+    args = p.parse_args(argv)
+    preset = PRESETS[args.preset]
+    if args.seeds:
+        preset = Preset(
+            preset.experiments,
+            [int(s) for s in args.seeds.split(",")],
+            preset.budgets,
+            preset.methods,
+            preset.config,
+        )
+    out, only = Path(args.out), [n for n in args.only.split(",") if n]
+    command = shlex.join(["python", "-m", "mixemb.results", *(argv or sys.argv[1:])])
+    if not any(a.startswith("--preset") for a in (argv or sys.argv[1:])):
+        command = f"RESULTS_PRESET={args.preset} " + command
+    t0 = time.perf_counter()
+    if args.report_only:
+        import json
+
+        results = {
+            e.name: json.loads((out / e.name / "results.json").read_text())
+            for e in preset.experiments
+            if (out / e.name / "results.json").exists() and (not only or e.name in only)
+        }
+        wall = None
+    else:
+        results = run_preset(preset, out, only=only)
+        wall = time.perf_counter() - t0
+    doc = write_report(
+        results, preset, args.preset, out, Path(args.doc), command=command, wall_seconds=wall
+    )
+    print(f"wrote {doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -41,6 +41,7 @@ test: lint
 RESULTS_PRESET ?= quick
 RESULTS_OUT ?= runs/results
 results: $(STAMP)
+	-$(PY) -m pip install -q matplotlib  # the plots (the extra "plot"); skipped if it fails
 	RESULTS_PRESET=$(RESULTS_PRESET) $(PY) -m mixemb.results --out $(RESULTS_OUT)
 
 bench: $(STAMP)

@@ -352,6 +352,7 @@ def write_report(
     *,
     command: str,
     wall_seconds: float | None = None,
+    note: str = "",
 ) -> Path:
     """Write ``doc`` (markdown) and its plots in ``doc.parent / 'results'`` from
     ``results`` (name → results.json dict) alone."""
@@ -371,6 +372,7 @@ def write_report(
         "uniform-K model; `mde@a` = MDE with exponent a; `random` = random search over "
         "block dims. Selection on validation only; the test split is only reported.",
         "",
+        *([note, ""] if note else []),
         "## Machine",
         "",
         *[f"- {k}: {v}" for k, v in info.items()],
@@ -432,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--report-only", action="store_true", help="rewrite the report from results.json"
     )
+    p.add_argument("--note", default="", help="a paragraph for the report (how it was run)")
     args = p.parse_args(argv)
     preset = PRESETS[args.preset]
     if args.seeds:
@@ -460,8 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run_preset(preset, out, only=only)
         wall = time.perf_counter() - t0
     doc = write_report(
-        results, preset, args.preset, out, Path(args.doc), command=command, wall_seconds=wall
-    )
+        results, preset, args.preset, out, Path(args.doc), command=command, wall_seconds=wall,
+        note=args.note,
+    )  # fmt: skip
     print(f"wrote {doc}")
     return 0
 

@@ -171,8 +171,10 @@ def plot_results(results: dict, task: str, k: int, path: Path) -> bool:
         return False
     metric, _ = primary_metric(task, k)
     rows = summarize(results, task, k)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in sorted({r["method"] for r in rows}):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    # more methods than the default colour cycle: vary the marker and line style too
+    styles = [(m, ls) for ls in ("-", "--", ":") for m in ("o", "s", "^", "D", "v", "x")]
+    for i, method in enumerate(sorted({r["method"] for r in rows})):
         pts = sorted(
             (r["stored_bytes"], r[metric][0], r[metric][1]) for r in rows if r["method"] == method
         )
@@ -180,14 +182,15 @@ def plot_results(results: dict, task: str, k: int, path: Path) -> bool:
             [p[0] / 1e6 for p in pts],
             [p[1] for p in pts],
             yerr=[p[2] for p in pts],
-            marker="o",
+            marker=styles[i % len(styles)][0],
+            linestyle=styles[i % len(styles)][1],
             label=method,
             capsize=3,
         )
     ax.set_xscale("log")
     ax.set_xlabel("stored embedding bytes (MB, metadata included)")
     ax.set_ylabel(f"test {metric}")
-    ax.legend()
+    ax.legend(fontsize="small", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -432,6 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", default="", help="comma-separated experiment names")
     p.add_argument("--seeds", help="override the preset's seeds, e.g. 0,1")
     p.add_argument(
+        "--methods", help="override every experiment's methods (finished cells are kept)"
+    )
+    p.add_argument(
         "--report-only", action="store_true", help="rewrite the report from results.json"
     )
     p.add_argument("--note", default="", help="a paragraph for the report (how it was run)")
@@ -443,6 +446,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             [int(s) for s in args.seeds.split(",")],
             preset.budgets,
             preset.methods,
+            preset.config,
+        )
+    if args.methods:
+        methods = [m for m in args.methods.split(",") if m]
+        preset = Preset(
+            [replace(e, methods=methods) for e in preset.experiments],
+            preset.seeds,
+            preset.budgets,
+            methods,
             preset.config,
         )
     out, only = Path(args.out), [n for n in args.only.split(",") if n]

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_reference import zipf_ids  # noqa: E402
+from bench_reference import TABLE_COLUMNS, zipf_ids  # noqa: E402
 from common import DEFAULT_ITERS, measure, report, start_run  # noqa: E402
 
 from mixemb.ops import FusedOptimizer, soft_select_lookup  # noqa: E402
@@ -69,15 +69,6 @@ SWEEP_TABLE_BYTES = 1 << 30  # rows = min(4M, 1 GiB / row bytes)
 L1 = 1e-5
 LR = 1e-3
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / f"{BENCH}.json"
-TABLE_COLUMNS = [
-    ("provider", "provider"),
-    ("op", "op"),
-    ("ms", "ms"),
-    ("mb", "ideal MB"),
-    ("limit_ms", "limit ms"),
-    ("gbps", "GB/s"),
-    ("pct_of_copy", "% of copy"),
-]
 OPS = [
     "fwd",
     "alpha_step",

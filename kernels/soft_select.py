@@ -20,8 +20,8 @@ Kernels (all accumulate in fp32, mask the K tail, never synchronise with the hos
   is finished exactly once, by one program, so the result is deterministic and needs
   no atomics — which also lets the finishing step apply an optimizer to the row in
   place (SGD, row-wise Adagrad) instead of writing a gradient.
-* ``_atomic_rows_kernel`` — the opt-in non-deterministic dense weight gradient
-  (atomic adds; hot rows serialise on their addresses).
+* ``_scale_rows_kernel`` with SCATTER_ADD — the opt-in non-deterministic dense weight
+  gradient (atomic adds; hot rows serialise on their addresses).
 
 Launchers validate, allocate and pick block sizes; the registered ops live in
 ``mixemb.ops.soft_select_triton``.
@@ -78,6 +78,7 @@ def _scale_rows_kernel(
     stride_src,
     stride_alpha,
     GATHER: tl.constexpr,
+    SCATTER_ADD: tl.constexpr,
     HAS_VALUES: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -103,12 +104,16 @@ def _scale_rows_kernel(
     if HAS_VALUES:
         v = tl.load(values_ptr + lookups, mask=live, other=0.0)
         out = out * v.to(ACC)[:, None]
-    out_mask = live[:, None] & (cols < dim)[None, :]
-    tl.store(
-        out_ptr + lookups[:, None] * dim + cols[None, :],
-        out.to(out_ptr.dtype.element_ty),
-        mask=out_mask,
-    )
+    if SCATTER_ADD:
+        # the dense weight gradient with atomics: out[id] += row (hot rows contend)
+        tl.atomic_add(out_ptr + ids[:, None] * dim + cols[None, :], out, mask=mask, sem="relaxed")
+    else:
+        out_mask = live[:, None] & (cols < dim)[None, :]
+        tl.store(
+            out_ptr + lookups[:, None] * dim + cols[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=out_mask,
+        )
 
 
 @triton.jit
@@ -367,42 +372,6 @@ def _segment_carry_kernel(
     )  # fmt: skip
 
 
-@triton.jit
-def _atomic_rows_kernel(
-    dout_ptr,
-    alpha_ptr,
-    bounds_ptr,
-    ids_ptr,
-    values_ptr,
-    out_ptr,
-    num_lookups,
-    num_rows,
-    dim,
-    num_blocks,
-    stride_alpha,
-    HAS_VALUES: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    L_PAD: tl.constexpr,
-    ACC: tl.constexpr,
-):
-    pid_b = tl.program_id(0).to(tl.int64)
-    pid_k = tl.program_id(1).to(tl.int64)
-    lookups = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    live = lookups < num_lookups
-    ids = tl.load(ids_ptr + lookups, mask=live, other=0).to(tl.int64)
-    valid = live & (ids >= 0) & (ids < num_rows)
-    blocks = _block_of(ids, bounds_ptr, num_blocks, L_PAD)
-    mask = valid[:, None] & (cols < dim)[None, :]
-    d = tl.load(dout_ptr + lookups[:, None] * dim + cols[None, :], mask=mask, other=0.0)
-    a = tl.load(alpha_ptr + blocks[:, None] * stride_alpha + cols[None, :], mask=mask, other=0.0)
-    g = d.to(ACC) * a.to(ACC)
-    if HAS_VALUES:
-        g = g * tl.load(values_ptr + lookups, mask=live, other=0.0).to(ACC)[:, None]
-    tl.atomic_add(out_ptr + ids[:, None] * dim + cols[None, :], g, mask=mask, sem="relaxed")
-
-
 # ----------------------------------------------------------------------------- launchers
 
 
@@ -468,11 +437,18 @@ def soft_select_fwd(weight, alpha, boundaries, ids, values=None, *, out_dtype=No
     return scale_rows(weight, alpha, boundaries, ids, values, gather=True, out_dtype=out_dtype)
 
 
-def scale_rows(src, alpha, boundaries, ids, values, *, gather, out_dtype, num_rows=None):
-    """The shared launcher of the forward (gather=True) and of per-lookup row grads."""
+def scale_rows(
+    src, alpha, boundaries, ids, values, *, gather, out_dtype, num_rows=None, scatter_into=None
+):
+    """The shared launcher of the forward (gather=True), of per-lookup row grads
+    (gather=False) and, with ``scatter_into`` (num_rows, K) in the accumulation dtype, of
+    the atomic dense weight gradient (rows added at their ids; returns scatter_into)."""
     num_lookups = ids.numel()
     dim = src.shape[1]
-    out = torch.empty((num_lookups, dim), dtype=out_dtype, device=src.device)
+    if scatter_into is not None:
+        out = scatter_into
+    else:
+        out = torch.empty((num_lookups, dim), dtype=out_dtype, device=src.device)
     if num_lookups == 0:
         return out
     block_b, block_k = _tile(dim)
@@ -481,9 +457,9 @@ def scale_rows(src, alpha, boundaries, ids, values, *, gather, out_dtype, num_ro
         src, alpha, boundaries, ids, values if values is not None else src, out,
         num_lookups, num_rows if num_rows is not None else src.shape[0], dim, alpha.shape[0],
         src.stride(0), alpha.stride(0),
-        GATHER=gather, HAS_VALUES=values is not None,
+        GATHER=gather, SCATTER_ADD=scatter_into is not None, HAS_VALUES=values is not None,
         BLOCK_B=block_b, BLOCK_K=block_k, L_PAD=_l_pad(alpha.shape[0]),
-        ACC=_acc(src.dtype)[0],
+        ACC=_acc(out.dtype if scatter_into is not None else src.dtype)[0],
     )  # fmt: skip
     return out
 
@@ -581,15 +557,10 @@ def soft_select_bwd_weight(
             raise ValueError(f"rowwise_adagrad needs state: ({num_rows},) float32")
     if not fused and not deterministic:
         acc = torch.zeros((num_rows, dim), dtype=acc_torch, device=device)
-        if num_lookups:
-            block_b, block_k = _tile(dim)
-            grid = (triton.cdiv(num_lookups, block_b), triton.cdiv(dim, block_k))
-            _atomic_rows_kernel[grid](
-                dout, alpha, boundaries, ids, values if values is not None else dout, acc,
-                num_lookups, num_rows, dim, num_blocks, alpha.stride(0),
-                HAS_VALUES=values is not None,
-                BLOCK_B=block_b, BLOCK_K=block_k, L_PAD=_l_pad(num_blocks), ACC=acc_tl,
-            )  # fmt: skip
+        scale_rows(
+            dout, alpha, boundaries, ids, values,
+            gather=False, out_dtype=acc_torch, num_rows=num_rows, scatter_into=acc,
+        )  # fmt: skip
         return acc if weight.dtype == acc_torch else acc.to(weight.dtype)
     out = weight if fused else torch.zeros_like(weight)
     if num_lookups == 0:

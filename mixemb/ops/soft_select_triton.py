@@ -46,8 +46,12 @@ def _use_kernels(t: Tensor) -> bool:
     return t.is_cuda or kernels.INTERPRET
 
 
-def _flat(ids: Tensor, values: Tensor | None):
-    return ids.reshape(-1), None if values is None else values.reshape(-1)
+def _flat(ids: Tensor, values: Tensor | None, dout: Tensor | None = None, dim: int = 0):
+    """ids (B,), values (B,) or None and dout (B, K) or None, flat and contiguous."""
+    flat = ids.reshape(-1).contiguous()
+    vals = None if values is None else values.reshape(-1).contiguous()
+    d = None if dout is None else dout.reshape(-1, dim).contiguous()
+    return flat, vals, d
 
 
 # ------------------------------------------------------------------------------ forward
@@ -67,7 +71,7 @@ def soft_select(
     deterministic: bool,
 ) -> Tensor:
     """(*ids.shape, K) = weight[ids] ⊙ alpha[block(ids)] (⊙ values); see soft_select_lookup."""
-    flat, vals = _flat(ids.contiguous(), values if values is None else values.contiguous())
+    flat, vals, _ = _flat(ids, values)
     if _use_kernels(weight):
         out = kernels.soft_select_fwd(weight.contiguous(), alpha, boundaries, flat, vals)
     else:
@@ -99,8 +103,7 @@ def soft_select_backward_alpha(
 ) -> tuple[Tensor, Tensor]:
     """dalpha (L, K) in alpha's dtype (normalized per row if asked, L1 inside) and
     dvalues (*ids.shape) in values' dtype, or an empty (0,) tensor when not asked."""
-    flat, vals = _flat(ids.contiguous(), values if values is None else values.contiguous())
-    d = dout.reshape(-1, weight.shape[1]).contiguous()
+    flat, vals, d = _flat(ids, values, dout, weight.shape[1])
     if _use_kernels(weight):
         dalpha, dvalues = kernels.soft_select_bwd_alpha(
             d, weight.contiguous(), alpha, boundaries, flat, vals,
@@ -136,8 +139,7 @@ def soft_select_backward_weight(
 ) -> Tensor:
     """sparse=False: dense (N, K) gradient in weight's dtype; sparse=True: the (B, K)
     per-lookup rows of nn.Embedding(sparse=True)'s uncoalesced gradient."""
-    flat, vals = _flat(ids.contiguous(), values if values is None else values.contiguous())
-    d = dout.reshape(-1, weight.shape[1]).contiguous()
+    flat, vals, d = _flat(ids, values, dout, weight.shape[1])
     if _use_kernels(weight):
         w = weight.contiguous()
         if sparse:
@@ -209,8 +211,7 @@ def soft_select_fused_update_(
     optimizer "sgd": w -= lr·g. "rowwise_adagrad": m += mean_k g², w -= lr·g/(√m + eps)
     with state m (N,) float32. g is each row's α[block] ⊙ Σ dout (⊙ v). lr: (1,) float32.
     """
-    flat, vals = _flat(ids.contiguous(), values if values is None else values.contiguous())
-    d = dout.reshape(-1, weight.shape[1]).contiguous()
+    flat, vals, d = _flat(ids, values, dout, weight.shape[1])
     if _use_kernels(weight):
         kernels.soft_select_bwd_weight(
             d, weight, alpha, boundaries, flat, vals,

@@ -210,6 +210,11 @@ def _budget_params(ds: Dataset, cfg: MethodConfig, budget: float) -> int:
     return min(room // 4, n * k)
 
 
+def _check_pruner(model_name: str, pruner: str) -> None:
+    if pruner == "rot" and model_name not in ROTATION_MODELS:
+        raise NotApplicable(f"rotation is exact only for {', '.join(ROTATION_MODELS)}")
+
+
 def _prune(model_name: str, embedding, keep: int, pruner: str):
     """(pruned table, report) of ``embedding`` at ``keep`` entries with ``pruner``
     ("elem": DNIS's element-wise magnitude pruning, "aligned", "rot")."""
@@ -217,8 +222,7 @@ def _prune(model_name: str, embedding, keep: int, pruner: str):
         return merge_and_prune(embedding, keep=keep)
     merged = merged_table(embedding)
     if pruner == "rot":
-        if model_name not in ROTATION_MODELS:
-            raise NotApplicable(f"rotation is exact only for {', '.join(ROTATION_MODELS)}")
+        _check_pruner(model_name, pruner)
         merged = rotate_table(merged)
         return prune(merged, keep=keep)
     table, mask = aligned_prune(merged, keep)
@@ -287,8 +291,7 @@ def _name(base: str, pruner: str, finetune: bool) -> str:
 
 def run_dnis(ds, model_name, cfg, budget, seed, log=_quiet, finetune=False, pruner="elem") -> dict:
     t0 = time.perf_counter()
-    if pruner == "rot" and model_name not in ROTATION_MODELS:
-        raise NotApplicable(f"rotation is exact only for {', '.join(ROTATION_MODELS)}")
+    _check_pruner(model_name, pruner)  # before training anything
     keep = _budget_params(ds, cfg, budget)
     searched = _searched(ds, model_name, cfg, seed, log)
     model = searched["model"]
@@ -318,8 +321,7 @@ def run_magnitude(
     ds, model_name, cfg, budget, seed, log=_quiet, finetune=False, pruner="elem"
 ) -> dict:
     t0 = time.perf_counter()
-    if pruner == "rot" and model_name not in ROTATION_MODELS:
-        raise NotApplicable(f"rotation is exact only for {', '.join(ROTATION_MODELS)}")
+    _check_pruner(model_name, pruner)  # before training anything
     keep = _budget_params(ds, cfg, budget)
     trained = _uniform_k(ds, model_name, cfg, seed, log)
     model = trained["model"]

@@ -47,7 +47,12 @@ def extension_modules():
         use_cuda, why = True, f"torch {torch.__version__} is a CUDA build and nvcc is at {nvcc}"
     else:
         use_cuda, why = False, f"torch {torch.__version__} has no CUDA or no nvcc was found"
-    cxx = ["-O3"]
+    # ATen's at::parallel_for is an inline OpenMP loop in the headers (the CPU wheels are
+    # built with AT_PARALLEL_OPENMP): without -fopenmp the pragma is dropped and every CPU
+    # op runs on one thread. Linking -fopenmp names libgomp.so.1, the soname torch ships,
+    # so the process keeps one OpenMP runtime.
+    cxx = ["-O3", "-fopenmp"]
+    link = ["-fopenmp"]
     if platform.machine().lower() in ("x86_64", "amd64"):
         # a hardware popcount: every x86-64 CPU since 2008 has it, and without the flag
         # GCC calls a software routine for each of the popcounts a lookup does
@@ -64,10 +69,13 @@ def extension_modules():
             sources + cuda_sources,
             define_macros=[("USE_CUDA", None), ("MIXEMB_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-DUSE_CUDA"]},
+            extra_link_args=link,
         )
     else:
         print(f"mixemb: building mixemb._C for CPU only ({why})", file=sys.stderr)
-        ext = CppExtension("mixemb._C", sources, extra_compile_args={"cxx": cxx})
+        ext = CppExtension(
+            "mixemb._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link
+        )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 

@@ -98,58 +98,110 @@ const ExpandTable& expand_table() {
 
 const bool kHasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
 
-// One fp32 output row, 8 dims per step: load the next 8 values, permute them to their
-// dims, zero the pruned lanes, store 8 floats. Pruned dims are written in the same pass
-// (no memset). Near the end of `values` (fewer than 8 readable) it steps scalar.
+// Rows keeping at most this many of a word's 64 dims are written as zeros plus a scatter
+// of their values (one iteration per kept dim); denser words are permuted 8 dims a step.
+constexpr int kSparseWord = 16;
+
+// One fp32 output row, one 64-dim mask word at a time:
+// * every dim kept (hot rows): a straight copy;
+// * few kept: 8-float zero stores, then each kept value to its dim;
+// * otherwise 8 dims per step: load the next 8 values, permute them to their dims, zero
+//   the pruned lanes, store 8 floats (near the end of `values`, fewer than 8 readable,
+//   it steps scalar).
 __attribute__((target("avx2,popcnt"))) void expand_row_avx2(const int64_t* mask_row,
                                                              int64_t dim, const float* src,
                                                              const float* end, float* dst) {
   const ExpandTable& lut = expand_table();
-  for (int64_t k = 0; k < dim; k += 8) {
-    const uint64_t m = static_cast<uint64_t>(mask_row[k >> 6]);
-    const uint32_t b = static_cast<uint32_t>((m >> (k & 63)) & 0xFF);
-    if (k + 8 <= dim && src + 8 <= end) {
-      const __m256 v = _mm256_loadu_ps(src);
-      const __m256i p = _mm256_load_si256(reinterpret_cast<const __m256i*>(lut.perm[b]));
-      const __m256 keep =
-          _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(lut.keep[b])));
-      _mm256_storeu_ps(dst + k, _mm256_and_ps(_mm256_permutevar8x32_ps(v, p), keep));
-    } else {
-      int next = 0;
-      for (int64_t j = 0; j < 8 && k + j < dim; ++j) {
-        dst[k + j] = ((b >> j) & 1) ? src[next++] : 0.f;
-      }
+  for (int64_t base = 0; base < dim; base += 64) {
+    const int64_t width = std::min<int64_t>(64, dim - base);
+    uint64_t m = static_cast<uint64_t>(mask_row[base >> 6]);
+    float* d = dst + base;
+    const int kept = __builtin_popcountll(m);
+    if (width == 64 && kept == 64) {
+      for (int k = 0; k < 64; k += 8) _mm256_storeu_ps(d + k, _mm256_loadu_ps(src + k));
+      src += 64;
+      continue;
     }
-    src += __builtin_popcount(b);
+    if (kept <= kSparseWord) {
+      if (width == 64) {  // spelled out: GCC turns a zeroing loop into a slow `rep stos`
+        const __m256 z = _mm256_setzero_ps();
+        _mm256_storeu_ps(d, z);
+        _mm256_storeu_ps(d + 8, z);
+        _mm256_storeu_ps(d + 16, z);
+        _mm256_storeu_ps(d + 24, z);
+        _mm256_storeu_ps(d + 32, z);
+        _mm256_storeu_ps(d + 40, z);
+        _mm256_storeu_ps(d + 48, z);
+        _mm256_storeu_ps(d + 56, z);
+      } else {
+        for (int64_t k = 0; k < width; ++k) d[k] = 0.f;
+      }
+      for (; m; m &= m - 1) d[__builtin_ctzll(m)] = *src++;
+      continue;
+    }
+    for (int64_t k = 0; k < width; k += 8) {
+      const uint32_t b = static_cast<uint32_t>((m >> k) & 0xFF);
+      if (k + 8 <= width && src + 8 <= end) {
+        const __m256 v = _mm256_loadu_ps(src);
+        const __m256i p = _mm256_load_si256(reinterpret_cast<const __m256i*>(lut.perm[b]));
+        const __m256 keep = _mm256_castsi256_ps(
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(lut.keep[b])));
+        _mm256_storeu_ps(d + k, _mm256_and_ps(_mm256_permutevar8x32_ps(v, p), keep));
+      } else {
+        int next = 0;
+        for (int64_t j = 0; j < 8 && k + j < width; ++j) {
+          d[k + j] = ((b >> j) & 1) ? src[next++] : 0.f;
+        }
+      }
+      src += __builtin_popcount(b);
+    }
   }
 }
 
-// acc[0:dim] += scale * (the row expanded to dim lanes), 8 dims per step, for bags.
+// acc[0:dim] += scale * (the row expanded to dim lanes), for bags, one 64-dim mask word at
+// a time as in expand_row_avx2: a full word is 8 vector multiply-adds, a sparse one a scalar
+// update per kept dim, the rest 8 dims per permute step.
 __attribute__((target("avx2,popcnt"))) void accumulate_row_avx2(const int64_t* mask_row,
                                                                  int64_t dim, const float* src,
                                                                  const float* end, float scale,
                                                                  float* acc) {
   const ExpandTable& lut = expand_table();
   const __m256 s = _mm256_set1_ps(scale);
-  for (int64_t k = 0; k < dim; k += 8) {
-    const uint64_t m = static_cast<uint64_t>(mask_row[k >> 6]);
-    const uint32_t b = static_cast<uint32_t>((m >> (k & 63)) & 0xFF);
-    if (b != 0) {
-      if (k + 8 <= dim && src + 8 <= end) {
+  for (int64_t base = 0; base < dim; base += 64) {
+    const int64_t width = std::min<int64_t>(64, dim - base);
+    uint64_t m = static_cast<uint64_t>(mask_row[base >> 6]);
+    float* a = acc + base;
+    const int kept = __builtin_popcountll(m);
+    if (width == 64 && kept == 64) {
+      for (int k = 0; k < 64; k += 8) {
+        _mm256_storeu_ps(a + k, _mm256_add_ps(_mm256_loadu_ps(a + k),
+                                              _mm256_mul_ps(_mm256_loadu_ps(src + k), s)));
+      }
+      src += 64;
+      continue;
+    }
+    if (kept <= kSparseWord) {
+      for (; m; m &= m - 1) a[__builtin_ctzll(m)] += scale * *src++;
+      continue;
+    }
+    for (int64_t k = 0; k < width; k += 8) {
+      const uint32_t b = static_cast<uint32_t>((m >> k) & 0xFF);
+      if (b == 0) continue;
+      if (k + 8 <= width && src + 8 <= end) {
         const __m256 v = _mm256_loadu_ps(src);
         const __m256i p = _mm256_load_si256(reinterpret_cast<const __m256i*>(lut.perm[b]));
         const __m256 keep = _mm256_castsi256_ps(
             _mm256_load_si256(reinterpret_cast<const __m256i*>(lut.keep[b])));
         const __m256 x = _mm256_and_ps(_mm256_permutevar8x32_ps(v, p), keep);
-        _mm256_storeu_ps(acc + k, _mm256_add_ps(_mm256_loadu_ps(acc + k), _mm256_mul_ps(x, s)));
+        _mm256_storeu_ps(a + k, _mm256_add_ps(_mm256_loadu_ps(a + k), _mm256_mul_ps(x, s)));
       } else {
         int next = 0;
-        for (int64_t j = 0; j < 8 && k + j < dim; ++j) {
-          if ((b >> j) & 1) acc[k + j] += scale * src[next++];
+        for (int64_t j = 0; j < 8 && k + j < width; ++j) {
+          if ((b >> j) & 1) a[k + j] += scale * src[next++];
         }
       }
+      src += __builtin_popcount(b);
     }
-    src += __builtin_popcount(b);
   }
 }
 #endif
@@ -212,27 +264,56 @@ Table check_table(const at::Tensor& masks, const at::Tensor& values,
                masks.size(1), group_size, shift};
 }
 
-constexpr int64_t kTile = 32;  // lookups whose loads are issued together
+constexpr int64_t kTile = 64;   // lookups per pass pair (row starts, then rows)
+constexpr int64_t kAhead = 12;  // how many lookups ahead the prefetches run
 
-// Row starts of the lookups [i0, i0 + count) (count <= kTile) into `starts`, with the loads
-// issued tile-wise: first prefetch every row's mask and group offset, then compute the
-// starts (those loads now hit) and prefetch the first values. A lookup's loads depend on
-// each other (mask -> start -> values); doing them a tile at a time keeps many misses in
-// flight instead of one after another.
+// Prefetches what row_start(t, id) reads: the group's base offset and the masks of the
+// rows of the group up to `id` (at most two cache lines at the default G = 16).
+inline void prefetch_row_meta(const Table& t, int64_t id) {
+  if (id < 0 || id >= t.rows) return;
+  const int64_t group = t.shift >= 0 ? id >> t.shift : id / t.group_size;
+  const int64_t first = t.shift >= 0 ? group << t.shift : group * t.group_size;
+  __builtin_prefetch(t.group_offsets + group);
+  __builtin_prefetch(t.masks + first * t.words);
+  __builtin_prefetch(t.masks + id * t.words);
+}
+
+// Prefetches the first `count` kept values from `start` (a line per 64 bytes, up to 4).
+template <typename scalar_t>
+inline void prefetch_values(const scalar_t* vals, int64_t start, int64_t count) {
+  const char* p = reinterpret_cast<const char*>(vals + start);
+  const int64_t bytes = std::min<int64_t>(count * static_cast<int64_t>(sizeof(scalar_t)), 256);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b);
+}
+
+inline int64_t row_count(const Table& t, int64_t id) {
+  int64_t c = 0;
+  for (int64_t w = 0; w < t.words; ++w) c += popcount64(t.masks[id * t.words + w]);
+  return c;
+}
+
+// Row starts (-1 for an unchecked bad id) and kept counts of the lookups
+// [i0, i0 + count), count <= kTile, with the metadata prefetched kAhead lookups ahead (the
+// loads of one lookup depend on each other — id -> masks -> values — so keeping several
+// lookups' misses in flight is what makes a gather fast); it ends by prefetching the
+// values of the first kAhead lookups of the tile.
 template <typename index_t, typename scalar_t>
 inline void tile_starts(const Table& t, const index_t* ids, int64_t i0, int64_t count,
-                        const scalar_t* vals, int64_t* starts) {
+                        int64_t stop, const scalar_t* vals, int64_t* starts, int64_t* counts) {
   for (int64_t j = 0; j < count; ++j) {
-    const int64_t id = static_cast<int64_t>(ids[i0 + j]);
-    if (id < 0 || id >= t.rows) continue;
-    __builtin_prefetch(t.masks + (id - id % t.group_size) * t.words);
-    __builtin_prefetch(t.group_offsets + id / t.group_size);
-  }
-  for (int64_t j = 0; j < count; ++j) {
+    if (i0 + j + kAhead < stop) prefetch_row_meta(t, static_cast<int64_t>(ids[i0 + j + kAhead]));
     const int64_t id = static_cast<int64_t>(ids[i0 + j]);
     // an out-of-range id that was not checked reads nothing: its row comes out zero
-    starts[j] = (id < 0 || id >= t.rows) ? -1 : row_start(t, id);
-    if (starts[j] >= 0) __builtin_prefetch(vals + starts[j]);
+    if (id < 0 || id >= t.rows) {
+      starts[j] = -1;
+      counts[j] = 0;
+      continue;
+    }
+    starts[j] = row_start(t, id);
+    counts[j] = row_count(t, id);
+  }
+  for (int64_t j = 0; j < std::min(count, kAhead); ++j) {
+    if (starts[j] >= 0) prefetch_values(vals, starts[j], counts[j]);
   }
 }
 
@@ -269,13 +350,17 @@ at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
       const index_t* idp = ids_c.data_ptr<index_t>();
       at::parallel_for(0, n, 512, [&](int64_t begin, int64_t end) {
         int64_t starts[kTile];
+        int64_t counts[kTile];
         for (int64_t i0 = begin; i0 < end; i0 += kTile) {
           const int64_t count = std::min(kTile, end - i0);
           for (int64_t j = 0; j < count; ++j) {
             checked_id(idp, i0 + j, t.rows, check_bounds, "ragged_gather");
           }
-          tile_starts(t, idp, i0, count, vals, starts);
+          tile_starts(t, idp, i0, count, end, vals, starts, counts);
           for (int64_t j = 0; j < count; ++j) {
+            if (j + kAhead < count && starts[j + kAhead] >= 0) {
+              prefetch_values(vals, starts[j + kAhead], counts[j + kAhead]);
+            }
             const int64_t i = i0 + j;
             const int64_t id = static_cast<int64_t>(idp[i]);
             scalar_t* dst = dst_all + i * dim;
@@ -342,6 +427,7 @@ at::Tensor ragged_bag_cpu(const at::Tensor& masks, const at::Tensor& values,
         const int64_t lo = op[b];
         const int64_t hi = (b + 1 < off_c.numel()) ? op[b + 1] : m_ids;
         for (int64_t i = lo; i < hi; ++i) {
+          if (i + kAhead < m_ids) prefetch_row_meta(t, idp[i + kAhead]);
           const int64_t id = checked_id(idp, i, t.rows, check_bounds, "ragged_bag");
           if (id < 0) continue;
           const acc_t scale = wp ? static_cast<acc_t>(wp[i]) : acc_t(1);
@@ -393,6 +479,10 @@ at::Tensor ragged_dot_cpu(const at::Tensor& masks_a, const at::Tensor& values_a,
     acc_t* outp = out.data_ptr<acc_t>();
     at::parallel_for(0, n, 512, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
+        if (i + kAhead < end) {
+          prefetch_row_meta(ta, pa[i + kAhead]);
+          prefetch_row_meta(tb, pb[i + kAhead]);
+        }
         const int64_t a = checked_id(pa, i, ta.rows, check_bounds, "ragged_dot");
         const int64_t b = checked_id(pb, i, tb.rows, check_bounds, "ragged_dot");
         if (a < 0 || b < 0) {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -65,6 +67,40 @@ def test_gather_matches_reference_exactly(dtype, k, ids_dtype, device):
     assert torch.equal(got, ragged_gather_reference(table, ids))
     assert torch.equal(got, x[ids.long()])
     assert ragged_gather(table, ids[:0], backend="extension").shape == (0, 4, k)
+
+
+@pytest.mark.parametrize("k", [7, 64, 100, 128, 160])
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_row_density_path(k, device):
+    """The CPU kernels write a 64-dim word one of three ways — a copy when every dim is
+    kept, zeros plus a scatter when at most 16 are, 8-dim permutes otherwise — and a word
+    may be narrower than 64 (the last one when K % 64 != 0): rows keeping 0, 1, 16, 17,
+    40, 63 and all dims of every word, gathered and pooled against the reference."""
+    g = torch.Generator().manual_seed(k)
+    kept_counts = [0, 1, 16, 17, 40, 63, 64, 0, 64, 1]
+    x = torch.zeros(len(kept_counts) * 3, k)
+    for r in range(x.shape[0]):
+        for base in range(0, k, 64):
+            width = min(64, k - base)
+            c = min(kept_counts[(r + base // 64) % len(kept_counts)], width)
+            cols = base + torch.randperm(width, generator=g)[:c]
+            x[r, cols] = torch.randn(c, generator=g).abs() + 0.1
+    x, table = x.to(device), RaggedTable.from_dense(x).to(device)
+    ids = torch.randperm(x.shape[0], generator=g).repeat(3).to(device)
+    assert torch.equal(ragged_gather(table, ids, backend="extension"), x[ids])
+    offsets = torch.arange(0, ids.numel(), 4, device=device)
+    weights = torch.rand(ids.numel(), generator=g).to(device)
+    got = ragged_bag(table, ids, offsets, per_sample_weights=weights, backend="extension")
+    want = ragged_bag_reference(table, ids, offsets, per_sample_weights=weights)
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
+def test_extension_is_built_with_openmp():
+    """ATen's at::parallel_for is an OpenMP loop inlined from its headers: an extension
+    compiled without -fopenmp silently runs every CPU op on one thread."""
+    from mixemb import _C
+
+    assert b"GOMP_parallel" in Path(_C.__file__).read_bytes()
 
 
 @pytest.mark.parametrize("group_size", [1, 5, 16])

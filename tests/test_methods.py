@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from types import SimpleNamespace
 
@@ -140,6 +141,45 @@ def test_compare_is_resumable_and_writes_tables(tmp_path):
     assert "| random |" not in markdown_table(res, "rating")  # skipped cells stay out
     with pytest.raises(ValueError, match="different experiment"):
         compare(ds, spec, "fm", CFG, methods=["uniform"], budgets=[0.5], seeds=[0], out=tmp_path)
+
+
+def test_compare_processes_sharing_an_output_folder_keep_each_others_cells(tmp_path, monkeypatch):
+    """A second process (here: simulated inside the first cell) writes seed 1's cells to
+    the same results.json; the first neither loses them nor runs them again."""
+    from dataclasses import asdict
+
+    import mixemb.search.compare as cmp
+
+    ds = _dataset(n=600)
+    spec = {"name": "t", "task": "rating"}
+    header = {"dataset": spec, "model": "mf", "config": asdict(CFG)}
+    real, ran = cmp.run_method, []
+
+    def run_and_interleave(method, dataset, model, config, budget, seed):
+        ran.append((method, budget, seed))
+        if len(ran) == 1:  # "the other process" finishes seed 1 meanwhile
+            other = {}
+            for b in (1.0, 0.5):
+                cell = real("uniform", dataset, model, config, b, 1)
+                other[cmp.cell_key("uniform", b, 1)] = {**cell, "by": "other"}
+            cmp.merge_results(tmp_path / "results.json", header, {"cells": other})
+        return real(method, dataset, model, config, budget, seed)
+
+    monkeypatch.setattr(cmp, "run_method", run_and_interleave)
+    logs = []
+    res = cmp.compare(
+        ds, spec, "mf", CFG, methods=["uniform"], budgets=[0.5], seeds=[0, 1], out=tmp_path,
+        log=logs.append,
+    )  # fmt: skip
+    assert ran == [("uniform", 1.0, 0), ("uniform", 0.5, 0)]
+    assert sum("done elsewhere" in line for line in logs) == 2
+    on_disk = json.loads((tmp_path / "results.json").read_text())["cells"]
+    assert (
+        set(on_disk)
+        == set(res["cells"])
+        == {cmp.cell_key("uniform", b, s) for b in (1.0, 0.5) for s in (0, 1)}
+    )
+    assert all(on_disk[cmp.cell_key("uniform", b, 1)]["by"] == "other" for b in (1.0, 0.5))
 
 
 def test_aligned_prune_keeps_dnis_dims_at_nested_positions():

@@ -2,15 +2,19 @@
 
 Every finished cell (method, budget, seed) is written to ``results.json`` at once
 (atomically); a rerun skips cells already there, so a killed comparison continues where
-it stopped. ``results.md`` (mean ± std over seeds) and, when matplotlib is installed,
-``results.png`` (test metric vs stored bytes) are rewritten from ``results.json``.
+it stopped. Several processes may share one ``--out`` (e.g. one per seed, to use more
+cores): each write merges with the file under an exclusive lock, and a cell another
+process finished is not run again. ``results.md`` (mean ± std over seeds) and, when
+matplotlib is installed, ``results.png`` (test metric vs stored bytes) are rewritten from
+``results.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -46,6 +50,41 @@ def load_results(path: Path, header: dict) -> dict:
                 "use another --out"
             )
     return data
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (through a ``.lock`` file next to it) while
+    the block runs, so that processes sharing an output folder do not lose each other's
+    cells; no-op where fcntl does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: one process per output folder
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def merge_results(path: Path, header: dict, results: dict) -> dict:
+    """Cells on disk (also another process's) ∪ ``results``' cells, written back
+    atomically under the lock; returns the merged results."""
+    with _locked(path):
+        merged = load_results(path, header)
+        merged["cells"].update(results["cells"])
+        write_json(merged, path)
+    return merged
+
+
+def finished_elsewhere(path: Path, header: dict, key: str) -> dict | None:
+    """The cell ``key`` if another process sharing ``path`` has finished it."""
+    with _locked(path):
+        return load_results(path, header)["cells"].get(key)
 
 
 def compare(
@@ -87,6 +126,11 @@ def compare(
     log(f"compare: {len(plan)} cells, {len(plan) - len(todo)} already done")
     metric, _ = primary_metric(dataset.task, config.k)
     for i, (method, budget, seed) in enumerate(todo, 1):
+        done = finished_elsewhere(path, header, cell_key(method, budget, seed))
+        if done is not None:
+            results["cells"][cell_key(method, budget, seed)] = done
+            log(f"[{i}/{len(todo)}] {method:9s} budget {budget:<5g} seed {seed}: done elsewhere")
+            continue
         try:
             cell = run_method(method, dataset, model_name, config, budget, seed)
         except InfeasibleBudget as exc:
@@ -97,17 +141,18 @@ def compare(
                 "seed": seed,
                 "skipped": str(exc),
             }
-            write_json(results, path)
+            results = merge_results(path, header, results)
             log(f"[{i}/{len(todo)}] {method:9s} budget {budget:<5g} seed {seed}: skipped: {exc}")
             continue
         results["cells"][cell_key(method, budget, seed)] = cell
-        write_json(results, path)
+        results = merge_results(path, header, results)
         log(
             f"[{i}/{len(todo)}] {method:9s} budget {budget:<5g} seed {seed}: "
             f"test {metric} {cell['test'][metric]:.4f}  kept {cell['kept_params']:,}  "
             f"{cell['stored_bytes'] / 1e6:.2f} MB  {cell['seconds']:.0f}s"
         )
     clear_cache()  # the shared searches / uniform-K models of this comparison
+    results = merge_results(path, header, results)  # what the other processes added since
     (out / "results.md").write_text(markdown_table(results, dataset.task, config.k))
     plot_results(results, dataset.task, config.k, out / "results.png")
     return results

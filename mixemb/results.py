@@ -315,11 +315,15 @@ def metric_table(results: dict, task: str, k: int, methods: Sequence[str]) -> st
 
 
 def dnis_dims_table(results: dict) -> str:
-    """Mean kept dimension per frequency block (block 0 = most frequent), DNIS cells."""
+    """Mean kept dimension per frequency block (block 0 = most frequent), from the ``dnis``
+    cells, or the ``dnis_ft`` ones where an experiment ran only those (fine-tuning keeps
+    DNIS's mask, so the dims are the same)."""
     groups: dict[float, list[list[float]]] = {}
     alpha: list[list[float]] = []
+    ran = {c["method"] for c in _cells(results)}
+    method = "dnis" if "dnis" in ran else "dnis_ft"
     for c in _cells(results):
-        if c["method"] == "dnis":
+        if c["method"] == method:
             groups.setdefault(c["budget"], []).append(c["block_mean_dims"])
             alpha.append(c.get("alpha_mean", []))
     if not groups:

@@ -90,3 +90,16 @@ def test_report_only_reads_results_json(tmp_path, monkeypatch):
         main(["--preset", "tiny", "--report-only", "--out", str(tmp_path), "--doc", str(doc)]) == 0
     )
     assert "# Results" in doc.read_text() and "tiny-rating-mf" not in doc.read_text()
+
+
+def test_dnis_dims_come_from_dnis_ft_when_only_it_ran():
+    from mixemb.results import dnis_dims_table
+
+    def cell(method, dims):
+        return {"method": method, "budget": 0.2, "seed": 0, "block_mean_dims": dims}
+
+    only_ft = {"cells": {"a": cell("dnis_ft", [8.0, 2.0]), "b": cell("uniform", [12.0, 12.0])}}
+    assert "| 0.2 | 8.0 | 2.0 |" in dnis_dims_table(only_ft)
+    both = {"cells": {"a": cell("dnis_ft", [8.0, 2.0]), "c": cell("dnis", [6.0, 4.0])}}
+    assert "| 0.2 | 6.0 | 4.0 |" in dnis_dims_table(both)
+    assert dnis_dims_table({"cells": {"b": cell("uniform", [12.0, 12.0])}}).startswith("no DNIS")

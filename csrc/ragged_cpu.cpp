@@ -113,24 +113,36 @@ const int kIsa = detect_isa();
 const bool kHasAvx2 = kIsa >= 1;
 const bool kHasAvx512 = kIsa >= 2;
 
-// AVX-512 rows, 16 dims a step: a masked load of the next popcount(bits) values (lanes
-// past them are not read, so the end of `values` needs no care), vexpandps to their dims
-// (pruned lanes zero), one store — a few instructions per 16 dims at any density.
+// Mask bits of dims [k, k + 16) of a row (k a multiple of 16).
+inline uint32_t mask_bits16(const int64_t* mask_row, int64_t k) {
+  const uint64_t m = static_cast<uint64_t>(mask_row[k >> 6]);
+  return static_cast<uint32_t>((m >> (k & 63)) & 0xFFFF);
+}
+
+// The next popcount(bits) values from `src` placed at the set lanes of `bits`, zeros
+// elsewhere: a masked load (lanes past the kept values are not read, so the end of
+// `values` needs no care) and vexpandps.
+__attribute__((target("avx512f,popcnt"))) inline __m512 expand16(uint32_t bits,
+                                                                 const float* src) {
+  const int kept = __builtin_popcount(bits);
+  const __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << kept) - 1), src);
+  return _mm512_maskz_expand_ps(static_cast<__mmask16>(bits), v);
+}
+
+// AVX-512 rows, 16 dims a step: expand16, then one store — a few instructions per 16 dims
+// at any density.
 __attribute__((target("avx512f,popcnt"))) void expand_row_avx512(const int64_t* mask_row,
                                                                  int64_t dim, const float* src,
                                                                  float* dst) {
   for (int64_t k = 0; k < dim; k += 16) {
-    const uint64_t m = static_cast<uint64_t>(mask_row[k >> 6]);
-    const uint32_t bits = static_cast<uint32_t>((m >> (k & 63)) & 0xFFFF);
-    const int kept = __builtin_popcount(bits);
-    const __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << kept) - 1), src);
-    const __m512 x = _mm512_maskz_expand_ps(static_cast<__mmask16>(bits), v);
+    const uint32_t bits = mask_bits16(mask_row, k);
+    const __m512 x = expand16(bits, src);
     if (k + 16 <= dim) {
       _mm512_storeu_ps(dst + k, x);
     } else {
       _mm512_mask_storeu_ps(dst + k, static_cast<__mmask16>((1u << (dim - k)) - 1), x);
     }
-    src += kept;
+    src += __builtin_popcount(bits);
   }
 }
 
@@ -142,19 +154,26 @@ __attribute__((target("avx512f,popcnt"))) void accumulate_row_avx512(const int64
                                                                      float scale, float* acc) {
   const __m512 s = _mm512_set1_ps(scale);
   for (int64_t k = 0; k < dim; k += 16) {
-    const uint64_t m = static_cast<uint64_t>(mask_row[k >> 6]);
-    const uint32_t bits = static_cast<uint32_t>((m >> (k & 63)) & 0xFFFF);
+    const uint32_t bits = mask_bits16(mask_row, k);
     if (bits == 0) continue;
-    const int kept = __builtin_popcount(bits);
-    const __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << kept) - 1), src);
-    const __m512 x = _mm512_mul_ps(_mm512_maskz_expand_ps(static_cast<__mmask16>(bits), v), s);
+    const __m512 x = _mm512_mul_ps(expand16(bits, src), s);
     const __mmask16 lanes =
         k + 16 <= dim ? static_cast<__mmask16>(0xFFFF)
                       : static_cast<__mmask16>((1u << (dim - k)) - 1);
     _mm512_mask_storeu_ps(acc + k, lanes,
                           _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, acc + k), x));
-    src += kept;
+    src += __builtin_popcount(bits);
   }
+}
+
+// The next popcount(b) of the 8 values at `src` permuted to the set lanes of the byte `b`,
+// zeros elsewhere (all 8 values must be readable).
+__attribute__((target("avx2,popcnt"))) inline __m256 permute8(const ExpandTable& lut,
+                                                              uint32_t b, const float* src) {
+  const __m256i p = _mm256_load_si256(reinterpret_cast<const __m256i*>(lut.perm[b]));
+  const __m256 keep =
+      _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(lut.keep[b])));
+  return _mm256_and_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(src), p), keep);
 }
 
 // Rows keeping at most this many of a word's 64 dims are written as zeros plus a scatter
@@ -201,11 +220,7 @@ __attribute__((target("avx2,popcnt"))) void expand_row_avx2(const int64_t* mask_
     for (int64_t k = 0; k < width; k += 8) {
       const uint32_t b = static_cast<uint32_t>((m >> k) & 0xFF);
       if (k + 8 <= width && src + 8 <= end) {
-        const __m256 v = _mm256_loadu_ps(src);
-        const __m256i p = _mm256_load_si256(reinterpret_cast<const __m256i*>(lut.perm[b]));
-        const __m256 keep = _mm256_castsi256_ps(
-            _mm256_load_si256(reinterpret_cast<const __m256i*>(lut.keep[b])));
-        _mm256_storeu_ps(d + k, _mm256_and_ps(_mm256_permutevar8x32_ps(v, p), keep));
+        _mm256_storeu_ps(d + k, permute8(lut, b, src));
       } else {
         int next = 0;
         for (int64_t j = 0; j < 8 && k + j < width; ++j) {
@@ -247,11 +262,7 @@ __attribute__((target("avx2,popcnt"))) void accumulate_row_avx2(const int64_t* m
       const uint32_t b = static_cast<uint32_t>((m >> k) & 0xFF);
       if (b == 0) continue;
       if (k + 8 <= width && src + 8 <= end) {
-        const __m256 v = _mm256_loadu_ps(src);
-        const __m256i p = _mm256_load_si256(reinterpret_cast<const __m256i*>(lut.perm[b]));
-        const __m256 keep = _mm256_castsi256_ps(
-            _mm256_load_si256(reinterpret_cast<const __m256i*>(lut.keep[b])));
-        const __m256 x = _mm256_and_ps(_mm256_permutevar8x32_ps(v, p), keep);
+        const __m256 x = permute8(lut, b, src);
         _mm256_storeu_ps(a + k, _mm256_add_ps(_mm256_loadu_ps(a + k), _mm256_mul_ps(x, s)));
       } else {
         int next = 0;

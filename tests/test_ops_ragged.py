@@ -98,6 +98,23 @@ def test_every_row_density_path(k, device):
     torch.testing.assert_close(got, want, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("k", [64, 100, 160])
+def test_large_gather_streams_its_output_and_matches(k):
+    """fp32 gathers with an output of 2 MiB or more write it with non-temporal stores on
+    AVX-512 when K % 16 == 0 (K = 100 keeps ordinary stores): the same rows either way,
+    with hot, duplicate and zero-kept rows, every thread's part fenced."""
+    dense, _ = _table(3000, k, keep=0.2, seed=k)
+    dense[7] = 0
+    table = RaggedTable.from_dense(dense)
+    g = torch.Generator().manual_seed(k)
+    ids = torch.randint(0, 3000, (9000,), generator=g)
+    ids[::5] = 7  # a zero-kept hot row
+    ids[1::5] = 11  # a hot row
+    assert ids.numel() * k * 4 >= 2 << 20
+    for ids_ in (ids, ids.int()):
+        assert torch.equal(ragged_gather(table, ids_, backend="extension"), dense[ids])
+
+
 @pytest.mark.parametrize("isa", ["avx2", "scalar"])
 def test_narrower_cpu_paths_under_an_isa_cap(isa):
     """The other tests run the widest vector path this CPU has (AVX-512 here); with
@@ -120,10 +137,13 @@ def test_extension_is_built_with_openmp():
     assert b"GOMP_parallel" in Path(_C.__file__).read_bytes()
 
 
-@pytest.mark.parametrize("group_size", [1, 5, 16])
+@pytest.mark.parametrize("group_size", [1, 5, 8, 16, 32])
 def test_gather_every_row_any_group_size(group_size):
-    x, table = _table(70, 70, group_size=group_size)
-    assert torch.equal(ragged_gather(table, torch.arange(70), backend="extension"), x)
+    """Rows are located through their group's offset; groups of <= 16 one-word rows take
+    a vector popcount path on AVX-512 CPUs, the rest a loop. 70 rows: a short last group."""
+    for k in (64, 70):
+        x, table = _table(70, k, group_size=group_size)
+        assert torch.equal(ragged_gather(table, torch.arange(70), backend="extension"), x)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -469,6 +469,66 @@ inline int64_t checked_id(const index_t* ids, int64_t i, int64_t rows, bool chec
   return ok ? id : -1;
 }
 
+#ifdef MIXEMB_X86_64
+// One fp32 bag of one-word rows (K <= 64) on AVX-512: the sum stays in four registers
+// (16 dims each) across the bag's lookups, each lookup adding expand16 of its kept values
+// times its weight; then out[0:dim] = sum / div. starts / counts: the bag's row starts
+// and kept counts (start -1: a bad id, skipped); w: per-lookup weights or null.
+__attribute__((target("avx512f,popcnt"))) void bag_sum_avx512(
+    const int64_t* masks, const int64_t* ids, const int64_t* starts, const int64_t* counts,
+    int64_t n, const float* vals, const double* w, int64_t dim, float div, float* out) {
+  // four named accumulators, not an array: GCC keeps an indexed array on the stack
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAheadValues < n && starts[i + kAheadValues] >= 0) {
+      prefetch_values(vals, starts[i + kAheadValues], counts[i + kAheadValues]);
+    }
+    if (starts[i] < 0) continue;
+    const uint64_t m = static_cast<uint64_t>(masks[ids[i]]);
+    const float* src = vals + starts[i];
+    const __m512 scale = _mm512_set1_ps(w != nullptr ? static_cast<float>(w[i]) : 1.f);
+    const uint32_t b0 = static_cast<uint32_t>(m & 0xFFFF);
+    const uint32_t b1 = static_cast<uint32_t>((m >> 16) & 0xFFFF);
+    const uint32_t b2 = static_cast<uint32_t>((m >> 32) & 0xFFFF);
+    const uint32_t b3 = static_cast<uint32_t>(m >> 48);
+    a0 = _mm512_fmadd_ps(expand16(b0, src), scale, a0);
+    src += __builtin_popcount(b0);
+    a1 = _mm512_fmadd_ps(expand16(b1, src), scale, a1);
+    src += __builtin_popcount(b1);
+    a2 = _mm512_fmadd_ps(expand16(b2, src), scale, a2);
+    src += __builtin_popcount(b2);
+    a3 = _mm512_fmadd_ps(expand16(b3, src), scale, a3);
+  }
+  const __m512 d = _mm512_set1_ps(div);
+  const __m512 acc[4] = {a0, a1, a2, a3};
+  for (int64_t k = 0, j = 0; k < dim; k += 16, ++j) {
+    const __mmask16 lanes = k + 16 <= dim ? static_cast<__mmask16>(0xFFFF)
+                                          : static_cast<__mmask16>((1u << (dim - k)) - 1);
+    _mm512_mask_storeu_ps(out + k, lanes, _mm512_div_ps(acc[j], d));
+  }
+}
+#endif
+
+// The register-resident fp32 bag where there is one (AVX-512, one mask word per row).
+template <typename scalar_t>
+inline bool bag_sum_fast(const Table&, const int64_t*, const int64_t*, const int64_t*, int64_t,
+                         const scalar_t*, const double*, int64_t, double, scalar_t*) {
+  return false;
+}
+
+template <>
+inline bool bag_sum_fast<float>(const Table& t, const int64_t* ids, const int64_t* starts,
+                                const int64_t* counts, int64_t n, const float* vals,
+                                const double* w, int64_t dim, double div, float* out) {
+#ifdef MIXEMB_X86_64
+  if (kHasAvx512 && t.words == 1) {
+    bag_sum_avx512(t.masks, ids, starts, counts, n, vals, w, dim, static_cast<float>(div), out);
+    return true;
+  }
+#endif
+  return false;
+}
+
 at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
                              const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
                              const at::Tensor& ids, bool check_bounds) {
@@ -565,18 +625,42 @@ at::Tensor ragged_bag_cpu(const at::Tensor& masks, const at::Tensor& values,
     const scalar_t* vals = values.data_ptr<scalar_t>();
     const int64_t nnz = values.numel();
     scalar_t* outp = out.data_ptr<scalar_t>();
+    const auto bag_end = [&](int64_t b) {
+      return b + 1 < off_c.numel() ? op[b + 1] : m_ids;
+    };
     at::parallel_for(0, bags, 16, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> acc(dim);
+      // Row starts and kept counts of this chunk's lookups first (metadata prefetched far
+      // ahead, tile by tile), so the sums below only wait for values.
+      const int64_t first = op[begin], last = bag_end(end - 1);
+      std::vector<int64_t> starts(last - first), counts(last - first);
+      for (int64_t i0 = first; i0 < last; i0 += kTile) {
+        const int64_t count = std::min(kTile, last - i0);
+        for (int64_t j = 0; j < count; ++j) {
+          checked_id(idp, i0 + j, t.rows, check_bounds, "ragged_bag");
+        }
+        tile_starts(t, idp, i0, count, last, vals, starts.data() + (i0 - first),
+                    counts.data() + (i0 - first));
+      }
       for (int64_t b = begin; b < end; ++b) {
-        std::fill(acc.begin(), acc.end(), acc_t(0));
         const int64_t lo = op[b];
-        const int64_t hi = (b + 1 < off_c.numel()) ? op[b + 1] : m_ids;
+        const int64_t hi = bag_end(b);
+        const double div = (mode == 1 && hi > lo) ? static_cast<double>(hi - lo) : 1.0;
+        if (bag_sum_fast(t, idp + lo, starts.data() + (lo - first), counts.data() + (lo - first),
+                         hi - lo, vals, wp ? wp + lo : nullptr, dim, div, outp + b * dim)) {
+          continue;
+        }
+        std::fill(acc.begin(), acc.end(), acc_t(0));
         for (int64_t i = lo; i < hi; ++i) {
-          if (i + kAheadMeta < m_ids) prefetch_row_meta(t, idp[i + kAheadMeta]);
-          const int64_t id = checked_id(idp, i, t.rows, check_bounds, "ragged_bag");
-          if (id < 0) continue;
+          const int64_t ahead = i + kAheadValues - first;
+          if (i + kAheadValues < hi && starts[ahead] >= 0) {
+            prefetch_values(vals, starts[ahead], counts[ahead]);
+          }
+          const int64_t slot0 = starts[i - first];
+          if (slot0 < 0) continue;
+          const int64_t id = idp[i];
           const acc_t scale = wp ? static_cast<acc_t>(wp[i]) : acc_t(1);
-          int64_t slot = row_start(t, id);
+          int64_t slot = slot0;
           if (accumulate_row_fast(t.masks + id * t.words, dim, vals + slot, vals + nnz, scale,
                                   acc.data())) {
             continue;
@@ -589,8 +673,9 @@ at::Tensor ragged_bag_cpu(const at::Tensor& masks, const at::Tensor& values,
             }
           }
         }
-        const acc_t div = (mode == 1 && hi > lo) ? static_cast<acc_t>(hi - lo) : acc_t(1);
-        for (int64_t k = 0; k < dim; ++k) outp[b * dim + k] = static_cast<scalar_t>(acc[k] / div);
+        for (int64_t k = 0; k < dim; ++k) {
+          outp[b * dim + k] = static_cast<scalar_t>(acc[k] / static_cast<acc_t>(div));
+        }
       }
     });
   });

@@ -166,6 +166,29 @@ def test_bag_matches_reference(dtype, k, mode, include_last, device):
     assert empty.shape == (0, k)
 
 
+@pytest.mark.parametrize("k", [7, 64, 100])
+def test_long_bags_across_tiles_match_reference(k):
+    """Row starts are precomputed for a thread's lookups 64 at a time and values
+    prefetched ahead, so bags spanning several tiles, of uneven lengths, with hot and
+    zero-kept rows, weighted or averaged, must still sum to the reference; K = 64 takes
+    the register-resident AVX-512 sum, K = 100 the per-row path."""
+    _, table = _table(500, k, keep=0.25, seed=k)
+    g = torch.Generator().manual_seed(k)
+    ids = torch.randint(0, 500, (2000,), generator=g)
+    ids[::3] = 1  # the all-kept hot row
+    ids[1::7] = 0  # the zero-kept row
+    offsets = torch.tensor([0, 0, 5, 300, 301, 1100, 1990])  # an empty bag first
+    weights = torch.rand(2000, generator=g)
+    for mode, w in (("sum", None), ("mean", None), ("sum", weights)):
+        got = ragged_bag(table, ids, offsets, mode=mode, per_sample_weights=w, backend="extension")
+        ref = ragged_bag_reference(table, ids, offsets, mode=mode, per_sample_weights=w)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+    # with include_last_offset the lookups after the last offset belong to no bag
+    got = ragged_bag(table, ids, offsets, include_last_offset=True, backend="extension")
+    ref = ragged_bag_reference(table, ids, offsets, include_last_offset=True)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+
+
 def test_bag_per_sample_weights_gradcheck_and_matches_embedding_bag():
     x, table = _table(12, 9, dtype=torch.float64)
     ids, offsets = torch.tensor([2, 3, 3, 11, 1]), torch.tensor([0, 2, 2])

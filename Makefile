@@ -37,7 +37,7 @@ test: lint
 	$(PY) -m pytest -q
 
 # Not part of `make test`: hours on a laptop CPU. Resumable (rerun to continue).
-# RESULTS_PRESET=quick (ML-1M rating MF + CTR FM, 3 seeds) or full (six combinations).
+# RESULTS_PRESET=quick (the six ML-1M combinations, 3 seeds, fewer methods) or full (every method).
 RESULTS_PRESET ?= quick
 RESULTS_OUT ?= runs/results
 results: $(STAMP)

@@ -374,10 +374,130 @@ def timing_table(results: dict) -> str:
             ]
     if not per_seed:
         return "no timings yet\n"
+    # a grid total counts only seeds that trained every budget (a run may be unfinished)
+    for method, name in (("uniform", "uniform grid"), ("random", "random search")):
+        counts: dict[int, int] = {}
+        for c in _cells(results):
+            if c["method"] == method:
+                counts[c["seed"]] = counts.get(c["seed"], 0) + 1
+        key = f"{name} (all budgets, total)"
+        if key in per_seed:
+            full = max(counts.values())
+            per_seed[key] = {s: t for s, t in per_seed[key].items() if counts[s] == full}
     lines = ["| what | seconds per seed | seeds |", "|---|---|---|"]
     for name, d in per_seed.items():
         mean, std = _mean_std(list(d.values()))
         lines.append(f"| {name} | {mean:.0f} ± {std:.0f} | {len(d)} |")
+    return "\n".join(lines) + "\n"
+
+
+WITHIN = 0.005  # "within 0.5 % (relative) of uniform-K", the issue's yardstick
+
+
+def smallest_budgets(results: dict, task: str, k: int) -> dict[str, tuple | None]:
+    """Per method: (budget, mean, n) of the smallest budget b at which the method *stays*
+    within WITHIN (relative) of uniform at budget 1 — its mean at b and at every larger
+    budget it ran is no worse than that — or None if not even its largest budget is.
+    Empty without a uniform budget-1 cell."""
+    metric, direction = primary_metric(task, k)
+    by = {(r["method"], r["budget"]): r for r in summarize(results, task, k)}
+    ref = by.get(("uniform", 1.0))
+    if ref is None:
+        return {}
+    limit = ref[metric][0] * (1 + WITHIN if direction == "min" else 1 - WITHIN)
+
+    def ok(mean: float) -> bool:
+        return mean <= limit if direction == "min" else mean >= limit
+
+    out: dict[str, tuple | None] = {}
+    for m in sorted({m for m, _ in by}):
+        best = None
+        for b in sorted((b for mm, b in by if mm == m), reverse=True):
+            if not ok(by[m, b][metric][0]):
+                break
+            best = (b, by[m, b][metric][0], by[m, b]["seeds"])
+        out[m] = best
+    return out
+
+
+def _search_vs_grid(results: dict) -> str:
+    search: dict[int, float] = {}
+    grid: dict[int, float] = {}
+    for c in _cells(results):
+        if c["method"] == "uniform":
+            grid[c["seed"]] = grid.get(c["seed"], 0.0) + c["seconds"]
+        elif "search_seconds" in c:
+            search[c["seed"]] = c["search_seconds"]
+    counts: dict[int, int] = {}
+    for c in _cells(results):
+        if c["method"] == "uniform":
+            counts[c["seed"]] = counts.get(c["seed"], 0) + 1
+    # only seeds whose grid is complete (every budget trained) count
+    grid = {seed: t for seed, t in grid.items() if counts[seed] == max(counts.values())}
+    if not search or not grid:
+        return "–"
+    s, g = statistics.fmean(search.values()), statistics.fmean(grid.values())
+    return f"{s:.0f} s vs {g:.0f} s ({g / s:.1f}× less)"
+
+
+def summary_table(results: dict[str, dict], preset: Preset) -> str:
+    """One row per experiment: uniform-K's test metric, the smallest budget at which DNIS
+    (fine-tuned, and its best variant) and the best baseline stay within 0.5 % of it, and
+    DNIS's search time vs the uniform grid's total."""
+
+    def fmt(hit: tuple | None) -> str:
+        return "never" if hit is None else f"{hit[0]:.0%} ({hit[1]:.4f}, n={hit[2]})"
+
+    def smallest(hits: dict[str, tuple | None], names: list[str]) -> str:
+        found = [(hits[m][0], m) for m in names if hits.get(m) is not None]
+        if not found:
+            return "never" if names else "–"
+        b = min(found)[0]
+        return (
+            fmt(hits[min(m for bb, m in found if bb == b)])
+            + ": "
+            + ", ".join(f"`{m}`" for bb, m in sorted(found) if bb == b)
+        )
+
+    head = [
+        "experiment",
+        "metric",
+        "uniform-K",
+        "DNIS (`dnis_ft`)",
+        "best DNIS variant",
+        "best baseline",
+        "DNIS search vs grid",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for exp in preset.experiments:
+        res = results.get(exp.name)
+        if res is None:
+            continue
+        k = res.get("config", {}).get("k", 10)
+        metric, _ = primary_metric(exp.task, k)
+        hits = smallest_budgets(res, exp.task, k)
+        if not hits:
+            continue
+        ref = next(
+            r for r in summarize(res, exp.task, k) if (r["method"], r["budget"]) == ("uniform", 1.0)
+        )
+        dnis = sorted(m for m in hits if m.startswith("dnis"))
+        base = sorted(m for m in hits if not m.startswith("dnis"))
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    exp.name,
+                    metric,
+                    f"{ref[metric][0]:.4f} (n={ref['seeds']})",
+                    fmt(hits["dnis_ft"]) if "dnis_ft" in hits else "–",
+                    smallest(hits, dnis),
+                    smallest(hits, base),
+                    _search_vs_grid(res),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -422,6 +542,17 @@ def write_report(
         if exp.name in results:
             lines.append(compare_command(preset, exp, out))
     lines += ["```", ""]
+    lines += [
+        "## Summary",
+        "",
+        f"Smallest budget (fraction of uniform-K's bytes) at which a method stays within "
+        f"{WITHIN:.1%} (relative) of uniform-K's test metric — at that budget and every larger "
+        "one it ran; means over seeds, n = seeds of that cell. `uniform` at budget 1 is "
+        "uniform-K itself, so the uniform grid's own entry is the smallest smaller "
+        "dimension that holds up.",
+        "",
+        summary_table(results, preset),
+    ]
     for exp in preset.experiments:
         if exp.name not in results:
             continue

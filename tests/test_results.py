@@ -103,3 +103,51 @@ def test_dnis_dims_come_from_dnis_ft_when_only_it_ran():
     both = {"cells": {"a": cell("dnis_ft", [8.0, 2.0]), "c": cell("dnis", [6.0, 4.0])}}
     assert "| 0.2 | 6.0 | 4.0 |" in dnis_dims_table(both)
     assert dnis_dims_table({"cells": {"b": cell("uniform", [12.0, 12.0])}}).startswith("no DNIS")
+
+
+def _cell(method, budget, seed, value, seconds=10.0, **extra):
+    return {
+        "method": method,
+        "budget": budget,
+        "seed": seed,
+        "test": {"mse": value},
+        "kept_params": 1,
+        "stored_bytes": 1,
+        "seconds": seconds,
+        **extra,
+    }
+
+
+def test_summary_names_the_smallest_budget_that_stays_within_half_a_percent():
+    from mixemb.results import smallest_budgets, summary_table
+
+    ref = 0.80  # uniform-K; within 0.5 % means mse <= 0.804
+    cells = [
+        _cell("uniform", 1.0, 0, 0.79),
+        _cell("uniform", 1.0, 1, 0.81),
+        _cell("uniform", 0.5, 0, 0.803),
+        _cell("uniform", 0.5, 1, 0.803),
+        _cell("uniform", 0.2, 0, 0.82),
+        _cell("uniform", 0.2, 1, 0.82),
+        # within at 0.5 and at 0.1 but not at 0.2: it does not *stay* within below 0.5
+        _cell("dnis_ft", 1.0, 0, 0.79, search_seconds=5.0),
+        _cell("dnis_ft", 0.5, 0, 0.80),
+        _cell("dnis_ft", 0.2, 0, 0.85),
+        _cell("dnis_ft", 0.1, 0, 0.80),
+        _cell("dnis_rot_ft", 1.0, 0, 0.79),
+        _cell("dnis_rot_ft", 0.5, 0, 0.79),
+        _cell("dnis_rot_ft", 0.2, 0, 0.804),
+        _cell("mde@0.3", 1.0, 0, 0.81),  # never: worse than 0.804 already at 1
+        _cell("uniform", 1.0, 2, ref),  # an unfinished grid seed: not in the timing
+    ]
+    results = {"cells": {str(i): c for i, c in enumerate(cells)}, "config": {"k": 10}}
+    hits = smallest_budgets(results, "rating", 10)
+    assert hits["uniform"] == (0.5, 0.803, 2)
+    assert hits["dnis_ft"][0] == 0.5 and hits["dnis_rot_ft"][0] == 0.2
+    assert hits["mde@0.3"] is None
+    preset = Preset([Experiment("x", "t", "rating", "mf")], seeds=[0, 1])
+    row = summary_table({"x": results}, preset).splitlines()[2]
+    assert "| 0.8000 (n=3) |" in row and "| 50% (0.8000, n=1) |" in row
+    assert "20% (0.8040, n=1): `dnis_rot_ft`" in row
+    assert "50% (0.8030, n=2): `uniform`" in row
+    assert "5 s vs 30 s (6.0× less)" in row  # seeds 0 and 1: 3 budgets x 10 s

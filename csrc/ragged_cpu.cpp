@@ -400,9 +400,13 @@ constexpr int64_t kTile = 64;   // lookups per pass pair (row starts, then rows)
 constexpr int64_t kAheadMeta = 40;
 constexpr int64_t kAheadValues = 16;
 
-// fp32 gathers whose output is at least this large stream it (non-temporal stores on
-// AVX-512): it cannot stay in a core's 1-2 MB L2 for the consumer anyway.
+// fp32 gathers whose output is at least kStreamMinBytes stream it (non-temporal stores on
+// AVX-512): it cannot stay in a core's 1-2 MB L2 for the consumer anyway, and a reused
+// buffer is then written without first being read. Not from kStreamMaxBytes up: glibc
+// serves such blocks as fresh mmaps, whose pages the kernel has just zeroed through the
+// cache on first touch, so streaming past the cache would write every line twice.
 constexpr int64_t kStreamMinBytes = int64_t{1} << 21;
+constexpr int64_t kStreamMaxBytes = int64_t{32} << 20;
 
 // Prefetches what row_start(t, id) reads: the group's base offset and the masks of the
 // rows of the group up to `id` (at most two cache lines at the default G = 16).
@@ -545,9 +549,10 @@ at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
     const scalar_t* vals = values.data_ptr<scalar_t>();
     const int64_t nnz = values.numel();
     scalar_t* dst_all = out.data_ptr<scalar_t>();
+    const int64_t out_bytes = n * dim * static_cast<int64_t>(sizeof(scalar_t));
     const bool stream = kHasAvx512 && std::is_same_v<scalar_t, float> && dim % 16 == 0 &&
                         reinterpret_cast<uintptr_t>(dst_all) % 64 == 0 &&
-                        n * dim * static_cast<int64_t>(sizeof(scalar_t)) >= kStreamMinBytes;
+                        out_bytes >= kStreamMinBytes && out_bytes < kStreamMaxBytes;
     AT_DISPATCH_INDEX_TYPES(ids_c.scalar_type(), "ragged_gather_cpu_ids", [&] {
       const index_t* idp = ids_c.data_ptr<index_t>();
       at::parallel_for(0, n, 512, [&](int64_t begin, int64_t end) {

@@ -11,6 +11,10 @@ searched model and budget the merged table Ê = E ⊙ α is pruned
   so the kept dimensions of any two features are nested and a dot product between them
   uses min(d_u, d_i) shared dimensions (``dnis_aligned``);
 
+* ``elem-blocknorm`` — element-wise, but the mask is chosen on E ⊙ (α / mean of α over
+  the row's block): α's per-block *scale* no longer decides how many entries a block
+  keeps, only its within-block shape does (the kept values are still Ê's);
+
 then scored on validation without and with fine-tuning (mask fixed). The overlap of the
 kept dimensions of the two interacting features (fields 0 and 1) is reported too.
 Every row is appended to ``OUT/ablation.json`` as it finishes (resumable). Test metrics are
@@ -37,7 +41,7 @@ from mixemb.data import load_dataset
 from mixemb.metrics import primary_metric
 from mixemb.models import build_model
 from mixemb.nn import MaskedEmbedding
-from mixemb.prune import prune
+from mixemb.prune import merge_alpha, prune
 from mixemb.search.dnis import SearchConfig, build_search_model, search
 from mixemb.search.export import aligned_prune, merged_table, rotate_table
 from mixemb.train.checkpoint import write_json
@@ -93,6 +97,8 @@ def main() -> None:
     p.add_argument("--search-epochs", type=int, default=5)
     p.add_argument("--patience", type=int, default=2)
     p.add_argument("--ft-epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=1024, help="warm start, search, ft")
+    p.add_argument("--lr", type=float, default=1e-3, help="warm start, search, ft")
     p.add_argument("--variants", default=",".join(SEARCH_VARIANTS))
     p.add_argument("--pruners", default=",".join(PRUNERS))
     p.add_argument("--no-ft", action="store_true", help="skip fine-tuning (pruned-only rows)")
@@ -121,6 +127,8 @@ def main() -> None:
         search_epochs=args.search_epochs,
         patience=args.patience,
         seed=args.seed,
+        batch_size=args.batch_size,
+        lr=args.lr,
     )
     budgets = [float(b) for b in args.budgets.split(",") if b]
     n, k = ds.num_features, args.dim
@@ -138,7 +146,11 @@ def main() -> None:
                 model.embedding.alpha.requires_grad_(False)
                 t0 = time.perf_counter()
                 cfg = TrainConfig(
-                    epochs=epochs, patience=args.patience, seed=args.seed, batch_size=1024
+                    epochs=epochs,
+                    patience=args.patience,
+                    seed=args.seed,
+                    batch_size=args.batch_size,
+                    lr=args.lr,
                 )
                 res = fit(model, ds, cfg, log=lambda s: print(f"warm-{kind} {s}"))
                 print(f"warm-{kind}: best epoch {res.best_epoch} {time.perf_counter() - t0:.0f}s")
@@ -157,7 +169,9 @@ def main() -> None:
             cfg_m = dict(model.config)
             tuned = build_model(cfg_m.pop("name"), embedding=MaskedEmbedding(init, mask), **cfg_m)
             epochs = args.scratch_epochs
-        cfg = TrainConfig(epochs=epochs, patience=args.patience, seed=seed)
+        cfg = TrainConfig(
+            epochs=epochs, patience=args.patience, seed=seed, batch_size=args.batch_size, lr=args.lr
+        )
         fit(tuned, ds, cfg, log=lambda s: None)
         kw = dict(k=10)
         return evaluate(tuned, ds.valid, ds.task, **kw), evaluate(tuned, ds.test, ds.task, **kw)
@@ -188,7 +202,15 @@ def main() -> None:
                 src = merged
                 if pruner.startswith("rot-"):
                     src = rotate_table(merged)
-                if pruner.endswith("elem"):
+                if pruner == "elem-blocknorm":
+                    emb = model.embedding
+                    scale = alpha / alpha.mean(1, keepdim=True).clamp_min(1e-12)
+                    scored, _ = prune(
+                        merge_alpha(emb.weight.detach(), scale, emb.boundaries), keep=keep
+                    )
+                    mask = scored != 0
+                    table = merged * mask
+                elif pruner.endswith("elem"):
                     table, _ = prune(src, keep=keep)
                     mask = table != 0
                 else:

@@ -368,10 +368,9 @@ def timing_table(results: dict) -> str:
         elif c["method"] == "random":
             d = per_seed.setdefault("random search (all budgets, total)", {})
             d[s] = d.get(s, 0.0) + c["seconds"]
-        elif "search_seconds" in c:
-            per_seed.setdefault("DNIS search (warm start + search, once)", {})[s] = c[
-                "search_seconds"
-            ]
+    searches = _search_seconds(results)
+    if searches:
+        per_seed["DNIS search (warm start + search, once)"] = searches
     if not per_seed:
         return "no timings yet\n"
     # a grid total counts only seeds that trained every budget (a run may be unfinished)
@@ -420,14 +419,22 @@ def smallest_budgets(results: dict, task: str, k: int) -> dict[str, tuple | None
     return out
 
 
+def _search_seconds(results: dict) -> dict[int, float]:
+    """Per seed, DNIS's search time: the mean over the searches that seed's cells report
+    (each process searches once, so cells run by several processes carry several)."""
+    found: dict[int, set[float]] = {}
+    for c in _cells(results):
+        if "search_seconds" in c:
+            found.setdefault(c["seed"], set()).add(c["search_seconds"])
+    return {seed: statistics.fmean(v) for seed, v in found.items()}
+
+
 def _search_vs_grid(results: dict) -> str:
-    search: dict[int, float] = {}
+    search = _search_seconds(results)
     grid: dict[int, float] = {}
     for c in _cells(results):
         if c["method"] == "uniform":
             grid[c["seed"]] = grid.get(c["seed"], 0.0) + c["seconds"]
-        elif "search_seconds" in c:
-            search[c["seed"]] = c["search_seconds"]
     counts: dict[int, int] = {}
     for c in _cells(results):
         if c["method"] == "uniform":
@@ -437,7 +444,9 @@ def _search_vs_grid(results: dict) -> str:
     if not search or not grid:
         return "–"
     s, g = statistics.fmean(search.values()), statistics.fmean(grid.values())
-    return f"{s:.0f} s vs {g:.0f} s ({g / s:.1f}× less)"
+    return f"{s:.0f} s vs {g:.0f} s (" + (
+        f"{g / s:.1f}× less)" if g >= s else f"{s / g:.1f}× more)"
+    )
 
 
 def summary_table(results: dict[str, dict], preset: Preset) -> str:

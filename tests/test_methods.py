@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -248,3 +249,28 @@ def test_search_runs_once_per_seed_across_budgets_and_variants(monkeypatch):
     assert len({c["search_seconds"] for c in cells}) == 1
     with pytest.raises(ValueError, match="mde@a"):
         run_method("mde@x", ds, "mf", CFG, 0.5, 0)
+
+
+def test_full_warm_start_variant_searches_from_the_whole_training_schedule(monkeypatch):
+    """dnis_warm(_ft) is dnis(_ft) with warmup_epochs = epochs: its own search (not the
+    short-warm-start one shared by dnis / dnis_ft), recorded in the cell's config."""
+    import mixemb.search.methods as methods
+
+    warmups = []
+    real = methods.search
+
+    def recording(model, ds, scfg, **kw):
+        warmups.append(scfg.warmup_epochs)
+        return real(model, ds, scfg, **kw)
+
+    methods.clear_cache()
+    monkeypatch.setattr(methods, "search", recording)
+    ds = _dataset(n=300)
+    cfg = replace(CFG, epochs=3)
+    short = run_method("dnis_ft", ds, "mf", cfg, 0.5, 0)
+    warm = [run_method("dnis_warm_ft", ds, "mf", cfg, b, 0) for b in (0.5, 0.2)]
+    assert warmups == [1, 3]  # one search each, the warm one reused across budgets
+    assert short["config"]["warmup_epochs"] == 1
+    assert [c["config"]["warmup_epochs"] for c in warm] == [3, 3]
+    assert [c["method"] for c in warm] == ["dnis_warm_ft"] * 2
+    assert warm[0]["kept_params"] <= 0.5 * ds.num_features * 8

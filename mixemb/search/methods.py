@@ -16,6 +16,10 @@ Methods:
 * ``dnis_rot`` (``_ft``): Ê is first rotated onto its right singular vectors (Ê·V, V
   orthogonal), then pruned element-wise like ``dnis``. Exact only for models whose
   embeddings meet in dot products alone (MF, FM): other models are skipped;
+* ``dnis_warm`` (``_ft``): DNIS whose warm start is the plain trainer's whole schedule
+  (up to ``epochs`` with early stopping, as the uniform-K model trains) instead of
+  ``warmup_epochs``; the search then starts from a converged model. Its search time
+  includes that warm start;
 * ``magnitude``: train uniform-K, prune its table to the budget; ``magnitude_ft`` then
   fine-tunes the same way; ``magnitude_rot`` (``_ft``) rotates first, like ``dnis_rot``;
 * ``mde``: block dims ∝ (mean frequency of the block)^a, budget-matched (Ginart et al.);
@@ -68,6 +72,8 @@ METHODS = (
     "dnis_aligned_ft",
     "dnis_rot",
     "dnis_rot_ft",
+    "dnis_warm",
+    "dnis_warm_ft",
     "magnitude",
     "magnitude_ft",
     "magnitude_rot",
@@ -468,6 +474,9 @@ for _base, _run in (("dnis", run_dnis), ("magnitude", run_magnitude)):
             RUNNERS[_name(_base, _pruner, _ft)] = functools.partial(
                 _run, finetune=_ft, pruner=_pruner
             )
+# the full-warm-start variants run dnis / dnis_ft with warmup_epochs = epochs (run_method)
+WARM_START = {"dnis_warm": "dnis", "dnis_warm_ft": "dnis_ft"}
+RUNNERS.update({m: RUNNERS[base] for m, base in WARM_START.items()})
 RUNNERS = {m: RUNNERS[m] for m in METHODS}
 
 
@@ -493,6 +502,8 @@ def run_method(method, ds, model_name, cfg: MethodConfig, budget, seed, log=_qui
     if not 0 < budget <= 1:
         raise ValueError(f"budget must be in (0, 1], got {budget}")
     cell_cfg = replace(cfg, **overrides) if overrides else cfg
+    if base in WARM_START:
+        cell_cfg = replace(cell_cfg, warmup_epochs=cell_cfg.epochs)
     cell = RUNNERS[base](ds, model_name, cell_cfg, budget, seed, log)
     cell["method"] = method
     cell["config"] = asdict(cell_cfg)

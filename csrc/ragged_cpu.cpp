@@ -433,14 +433,32 @@ inline int64_t row_count(const Table& t, int64_t id) {
   return c;
 }
 
+// The id at position i; with `check`, an out-of-range id raises naming it, without, it
+// comes back as -1 and the caller reads nothing for it (a zero row / zero score).
+template <typename index_t>
+inline int64_t checked_id(const index_t* ids, int64_t i, int64_t rows, bool check,
+                          const char* op) {
+  const int64_t id = static_cast<int64_t>(ids[i]);
+  const bool ok = id >= 0 && id < rows;
+  if (check) {
+    TORCH_CHECK(ok, op, ": id ", id, " at position ", i, " is out of range [0, ", rows, ")");
+  }
+  return ok ? id : -1;
+}
+
 // Row starts (-1 for an unchecked bad id) and kept counts of the lookups
 // [i0, i0 + count), count <= kTile, with the metadata prefetched kAheadMeta lookups ahead (the
 // loads of one lookup depend on each other — id -> masks -> values — so keeping several
 // lookups' misses in flight is what makes a gather fast); it ends by prefetching the
-// values of the first kAheadValues lookups of the tile.
+// values of the first kAheadValues lookups of the tile. With `check`, a bad id raises
+// (naming `op` and its position) before any of the tile is located.
 template <typename index_t, typename scalar_t>
 inline void tile_starts(const Table& t, const index_t* ids, int64_t i0, int64_t count,
-                        int64_t stop, const scalar_t* vals, int64_t* starts, int64_t* counts) {
+                        int64_t stop, const scalar_t* vals, int64_t* starts, int64_t* counts,
+                        bool check, const char* op) {
+  if (check) {
+    for (int64_t j = 0; j < count; ++j) checked_id(ids, i0 + j, t.rows, true, op);
+  }
   for (int64_t j = 0; j < count; ++j) {
     if (i0 + j + kAheadMeta < stop) {
       prefetch_row_meta(t, static_cast<int64_t>(ids[i0 + j + kAheadMeta]));
@@ -458,19 +476,6 @@ inline void tile_starts(const Table& t, const index_t* ids, int64_t i0, int64_t 
   for (int64_t j = 0; j < std::min(count, kAheadValues); ++j) {
     if (starts[j] >= 0) prefetch_values(vals, starts[j], counts[j]);
   }
-}
-
-// The id at position i; with `check`, an out-of-range id raises naming it, without, it
-// comes back as -1 and the caller reads nothing for it (a zero row / zero score).
-template <typename index_t>
-inline int64_t checked_id(const index_t* ids, int64_t i, int64_t rows, bool check,
-                          const char* op) {
-  const int64_t id = static_cast<int64_t>(ids[i]);
-  const bool ok = id >= 0 && id < rows;
-  if (check) {
-    TORCH_CHECK(ok, op, ": id ", id, " at position ", i, " is out of range [0, ", rows, ")");
-  }
-  return ok ? id : -1;
 }
 
 #ifdef MIXEMB_X86_64
@@ -560,10 +565,8 @@ at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
         int64_t counts[kTile];
         for (int64_t i0 = begin; i0 < end; i0 += kTile) {
           const int64_t count = std::min(kTile, end - i0);
-          for (int64_t j = 0; j < count; ++j) {
-            checked_id(idp, i0 + j, t.rows, check_bounds, "ragged_gather");
-          }
-          tile_starts(t, idp, i0, count, end, vals, starts, counts);
+          tile_starts(t, idp, i0, count, end, vals, starts, counts, check_bounds,
+                      "ragged_gather");
           for (int64_t j = 0; j < count; ++j) {
             if (j + kAheadValues < count && starts[j + kAheadValues] >= 0) {
               prefetch_values(vals, starts[j + kAheadValues], counts[j + kAheadValues]);
@@ -641,11 +644,8 @@ at::Tensor ragged_bag_cpu(const at::Tensor& masks, const at::Tensor& values,
       std::vector<int64_t> starts(last - first), counts(last - first);
       for (int64_t i0 = first; i0 < last; i0 += kTile) {
         const int64_t count = std::min(kTile, last - i0);
-        for (int64_t j = 0; j < count; ++j) {
-          checked_id(idp, i0 + j, t.rows, check_bounds, "ragged_bag");
-        }
         tile_starts(t, idp, i0, count, last, vals, starts.data() + (i0 - first),
-                    counts.data() + (i0 - first));
+                    counts.data() + (i0 - first), check_bounds, "ragged_bag");
       }
       for (int64_t b = begin; b < end; ++b) {
         const int64_t lo = op[b];
@@ -661,11 +661,10 @@ at::Tensor ragged_bag_cpu(const at::Tensor& masks, const at::Tensor& values,
           if (i + kAheadValues < hi && starts[ahead] >= 0) {
             prefetch_values(vals, starts[ahead], counts[ahead]);
           }
-          const int64_t slot0 = starts[i - first];
-          if (slot0 < 0) continue;
+          int64_t slot = starts[i - first];
+          if (slot < 0) continue;
           const int64_t id = idp[i];
           const acc_t scale = wp ? static_cast<acc_t>(wp[i]) : acc_t(1);
-          int64_t slot = slot0;
           if (accumulate_row_fast(t.masks + id * t.words, dim, vals + slot, vals + nnz, scale,
                                   acc.data())) {
             continue;

@@ -358,19 +358,27 @@ def dnis_dims_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _total_seconds(results: dict, method: str) -> dict[int, float]:
+    """Per seed, the summed wall time of ``method``'s cells (a grid's total), counting
+    only seeds that ran as many budgets as the most complete one (a run may be unfinished)."""
+    totals: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    for c in _cells(results):
+        if c["method"] == method:
+            totals[c["seed"]] = totals.get(c["seed"], 0.0) + c["seconds"]
+            counts[c["seed"]] = counts.get(c["seed"], 0) + 1
+    full = max(counts.values(), default=0)
+    return {seed: t for seed, t in totals.items() if counts[seed] == full}
+
+
 def timing_table(results: dict) -> str:
     """DNIS search (warm start + search) vs the uniform grid's and random search's total
     training time, per seed (mean ± std over seeds)."""
     per_seed: dict[str, dict[int, float]] = {}
-    for c in _cells(results):
-        s = c["seed"]
-        if c["method"] == "uniform":
-            per_seed.setdefault("uniform grid (all budgets, total)", {})
-            d = per_seed["uniform grid (all budgets, total)"]
-            d[s] = d.get(s, 0.0) + c["seconds"]
-        elif c["method"] == "random":
-            d = per_seed.setdefault("random search (all budgets, total)", {})
-            d[s] = d.get(s, 0.0) + c["seconds"]
+    for method, name in (("uniform", "uniform grid"), ("random", "random search")):
+        totals = _total_seconds(results, method)
+        if totals:
+            per_seed[f"{name} (all budgets, total)"] = totals
     searches = _search_seconds(results)
     if searches:
         per_seed["DNIS search (warm start + search, once)"] = searches
@@ -379,16 +387,6 @@ def timing_table(results: dict) -> str:
         per_seed["DNIS with a full warm start (`dnis_warm*`: warm start + search, once)"] = searches
     if not per_seed:
         return "no timings yet\n"
-    # a grid total counts only seeds that trained every budget (a run may be unfinished)
-    for method, name in (("uniform", "uniform grid"), ("random", "random search")):
-        counts: dict[int, int] = {}
-        for c in _cells(results):
-            if c["method"] == method:
-                counts[c["seed"]] = counts.get(c["seed"], 0) + 1
-        key = f"{name} (all budgets, total)"
-        if key in per_seed:
-            full = max(counts.values())
-            per_seed[key] = {s: t for s, t in per_seed[key].items() if counts[s] == full}
     lines = ["| what | seconds per seed | seeds |", "|---|---|---|"]
     for name, d in per_seed.items():
         mean, std = _mean_std(list(d.values()))
@@ -437,17 +435,7 @@ def _search_seconds(results: dict, warm: bool = False) -> dict[int, float]:
 
 
 def _search_vs_grid(results: dict) -> str:
-    search = _search_seconds(results)
-    grid: dict[int, float] = {}
-    for c in _cells(results):
-        if c["method"] == "uniform":
-            grid[c["seed"]] = grid.get(c["seed"], 0.0) + c["seconds"]
-    counts: dict[int, int] = {}
-    for c in _cells(results):
-        if c["method"] == "uniform":
-            counts[c["seed"]] = counts.get(c["seed"], 0) + 1
-    # only seeds whose grid is complete (every budget trained) count
-    grid = {seed: t for seed, t in grid.items() if counts[seed] == max(counts.values())}
+    search, grid = _search_seconds(results), _total_seconds(results, "uniform")
     if not search or not grid:
         return "–"
     s, g = statistics.fmean(search.values()), statistics.fmean(grid.values())

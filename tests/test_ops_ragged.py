@@ -115,6 +115,43 @@ def test_large_gather_streams_its_output_and_matches(k):
         assert torch.equal(ragged_gather(table, ids_, backend="extension"), dense[ids])
 
 
+def _anon_huge_kib(address: int) -> int | None:
+    """AnonHugePages (KiB) of the mapping of this process that holds `address`."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and head == "AnonHugePages:":
+            return int(line.split()[1])
+    return None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_huge_gather_output_is_advised_huge_pages_and_matches(dtype):
+    """A gather output of 32 MiB or more (a fresh mmap) is advised MADV_HUGEPAGE before it
+    is written: the rows are the same, and where THP is in madvise mode the output's
+    mapping holds huge pages."""
+    k = 64
+    dense, _ = _table(5000, k, keep=0.3, seed=3)
+    dense = dense.to(dtype)
+    dense[5] = 0
+    table = RaggedTable.from_dense(dense)
+    ids = torch.randint(0, 5000, (140_000,), generator=torch.Generator().manual_seed(3))
+    ids[::7] = 5
+    out = ragged_gather(table, ids, backend="extension")
+    assert out.nbytes >= 32 << 20 or dtype != torch.float32
+    assert torch.equal(out, dense[ids])
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if dtype != torch.float32 or not mode.exists() or "[madvise]" not in mode.read_text():
+        return
+    if os.environ.get("MIXEMB_NO_HUGE_PAGES", "0") != "0":
+        return
+    huge = 2 << 20  # the first 2 MiB boundary inside the output: its head is a separate mapping
+    assert (_anon_huge_kib((out.data_ptr() + huge - 1) // huge * huge) or 0) > 0
+
+
 @pytest.mark.parametrize("isa", ["avx2", "scalar"])
 def test_narrower_cpu_paths_under_an_isa_cap(isa):
     """The other tests run the widest vector path this CPU has (AVX-512 here); with

@@ -175,12 +175,27 @@ def test_extension_is_built_with_openmp():
 
 
 @pytest.mark.parametrize("group_size", [1, 5, 8, 16, 32])
-def test_gather_every_row_any_group_size(group_size):
+@pytest.mark.parametrize(
+    "device,kernel",
+    [("cpu", "default"), *[pytest.param(*p.values, "default", marks=p.marks) for p in DEVICES[1:]],
+     *[pytest.param(*p.values, "warp", marks=p.marks) for p in DEVICES[1:]]],
+)  # fmt: skip
+def test_gather_every_row_any_group_size(group_size, device, kernel, monkeypatch):
     """Rows are located through their group's offset; groups of <= 16 one-word rows take
-    a vector popcount path on AVX-512 CPUs, the rest a loop. 70 rows: a short last group."""
-    for k in (64, 70):
-        x, table = _table(70, k, group_size=group_size)
-        assert torch.equal(ragged_gather(table, torch.arange(70), backend="extension"), x)
+    a vector popcount path on AVX-512 CPUs, the rest a loop; on CUDA one-word rows take
+    16 lanes per lookup, or one warp with MIXEMB_CUDA_GATHER=warp. 70 rows: a short last
+    group; K = 1, 7, 62 (tails of the 4-dim lane stores), 64 and 70 (two words)."""
+    if kernel == "warp":
+        monkeypatch.setenv("MIXEMB_CUDA_GATHER", "warp")
+    for k in (1, 7, 62, 64, 70):
+        x, table = _table(70, k, group_size=group_size, device=device)
+        ids = torch.cat([torch.arange(70), torch.tensor([1, 1, 69, 0, 1])]).to(device)
+        assert torch.equal(ragged_gather(table, ids, backend="extension"), x[ids])
+        bad = torch.tensor([3, 70, 1], device=device)  # position 1 is out of range
+        out = ragged_gather(table, bad, check_bounds=False, backend="extension")
+        assert torch.equal(out[[0, 2]], x[[3, 1]]) and not out[1].any()
+        with pytest.raises(RuntimeError, match="id 70 at position 1"):
+            ragged_gather(table, bad, check_bounds=True, backend="extension")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -1,7 +1,8 @@
 // CUDA kernels of the ragged serving ops (schemas in csrc/ops.cpp; CPU twins in
 // csrc/ragged_cpu.cpp).
 //
-// One warp per lookup (gather, dot) or per bag. The lanes first count the kept values of
+// One warp per lookup (gather of rows wider than 64 dims, dot) or per bag; a gather of
+// one-word rows (K <= 64) takes 16 lanes per lookup (ragged_gather_word_kernel). The lanes first count the kept values of
 // the rows before the looked-up row in its group (popcounts, a warp sum) to find where the
 // row's values start; then each lane handles 2 of every 64 dims: a dim's slot is the row
 // start plus the popcount of the mask bits below it. Pruned dims are written as zeros by
@@ -19,7 +20,10 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 namespace mixemb {
@@ -105,6 +109,71 @@ __global__ void ragged_gather_kernel(TableView t, const scalar_t* __restrict__ v
         }
       }
       start += __popcll(m);
+    }
+  }
+}
+
+// Rows of one mask word (dim <= 64), the common case: 16 lanes per lookup, 4 consecutive
+// dims per lane, so a warp serves two lookups at once and a fp32 row is written as one
+// 16-byte store per lane (one 256-byte transaction per row at K = 64). The lanes of a
+// lookup load the masks of the group's earlier rows 16 at a time (a group of <= 16 rows in
+// one step) and sum their popcounts with 4 shuffles.
+constexpr int kLanesPerRow = 16;
+constexpr int kDimsPerLane = 4;
+
+template <typename scalar_t>
+struct alignas(sizeof(scalar_t) * kDimsPerLane) Dims4 {
+  scalar_t v[kDimsPerLane];
+};
+
+template <typename scalar_t, typename index_t>
+__global__ void ragged_gather_word_kernel(TableView t, const scalar_t* __restrict__ values,
+                                          const index_t* __restrict__ ids, int64_t n,
+                                          int64_t dim, scalar_t* __restrict__ out,
+                                          unsigned long long* bad) {
+  const int sub = threadIdx.x % kLanesPerRow;
+  // the 16 lanes of this lookup: the shuffles name only them, so the two halves of a warp
+  // may leave the loop at different iterations
+  const unsigned lanes = (threadIdx.x % kWarp) < kLanesPerRow ? 0x0000ffffu : 0xffff0000u;
+  const int64_t per_block = blockDim.x / kLanesPerRow;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * per_block;
+  const int k0 = sub * kDimsPerLane;
+  const bool vector_store = dim % kDimsPerLane == 0;  // then dst + k0 is aligned
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * per_block + threadIdx.x / kLanesPerRow;
+       i < n; i += stride) {
+    const int64_t id = static_cast<int64_t>(ids[i]);
+    scalar_t* dst = out + i * dim;
+    Dims4<scalar_t> row;
+    if (id >= 0 && id < t.rows) {
+      const int64_t first = id - id % t.group_size;
+      int64_t count = 0;
+      for (int64_t r = first + sub; r < id; r += kLanesPerRow) {
+        count += __popcll(static_cast<unsigned long long>(t.masks[r]));
+      }
+      for (int off = kLanesPerRow / 2; off > 0; off >>= 1) {
+        count += __shfl_xor_sync(lanes, count, off, kLanesPerRow);
+      }
+      const unsigned long long m = static_cast<unsigned long long>(t.masks[id]);
+      int64_t slot = t.group_offsets[id / t.group_size] + count +
+                     __popcll(m & ((1ull << k0) - 1ull));  // k0 <= 60
+#pragma unroll
+      for (int j = 0; j < kDimsPerLane; ++j) {
+        const bool kept = (m >> (k0 + j)) & 1ull;  // bits at or past dim are 0
+        row.v[j] = kept ? values[slot] : scalar_t(0);
+        slot += kept;
+      }
+    } else {
+      if (sub == 0) atomicMin(bad, static_cast<unsigned long long>(i));
+#pragma unroll
+      for (int j = 0; j < kDimsPerLane; ++j) row.v[j] = scalar_t(0);
+    }
+    if (vector_store) {
+      if (k0 < dim) *reinterpret_cast<Dims4<scalar_t>*>(dst + k0) = row;
+    } else {
+#pragma unroll
+      for (int j = 0; j < kDimsPerLane; ++j) {
+        if (k0 + j < dim) dst[k0 + j] = row.v[j];
+      }
     }
   }
 }
@@ -221,6 +290,13 @@ int blocks_for(int64_t items) {
   return static_cast<int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535));
 }
 
+// MIXEMB_CUDA_GATHER=warp keeps one-word rows on the one-warp-per-lookup kernel (the
+// tests run both kernels that way); read at every call, on the host.
+bool one_warp_per_row() {
+  const char* v = std::getenv("MIXEMB_CUDA_GATHER");
+  return v != nullptr && std::string(v) == "warp";
+}
+
 // Raises naming the first bad position and its id(s); reading the flag is a host sync,
 // paid only when check_bounds is on.
 void raise_if_bad(const at::Tensor& bad, const at::Tensor& ids, const char* op,
@@ -253,11 +329,20 @@ at::Tensor ragged_gather_cuda(const at::Tensor& masks, const at::Tensor& values,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(),
                                   "ragged_gather_cuda", [&] {
     AT_DISPATCH_INDEX_TYPES(ids_c.scalar_type(), "ragged_gather_cuda_ids", [&] {
-      ragged_gather_kernel<scalar_t, index_t>
-          <<<blocks_for(n), kWarp * kWarpsPerBlock, 0, stream>>>(
-              t, values.data_ptr<scalar_t>(), ids_c.data_ptr<index_t>(), n, dim,
-              out.data_ptr<scalar_t>(),
-              reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()));
+      auto* bad_ptr = reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>());
+      if (t.words == 1 && !one_warp_per_row()) {
+        const int64_t per_block = kWarp * kWarpsPerBlock / kLanesPerRow;
+        const int64_t blocks = std::min<int64_t>((n + per_block - 1) / per_block, 65535);
+        ragged_gather_word_kernel<scalar_t, index_t>
+            <<<static_cast<int>(blocks), kWarp * kWarpsPerBlock, 0, stream>>>(
+                t, values.data_ptr<scalar_t>(), ids_c.data_ptr<index_t>(), n, dim,
+                out.data_ptr<scalar_t>(), bad_ptr);
+      } else {
+        ragged_gather_kernel<scalar_t, index_t>
+            <<<blocks_for(n), kWarp * kWarpsPerBlock, 0, stream>>>(
+                t, values.data_ptr<scalar_t>(), ids_c.data_ptr<index_t>(), n, dim,
+                out.data_ptr<scalar_t>(), bad_ptr);
+      }
     });
   });
   check_launch("ragged_gather");

@@ -6,8 +6,8 @@ with A set for a target mean kept dim, 4 by default), Zipf lookups over
 frequency-sorted ids:
 
 * gather — ``mixemb.ops.ragged_gather`` (the extension) vs ``F.embedding`` on the unpruned
-  (N, K) table vs ``ragged_gather_reference`` (torch ops); on CUDA also ``mixemb-warp``, the
-  one-warp-per-lookup kernel (``MIXEMB_CUDA_GATHER=warp``) against the default 16-lane one;
+  (N, K) table vs ``ragged_gather_reference`` (torch ops); on CUDA each mixemb op is also timed as
+  ``mixemb-warp``, the one-warp-per-lookup kernels (``MIXEMB_CUDA_ONE_WARP=1``);
 * bag — ``ragged_bag`` (sum, one bag per sample of F lookups) vs ``F.embedding_bag`` on the
   unpruned table;
 * dot — ``ragged_dot`` of two lookups vs gather + multiply + sum on the unpruned table.
@@ -84,13 +84,17 @@ def pruned_table(rows: int, dim: int, mean_dim: float, device, seed: int = 0) ->
     return values * (ranks < dims.unsqueeze(1))
 
 
-def _one_warp_gather(table: RaggedTable, ids: torch.Tensor) -> torch.Tensor:
-    """ragged_gather on the one-warp-per-lookup CUDA kernel (MIXEMB_CUDA_GATHER=warp)."""
-    os.environ["MIXEMB_CUDA_GATHER"] = "warp"
-    try:
-        return ragged_gather(table, ids)
-    finally:
-        del os.environ["MIXEMB_CUDA_GATHER"]
+def _one_warp(fn):
+    """fn run on the one-warp-per-lookup CUDA kernels (MIXEMB_CUDA_ONE_WARP=1)."""
+
+    def run():
+        os.environ["MIXEMB_CUDA_ONE_WARP"] = "1"
+        try:
+            return fn()
+        finally:
+            del os.environ["MIXEMB_CUDA_ONE_WARP"]
+
+    return run
 
 
 def cases(cfg: dict, device: torch.device):
@@ -107,13 +111,8 @@ def cases(cfg: dict, device: torch.device):
     kept_pair = kept + int(table.row_dims()[ids_b].sum())
     ragged_mb, padded_mb = table.nbytes() / 1e6, unpruned.numel() * 4 / 1e6
     g = ragged_gather_bytes(m, k, kept)
-    warp_gather = []
-    if device.type == "cuda":  # the kernel K <= 64 had before the 16-lane one, side by side
-        warp = ("mixemb-warp", "gather", lambda: _one_warp_gather(table, ids), g, ragged_mb)
-        warp_gather = [warp]
-    return [
+    rows = [
         ("mixemb", "gather", lambda: ragged_gather(table, ids), g, ragged_mb),
-        *warp_gather,
         (
             "padded",
             "gather",
@@ -151,6 +150,13 @@ def cases(cfg: dict, device: torch.device):
             padded_mb,
         ),
     ]
+    if device.type == "cuda":  # the kernels one-word rows had before the 16-lane ones
+        rows += [
+            ("mixemb-warp", op, _one_warp(fn), nbytes, mb)
+            for provider, op, fn, nbytes, mb in list(rows)
+            if provider == "mixemb"
+        ]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

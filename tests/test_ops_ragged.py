@@ -178,24 +178,43 @@ def test_extension_is_built_with_openmp():
 @pytest.mark.parametrize(
     "device,kernel",
     [("cpu", "default"), *[pytest.param(*p.values, "default", marks=p.marks) for p in DEVICES[1:]],
-     *[pytest.param(*p.values, "warp", marks=p.marks) for p in DEVICES[1:]]],
+     *[pytest.param(*p.values, "one_warp", marks=p.marks) for p in DEVICES[1:]]],
 )  # fmt: skip
-def test_gather_every_row_any_group_size(group_size, device, kernel, monkeypatch):
+def test_every_row_any_group_size(group_size, device, kernel, monkeypatch):
     """Rows are located through their group's offset; groups of <= 16 one-word rows take
     a vector popcount path on AVX-512 CPUs, the rest a loop; on CUDA one-word rows take
-    16 lanes per lookup, or one warp with MIXEMB_CUDA_GATHER=warp. 70 rows: a short last
-    group; K = 1, 7, 62 (tails of the 4-dim lane stores), 64 and 70 (two words)."""
-    if kernel == "warp":
-        monkeypatch.setenv("MIXEMB_CUDA_GATHER", "warp")
+    16 lanes per lookup, or one warp per lookup (per bag) with MIXEMB_CUDA_ONE_WARP=1.
+    70 rows: a short last group; K = 1, 7, 62 (tails of the 4-dim lanes), 64 and 70 (two
+    words); gather, weighted mean bags of odd and even lengths, dots; a bad id."""
+    if kernel == "one_warp":
+        monkeypatch.setenv("MIXEMB_CUDA_ONE_WARP", "1")
     for k in (1, 7, 62, 64, 70):
         x, table = _table(70, k, group_size=group_size, device=device)
         ids = torch.cat([torch.arange(70), torch.tensor([1, 1, 69, 0, 1])]).to(device)
         assert torch.equal(ragged_gather(table, ids, backend="extension"), x[ids])
+        offsets = torch.tensor([0, 3, 3, 4, 40], device=device)  # lengths 3, 0, 1, 36, 35
+        weights = torch.rand(ids.numel(), generator=torch.Generator().manual_seed(k))
+        for mode in ("sum", "mean"):
+            w = weights.to(device) if mode == "sum" else None
+            got = ragged_bag(table, ids, offsets, mode=mode, per_sample_weights=w,
+                             backend="extension")  # fmt: skip
+            want = ragged_bag_reference(table, ids, offsets, mode=mode, per_sample_weights=w)
+            torch.testing.assert_close(got, want, **TOL[torch.float32])
+        other = ids.flip(0)
+        torch.testing.assert_close(
+            ragged_dot(table, ids, table, other, backend="extension"),
+            (x[ids].double() * x[other].double()).sum(1).float(),
+            **TOL[torch.float32],
+        )
         bad = torch.tensor([3, 70, 1], device=device)  # position 1 is out of range
         out = ragged_gather(table, bad, check_bounds=False, backend="extension")
         assert torch.equal(out[[0, 2]], x[[3, 1]]) and not out[1].any()
         with pytest.raises(RuntimeError, match="id 70 at position 1"):
             ragged_gather(table, bad, check_bounds=True, backend="extension")
+        with pytest.raises(RuntimeError, match="position 1"):
+            ragged_bag(table, bad, offsets[:2], check_bounds=True, backend="extension")
+        with pytest.raises(RuntimeError, match="position 1"):
+            ragged_dot(table, bad, table, bad.flip(0), check_bounds=True, backend="extension")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -1,12 +1,14 @@
 // CUDA kernels of the ragged serving ops (schemas in csrc/ops.cpp; CPU twins in
 // csrc/ragged_cpu.cpp).
 //
-// One warp per lookup (gather of rows wider than 64 dims, dot) or per bag; a gather of
-// one-word rows (K <= 64) takes 16 lanes per lookup (ragged_gather_word_kernel). The lanes first count the kept values of
-// the rows before the looked-up row in its group (popcounts, a warp sum) to find where the
-// row's values start; then each lane handles 2 of every 64 dims: a dim's slot is the row
-// start plus the popcount of the mask bits below it. Pruned dims are written as zeros by
-// the same pass, so the output needs no memset. Only kept values are read.
+// Rows of one mask word (K <= 64): 16 lanes per lookup, 4 consecutive dims per lane (the
+// *_word_kernel kernels: gather and dot serve two lookups per warp, a bag's two half-warps
+// take every other lookup of the bag). Wider rows: one warp per lookup (gather, dot) or per
+// bag, each lane handling 2 of every 64 dims. Either way the lanes first count the kept
+// values of the rows before the looked-up row in its group (popcounts, a shuffle sum) to
+// find where the row's values start; a dim's slot is then the row start plus the popcount
+// of the mask bits below it. Pruned dims are written as zeros by the same pass, so the
+// output needs no memset. Only kept values are read.
 //
 // Lean includes only (no ATen/cuda/CUDAContext.h): this file compiles with nvcc against
 // the CPU torch wheel's headers, and takes the current stream from the AOTI C shim.
@@ -126,6 +128,26 @@ struct alignas(sizeof(scalar_t) * kDimsPerLane) Dims4 {
   scalar_t v[kDimsPerLane];
 };
 
+// The 16 lanes of `lanes` that serve one lookup: the first value of one-word `row` (all
+// 16 get the same answer).
+__device__ __forceinline__ int64_t word_row_start(const TableView& t, int64_t row, int sub,
+                                                  unsigned lanes) {
+  const int64_t first = row - row % t.group_size;
+  int64_t count = 0;
+  for (int64_t r = first + sub; r < row; r += kLanesPerRow) {
+    count += __popcll(static_cast<unsigned long long>(t.masks[r]));
+  }
+  for (int off = kLanesPerRow / 2; off > 0; off >>= 1) {
+    count += __shfl_xor_sync(lanes, count, off, kLanesPerRow);
+  }
+  return t.group_offsets[row / t.group_size] + count;
+}
+
+// Which half of its warp a lane is in, as a shuffle mask.
+__device__ __forceinline__ unsigned half_warp_lanes() {
+  return (threadIdx.x % kWarp) < kLanesPerRow ? 0x0000ffffu : 0xffff0000u;
+}
+
 template <typename scalar_t, typename index_t>
 __global__ void ragged_gather_word_kernel(TableView t, const scalar_t* __restrict__ values,
                                           const index_t* __restrict__ ids, int64_t n,
@@ -134,7 +156,7 @@ __global__ void ragged_gather_word_kernel(TableView t, const scalar_t* __restric
   const int sub = threadIdx.x % kLanesPerRow;
   // the 16 lanes of this lookup: the shuffles name only them, so the two halves of a warp
   // may leave the loop at different iterations
-  const unsigned lanes = (threadIdx.x % kWarp) < kLanesPerRow ? 0x0000ffffu : 0xffff0000u;
+  const unsigned lanes = half_warp_lanes();
   const int64_t per_block = blockDim.x / kLanesPerRow;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * per_block;
   const int k0 = sub * kDimsPerLane;
@@ -145,16 +167,8 @@ __global__ void ragged_gather_word_kernel(TableView t, const scalar_t* __restric
     scalar_t* dst = out + i * dim;
     Dims4<scalar_t> row;
     if (id >= 0 && id < t.rows) {
-      const int64_t first = id - id % t.group_size;
-      int64_t count = 0;
-      for (int64_t r = first + sub; r < id; r += kLanesPerRow) {
-        count += __popcll(static_cast<unsigned long long>(t.masks[r]));
-      }
-      for (int off = kLanesPerRow / 2; off > 0; off >>= 1) {
-        count += __shfl_xor_sync(lanes, count, off, kLanesPerRow);
-      }
       const unsigned long long m = static_cast<unsigned long long>(t.masks[id]);
-      int64_t slot = t.group_offsets[id / t.group_size] + count +
+      int64_t slot = word_row_start(t, id, sub, lanes) +
                      __popcll(m & ((1ull << k0) - 1ull));  // k0 <= 60
 #pragma unroll
       for (int j = 0; j < kDimsPerLane; ++j) {
@@ -175,6 +189,101 @@ __global__ void ragged_gather_word_kernel(TableView t, const scalar_t* __restric
         if (k0 + j < dim) dst[k0 + j] = row.v[j];
       }
     }
+  }
+}
+
+// A bag of one-word rows: one warp per bag as before, but each half-warp takes every other
+// lookup of the bag (16 lanes x 4 dims per row, 4 accumulators per lane, in registers),
+// so two lookups are in flight per warp; the halves add up once at the end.
+template <typename scalar_t>
+__global__ void ragged_bag_word_kernel(TableView t, const scalar_t* __restrict__ values,
+                                       const int64_t* __restrict__ ids,
+                                       const int64_t* __restrict__ offsets,
+                                       int64_t num_offsets, int64_t num_ids, int64_t bags,
+                                       int64_t dim, int mean, const double* __restrict__ weights,
+                                       scalar_t* __restrict__ out, unsigned long long* bad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int half = (threadIdx.x % kWarp) / kLanesPerRow;
+  const int sub = threadIdx.x % kLanesPerRow;
+  const unsigned lanes = half_warp_lanes();
+  const int k0 = sub * kDimsPerLane;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  for (int64_t bag = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+       bag < bags; bag += warps) {
+    acc_t acc[kDimsPerLane];
+#pragma unroll
+    for (int j = 0; j < kDimsPerLane; ++j) acc[j] = acc_t(0);
+    const int64_t lo = offsets[bag];
+    const int64_t hi = bag + 1 < num_offsets ? offsets[bag + 1] : num_ids;
+    for (int64_t i = lo + half; i < hi; i += 2) {
+      const int64_t id = ids[i];
+      if (id < 0 || id >= t.rows) {
+        if (sub == 0) atomicMin(bad, static_cast<unsigned long long>(i));
+        continue;
+      }
+      const acc_t scale = weights ? static_cast<acc_t>(weights[i]) : acc_t(1);
+      const unsigned long long m = static_cast<unsigned long long>(t.masks[id]);
+      int64_t slot = word_row_start(t, id, sub, lanes) + __popcll(m & ((1ull << k0) - 1ull));
+#pragma unroll
+      for (int j = 0; j < kDimsPerLane; ++j) {
+        if ((m >> (k0 + j)) & 1ull) {
+          acc[j] += scale * static_cast<acc_t>(values[slot]);
+          ++slot;
+        }
+      }
+    }
+    const acc_t div = (mean && hi > lo) ? static_cast<acc_t>(hi - lo) : acc_t(1);
+#pragma unroll
+    for (int j = 0; j < kDimsPerLane; ++j) {
+      acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], kLanesPerRow);
+      if (half == 0 && k0 + j < dim) out[bag * dim + k0 + j] = static_cast<scalar_t>(acc[j] / div);
+    }
+  }
+}
+
+// A dot of one-word rows: 16 lanes per pair (two pairs per warp), 4 dims per lane.
+template <typename scalar_t>
+__global__ void ragged_dot_word_kernel(TableView ta, const scalar_t* __restrict__ va,
+                                       TableView tb, const scalar_t* __restrict__ vb,
+                                       const int64_t* __restrict__ ids_a,
+                                       const int64_t* __restrict__ ids_b, int64_t n,
+                                       at::opmath_type<scalar_t>* __restrict__ out,
+                                       unsigned long long* bad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int sub = threadIdx.x % kLanesPerRow;
+  const unsigned lanes = half_warp_lanes();
+  const int k0 = sub * kDimsPerLane;
+  const int64_t per_block = blockDim.x / kLanesPerRow;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * per_block;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * per_block + threadIdx.x / kLanesPerRow;
+       i < n; i += stride) {
+    const int64_t a = ids_a[i];
+    const int64_t b = ids_b[i];
+    if (a < 0 || a >= ta.rows || b < 0 || b >= tb.rows) {
+      if (sub == 0) {
+        atomicMin(bad, static_cast<unsigned long long>(i));
+        out[i] = acc_t(0);
+      }
+      continue;
+    }
+    const unsigned long long ma = static_cast<unsigned long long>(ta.masks[a]);
+    const unsigned long long mb = static_cast<unsigned long long>(tb.masks[b]);
+    const unsigned long long below = (1ull << k0) - 1ull;  // k0 <= 60
+    int64_t sa = word_row_start(ta, a, sub, lanes) + __popcll(ma & below);
+    int64_t sb = word_row_start(tb, b, sub, lanes) + __popcll(mb & below);
+    acc_t acc = 0;
+#pragma unroll
+    for (int j = 0; j < kDimsPerLane; ++j) {
+      const bool in_a = (ma >> (k0 + j)) & 1ull;
+      const bool in_b = (mb >> (k0 + j)) & 1ull;
+      if (in_a && in_b) acc += static_cast<acc_t>(va[sa]) * static_cast<acc_t>(vb[sb]);
+      sa += in_a;
+      sb += in_b;
+    }
+    for (int off = kLanesPerRow / 2; off > 0; off >>= 1) {
+      acc += __shfl_xor_sync(lanes, acc, off, kLanesPerRow);
+    }
+    if (sub == 0) out[i] = acc;
   }
 }
 
@@ -290,11 +399,11 @@ int blocks_for(int64_t items) {
   return static_cast<int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535));
 }
 
-// MIXEMB_CUDA_GATHER=warp keeps one-word rows on the one-warp-per-lookup kernel (the
-// tests run both kernels that way); read at every call, on the host.
+// MIXEMB_CUDA_ONE_WARP=1 keeps one-word rows on the one-warp-per-lookup (per-bag) kernels
+// (the tests run both kernels that way); read at every call, on the host.
 bool one_warp_per_row() {
-  const char* v = std::getenv("MIXEMB_CUDA_GATHER");
-  return v != nullptr && std::string(v) == "warp";
+  const char* v = std::getenv("MIXEMB_CUDA_ONE_WARP");
+  return v != nullptr && std::string(v) != "0";
 }
 
 // Raises naming the first bad position and its id(s); reading the flag is a host sync,
@@ -371,7 +480,9 @@ at::Tensor ragged_bag_cuda(const at::Tensor& masks, const at::Tensor& values,
   const cudaStream_t stream = current_stream(values);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(),
                                   "ragged_bag_cuda", [&] {
-    ragged_bag_kernel<scalar_t><<<blocks_for(bags), kWarp * kWarpsPerBlock, 0, stream>>>(
+    auto kernel = t.words == 1 && !one_warp_per_row() ? ragged_bag_word_kernel<scalar_t>
+                                                      : ragged_bag_kernel<scalar_t>;
+    kernel<<<blocks_for(bags), kWarp * kWarpsPerBlock, 0, stream>>>(
         t, values.data_ptr<scalar_t>(), ids_c.data_ptr<int64_t>(), off_c.data_ptr<int64_t>(),
         off_c.numel(), ids_c.numel(), bags, dim, static_cast<int>(mode),
         weighted ? w_c.data_ptr<double>() : nullptr, out.data_ptr<scalar_t>(),
@@ -402,7 +513,11 @@ at::Tensor ragged_dot_cuda(const at::Tensor& masks_a, const at::Tensor& values_a
   const cudaStream_t stream = current_stream(values_a);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values_a.scalar_type(),
                                   "ragged_dot_cuda", [&] {
-    ragged_dot_kernel<scalar_t><<<blocks_for(n), kWarp * kWarpsPerBlock, 0, stream>>>(
+    const bool word = ta.words == 1 && tb.words == 1 && !one_warp_per_row();
+    auto kernel = word ? ragged_dot_word_kernel<scalar_t> : ragged_dot_kernel<scalar_t>;
+    const int64_t per_block = word ? kWarp * kWarpsPerBlock / kLanesPerRow : kWarpsPerBlock;
+    const int64_t blocks = std::min<int64_t>((n + per_block - 1) / per_block, 65535);
+    kernel<<<static_cast<int>(blocks), kWarp * kWarpsPerBlock, 0, stream>>>(
         ta, values_a.data_ptr<scalar_t>(), tb, values_b.data_ptr<scalar_t>(),
         ia.data_ptr<int64_t>(), ib.data_ptr<int64_t>(), n,
         out.data_ptr<at::opmath_type<scalar_t>>(),

@@ -149,7 +149,14 @@ def test_huge_gather_output_is_advised_huge_pages_and_matches(dtype):
     if os.environ.get("MIXEMB_NO_HUGE_PAGES", "0") != "0":
         return
     huge = 2 << 20  # the first 2 MiB boundary inside the output: its head is a separate mapping
-    assert (_anon_huge_kib((out.data_ptr() + huge - 1) // huge * huge) or 0) > 0
+    found = []
+    for _ in range(3):  # a huge page may be refused under fragmentation; the hint, never
+        out = ragged_gather(table, ids, backend="extension")
+        found.append(_anon_huge_kib((out.data_ptr() + huge - 1) // huge * huge) or 0)
+        if found[-1] > 0:
+            break
+        del out
+    assert max(found) > 0, found
 
 
 @pytest.mark.parametrize("isa", ["avx2", "scalar"])

@@ -136,7 +136,7 @@ PRESETS = {
                 "movielens-1m",
                 "rating",
                 "fm",
-                methods=[*CORE, "dnis_rot_ft", "magnitude_rot_ft", "random"],
+                methods=[*CORE, "dnis_rot_ft", "magnitude_rot_ft", "dnis_warm_ft", "random"],
             ),
             Experiment(
                 "ml1m-ctr-deepfm", "movielens-1m", "ctr", "deepfm", methods=[*CORE, "random"]

@@ -77,7 +77,8 @@ __device__ __forceinline__ int64_t row_start(const TableView& t, int64_t row, in
   return t.group_offsets[row / t.group_size] + warp_sum(count);
 }
 
-// Records the smallest bad position; the host raises after the launch if asked to.
+// Records the smallest bad position; the host raises after the launch if asked to. `lane`:
+// the lane's index among those serving the lookup (lane 0 records).
 __device__ __forceinline__ bool valid_id(int64_t id, int64_t rows, int64_t pos,
                                          unsigned long long* bad, int lane) {
   if (id >= 0 && id < rows) return true;
@@ -166,7 +167,7 @@ __global__ void ragged_gather_word_kernel(TableView t, const scalar_t* __restric
     const int64_t id = static_cast<int64_t>(ids[i]);
     scalar_t* dst = out + i * dim;
     Dims4<scalar_t> row;
-    if (id >= 0 && id < t.rows) {
+    if (valid_id(id, t.rows, i, bad, sub)) {
       const unsigned long long m = static_cast<unsigned long long>(t.masks[id]);
       int64_t slot = word_row_start(t, id, sub, lanes) +
                      __popcll(m & ((1ull << k0) - 1ull));  // k0 <= 60
@@ -177,7 +178,6 @@ __global__ void ragged_gather_word_kernel(TableView t, const scalar_t* __restric
         slot += kept;
       }
     } else {
-      if (sub == 0) atomicMin(bad, static_cast<unsigned long long>(i));
 #pragma unroll
       for (int j = 0; j < kDimsPerLane; ++j) row.v[j] = scalar_t(0);
     }
@@ -217,10 +217,7 @@ __global__ void ragged_bag_word_kernel(TableView t, const scalar_t* __restrict__
     const int64_t hi = bag + 1 < num_offsets ? offsets[bag + 1] : num_ids;
     for (int64_t i = lo + half; i < hi; i += 2) {
       const int64_t id = ids[i];
-      if (id < 0 || id >= t.rows) {
-        if (sub == 0) atomicMin(bad, static_cast<unsigned long long>(i));
-        continue;
-      }
+      if (!valid_id(id, t.rows, i, bad, sub)) continue;
       const acc_t scale = weights ? static_cast<acc_t>(weights[i]) : acc_t(1);
       const unsigned long long m = static_cast<unsigned long long>(t.masks[id]);
       int64_t slot = word_row_start(t, id, sub, lanes) + __popcll(m & ((1ull << k0) - 1ull));
@@ -259,11 +256,10 @@ __global__ void ragged_dot_word_kernel(TableView ta, const scalar_t* __restrict_
        i < n; i += stride) {
     const int64_t a = ids_a[i];
     const int64_t b = ids_b[i];
-    if (a < 0 || a >= ta.rows || b < 0 || b >= tb.rows) {
-      if (sub == 0) {
-        atomicMin(bad, static_cast<unsigned long long>(i));
-        out[i] = acc_t(0);
-      }
+    const bool ok_a = valid_id(a, ta.rows, i, bad, sub);
+    const bool ok_b = valid_id(b, tb.rows, i, bad, sub);
+    if (!(ok_a && ok_b)) {
+      if (sub == 0) out[i] = acc_t(0);
       continue;
     }
     const unsigned long long ma = static_cast<unsigned long long>(ta.masks[a]);
@@ -394,8 +390,10 @@ TableView view(const at::Tensor& masks, const at::Tensor& group_offsets, int64_t
                    masks.size(1), group_size};
 }
 
-int blocks_for(int64_t items) {
-  const int64_t blocks = (items + kWarpsPerBlock - 1) / kWarpsPerBlock;
+// Blocks of kWarp * kWarpsPerBlock threads for `items` lookups (bags), `per_block` of them
+// per block; the kernels stride over the rest past 65535 blocks.
+int blocks_for(int64_t items, int64_t per_block = kWarpsPerBlock) {
+  const int64_t blocks = (items + per_block - 1) / per_block;
   return static_cast<int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535));
 }
 
@@ -440,10 +438,9 @@ at::Tensor ragged_gather_cuda(const at::Tensor& masks, const at::Tensor& values,
     AT_DISPATCH_INDEX_TYPES(ids_c.scalar_type(), "ragged_gather_cuda_ids", [&] {
       auto* bad_ptr = reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>());
       if (t.words == 1 && !one_warp_per_row()) {
-        const int64_t per_block = kWarp * kWarpsPerBlock / kLanesPerRow;
-        const int64_t blocks = std::min<int64_t>((n + per_block - 1) / per_block, 65535);
         ragged_gather_word_kernel<scalar_t, index_t>
-            <<<static_cast<int>(blocks), kWarp * kWarpsPerBlock, 0, stream>>>(
+            <<<blocks_for(n, kWarp * kWarpsPerBlock / kLanesPerRow), kWarp * kWarpsPerBlock, 0,
+               stream>>>(
                 t, values.data_ptr<scalar_t>(), ids_c.data_ptr<index_t>(), n, dim,
                 out.data_ptr<scalar_t>(), bad_ptr);
       } else {
@@ -516,8 +513,7 @@ at::Tensor ragged_dot_cuda(const at::Tensor& masks_a, const at::Tensor& values_a
     const bool word = ta.words == 1 && tb.words == 1 && !one_warp_per_row();
     auto kernel = word ? ragged_dot_word_kernel<scalar_t> : ragged_dot_kernel<scalar_t>;
     const int64_t per_block = word ? kWarp * kWarpsPerBlock / kLanesPerRow : kWarpsPerBlock;
-    const int64_t blocks = std::min<int64_t>((n + per_block - 1) / per_block, 65535);
-    kernel<<<static_cast<int>(blocks), kWarp * kWarpsPerBlock, 0, stream>>>(
+    kernel<<<blocks_for(n, per_block), kWarp * kWarpsPerBlock, 0, stream>>>(
         ta, values_a.data_ptr<scalar_t>(), tb, values_b.data_ptr<scalar_t>(),
         ia.data_ptr<int64_t>(), ib.data_ptr<int64_t>(), n,
         out.data_ptr<at::opmath_type<scalar_t>>(),

@@ -8,6 +8,9 @@ frequency-sorted ids:
 * gather — ``mixemb.ops.ragged_gather`` (the extension) vs ``F.embedding`` on the unpruned
   (N, K) table vs ``ragged_gather_reference`` (torch ops); on CUDA each mixemb op is also timed as
   ``mixemb-warp``, the one-warp-per-lookup kernels (``MIXEMB_CUDA_ONE_WARP=1``);
+* gather_out — the same two gathers into an output buffer allocated once
+  (``ragged_gather(..., out=)`` vs ``torch.index_select(..., out=)``): the kernels alone,
+  without the allocation and first-touch page faults of a fresh output;
 * bag — ``ragged_bag`` (sum, one bag per sample of F lookups) vs ``F.embedding_bag`` on the
   unpruned table;
 * dot — ``ragged_dot`` of two lookups vs gather + multiply + sum on the unpruned table.
@@ -111,6 +114,8 @@ def cases(cfg: dict, device: torch.device):
     kept_pair = kept + int(table.row_dims()[ids_b].sum())
     ragged_mb, padded_mb = table.nbytes() / 1e6, unpruned.numel() * 4 / 1e6
     g = ragged_gather_bytes(m, k, kept)
+    out_ragged = torch.empty(*ids.shape, k, device=device)
+    out_padded = torch.empty(m, k, device=device)
     rows = [
         ("mixemb", "gather", lambda: ragged_gather(table, ids), g, ragged_mb),
         (
@@ -121,6 +126,22 @@ def cases(cfg: dict, device: torch.device):
             padded_mb,
         ),
         ("reference", "gather", lambda: ragged_gather_reference(table, ids), g, ragged_mb),
+        # into a reused output buffer on both sides: the kernels without allocation and
+        # first-touch page faults (most of a big fresh CPU output's cost)
+        (
+            "mixemb",
+            "gather_out",
+            lambda: ragged_gather(table, ids, out=out_ragged),
+            g,
+            ragged_mb,
+        ),
+        (
+            "padded",
+            "gather_out",
+            lambda: torch.index_select(unpruned, 0, flat, out=out_padded),
+            padded_gather_bytes(m, k),
+            padded_mb,
+        ),
         (
             "mixemb",
             "bag",

@@ -12,6 +12,11 @@ TORCH_LIBRARY(mixemb, m) {
   m.def(
       "ragged_gather(Tensor masks, Tensor values, Tensor group_offsets, int group_size, "
       "int dim, Tensor ids, bool check_bounds=True) -> Tensor");
+  // The same into a caller's contiguous (..., K) buffer of the values' dtype (serving loops
+  // that reuse one: no allocation, no first-touch page faults).
+  m.def(
+      "ragged_gather_out(Tensor masks, Tensor values, Tensor group_offsets, int group_size, "
+      "int dim, Tensor ids, Tensor(a!) out, bool check_bounds=True) -> ()");
   // EmbeddingBag over a ragged table: mode 0 = sum, 1 = mean; offsets (B,) or (B+1,).
   m.def(
       "ragged_bag(Tensor masks, Tensor values, Tensor group_offsets, int group_size, int dim, "

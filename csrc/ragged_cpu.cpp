@@ -397,6 +397,20 @@ Table check_table(const at::Tensor& masks, const at::Tensor& values,
                masks.size(1), group_size, shift};
 }
 
+// out= buffers of the gather: contiguous (*ids.shape, dim) in the values' dtype and device.
+void check_gather_out(const at::Tensor& out, const at::Tensor& ids, const at::Tensor& values,
+                      int64_t dim, const char* op) {
+  std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
+  shape.push_back(dim);
+  TORCH_CHECK(out.sizes() == at::IntArrayRef(shape), op, ": out must have shape ",
+              at::IntArrayRef(shape), " (ids' shape + [dim]), got ", out.sizes());
+  TORCH_CHECK(out.scalar_type() == values.scalar_type(), op, ": out must be ",
+              values.scalar_type(), " like the table's values, got ", out.scalar_type());
+  TORCH_CHECK(out.device() == values.device(), op, ": out is on ", out.device(),
+              ", the table on ", values.device());
+  TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous");
+}
+
 constexpr int64_t kTile = 64;   // lookups per pass pair (row starts, then rows)
 // How many lookups ahead the prefetches run: the metadata (masks, group offset) far ahead,
 // since a row's values can only be located once it has arrived; the values nearer.
@@ -410,6 +424,8 @@ constexpr int64_t kAheadValues = 16;
 // buffer is then written without first being read. Not from kStreamMaxBytes up: glibc
 // serves such blocks as fresh mmaps, whose pages the kernel has just zeroed through the
 // cache on first touch, so streaming past the cache would write every line twice.
+// A caller's buffer (ragged_gather_out) streams at every size from kStreamMinBytes: its
+// pages are already there.
 constexpr int64_t kStreamMinBytes = int64_t{1} << 21;
 constexpr int64_t kStreamMaxBytes = int64_t{32} << 20;
 
@@ -505,76 +521,108 @@ inline void tile_starts(const Table& t, const index_t* ids, int64_t i0, int64_t 
 }
 
 #ifdef MIXEMB_X86_64
-// One fp32 bag of one-word rows (K <= 64) on AVX-512: the sum stays in four registers
-// (16 dims each) across the bag's lookups, each lookup adding expand16 of its kept values
-// times its weight; then out[0:dim] = sum / div. starts / counts: the bag's row starts
-// and kept counts (start -1: a bad id, skipped); w: per-lookup weights or null.
-__attribute__((target("avx512f,popcnt"))) void bag_sum_avx512(
-    const int64_t* masks, const int64_t* ids, const int64_t* starts, const int64_t* counts,
-    int64_t n, const float* vals, const double* w, int64_t dim, float div, float* out) {
+// Stores bags b, b+1, ... (< end) that end at or before lookup i — the open one from the
+// accumulators, then reset, and any empty ones after it as zeros — and returns the next
+// open bag. A bag's sum is divided by its count in mean mode.
+__attribute__((target("avx512f"))) inline int64_t store_bags(
+    const int64_t* offsets, int64_t n_offsets, int64_t m_ids, int64_t b, int64_t end, int64_t i,
+    bool mean, int64_t dim, __m512& a0, __m512& a1, __m512& a2, __m512& a3, float* out) {
+  for (; b < end; ++b) {
+    const int64_t hi = b + 1 < n_offsets ? offsets[b + 1] : m_ids;
+    if (hi > i) break;
+    const int64_t count = hi - offsets[b];
+    const __m512 d = _mm512_set1_ps(mean && count > 0 ? static_cast<float>(count) : 1.f);
+    const __m512 acc[4] = {a0, a1, a2, a3};
+    for (int64_t k = 0, j = 0; k < dim; k += 16, ++j) {
+      const __mmask16 lanes = k + 16 <= dim ? static_cast<__mmask16>(0xFFFF)
+                                            : static_cast<__mmask16>((1u << (dim - k)) - 1);
+      _mm512_mask_storeu_ps(out + b * dim + k, lanes, _mm512_div_ps(acc[j], d));
+    }
+    a0 = a1 = a2 = a3 = _mm512_setzero_ps();
+  }
+  return b;
+}
+
+// The fp32 bags [begin, end) of one-word rows (K <= 64) on AVX-512, their lookups walked a
+// tile at a time as in the gather — a tile's row starts (metadata prefetched ahead), then
+// its lookups — so metadata and value misses overlap. The open bag's sum stays in four
+// registers (16 dims each), each lookup adding expand16 of its kept values times its
+// weight (w: per-lookup weights or null); a bag is stored as sum / count (mean) or sum
+// when its last lookup is in. offsets: n_offsets bag starts; a bag ends where the next
+// starts, the last at m_ids.
+__attribute__((target("avx512f,popcnt"))) void bags_avx512(
+    const Table& t, const int64_t* ids, const int64_t* offsets, int64_t n_offsets,
+    int64_t m_ids, int64_t begin, int64_t end, const float* vals, const double* w, int64_t dim,
+    bool mean, bool check, float* out) {
+  const auto bag_end = [&](int64_t b) { return b + 1 < n_offsets ? offsets[b + 1] : m_ids; };
   // four named accumulators, not an array: GCC keeps an indexed array on the stack
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (i + kAheadValues < n && starts[i + kAheadValues] >= 0) {
-      prefetch_values(vals, starts[i + kAheadValues], counts[i + kAheadValues]);
+  const int64_t first = offsets[begin], last = bag_end(end - 1);
+  // b: the open bag (leading empty bags are stored first)
+  int64_t b =
+      store_bags(offsets, n_offsets, m_ids, begin, end, first, mean, dim, a0, a1, a2, a3, out);
+  int64_t starts[kTile];
+  int64_t counts[kTile];
+  for (int64_t i0 = first; i0 < last; i0 += kTile) {
+    const int64_t n = std::min(kTile, last - i0);
+    tile_starts(t, ids, i0, n, last, vals, starts, counts, check, "ragged_bag");
+    for (int64_t j = 0; j < n; ++j) {
+      if (j + kAheadValues < n && starts[j + kAheadValues] >= 0) {
+        prefetch_values(vals, starts[j + kAheadValues], counts[j + kAheadValues]);
+      }
+      const int64_t i = i0 + j;
+      if (starts[j] >= 0) {  // start -1: a bad id, which adds nothing
+        const uint64_t m = static_cast<uint64_t>(t.masks[ids[i]]);
+        const float* src = vals + starts[j];
+        const __m512 scale = _mm512_set1_ps(w != nullptr ? static_cast<float>(w[i]) : 1.f);
+        const uint32_t b0 = static_cast<uint32_t>(m & 0xFFFF);
+        const uint32_t b1 = static_cast<uint32_t>((m >> 16) & 0xFFFF);
+        const uint32_t b2 = static_cast<uint32_t>((m >> 32) & 0xFFFF);
+        const uint32_t b3 = static_cast<uint32_t>(m >> 48);
+        a0 = _mm512_fmadd_ps(expand16(b0, src), scale, a0);
+        src += __builtin_popcount(b0);
+        a1 = _mm512_fmadd_ps(expand16(b1, src), scale, a1);
+        src += __builtin_popcount(b1);
+        a2 = _mm512_fmadd_ps(expand16(b2, src), scale, a2);
+        src += __builtin_popcount(b2);
+        a3 = _mm512_fmadd_ps(expand16(b3, src), scale, a3);
+      }
+      if (bag_end(b) <= i + 1) {
+        b = store_bags(offsets, n_offsets, m_ids, b, end, i + 1, mean, dim, a0, a1, a2, a3, out);
+      }
     }
-    if (starts[i] < 0) continue;
-    const uint64_t m = static_cast<uint64_t>(masks[ids[i]]);
-    const float* src = vals + starts[i];
-    const __m512 scale = _mm512_set1_ps(w != nullptr ? static_cast<float>(w[i]) : 1.f);
-    const uint32_t b0 = static_cast<uint32_t>(m & 0xFFFF);
-    const uint32_t b1 = static_cast<uint32_t>((m >> 16) & 0xFFFF);
-    const uint32_t b2 = static_cast<uint32_t>((m >> 32) & 0xFFFF);
-    const uint32_t b3 = static_cast<uint32_t>(m >> 48);
-    a0 = _mm512_fmadd_ps(expand16(b0, src), scale, a0);
-    src += __builtin_popcount(b0);
-    a1 = _mm512_fmadd_ps(expand16(b1, src), scale, a1);
-    src += __builtin_popcount(b1);
-    a2 = _mm512_fmadd_ps(expand16(b2, src), scale, a2);
-    src += __builtin_popcount(b2);
-    a3 = _mm512_fmadd_ps(expand16(b3, src), scale, a3);
   }
-  const __m512 d = _mm512_set1_ps(div);
-  const __m512 acc[4] = {a0, a1, a2, a3};
-  for (int64_t k = 0, j = 0; k < dim; k += 16, ++j) {
-    const __mmask16 lanes = k + 16 <= dim ? static_cast<__mmask16>(0xFFFF)
-                                          : static_cast<__mmask16>((1u << (dim - k)) - 1);
-    _mm512_mask_storeu_ps(out + k, lanes, _mm512_div_ps(acc[j], d));
-  }
+  store_bags(offsets, n_offsets, m_ids, b, end, last, mean, dim, a0, a1, a2, a3, out);
 }
 #endif
 
-// The register-resident fp32 bag where there is one (AVX-512, one mask word per row).
+// The register-resident fp32 bags where there are (AVX-512, one mask word per row): bags
+// [begin, end) written to out; false where the caller's generic loop must run instead.
 template <typename scalar_t>
-inline bool bag_sum_fast(const Table&, const int64_t*, const int64_t*, const int64_t*, int64_t,
-                         const scalar_t*, const double*, int64_t, double, scalar_t*) {
+inline bool bags_fast(const Table&, const int64_t*, const int64_t*, int64_t, int64_t, int64_t,
+                      int64_t, const scalar_t*, const double*, int64_t, bool, bool, scalar_t*) {
   return false;
 }
 
 template <>
-inline bool bag_sum_fast<float>(const Table& t, const int64_t* ids, const int64_t* starts,
-                                const int64_t* counts, int64_t n, const float* vals,
-                                const double* w, int64_t dim, double div, float* out) {
+inline bool bags_fast<float>(const Table& t, const int64_t* ids, const int64_t* offsets,
+                             int64_t n_offsets, int64_t m_ids, int64_t begin, int64_t end,
+                             const float* vals, const double* w, int64_t dim, bool mean,
+                             bool check, float* out) {
 #ifdef MIXEMB_X86_64
   if (kHasAvx512 && t.words == 1) {
-    bag_sum_avx512(t.masks, ids, starts, counts, n, vals, w, dim, static_cast<float>(div), out);
+    bags_avx512(t, ids, offsets, n_offsets, m_ids, begin, end, vals, w, dim, mean, check, out);
     return true;
   }
 #endif
   return false;
 }
 
-at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
-                             const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
-                             const at::Tensor& ids, bool check_bounds) {
-  const Table t = check_table(masks, values, group_offsets, group_size, dim, "ragged_gather");
-  TORCH_CHECK(ids.scalar_type() == at::kLong || ids.scalar_type() == at::kInt,
-              "ragged_gather: ids must be int32 or int64, got ", ids.scalar_type());
-  const at::Tensor ids_c = ids.contiguous();
-  std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
-  shape.push_back(dim);
-  at::Tensor out = at::empty(shape, values.options());
-  advise_huge_pages(out.data_ptr(), static_cast<int64_t>(out.nbytes()));
+// Writes the dense rows of ids into out, a contiguous (ids.numel(), dim) buffer of the
+// values' dtype (checked by the callers).
+// fresh: out was just allocated here (so a big one is a fresh mmap, see kStreamMaxBytes).
+void gather_into(const Table& t, const at::Tensor& values, const at::Tensor& ids_c,
+                 int64_t dim, bool check_bounds, bool fresh, at::Tensor& out) {
   const int64_t n = ids_c.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(),
                                   "ragged_gather_cpu", [&] {
@@ -584,7 +632,7 @@ at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
     const int64_t out_bytes = n * dim * static_cast<int64_t>(sizeof(scalar_t));
     const bool stream = kHasAvx512 && std::is_same_v<scalar_t, float> && dim % 16 == 0 &&
                         reinterpret_cast<uintptr_t>(dst_all) % 64 == 0 &&
-                        out_bytes >= kStreamMinBytes && out_bytes < kStreamMaxBytes;
+                        out_bytes >= kStreamMinBytes && (!fresh || out_bytes < kStreamMaxBytes);
     AT_DISPATCH_INDEX_TYPES(ids_c.scalar_type(), "ragged_gather_cpu_ids", [&] {
       const index_t* idp = ids_c.data_ptr<index_t>();
       at::parallel_for(0, n, 512, [&](int64_t begin, int64_t end) {
@@ -621,7 +669,35 @@ at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
       });
     });
   });
+}
+
+void check_gather_ids(const at::Tensor& ids, const char* op) {
+  TORCH_CHECK(ids.scalar_type() == at::kLong || ids.scalar_type() == at::kInt, op,
+              ": ids must be int32 or int64, got ", ids.scalar_type());
+}
+
+at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
+                             const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
+                             const at::Tensor& ids, bool check_bounds) {
+  const Table t = check_table(masks, values, group_offsets, group_size, dim, "ragged_gather");
+  check_gather_ids(ids, "ragged_gather");
+  std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
+  shape.push_back(dim);
+  at::Tensor out = at::empty(shape, values.options());
+  advise_huge_pages(out.data_ptr(), static_cast<int64_t>(out.nbytes()));
+  gather_into(t, values, ids.contiguous(), dim, check_bounds, /*fresh=*/true, out);
   return out;
+}
+
+// The caller's buffer: no allocation and no first-touch page faults when it is reused.
+// No huge-page advice either: the memory is the caller's.
+void ragged_gather_out_cpu(const at::Tensor& masks, const at::Tensor& values,
+                           const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
+                           const at::Tensor& ids, at::Tensor out, bool check_bounds) {
+  const Table t = check_table(masks, values, group_offsets, group_size, dim, "ragged_gather_out");
+  check_gather_ids(ids, "ragged_gather_out");
+  check_gather_out(out, ids, values, dim, "ragged_gather_out");
+  gather_into(t, values, ids.contiguous(), dim, check_bounds, /*fresh=*/false, out);
 }
 
 at::Tensor ragged_bag_cpu(const at::Tensor& masks, const at::Tensor& values,
@@ -664,6 +740,10 @@ at::Tensor ragged_bag_cpu(const at::Tensor& masks, const at::Tensor& values,
       return b + 1 < off_c.numel() ? op[b + 1] : m_ids;
     };
     at::parallel_for(0, bags, 16, [&](int64_t begin, int64_t end) {
+      if (bags_fast(t, idp, op, off_c.numel(), m_ids, begin, end, vals, wp, dim, mode == 1,
+                    check_bounds, outp)) {
+        return;
+      }
       std::vector<acc_t> acc(dim);
       // Row starts and kept counts of this chunk's lookups first (metadata prefetched far
       // ahead, tile by tile), so the sums below only wait for values.
@@ -678,10 +758,6 @@ at::Tensor ragged_bag_cpu(const at::Tensor& masks, const at::Tensor& values,
         const int64_t lo = op[b];
         const int64_t hi = bag_end(b);
         const double div = (mode == 1 && hi > lo) ? static_cast<double>(hi - lo) : 1.0;
-        if (bag_sum_fast(t, idp + lo, starts.data() + (lo - first), counts.data() + (lo - first),
-                         hi - lo, vals, wp ? wp + lo : nullptr, dim, div, outp + b * dim)) {
-          continue;
-        }
         std::fill(acc.begin(), acc.end(), acc_t(0));
         for (int64_t i = lo; i < hi; ++i) {
           const int64_t ahead = i + kAheadValues - first;
@@ -777,6 +853,7 @@ at::Tensor ragged_dot_cpu(const at::Tensor& masks_a, const at::Tensor& values_a,
 
 TORCH_LIBRARY_IMPL(mixemb, CPU, m) {
   m.impl("ragged_gather", &ragged_gather_cpu);
+  m.impl("ragged_gather_out", &ragged_gather_out_cpu);
   m.impl("ragged_bag", &ragged_bag_cpu);
   m.impl("ragged_dot", &ragged_dot_cpu);
 }

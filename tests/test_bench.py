@@ -74,6 +74,8 @@ def test_bench_serve_runs_every_provider(monkeypatch, tmp_path):
         ("mixemb", "gather"),
         ("padded", "gather"),
         ("reference", "gather"),
+        ("mixemb", "gather_out"),
+        ("padded", "gather_out"),
         ("mixemb", "bag"),
         ("padded", "bag"),
         ("mixemb", "dot"),

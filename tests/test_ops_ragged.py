@@ -72,6 +72,63 @@ def test_gather_matches_reference_exactly(dtype, k, ids_dtype, device):
     assert ragged_gather(table, ids[:0], backend="extension").shape == (0, 4, k)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("k", [1, 7, 64, 160])
+@pytest.mark.parametrize("device", DEVICES)
+def test_gather_into_a_reused_out_buffer_matches_reference(dtype, k, device):
+    """out= writes every element (zeros at pruned dims over NaN garbage) and returns out."""
+    x, table = _table(40, k, dtype=dtype, device=device)
+    out = torch.full((9, 4, k), float("nan"), dtype=dtype, device=device)
+    for seed in (0, 1):  # the same buffer twice
+        ids = torch.randint(0, 40, (9, 4), generator=torch.Generator().manual_seed(seed))
+        ids[0] = 1
+        ids[1, 0] = 0
+        ids = ids.to(device)
+        got = ragged_gather(table, ids, out=out, backend="extension")
+        assert got is out
+        assert torch.equal(out, x[ids])
+    empty = torch.empty(0, 4, k, dtype=dtype, device=device)
+    assert ragged_gather(table, ids[:0], out=empty, backend="extension") is empty
+    ref_out = torch.full_like(out, float("nan"))
+    assert torch.equal(ragged_gather(table, ids, out=ref_out, backend="reference"), x[ids])
+
+
+@pytest.mark.parametrize("k", [64, 100])
+def test_huge_gather_into_out_streams_and_matches(k):
+    """A caller's buffer of 32 MiB and more is streamed too (a fresh output that big is
+    not: its pages would be zeroed through the cache first). K = 100 keeps plain stores."""
+    dense, _ = _table(3000, k, keep=0.2, seed=k)
+    table = RaggedTable.from_dense(dense)
+    ids = torch.randint(0, 3000, ((33 << 20) // (4 * k) + 1,), generator=torch.Generator())
+    ids[1::5] = 11  # a hot row
+    out = torch.full((ids.numel(), k), float("nan"))
+    assert out.nbytes >= 32 << 20
+    for ids_ in (ids, ids.int()):
+        out.fill_(float("nan"))
+        ragged_gather(table, ids_, out=out, backend="extension")
+        assert torch.equal(out, dense[ids])
+
+
+def test_bad_out_buffers_are_refused_with_what_was_expected():
+    _, table = _table(10, 8)
+    ids = torch.tensor([[1, 2, 3]])
+    cases = [
+        (torch.empty(3, 8), r"out must have shape \(1, 3, 8\)"),
+        (torch.empty(1, 3, 8, dtype=torch.float64), "out must be torch.float32"),
+        (torch.empty(1, 8, 3).transpose(1, 2), "out must be contiguous"),
+    ]
+    for out, message in cases:
+        with pytest.raises(ValueError, match=message):
+            ragged_gather(table, ids, out=out)
+    t = (table.masks, table.values, table.group_offsets, table.group_size, 8)
+    with pytest.raises(RuntimeError, match=r"out must have shape \[1, 3, 8\]"):
+        torch.ops.mixemb.ragged_gather_out(*t, ids, torch.empty(3, 8), True)
+    with pytest.raises(RuntimeError, match="out must be Float"):
+        torch.ops.mixemb.ragged_gather_out(*t, ids, torch.empty(1, 3, 8).half(), True)
+    with pytest.raises(RuntimeError, match="id 10 at position 1"):
+        ragged_gather(table, torch.tensor([1, 10]), out=torch.empty(2, 8))
+
+
 @pytest.mark.parametrize("k", [7, 64, 100, 128, 160])
 @pytest.mark.parametrize("device", DEVICES)
 def test_every_row_density_path(k, device):
@@ -267,6 +324,33 @@ def test_long_bags_across_tiles_match_reference(k):
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("k", [7, 64, 100])
+def test_many_bags_empty_anywhere_split_across_threads_match_reference(k):
+    """The AVX-512 bag walks a thread's lookups tile by tile and stores each bag when its
+    last lookup is in: empty bags first, in runs, and last, bags ending on a tile edge
+    (64 lookups), and hundreds of bags (split between threads) must all come out right."""
+    _, table = _table(300, k, keep=0.3, seed=k)
+    g = torch.Generator().manual_seed(k)
+    lengths = torch.randint(0, 9, (400,), generator=g)
+    lengths[:3] = 0  # leading empty bags
+    lengths[100:110] = 0  # a run of empty bags
+    lengths[-4:] = 0  # trailing empty bags
+    lengths[200], lengths[201] = 64 - int(lengths[:200].sum()) % 64, 64  # ends on tile edges
+    ids = torch.randint(0, 300, (int(lengths.sum()),), generator=g)
+    ids[::4] = 1  # the all-kept hot row
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
+    weights = torch.rand(ids.numel(), generator=g)
+    for mode, w in (("sum", None), ("mean", None), ("sum", weights)):
+        got = ragged_bag(table, ids, offsets, mode=mode, per_sample_weights=w, backend="extension")
+        ref = ragged_bag_reference(table, ids, offsets, mode=mode, per_sample_weights=w)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+        assert got[-4:].eq(0).all() and got[:3].eq(0).all()
+    bad = ids.clone()
+    bad[17] = 300
+    with pytest.raises(RuntimeError, match="id 300 at position 17"):
+        ragged_bag(table, bad, offsets, backend="extension")
+
+
 def test_bag_per_sample_weights_gradcheck_and_matches_embedding_bag():
     x, table = _table(12, 9, dtype=torch.float64)
     ids, offsets = torch.tensor([2, 3, 3, 11, 1]), torch.tensor([0, 2, 2])
@@ -327,6 +411,8 @@ def test_opcheck_every_op():
     t = (table.masks, table.values, table.group_offsets, table.group_size, 10)
     ids = torch.tensor([[1, 3], [19, 0]])
     torch.library.opcheck(torch.ops.mixemb.ragged_gather.default, (*t, ids, True))
+    out = torch.empty(2, 2, 10, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.mixemb.ragged_gather_out.default, (*t, ids, out, True))
     w = torch.rand(4, dtype=torch.float64, requires_grad=True)
     flat, offsets = ids.reshape(-1), torch.tensor([0, 1])
     torch.library.opcheck(

@@ -420,18 +420,15 @@ void raise_if_bad(const at::Tensor& bad, const at::Tensor& ids, const char* op,
               ": one is out of range");
 }
 
-at::Tensor ragged_gather_cuda(const at::Tensor& masks, const at::Tensor& values,
-                              const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
-                              const at::Tensor& ids, bool check_bounds) {
-  const TableView t = view(masks, group_offsets, group_size, dim, values, "ragged_gather");
+// Writes the dense rows of ids into out, a contiguous (ids.numel(), dim) buffer of the
+// values' dtype on the GPU (checked by the callers).
+void gather_into(const TableView& t, const at::Tensor& values, const at::Tensor& ids,
+                 int64_t dim, bool check_bounds, at::Tensor& out) {
   TORCH_CHECK(ids.is_cuda(), "ragged_gather: ids must be on the GPU");
   const at::Tensor ids_c = ids.contiguous();
-  std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
-  shape.push_back(dim);
-  at::Tensor out = at::empty(shape, values.options());
-  at::Tensor bad = at::full({1}, INT64_MAX, ids.options().dtype(at::kLong));
   const int64_t n = ids_c.numel();
-  if (n == 0) return out;
+  if (n == 0) return;
+  at::Tensor bad = at::full({1}, INT64_MAX, ids.options().dtype(at::kLong));
   const cudaStream_t stream = current_stream(values);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(),
                                   "ragged_gather_cuda", [&] {
@@ -453,7 +450,32 @@ at::Tensor ragged_gather_cuda(const at::Tensor& masks, const at::Tensor& values,
   });
   check_launch("ragged_gather");
   if (check_bounds) raise_if_bad(bad, ids_c, "ragged_gather");
+}
+
+at::Tensor ragged_gather_cuda(const at::Tensor& masks, const at::Tensor& values,
+                              const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
+                              const at::Tensor& ids, bool check_bounds) {
+  const TableView t = view(masks, group_offsets, group_size, dim, values, "ragged_gather");
+  std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
+  shape.push_back(dim);
+  at::Tensor out = at::empty(shape, values.options());
+  gather_into(t, values, ids, dim, check_bounds, out);
   return out;
+}
+
+// Into a caller's buffer; its shape, dtype, device and layout are checked in Python
+// (mixemb.ops.ragged_gather) and again by the CPU kernel, here only what a launch needs.
+void ragged_gather_out_cuda(const at::Tensor& masks, const at::Tensor& values,
+                            const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
+                            const at::Tensor& ids, at::Tensor out, bool check_bounds) {
+  const TableView t = view(masks, group_offsets, group_size, dim, values, "ragged_gather_out");
+  TORCH_CHECK(out.is_cuda() && out.is_contiguous() &&
+                  out.scalar_type() == values.scalar_type() &&
+                  out.numel() == ids.numel() * dim,
+              "ragged_gather_out: out must be a contiguous GPU tensor of ", values.scalar_type(),
+              " with ids.numel() * dim = ", ids.numel() * dim, " elements, got ", out.sizes(),
+              " ", out.scalar_type(), " on ", out.device());
+  gather_into(t, values, ids, dim, check_bounds, out);
 }
 
 at::Tensor ragged_bag_cuda(const at::Tensor& masks, const at::Tensor& values,
@@ -528,6 +550,7 @@ at::Tensor ragged_dot_cuda(const at::Tensor& masks_a, const at::Tensor& values_a
 
 TORCH_LIBRARY_IMPL(mixemb, CUDA, m) {
   m.impl("ragged_gather", &ragged_gather_cuda);
+  m.impl("ragged_gather_out", &ragged_gather_out_cuda);
   m.impl("ragged_bag", &ragged_bag_cuda);
   m.impl("ragged_dot", &ragged_dot_cuda);
 }

@@ -45,10 +45,23 @@ def _bounds(check_bounds: bool | None, ids: torch.Tensor) -> bool:
     return ids.device.type == "cpu" if check_bounds is None else bool(check_bounds)
 
 
+def _check_out(out: torch.Tensor, table: RaggedTable, ids: torch.Tensor) -> None:
+    shape = (*ids.shape, table.embedding_dim)
+    if tuple(out.shape) != shape:
+        raise ValueError(f"out must have shape {shape} (ids' shape + [K]), got {tuple(out.shape)}")
+    if out.dtype != table.values.dtype:
+        raise ValueError(f"out must be {table.values.dtype} like the table, got {out.dtype}")
+    if out.device != table.values.device:
+        raise ValueError(f"out is on {out.device}, the table on {table.values.device}")
+    if not out.is_contiguous():
+        raise ValueError("out must be contiguous")
+
+
 def ragged_gather(
     table: RaggedTable,
     ids: torch.Tensor,
     *,
+    out: torch.Tensor | None = None,
     check_bounds: bool | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
@@ -56,16 +69,36 @@ def ragged_gather(
 
     table: RaggedTable with N rows of maximum dimension K.
     ids: (...) int32/int64 in [0, N).
+    out: optional contiguous (..., K) buffer of the table's value dtype and device to write
+        the rows into and return. A serving loop that reuses one skips the allocation and,
+        on the CPU, the first-touch page faults of a fresh output (most of a big gather's
+        time; bench/README.md).
     check_bounds: raise an error naming the first out-of-range id. Default: on for CPU
         tensors, off on the GPU (the check costs a host sync there; without it a bad id
         reads nothing and yields a zero row — never an illegal memory access).
     backend: "auto" (the extension when built, else the reference), "extension" or
         "reference".
-    Returns (..., K) in the table's value dtype, zeros at pruned dimensions.
+    Returns (..., K) in the table's value dtype, zeros at pruned dimensions (``out`` when
+    given).
     """
     _check_ids(ids)
+    if out is not None:
+        _check_out(out, table, ids)
     if not _use_extension(backend, "ragged_gather"):
-        return ragged_gather_reference(table, ids)
+        rows = ragged_gather_reference(table, ids)
+        return rows if out is None else out.copy_(rows)
+    if out is not None:
+        torch.ops.mixemb.ragged_gather_out(
+            table.masks,
+            table.values,
+            table.group_offsets,
+            table.group_size,
+            table.embedding_dim,
+            ids,
+            out,
+            _bounds(check_bounds, ids),
+        )
+        return out
     return torch.ops.mixemb.ragged_gather(
         table.masks,
         table.values,
@@ -162,6 +195,12 @@ if _ext.HAS_EXT:
     @torch.library.register_fake("mixemb::ragged_gather")
     def _gather_fake(masks, values, group_offsets, group_size, dim, ids, check_bounds=True):
         return values.new_empty((*ids.shape, dim))
+
+    @torch.library.register_fake("mixemb::ragged_gather_out")
+    def _gather_out_fake(
+        masks, values, group_offsets, group_size, dim, ids, out, check_bounds=True
+    ):
+        return None
 
     @torch.library.register_fake("mixemb::ragged_bag")
     def _bag_fake(

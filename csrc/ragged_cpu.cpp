@@ -622,7 +622,7 @@ inline bool bags_fast<float>(const Table& t, const int64_t* ids, const int64_t* 
 // values' dtype (checked by the callers).
 // fresh: out was just allocated here (so a big one is a fresh mmap, see kStreamMaxBytes).
 void gather_into(const Table& t, const at::Tensor& values, const at::Tensor& ids_c,
-                 int64_t dim, bool check_bounds, bool fresh, at::Tensor& out) {
+                 int64_t dim, bool check_bounds, bool fresh, const at::Tensor& out) {
   const int64_t n = ids_c.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(),
                                   "ragged_gather_cpu", [&] {
@@ -693,7 +693,8 @@ at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
 // No huge-page advice either: the memory is the caller's.
 void ragged_gather_out_cpu(const at::Tensor& masks, const at::Tensor& values,
                            const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
-                           const at::Tensor& ids, at::Tensor out, bool check_bounds) {
+                           const at::Tensor& ids, const at::Tensor& out,
+                           bool check_bounds) {
   const Table t = check_table(masks, values, group_offsets, group_size, dim, "ragged_gather_out");
   check_gather_ids(ids, "ragged_gather_out");
   check_gather_out(out, ids, values, dim, "ragged_gather_out");

@@ -423,7 +423,7 @@ void raise_if_bad(const at::Tensor& bad, const at::Tensor& ids, const char* op,
 // Writes the dense rows of ids into out, a contiguous (ids.numel(), dim) buffer of the
 // values' dtype on the GPU (checked by the callers).
 void gather_into(const TableView& t, const at::Tensor& values, const at::Tensor& ids,
-                 int64_t dim, bool check_bounds, at::Tensor& out) {
+                 int64_t dim, bool check_bounds, const at::Tensor& out) {
   TORCH_CHECK(ids.is_cuda(), "ragged_gather: ids must be on the GPU");
   const at::Tensor ids_c = ids.contiguous();
   const int64_t n = ids_c.numel();
@@ -467,7 +467,8 @@ at::Tensor ragged_gather_cuda(const at::Tensor& masks, const at::Tensor& values,
 // (mixemb.ops.ragged_gather) and again by the CPU kernel, here only what a launch needs.
 void ragged_gather_out_cuda(const at::Tensor& masks, const at::Tensor& values,
                             const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
-                            const at::Tensor& ids, at::Tensor out, bool check_bounds) {
+                            const at::Tensor& ids, const at::Tensor& out,
+                            bool check_bounds) {
   const TableView t = view(masks, group_offsets, group_size, dim, values, "ragged_gather_out");
   TORCH_CHECK(out.is_cuda() && out.is_contiguous() &&
                   out.scalar_type() == values.scalar_type() &&

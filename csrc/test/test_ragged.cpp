@@ -3,6 +3,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <iostream>
 
@@ -58,6 +59,19 @@ int main() {
                                       int64_t, int64_t, const at::Tensor&, bool)>();
   auto rows = gather.call(masks, values, offsets, g, k, ids, true);
   expect(torch::equal(rows, dense.index_select(0, ids)), "ragged_gather equals dense rows");
+
+  // a serving loop's reused output buffer
+  auto gather_out = c10::Dispatcher::singleton()
+                        .findSchemaOrThrow("mixemb::ragged_gather_out", "")
+                        .typed<void(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                    int64_t, int64_t, const at::Tensor&, const at::Tensor&,
+                                    bool)>();
+  auto buffer = torch::full({ids.size(0), k}, std::nan(""));
+  gather_out.call(masks, values, offsets, g, k, ids, buffer, true);
+  expect(torch::equal(buffer, dense.index_select(0, ids)), "ragged_gather_out fills out");
+  gather_out.call(masks, values, offsets, g, k, ids.flip(0), buffer, true);
+  expect(torch::equal(buffer, dense.index_select(0, ids.flip(0))),
+         "ragged_gather_out overwrites a reused buffer");
 
   auto dot = c10::Dispatcher::singleton()
                  .findSchemaOrThrow("mixemb::ragged_dot", "")

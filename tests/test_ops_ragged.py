@@ -116,6 +116,7 @@ def test_bad_out_buffers_are_refused_with_what_was_expected():
         (torch.empty(3, 8), r"out must have shape \(1, 3, 8\)"),
         (torch.empty(1, 3, 8, dtype=torch.float64), "out must be torch.float32"),
         (torch.empty(1, 8, 3).transpose(1, 2), "out must be contiguous"),
+        (torch.empty(1, 3, 8, requires_grad=True), "out must not require grad"),
     ]
     for out, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -55,6 +55,8 @@ def _check_out(out: torch.Tensor, table: RaggedTable, ids: torch.Tensor) -> None
         raise ValueError(f"out is on {out.device}, the table on {table.values.device}")
     if not out.is_contiguous():
         raise ValueError("out must be contiguous")
+    if out.requires_grad and torch.is_grad_enabled():
+        raise ValueError("out must not require grad: the gather is not differentiable")
 
 
 def ragged_gather(

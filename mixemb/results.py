@@ -545,7 +545,9 @@ def write_report(
         "Methods: `uniform` = the grid over one dimension d = ⌊budget·K⌋ (dense table); "
         "`dnis` / `dnis_ft` = DNIS as in docs (element-wise magnitude pruning of E ⊙ α, "
         "then fine-tuning with the mask fixed); `dnis_rot*` = DNIS with Ê rotated onto its "
-        "singular vectors before pruning (MF/FM only); `dnis_warm*` = DNIS whose warm start "
+        "singular vectors before pruning (MF/FM only); `dnis_aligned*` = DNIS's per-feature "
+        "dimensions kept at one column order shared by every feature (so two features' kept "
+        "dims overlap); `dnis_warm*` = DNIS whose warm start "
         "is the plain trainer's whole schedule (early-stopped), not `warmup_epochs`; "
         "`magnitude*` = pruning a trained "
         "uniform-K model; `mde@a` = MDE with exponent a; `random` = random search over "
@@ -648,7 +650,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             preset.config,
         )
     out, only = Path(args.out), [n for n in args.only.split(",") if n]
-    command = shlex.join(["python", "-m", "mixemb.results", *(argv or sys.argv[1:])])
+    shown = list(argv or sys.argv[1:])
+    for i, arg in enumerate(shown):  # the note is printed once, as the report's paragraph
+        if arg == "--note" and i + 1 < len(shown):
+            shown[i + 1] = "<the paragraph under the methods>"
+        elif arg.startswith("--note="):
+            shown[i] = "--note=<the paragraph under the methods>"
+    command = shlex.join(["python", "-m", "mixemb.results", *shown])
     if not any(a.startswith("--preset") for a in (argv or sys.argv[1:])):
         command = f"RESULTS_PRESET={args.preset} " + command
     t0 = time.perf_counter()

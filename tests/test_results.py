@@ -90,6 +90,12 @@ def test_report_only_reads_results_json(tmp_path, monkeypatch):
         main(["--preset", "tiny", "--report-only", "--out", str(tmp_path), "--doc", str(doc)]) == 0
     )
     assert "# Results" in doc.read_text() and "tiny-rating-mf" not in doc.read_text()
+    # a --note is the report's paragraph, printed once, not again inside the command
+    note = "Ran on 2 cores while 'benchmarks' paused it."
+    argv = ["--preset", "tiny", "--report-only", "--out", str(tmp_path), "--doc", str(doc)]
+    assert main([*argv, "--note", note]) == 0
+    text = doc.read_text()
+    assert text.count("benchmarks") == 1 and "--note '<the paragraph under the methods>'" in text
 
 
 def test_dnis_dims_come_from_dnis_ft_when_only_it_ran():

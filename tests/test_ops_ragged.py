@@ -352,6 +352,33 @@ def test_many_bags_empty_anywhere_split_across_threads_match_reference(k):
         ragged_bag(table, bad, offsets, backend="extension")
 
 
+@pytest.mark.parametrize("k", [7, 64])
+def test_bags_over_hot_and_cold_rows_match_reference_call_after_call(k):
+    """The AVX-512 bag serves the first 1024 ids (the hottest, ids being frequency-sorted)
+    from a per-thread copy filled on first use: bags mixing such rows with rows beyond
+    them must match the reference, and a later call on another table with the same ids
+    must not see the first table's rows."""
+    g = torch.Generator().manual_seed(k)
+    tables = []
+    for seed in (1, 2):
+        _, table = _table(3000, k, keep=0.4, seed=seed + k)
+        tables.append(table)
+    ids = torch.randint(0, 3000, (4000,), generator=g)
+    ids[::3] = torch.randint(0, 1024, (1334,), generator=g)  # hot rows, many repeated
+    ids[1::9] = 0  # the zero-kept row, hot
+    ids[2::9] = 1023  # the last hot row
+    ids[4::9] = 1024  # the first row that is not
+    offsets = torch.arange(0, 4000, 10)
+    weights = torch.rand(4000, generator=g)
+    for table in (*tables, tables[0]):
+        for mode, w in (("sum", None), ("mean", None), ("sum", weights)):
+            got = ragged_bag(
+                table, ids, offsets, mode=mode, per_sample_weights=w, backend="extension"
+            )
+            ref = ragged_bag_reference(table, ids, offsets, mode=mode, per_sample_weights=w)
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+
+
 def test_bag_per_sample_weights_gradcheck_and_matches_embedding_bag():
     x, table = _table(12, 9, dtype=torch.float64)
     ids, offsets = torch.tensor([2, 3, 3, 11, 1]), torch.tensor([0, 2, 2])

@@ -11,6 +11,9 @@ searched model and budget the merged table Ê = E ⊙ α is pruned
   so the kept dimensions of any two features are nested and a dot product between them
   uses min(d_u, d_i) shared dimensions (``dnis_aligned``);
 
+* ``elem-floor`` — element-wise, but every feature first keeps its largest entry, so no
+  feature is left without an embedding (the rest of the budget by magnitude, as ``elem``);
+
 * ``elem-blocknorm`` — element-wise, but the mask is chosen on E ⊙ (α / mean of α over
   the row's block): α's per-block *scale* no longer decides how many entries a block
   keeps, only its within-block shape does (the kept values are still Ê's);
@@ -72,6 +75,29 @@ def overlap(mask: torch.Tensor, ids: torch.Tensor) -> tuple[float, float]:
     a, b = mask[ids[:, 0].long()], mask[ids[:, 1].long()]
     shared = (a & b).sum(1).float()
     return float(shared.mean()), float((shared == 0).float().mean())
+
+
+def floor_prune(src: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Element-wise magnitude pruning to ``keep`` entries in which every row with a
+    non-zero entry keeps at least its largest one. Returns (pruned (N, K), mask)."""
+    mag = src.abs()
+    forced = torch.zeros_like(src, dtype=torch.bool)
+    forced.scatter_(1, mag.argmax(1, keepdim=True), True)
+    forced &= src != 0
+    rest = keep - int(forced.sum())
+    if rest < 0:
+        raise ValueError(f"keep={keep} is below one entry per row ({int(forced.sum())})")
+    chosen = mag.masked_fill(forced, -1.0).flatten().topk(rest).indices
+    mask = forced.flatten().clone()
+    mask[chosen] = True
+    mask = mask.view_as(src) & (src != 0)
+    return src * mask, mask
+
+
+def empty_rows(mask: torch.Tensor, ids: torch.Tensor) -> tuple[float, float]:
+    """Fraction of features with no kept dim, and of validation lookups that hit one."""
+    empty = ~mask.any(1)
+    return float(empty.float().mean()), float(empty[ids.long()].float().mean())
 
 
 def masked_model(model, table, mask):
@@ -210,6 +236,8 @@ def main() -> None:
                     )
                     mask = scored != 0
                     table = merged * mask
+                elif pruner == "elem-floor":
+                    table, mask = floor_prune(merged, keep)
                 elif pruner.endswith("elem"):
                     table, _ = prune(src, keep=keep)
                     mask = table != 0
@@ -219,6 +247,7 @@ def main() -> None:
                 kw = dict(k=10)
                 pv, pt = evaluate(pm, ds.valid, ds.task, **kw), evaluate(pm, ds.test, ds.task, **kw)
                 ov, none = overlap(mask, ds.valid.ids)
+                empty_features, empty_lookups = empty_rows(mask, ds.valid.ids)
                 row = {
                     "variant": name,
                     "budget": budget,
@@ -231,6 +260,9 @@ def main() -> None:
                     "alpha_frac_lt_0.1": float((alpha < 0.1).float().mean()),
                     "overlap": ov,
                     "no_overlap": none,
+                    "kept": int(mask.sum()),
+                    "empty_features": empty_features,
+                    "empty_lookups": empty_lookups,
                     "pruned_valid": pv[metric],
                     "pruned_test": pt[metric],
                 }
@@ -247,6 +279,7 @@ def main() -> None:
                 print(
                     f"{name:18s} b={budget:<5g} {pruner:8s} searched {searched_valid:.4f} "
                     f"α̅ {row['alpha_mean']:.2f} overlap {ov:5.2f} (none {none:.2f}) "
+                    f"empty {empty_features:.2f} ({empty_lookups:.2f} of lookups) "
                     f"pruned {pv[metric]:.4f}"
                     + "".join(
                         f" ft-{m} {row[f'ft_{m}_valid']:.4f}"

@@ -129,13 +129,14 @@ PRESETS = {
             # "DNIS vs the grid and the two cheap baselines at equal bytes", then random
             # search (last: it costs about as much as the other four together).
             # dnis_aligned_ft where rotation is not exact (NeuMF, DeepFM): whether the
-            # chance overlap of element-wise pruned dims is what DNIS loses to there
+            # chance overlap of element-wise pruned dims is what DNIS loses to there;
+            # dnis_floor_ft: whether it is the features left with no dimension at all
             Experiment(
                 "ml1m-rating-neumf",
                 "movielens-1m",
                 "rating",
                 "neumf",
-                methods=[*CORE, "dnis_aligned_ft", "random"],
+                methods=[*CORE, "dnis_aligned_ft", "dnis_floor_ft", "random"],
             ),
             Experiment(
                 "ml1m-rating-fm",
@@ -149,7 +150,7 @@ PRESETS = {
                 "movielens-1m",
                 "ctr",
                 "deepfm",
-                methods=[*CORE, "dnis_aligned_ft", "random"],
+                methods=[*CORE, "dnis_aligned_ft", "dnis_floor_ft", "random"],
             ),
         ],
         seeds=[0, 1, 2],
@@ -547,7 +548,9 @@ def write_report(
         "then fine-tuning with the mask fixed); `dnis_rot*` = DNIS with Ê rotated onto its "
         "singular vectors before pruning (MF/FM only); `dnis_aligned*` = DNIS's per-feature "
         "dimensions kept at one column order shared by every feature (so two features' kept "
-        "dims overlap); `dnis_warm*` = DNIS whose warm start "
+        "dims overlap); `dnis_floor*` = DNIS's element-wise pruning in which every feature "
+        "first keeps its largest entry (none is left without a dimension); `dnis_warm*` = "
+        "DNIS whose warm start "
         "is the plain trainer's whole schedule (early-stopped), not `warmup_epochs`; "
         "`magnitude*` = pruning a trained "
         "uniform-K model; `mde@a` = MDE with exponent a; `random` = random search over "

@@ -46,7 +46,7 @@ from mixemb.models import build_model
 from mixemb.nn import MaskedEmbedding
 from mixemb.prune import merge_alpha, prune
 from mixemb.search.dnis import SearchConfig, build_search_model, search
-from mixemb.search.export import aligned_prune, merged_table, rotate_table
+from mixemb.search.export import aligned_prune, floor_prune, merged_table, rotate_table
 from mixemb.train.checkpoint import write_json
 from mixemb.train.trainer import TrainConfig, evaluate, fit
 
@@ -75,23 +75,6 @@ def overlap(mask: torch.Tensor, ids: torch.Tensor) -> tuple[float, float]:
     a, b = mask[ids[:, 0].long()], mask[ids[:, 1].long()]
     shared = (a & b).sum(1).float()
     return float(shared.mean()), float((shared == 0).float().mean())
-
-
-def floor_prune(src: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Element-wise magnitude pruning to ``keep`` entries in which every row with a
-    non-zero entry keeps at least its largest one. Returns (pruned (N, K), mask)."""
-    mag = src.abs()
-    forced = torch.zeros_like(src, dtype=torch.bool)
-    forced.scatter_(1, mag.argmax(1, keepdim=True), True)
-    forced &= src != 0
-    rest = keep - int(forced.sum())
-    if rest < 0:
-        raise ValueError(f"keep={keep} is below one entry per row ({int(forced.sum())})")
-    chosen = mag.masked_fill(forced, -1.0).flatten().topk(rest).indices
-    mask = forced.flatten().clone()
-    mask[chosen] = True
-    mask = mask.view_as(src) & (src != 0)
-    return src * mask, mask
 
 
 def empty_rows(mask: torch.Tensor, ids: torch.Tensor) -> tuple[float, float]:

@@ -199,6 +199,29 @@ def test_aligned_prune_keeps_dnis_dims_at_nested_positions():
     assert torch.equal(shared, torch.minimum(dims.unsqueeze(1), dims.unsqueeze(0)))
 
 
+def test_floor_prune_leaves_no_feature_empty_and_spends_the_rest_by_magnitude():
+    from mixemb.search.export import floor_prune
+
+    g = torch.Generator().manual_seed(0)
+    # rows fading in magnitude: plain magnitude pruning would empty the last ones
+    merged = torch.randn(40, 8, generator=g) * torch.linspace(3, 0.01, 40).unsqueeze(1)
+    merged[5] = 0  # an all-zero row stays empty (nothing to keep)
+    table, mask = floor_prune(merged, keep=60)
+    assert int(mask.sum()) == 60 and torch.equal(table != 0, mask)
+    assert torch.equal(table[mask], merged[mask])
+    nonzero = merged.ne(0).any(1)
+    assert mask.any(1)[nonzero].all() and not mask[5].any()
+    rows = torch.arange(40)
+    assert mask[rows, merged.abs().argmax(1)][nonzero].all()  # each row's largest entry
+    # beyond the forced entries, nothing left out is larger than what was chosen
+    forced = torch.zeros_like(mask)
+    forced[rows, merged.abs().argmax(1)] = True
+    extra = mask & ~forced
+    assert merged.abs()[extra].min() >= merged.abs()[~mask].max()
+    with pytest.raises(ValueError, match="below one entry for each of the 39"):
+        floor_prune(merged, keep=38)
+
+
 def test_rotation_keeps_dot_products_and_is_only_offered_where_exact():
     from mixemb.search.export import rotate_table
     from mixemb.search.methods import NotApplicable

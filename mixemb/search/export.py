@@ -95,6 +95,32 @@ def aligned_prune(merged: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.
     return pruned, mask
 
 
+def floor_prune(merged: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Element-wise magnitude pruning to ``keep`` entries in which no feature is left
+    without an embedding: every row with a non-zero entry first keeps its largest |Ê|
+    entry, the rest of the budget goes to the largest remaining entries of the table.
+
+    merged: (N, K) float. Returns (pruned (N, K) with Ê's values at the kept positions,
+    mask (N, K) bool). Raises ValueError when ``keep`` is below one entry per such row.
+    """
+    mag = merged.abs()
+    forced = torch.zeros_like(merged, dtype=torch.bool)
+    forced.scatter_(1, mag.argmax(1, keepdim=True), True)
+    forced &= merged != 0
+    rest = keep - int(forced.sum())
+    if rest < 0:
+        raise ValueError(
+            f"keep={keep:,} is below one entry for each of the {int(forced.sum()):,} non-empty rows"
+        )
+    candidates = mag.masked_fill(forced, -1.0).flatten()
+    rest = min(rest, int((candidates > 0).sum()))
+    mask = forced.flatten().clone()
+    mask[candidates.topk(rest).indices] = True
+    mask = mask.view_as(merged)
+    pruned = torch.where(mask, merged, torch.zeros((), dtype=merged.dtype, device=merged.device))
+    return pruned, mask
+
+
 def rotate_table(merged: torch.Tensor) -> torch.Tensor:
     """Ê·V with V (K, K) the right singular vectors of Ê, largest singular value first.
 

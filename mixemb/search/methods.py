@@ -13,6 +13,10 @@ Methods:
   count per row), kept at positions shared by every feature (one global column order),
   so two features' kept dimensions always overlap in dot products (see
   :func:`mixemb.search.export.aligned_prune`);
+* ``dnis_floor`` (``_ft``): element-wise pruning in which every feature first keeps its
+  largest entry (:func:`mixemb.search.export.floor_prune`): at small budgets plain DNIS
+  leaves the rarest features with no dimension at all (half of them at 5 % of the bytes
+  on ML-1M rating NeuMF);
 * ``dnis_rot`` (``_ft``): Ê is first rotated onto its right singular vectors (Ê·V, V
   orthogonal), then pruned element-wise like ``dnis``. Exact only for models whose
   embeddings meet in dot products alone (MF, FM): other models are skipped;
@@ -56,6 +60,7 @@ from mixemb.prune import PruneReport, prune
 from mixemb.search.dnis import SearchConfig, build_search_model, search
 from mixemb.search.export import (
     aligned_prune,
+    floor_prune,
     merge_and_prune,
     merged_table,
     ragged_metadata_bytes,
@@ -70,6 +75,8 @@ METHODS = (
     "dnis_ft",
     "dnis_aligned",
     "dnis_aligned_ft",
+    "dnis_floor",
+    "dnis_floor_ft",
     "dnis_rot",
     "dnis_rot_ft",
     "dnis_warm",
@@ -223,7 +230,7 @@ def _check_pruner(model_name: str, pruner: str) -> None:
 
 def _prune(model_name: str, embedding, keep: int, pruner: str):
     """(pruned table, report) of ``embedding`` at ``keep`` entries with ``pruner``
-    ("elem": DNIS's element-wise magnitude pruning, "aligned", "rot")."""
+    ("elem": DNIS's element-wise magnitude pruning, "aligned", "floor", "rot")."""
     if pruner == "elem":
         return merge_and_prune(embedding, keep=keep)
     merged = merged_table(embedding)
@@ -231,7 +238,13 @@ def _prune(model_name: str, embedding, keep: int, pruner: str):
         _check_pruner(model_name, pruner)
         merged = rotate_table(merged)
         return prune(merged, keep=keep)
-    table, mask = aligned_prune(merged, keep)
+    if pruner == "floor":
+        try:
+            table, mask = floor_prune(merged, keep)
+        except ValueError as exc:
+            raise InfeasibleBudget(str(exc)) from None
+    else:
+        table, mask = aligned_prune(merged, keep)
     report = PruneReport(nnz=int(mask.sum()), numel=mask.numel(), tau=0.0, dims=mask.sum(1))
     return table, report
 
@@ -290,7 +303,7 @@ def _searched(ds, model_name, cfg, seed, log) -> dict:
 def _name(base: str, pruner: str, finetune: bool) -> str:
     return (
         base
-        + {"elem": "", "aligned": "_aligned", "rot": "_rot"}[pruner]
+        + {"elem": "", "aligned": "_aligned", "floor": "_floor", "rot": "_rot"}[pruner]
         + ("_ft" if finetune else "")
     )
 
@@ -469,7 +482,7 @@ RUNNERS = {
     "random": run_random,
 }
 for _base, _run in (("dnis", run_dnis), ("magnitude", run_magnitude)):
-    for _pruner in ("elem", "aligned", "rot"):
+    for _pruner in ("elem", "aligned", "floor", "rot"):
         for _ft in (False, True):
             RUNNERS[_name(_base, _pruner, _ft)] = functools.partial(
                 _run, finetune=_ft, pruner=_pruner

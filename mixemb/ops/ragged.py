@@ -89,27 +89,11 @@ def ragged_gather(
     if not _use_extension(backend, "ragged_gather"):
         rows = ragged_gather_reference(table, ids)
         return rows if out is None else out.copy_(rows)
+    t = (table.masks, table.values, table.group_offsets, table.group_size, table.embedding_dim)
     if out is not None:
-        torch.ops.mixemb.ragged_gather_out(
-            table.masks,
-            table.values,
-            table.group_offsets,
-            table.group_size,
-            table.embedding_dim,
-            ids,
-            out,
-            _bounds(check_bounds, ids),
-        )
+        torch.ops.mixemb.ragged_gather_out(*t, ids, out, _bounds(check_bounds, ids))
         return out
-    return torch.ops.mixemb.ragged_gather(
-        table.masks,
-        table.values,
-        table.group_offsets,
-        table.group_size,
-        table.embedding_dim,
-        ids,
-        _bounds(check_bounds, ids),
-    )
+    return torch.ops.mixemb.ragged_gather(*t, ids, _bounds(check_bounds, ids))
 
 
 def ragged_bag(

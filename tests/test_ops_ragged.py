@@ -467,6 +467,28 @@ def test_model_on_ragged_embedding_compiles_without_graph_breaks():
     torch.testing.assert_close(compiled(ids), eager)
 
 
+def test_model_on_ragged_embedding_exports_saves_and_loads(tmp_path):
+    """torch.export (the path to AOTInductor and C++ serving): the graph calls the op, the
+    batch stays dynamic, and a saved program reloads and predicts like the eager model."""
+    from mixemb.models import build_model
+    from mixemb.nn import RaggedEmbedding
+
+    x, table = _table(50, 16)
+    model = build_model("deepfm", 50, 3, 16, embedding=RaggedEmbedding(table), hidden=[8]).eval()
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(
+        model, (torch.randint(0, 50, (8, 3)),), dynamic_shapes=({0: batch},)
+    )
+    targets = {n.target for n in program.graph.nodes if n.op == "call_function"}
+    assert torch.ops.mixemb.ragged_gather.default in targets
+    path = tmp_path / "deepfm.pt2"
+    torch.export.save(program, path)
+    loaded = torch.export.load(path).module()
+    for rows in (1, 5, 33):
+        ids = torch.randint(0, 50, (rows, 3))
+        torch.testing.assert_close(loaded(ids), model(ids))
+
+
 def test_auto_backend_uses_the_extension_and_reference_is_selectable():
     _, table = _table(10, 8)
     ids = torch.tensor([3, 4])

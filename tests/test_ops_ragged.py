@@ -424,6 +424,60 @@ def test_out_of_range_id_is_named_on_every_device(device):
     assert dot[2] == 0 and dot[1] > 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_gather_into_an_out_buffer_that_starts_off_alignment(dtype, device):
+    """A contiguous out= view one element into its storage (K % 4 == 0, so the CUDA kernel's
+    4-dim vector stores would be misaligned if it assumed an aligned base)."""
+    x, table = _table(30, 8, dtype=dtype, device=device)
+    storage = torch.full((6 * 8 + 1,), float("nan"), dtype=dtype, device=device)
+    out = storage[1:].view(6, 8)
+    ids = torch.tensor([0, 3, 3, 29, 1, 7], device=device)
+    assert ragged_gather(table, ids, out=out, backend="extension") is out
+    assert torch.equal(out, x[ids]) and storage[0].isnan()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_malformed_bag_offsets_and_weights_are_refused(device):
+    _, table = _table(10, 8, device=device)
+    ids = torch.tensor([0, 1, 2, 3], device=device)
+    for offsets, what in (
+        ([0, 3, 2], "non-decreasing"),
+        ([0, 5], "non-decreasing"),
+        ([0, -1], "non-decreasing"),
+        ([1, 2], "start at 0"),
+    ):
+        with pytest.raises(RuntimeError, match=f"offsets must.*{what}"):
+            ragged_bag(
+                table,
+                ids,
+                torch.tensor(offsets, device=device),
+                check_bounds=True,
+                backend="extension",
+            )
+    with pytest.raises(RuntimeError, match="one weight per id"):
+        ragged_bag(
+            table,
+            ids,
+            torch.tensor([0, 2], device=device),
+            per_sample_weights=torch.ones(3, device=device),
+            backend="extension",
+        )
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (torch.cuda.is_available() and _ext.HAS_CUDA_KERNELS), reason="needs a GPU")
+def test_cuda_ops_refuse_inputs_on_another_device():
+    _, table = _table(10, 8, device="cuda")
+    ids = torch.tensor([0, 1])
+    with pytest.raises(RuntimeError, match="ids must be on cuda"):
+        ragged_gather(table, ids, backend="extension")
+    with pytest.raises(RuntimeError, match="ids must be on cuda"):
+        ragged_bag(table, ids, torch.tensor([0]), backend="extension")
+    with pytest.raises(RuntimeError, match="ids_a must be on cuda"):
+        ragged_dot(table, ids, table, ids, backend="extension")
+
+
 def test_out_of_range_ids_are_named():
     _, table = _table(10, 8)
     with pytest.raises(RuntimeError, match="id -1"):

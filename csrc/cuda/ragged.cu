@@ -17,6 +17,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
+#include <c10/core/DeviceGuard.h>
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
 #include <torch/library.h>
 
@@ -82,7 +83,7 @@ __device__ __forceinline__ int64_t row_start(const TableView& t, int64_t row, in
 __device__ __forceinline__ bool valid_id(int64_t id, int64_t rows, int64_t pos,
                                          unsigned long long* bad, int lane) {
   if (id >= 0 && id < rows) return true;
-  if (lane == 0) atomicMin(bad, static_cast<unsigned long long>(pos));
+  if (bad != nullptr && lane == 0) atomicMin(bad, static_cast<unsigned long long>(pos));
   return false;
 }
 
@@ -153,7 +154,7 @@ template <typename scalar_t, typename index_t>
 __global__ void ragged_gather_word_kernel(TableView t, const scalar_t* __restrict__ values,
                                           const index_t* __restrict__ ids, int64_t n,
                                           int64_t dim, scalar_t* __restrict__ out,
-                                          unsigned long long* bad) {
+                                          unsigned long long* bad, bool vector_store) {
   const int sub = threadIdx.x % kLanesPerRow;
   // the 16 lanes of this lookup: the shuffles name only them, so the two halves of a warp
   // may leave the loop at different iterations
@@ -161,7 +162,6 @@ __global__ void ragged_gather_word_kernel(TableView t, const scalar_t* __restric
   const int64_t per_block = blockDim.x / kLanesPerRow;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * per_block;
   const int k0 = sub * kDimsPerLane;
-  const bool vector_store = dim % kDimsPerLane == 0;  // then dst + k0 is aligned
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * per_block + threadIdx.x / kLanesPerRow;
        i < n; i += stride) {
     const int64_t id = static_cast<int64_t>(ids[i]);
@@ -213,8 +213,11 @@ __global__ void ragged_bag_word_kernel(TableView t, const scalar_t* __restrict__
     acc_t acc[kDimsPerLane];
 #pragma unroll
     for (int j = 0; j < kDimsPerLane; ++j) acc[j] = acc_t(0);
-    const int64_t lo = offsets[bag];
-    const int64_t hi = bag + 1 < num_offsets ? offsets[bag + 1] : num_ids;
+    // clamped into [0, num_ids] so malformed offsets never read past ids / weights
+    int64_t lo = offsets[bag];
+    lo = lo < 0 ? 0 : (lo > num_ids ? num_ids : lo);
+    int64_t hi = bag + 1 < num_offsets ? offsets[bag + 1] : num_ids;
+    hi = hi < lo ? lo : (hi > num_ids ? num_ids : hi);
     for (int64_t i = lo + half; i < hi; i += 2) {
       const int64_t id = ids[i];
       if (!valid_id(id, t.rows, i, bad, sub)) continue;
@@ -298,8 +301,11 @@ __global__ void ragged_bag_kernel(TableView t, const scalar_t* __restrict__ valu
     acc_t acc[2 * (kMaxDim / 64)];
 #pragma unroll
     for (int j = 0; j < 2 * (kMaxDim / 64); ++j) acc[j] = acc_t(0);
-    const int64_t lo = offsets[bag];
-    const int64_t hi = bag + 1 < num_offsets ? offsets[bag + 1] : num_ids;
+    // clamped into [0, num_ids] so malformed offsets never read past ids / weights
+    int64_t lo = offsets[bag];
+    lo = lo < 0 ? 0 : (lo > num_ids ? num_ids : lo);
+    int64_t hi = bag + 1 < num_offsets ? offsets[bag + 1] : num_ids;
+    hi = hi < lo ? lo : (hi > num_ids ? num_ids : hi);
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t id = ids[i];
       if (!valid_id(id, t.rows, i, bad, lane)) continue;
@@ -376,6 +382,8 @@ TableView view(const at::Tensor& masks, const at::Tensor& group_offsets, int64_t
                int64_t dim, const at::Tensor& values, const char* op) {
   TORCH_CHECK(masks.is_cuda() && values.is_cuda() && group_offsets.is_cuda(), op,
               ": table tensors must be on the GPU");
+  TORCH_CHECK(masks.device() == values.device() && group_offsets.device() == values.device(),
+              op, ": table tensors must be on one device");
   TORCH_CHECK(masks.dim() == 2 && masks.scalar_type() == at::kLong &&
                   masks.size(1) == (dim + 63) / 64,
               op, ": masks must be (N, ceil(dim/64)) int64, got ", masks.sizes());
@@ -388,6 +396,12 @@ TableView view(const at::Tensor& masks, const at::Tensor& group_offsets, int64_t
               op, ": table tensors must be contiguous");
   return TableView{masks.data_ptr<int64_t>(), group_offsets.data_ptr<int64_t>(), masks.size(0),
                    masks.size(1), group_size};
+}
+
+void check_device(const at::Tensor& t, const at::Tensor& values, const char* op,
+                  const char* what) {
+  TORCH_CHECK(t.device() == values.device(), op, ": ", what, " must be on ", values.device(),
+              " like the table, got ", t.device());
 }
 
 // Blocks of kWarp * kWarpsPerBlock threads for `items` lookups (bags), `per_block` of them
@@ -424,22 +438,31 @@ void raise_if_bad(const at::Tensor& bad, const at::Tensor& ids, const char* op,
 // values' dtype on the GPU (checked by the callers).
 void gather_into(const TableView& t, const at::Tensor& values, const at::Tensor& ids,
                  int64_t dim, bool check_bounds, const at::Tensor& out) {
-  TORCH_CHECK(ids.is_cuda(), "ragged_gather: ids must be on the GPU");
+  check_device(ids, values, "ragged_gather", "ids");
+  check_device(out, values, "ragged_gather", "out");
+  const c10::DeviceGuard guard(values.device());
   const at::Tensor ids_c = ids.contiguous();
   const int64_t n = ids_c.numel();
   if (n == 0) return;
-  at::Tensor bad = at::full({1}, INT64_MAX, ids.options().dtype(at::kLong));
+  at::Tensor bad;
+  if (check_bounds) bad = at::full({1}, INT64_MAX, ids.options().dtype(at::kLong));
+  // 4-dim vector stores need dst + k0 aligned: dim % 4 == 0 and an aligned base (a
+  // caller's out= buffer may start at any element)
+  const bool vector_store =
+      dim % kDimsPerLane == 0 &&
+      reinterpret_cast<uintptr_t>(out.data_ptr()) % (kDimsPerLane * out.element_size()) == 0;
   const cudaStream_t stream = current_stream(values);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(),
                                   "ragged_gather_cuda", [&] {
     AT_DISPATCH_INDEX_TYPES(ids_c.scalar_type(), "ragged_gather_cuda_ids", [&] {
-      auto* bad_ptr = reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>());
+      auto* bad_ptr =
+          check_bounds ? reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()) : nullptr;
       if (t.words == 1 && !one_warp_per_row()) {
         ragged_gather_word_kernel<scalar_t, index_t>
             <<<blocks_for(n, kWarp * kWarpsPerBlock / kLanesPerRow), kWarp * kWarpsPerBlock, 0,
                stream>>>(
                 t, values.data_ptr<scalar_t>(), ids_c.data_ptr<index_t>(), n, dim,
-                out.data_ptr<scalar_t>(), bad_ptr);
+                out.data_ptr<scalar_t>(), bad_ptr, vector_store);
       } else {
         ragged_gather_kernel<scalar_t, index_t>
             <<<blocks_for(n), kWarp * kWarpsPerBlock, 0, stream>>>(
@@ -488,13 +511,32 @@ at::Tensor ragged_bag_cuda(const at::Tensor& masks, const at::Tensor& values,
   TORCH_CHECK(mode == 0 || mode == 1, "ragged_bag: mode must be 0 (sum) or 1 (mean)");
   const bool weighted = per_sample_weights.has_value() && per_sample_weights->defined();
   TORCH_CHECK(!weighted || mode == 0, "ragged_bag: per_sample_weights need mode sum");
+  TORCH_CHECK(ids.dim() == 1 && offsets.dim() == 1, "ragged_bag: ids and offsets must be 1-D");
+  TORCH_CHECK(!weighted || per_sample_weights->numel() == ids.numel(),
+              "ragged_bag: per_sample_weights must have one weight per id");
+  check_device(ids, values, "ragged_bag", "ids");
+  check_device(offsets, values, "ragged_bag", "offsets");
+  if (weighted) check_device(*per_sample_weights, values, "ragged_bag", "per_sample_weights");
+  const c10::DeviceGuard guard(values.device());
   const at::Tensor ids_c = ids.contiguous().to(at::kLong);
   const at::Tensor off_c = offsets.contiguous().to(at::kLong);
   const int64_t bags = include_last_offset ? std::max<int64_t>(off_c.numel() - 1, 0)
                                            : off_c.numel();
+  if (check_bounds && off_c.numel() > 0) {  // a host sync, as for the id check
+    const at::Tensor off_h = off_c.cpu();
+    const int64_t* op = off_h.data_ptr<int64_t>();
+    const int64_t m_ids = ids_c.numel();
+    for (int64_t b = 0; b < off_h.numel(); ++b) {
+      TORCH_CHECK(op[b] >= 0 && op[b] <= m_ids && (b == 0 || op[b] >= op[b - 1]),
+                  "ragged_bag: offsets must be non-decreasing within [0, ", m_ids,
+                  "]; offsets[", b, "] = ", op[b]);
+    }
+    TORCH_CHECK(op[0] == 0, "ragged_bag: offsets must start at 0");
+  }
   at::Tensor out = at::empty({bags, dim}, values.options());
-  at::Tensor bad = at::full({1}, INT64_MAX, ids_c.options());
   if (bags == 0) return out;
+  at::Tensor bad;
+  if (check_bounds) bad = at::full({1}, INT64_MAX, ids_c.options());
   at::Tensor w_c;
   if (weighted) w_c = per_sample_weights->contiguous().to(at::kDouble);
   const cudaStream_t stream = current_stream(values);
@@ -506,7 +548,7 @@ at::Tensor ragged_bag_cuda(const at::Tensor& masks, const at::Tensor& values,
         t, values.data_ptr<scalar_t>(), ids_c.data_ptr<int64_t>(), off_c.data_ptr<int64_t>(),
         off_c.numel(), ids_c.numel(), bags, dim, static_cast<int>(mode),
         weighted ? w_c.data_ptr<double>() : nullptr, out.data_ptr<scalar_t>(),
-        reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()));
+        check_bounds ? reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()) : nullptr);
   });
   check_launch("ragged_bag");
   if (check_bounds) raise_if_bad(bad, ids_c, "ragged_bag");
@@ -523,13 +565,18 @@ at::Tensor ragged_dot_cuda(const at::Tensor& masks_a, const at::Tensor& values_a
   TORCH_CHECK(ids_a.sizes() == ids_b.sizes(), "ragged_dot: ids_a and ids_b shapes differ");
   TORCH_CHECK(values_a.scalar_type() == values_b.scalar_type(),
               "ragged_dot: both tables must have the same value dtype");
+  check_device(values_b, values_a, "ragged_dot", "table b");
+  check_device(ids_a, values_a, "ragged_dot", "ids_a");
+  check_device(ids_b, values_a, "ragged_dot", "ids_b");
+  const c10::DeviceGuard guard(values_a.device());
   const at::Tensor ia = ids_a.contiguous().to(at::kLong);
   const at::Tensor ib = ids_b.contiguous().to(at::kLong);
   const auto out_type = values_a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor out = at::empty(ids_a.sizes(), values_a.options().dtype(out_type));
-  at::Tensor bad = at::full({1}, INT64_MAX, ia.options());
   const int64_t n = ia.numel();
   if (n == 0) return out;
+  at::Tensor bad;
+  if (check_bounds) bad = at::full({1}, INT64_MAX, ia.options());
   const cudaStream_t stream = current_stream(values_a);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values_a.scalar_type(),
                                   "ragged_dot_cuda", [&] {
@@ -540,7 +587,7 @@ at::Tensor ragged_dot_cuda(const at::Tensor& masks_a, const at::Tensor& values_a
         ta, values_a.data_ptr<scalar_t>(), tb, values_b.data_ptr<scalar_t>(),
         ia.data_ptr<int64_t>(), ib.data_ptr<int64_t>(), n,
         out.data_ptr<at::opmath_type<scalar_t>>(),
-        reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()));
+        check_bounds ? reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()) : nullptr);
   });
   check_launch("ragged_dot");
   if (check_bounds) raise_if_bad(bad, ia, "ragged_dot", &ib);

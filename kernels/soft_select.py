@@ -29,6 +29,7 @@ Launchers validate, allocate and pick block sizes; the registered ops live in
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -401,6 +402,19 @@ def _num_programs_cap(device: torch.device) -> int:
     return 4  # the interpreter runs programs one after another
 
 
+def _on_device(t: torch.Tensor):
+    """Triton launches on the *current* CUDA device: make it the tensor's (multi-GPU)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _check_dout(dout: torch.Tensor, ids: torch.Tensor, dim: int, device: torch.device) -> None:
+    if dout.shape != (ids.numel(), dim) or not dout.is_contiguous() or dout.device != device:
+        raise ValueError(
+            f"dout must be a contiguous ({ids.numel()}, {dim}) tensor on {device}, got "
+            f"{tuple(dout.shape)} on {dout.device}"
+        )
+
+
 def check_inputs(weight, alpha, boundaries, ids, values) -> None:
     """Shape/dtype/device checks of every launcher (cheap, no device reads)."""
     if weight.dim() != 2 or not weight.is_contiguous():
@@ -414,8 +428,12 @@ def check_inputs(weight, alpha, boundaries, ids, values) -> None:
         )
     if not 1 <= dim <= MAX_DIM:
         raise ValueError(f"the Triton backend supports 1 ≤ K ≤ {MAX_DIM}, got {dim}")
-    if boundaries.dtype != torch.int64 or boundaries.numel() != num_blocks + 1:
-        raise ValueError(f"boundaries must be int64 (L+1,) = ({num_blocks + 1},)")
+    if (
+        boundaries.dtype != torch.int64
+        or boundaries.numel() != num_blocks + 1
+        or not boundaries.is_contiguous()
+    ):
+        raise ValueError(f"boundaries must be contiguous int64 (L+1,) = ({num_blocks + 1},)")
     if ids.dtype not in (torch.int32, torch.int64) or not ids.is_contiguous():
         raise ValueError(f"ids must be contiguous int32/int64, got {ids.dtype}")
     for name, t in (("alpha", alpha), ("boundaries", boundaries), ("ids", ids), ("values", values)):
@@ -453,14 +471,15 @@ def scale_rows(
         return out
     block_b, block_k = _tile(dim)
     grid = (triton.cdiv(num_lookups, block_b), triton.cdiv(dim, block_k))
-    _scale_rows_kernel[grid](
-        src, alpha, boundaries, ids, values if values is not None else src, out,
-        num_lookups, num_rows if num_rows is not None else src.shape[0], dim, alpha.shape[0],
-        src.stride(0), alpha.stride(0),
-        GATHER=gather, SCATTER_ADD=scatter_into is not None, HAS_VALUES=values is not None,
-        BLOCK_B=block_b, BLOCK_K=block_k, L_PAD=_l_pad(alpha.shape[0]),
-        ACC=_acc(out.dtype if scatter_into is not None else src.dtype)[0],
-    )  # fmt: skip
+    with _on_device(src):
+        _scale_rows_kernel[grid](
+            src, alpha, boundaries, ids, values if values is not None else src, out,
+            num_lookups, num_rows if num_rows is not None else src.shape[0], dim,
+            alpha.shape[0], src.stride(0), alpha.stride(0),
+            GATHER=gather, SCATTER_ADD=scatter_into is not None, HAS_VALUES=values is not None,
+            BLOCK_B=block_b, BLOCK_K=block_k, L_PAD=_l_pad(alpha.shape[0]),
+            ACC=_acc(out.dtype if scatter_into is not None else src.dtype)[0],
+        )  # fmt: skip
     return out
 
 
@@ -478,6 +497,7 @@ def soft_select_bwd_alpha(
     num_lookups = ids.numel()
     num_blocks, dim = alpha.shape
     device = weight.device
+    _check_dout(dout, ids, dim, device)
     block_b, block_k = _tile(dim)
     num_k_tiles = triton.cdiv(dim, block_k)
     tiles = triton.cdiv(num_lookups, block_b)
@@ -491,22 +511,23 @@ def soft_select_bwd_alpha(
                     device=device)  # fmt: skip
     dv = torch.empty((num_k_tiles, num_lookups if need_values else 0), dtype=acc_torch,
                      device=device)  # fmt: skip
-    if num_lookups and (need_alpha or need_values):
-        _alpha_grad_partial_kernel[(programs, num_k_tiles)](
-            weight, alpha, boundaries, ids, values if values is not None else weight,
-            dout, partial, dv,
-            num_lookups, weight.shape[0], dim, num_blocks, weight.stride(0), alpha.stride(0),
-            tiles_per_program,
-            HAS_VALUES=values is not None, NEED_ALPHA=need_alpha, NEED_VALUES=need_values,
-            BLOCK_B=block_b, BLOCK_K=block_k, L_PAD=_l_pad(num_blocks), ACC=acc_tl,
-        )  # fmt: skip
-    dalpha = dvalues = None
-    if need_alpha:
-        dalpha = torch.empty((num_blocks, dim), dtype=alpha.dtype, device=device)
-        _alpha_grad_finish_kernel[(num_blocks,)](
-            partial, alpha, dalpha, programs, num_blocks, dim, alpha.stride(0),
-            float(l1), float(eps), NORMALIZE=normalize, K_PAD=_pow2(dim, 16), ACC=acc_tl,
-        )  # fmt: skip
+    with _on_device(weight):
+        if num_lookups and (need_alpha or need_values):
+            _alpha_grad_partial_kernel[(programs, num_k_tiles)](
+                weight, alpha, boundaries, ids, values if values is not None else weight,
+                dout, partial, dv,
+                num_lookups, weight.shape[0], dim, num_blocks, weight.stride(0), alpha.stride(0),
+                tiles_per_program,
+                HAS_VALUES=values is not None, NEED_ALPHA=need_alpha, NEED_VALUES=need_values,
+                BLOCK_B=block_b, BLOCK_K=block_k, L_PAD=_l_pad(num_blocks), ACC=acc_tl,
+            )  # fmt: skip
+        dalpha = dvalues = None
+        if need_alpha:
+            dalpha = torch.empty((num_blocks, dim), dtype=alpha.dtype, device=device)
+            _alpha_grad_finish_kernel[(num_blocks,)](
+                partial, alpha, dalpha, programs, num_blocks, dim, alpha.stride(0),
+                float(l1), float(eps), NORMALIZE=normalize, K_PAD=_pow2(dim, 16), ACC=acc_tl,
+            )  # fmt: skip
     if need_values:
         dv = dv[0] if num_k_tiles == 1 else dv.sum(0)
         dvalues = dv.to(values.dtype if values is not None else weight.dtype)
@@ -519,6 +540,7 @@ def soft_select_bwd_rows(dout, weight, alpha, boundaries, ids, values=None):
     With ids they form nn.Embedding(sparse=True)'s uncoalesced sparse gradient.
     """
     check_inputs(weight, alpha, boundaries, ids, values)
+    _check_dout(dout, ids, weight.shape[1], weight.device)
     return scale_rows(
         dout, alpha, boundaries, ids, values,
         gather=False, out_dtype=weight.dtype, num_rows=weight.shape[0],
@@ -547,6 +569,7 @@ def soft_select_bwd_weight(
     num_blocks = alpha.shape[0]
     device = weight.device
     fused = optimizer != "none"
+    _check_dout(dout, ids, dim, device)
     acc_tl, acc_torch = _acc(weight.dtype)
     if fused:
         if lr is None or lr.numel() != 1 or lr.device != device:
@@ -565,27 +588,28 @@ def soft_select_bwd_weight(
     out = weight if fused else torch.zeros_like(weight)
     if num_lookups == 0:
         return None if fused else out
-    sorted_ids, perm = torch.sort(ids.long(), stable=True)
-    num_chunks = triton.cdiv(num_lookups, SEGMENT_CHUNK)
-    carry_first = torch.empty((num_chunks, dim), dtype=acc_torch, device=device)
-    carry_last = torch.empty((num_chunks, dim), dtype=acc_torch, device=device)
-    lr_t = lr if fused else carry_first  # unused pointers still need a tensor
-    state_t = state if state is not None else carry_first
-    # one program reduces one row vector at a time: a warp per 128 columns is plenty
-    common = dict(
-        num_warps=max(1, min(4, _pow2(dim) // 128)),
-        OPTIMIZER=OPTIMIZERS[optimizer], CHUNK=SEGMENT_CHUNK, K_PAD=_pow2(dim, 16),
-        L_PAD=_l_pad(num_blocks), ACC=acc_tl,
-    )  # fmt: skip
-    _segment_rows_kernel[(num_chunks,)](
-        sorted_ids, perm, dout, values if values is not None else dout, alpha, boundaries,
-        out, state_t, lr_t, carry_first, carry_last,
-        num_lookups, num_rows, dim, num_blocks, alpha.stride(0), out.stride(0),
-        float(optimizer_eps), HAS_VALUES=values is not None, **common,
-    )  # fmt: skip
-    _segment_carry_kernel[(num_chunks,)](
-        sorted_ids, alpha, boundaries, out, state_t, lr_t, carry_first, carry_last,
-        num_lookups, num_rows, dim, num_blocks, alpha.stride(0), out.stride(0),
-        float(optimizer_eps), **common,
-    )  # fmt: skip
+    with _on_device(weight):
+        sorted_ids, perm = torch.sort(ids.long(), stable=True)
+        num_chunks = triton.cdiv(num_lookups, SEGMENT_CHUNK)
+        carry_first = torch.empty((num_chunks, dim), dtype=acc_torch, device=device)
+        carry_last = torch.empty((num_chunks, dim), dtype=acc_torch, device=device)
+        lr_t = lr if fused else carry_first  # unused pointers still need a tensor
+        state_t = state if state is not None else carry_first
+        # one program reduces one row vector at a time: a warp per 128 columns is plenty
+        common = dict(
+            num_warps=max(1, min(4, _pow2(dim) // 128)),
+            OPTIMIZER=OPTIMIZERS[optimizer], CHUNK=SEGMENT_CHUNK, K_PAD=_pow2(dim, 16),
+            L_PAD=_l_pad(num_blocks), ACC=acc_tl,
+        )  # fmt: skip
+        _segment_rows_kernel[(num_chunks,)](
+            sorted_ids, perm, dout, values if values is not None else dout, alpha, boundaries,
+            out, state_t, lr_t, carry_first, carry_last,
+            num_lookups, num_rows, dim, num_blocks, alpha.stride(0), out.stride(0),
+            float(optimizer_eps), HAS_VALUES=values is not None, **common,
+        )  # fmt: skip
+        _segment_carry_kernel[(num_chunks,)](
+            sorted_ids, alpha, boundaries, out, state_t, lr_t, carry_first, carry_last,
+            num_lookups, num_rows, dim, num_blocks, alpha.stride(0), out.stride(0),
+            float(optimizer_eps), **common,
+        )  # fmt: skip
     return None if fused else out

@@ -307,3 +307,43 @@ def test_auto_backend_uses_triton_on_cuda(monkeypatch):
     w, a, b, ids, _, _ = _case(10, 4, 2, (3,), device="cuda")
     soft_select_lookup(w, a, b, ids)
     assert calls
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unchecked_out_of_range_ids_give_zero_rows_and_a_valid_sparse_grad(device):
+    """check_ids=False (the GPU default): bad ids read nothing, and the sparse gradient's
+    indices stay inside the table, so accumulating it never indexes past it."""
+    torch.manual_seed(0)
+    weight, alpha = torch.randn(10, 5, device=device), torch.rand(3, 5, device=device)
+    boundaries = torch.tensor([0, 3, 6, 10], device=device)
+    ids = torch.tensor([1, 10, 7, -1, 1], device=device)
+    good = torch.tensor([True, False, True, False, True], device=device)
+    dout = torch.randn(5, 5, device=device)
+    w = weight.clone().requires_grad_()
+    out = soft_select_lookup(
+        w, alpha, boundaries, ids, backend="triton", sparse=True, check_ids=False
+    )
+    out.backward(dout)
+    assert out[~good].eq(0).all()
+    grad = w.grad.coalesce()
+    assert int(grad.indices().min()) >= 0 and int(grad.indices().max()) < 10
+    w_ref = weight.clone().requires_grad_()
+    soft_select_lookup(w_ref, alpha, boundaries, ids[good], backend="reference").backward(
+        dout[good]
+    )
+    torch.testing.assert_close(grad.to_dense(), w_ref.grad)
+    torch.testing.assert_close(out[good], soft_select_lookup(weight, alpha, boundaries, ids[good]))
+
+
+def test_launchers_refuse_a_mis_shaped_dout_and_strided_boundaries():
+    weight, alpha = torch.randn(10, 5), torch.rand(3, 5)
+    boundaries, ids = torch.tensor([0, 3, 6, 10]), torch.tensor([1, 2])
+    with pytest.raises(ValueError, match=r"dout must be a contiguous \(2, 5\)"):
+        kernels.soft_select_bwd_alpha(torch.ones(2, 4), weight, alpha, boundaries, ids)
+    with pytest.raises(ValueError, match="dout must be"):
+        kernels.soft_select_bwd_weight(torch.ones(5, 2).t(), weight, alpha, boundaries, ids)
+    with pytest.raises(ValueError, match="dout must be"):
+        kernels.soft_select_bwd_rows(torch.ones(3, 5), weight, alpha, boundaries, ids)
+    strided = torch.tensor([0, 0, 3, 3, 6, 6, 10, 10])[::2]
+    with pytest.raises(ValueError, match="boundaries must be contiguous"):
+        kernels.soft_select_fwd(weight, alpha, strided, ids)

@@ -175,9 +175,10 @@ def _backward(ctx, dout):
             dout, weight, alpha, boundaries, ids, values, sparse, deterministic
         )
         if sparse:
-            dweight = torch.sparse_coo_tensor(
-                ids.reshape(1, -1).long(), dweight, weight.shape, check_invariants=False
-            )
+            # out-of-range ids (unchecked on the GPU) have zero rows; clamped, they stay a
+            # valid sparse tensor instead of indexing past the table when accumulated
+            idx = ids.reshape(1, -1).long().clamp(0, weight.shape[0] - 1)
+            dweight = torch.sparse_coo_tensor(idx, dweight, weight.shape, check_invariants=False)
     if need_a or need_v:
         dalpha, dv = soft_select_backward_alpha(
             dout, weight, alpha, boundaries, ids, values, bool(need_v), normalize, l1, eps

@@ -36,6 +36,7 @@ def extension_modules():
 
     sources = sorted(glob.glob("csrc/*.cpp"))
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
+    headers = sorted(glob.glob("csrc/*.h"))  # rebuild when they change; shipped in sdists
     nvcc = shutil.which("nvcc") or (
         os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc") if "CUDA_HOME" in os.environ else None
     )
@@ -67,6 +68,7 @@ def extension_modules():
         ext = CUDAExtension(
             "mixemb._C",
             sources + cuda_sources,
+            depends=headers,
             define_macros=[("USE_CUDA", None), ("MIXEMB_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-DUSE_CUDA"]},
             extra_link_args=link,
@@ -74,7 +76,11 @@ def extension_modules():
     else:
         print(f"mixemb: building mixemb._C for CPU only ({why})", file=sys.stderr)
         ext = CppExtension(
-            "mixemb._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link
+            "mixemb._C",
+            sources,
+            depends=headers,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
         )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 

@@ -11,6 +11,8 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include "ragged_checks.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
@@ -775,12 +777,7 @@ at::Tensor ragged_bag_cpu(const at::Tensor& masks, const at::Tensor& values,
                                            : off_c.numel();
   const int64_t* idp = ids_c.data_ptr<int64_t>();
   const int64_t* op = off_c.data_ptr<int64_t>();
-  for (int64_t b = 0; b < off_c.numel(); ++b) {
-    TORCH_CHECK(op[b] >= 0 && op[b] <= m_ids && (b == 0 || op[b] >= op[b - 1]),
-                "ragged_bag: offsets must be non-decreasing within [0, ", m_ids, "]; offsets[",
-                b, "] = ", op[b]);
-  }
-  TORCH_CHECK(off_c.numel() == 0 || op[0] == 0, "ragged_bag: offsets must start at 0");
+  check_bag_offsets(op, off_c.numel(), m_ids);
   at::Tensor out = at::empty({bags, dim}, values.options());
   at::Tensor w_c;
   if (weighted) w_c = per_sample_weights->contiguous().to(at::kDouble);

@@ -23,6 +23,8 @@
 
 #include <cuda_runtime.h>
 
+#include "../ragged_checks.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
@@ -76,6 +78,16 @@ __device__ __forceinline__ int64_t row_start(const TableView& t, int64_t row, in
     }
   }
   return t.group_offsets[row / t.group_size] + warp_sum(count);
+}
+
+// Ids [lo, hi) of `bag`, clamped into [0, num_ids] so that malformed offsets (checked on
+// the host only with check_bounds) never read past ids / weights.
+__device__ __forceinline__ void bag_range(const int64_t* offsets, int64_t bag,
+                                          int64_t num_offsets, int64_t num_ids, int64_t& lo,
+                                          int64_t& hi) {
+  lo = min(max(offsets[bag], int64_t{0}), num_ids);
+  hi = bag + 1 < num_offsets ? offsets[bag + 1] : num_ids;
+  hi = min(max(hi, lo), num_ids);
 }
 
 // Records the smallest bad position; the host raises after the launch if asked to. `lane`:
@@ -213,11 +225,8 @@ __global__ void ragged_bag_word_kernel(TableView t, const scalar_t* __restrict__
     acc_t acc[kDimsPerLane];
 #pragma unroll
     for (int j = 0; j < kDimsPerLane; ++j) acc[j] = acc_t(0);
-    // clamped into [0, num_ids] so malformed offsets never read past ids / weights
-    int64_t lo = offsets[bag];
-    lo = lo < 0 ? 0 : (lo > num_ids ? num_ids : lo);
-    int64_t hi = bag + 1 < num_offsets ? offsets[bag + 1] : num_ids;
-    hi = hi < lo ? lo : (hi > num_ids ? num_ids : hi);
+    int64_t lo, hi;
+    bag_range(offsets, bag, num_offsets, num_ids, lo, hi);
     for (int64_t i = lo + half; i < hi; i += 2) {
       const int64_t id = ids[i];
       if (!valid_id(id, t.rows, i, bad, sub)) continue;
@@ -301,11 +310,8 @@ __global__ void ragged_bag_kernel(TableView t, const scalar_t* __restrict__ valu
     acc_t acc[2 * (kMaxDim / 64)];
 #pragma unroll
     for (int j = 0; j < 2 * (kMaxDim / 64); ++j) acc[j] = acc_t(0);
-    // clamped into [0, num_ids] so malformed offsets never read past ids / weights
-    int64_t lo = offsets[bag];
-    lo = lo < 0 ? 0 : (lo > num_ids ? num_ids : lo);
-    int64_t hi = bag + 1 < num_offsets ? offsets[bag + 1] : num_ids;
-    hi = hi < lo ? lo : (hi > num_ids ? num_ids : hi);
+    int64_t lo, hi;
+    bag_range(offsets, bag, num_offsets, num_ids, lo, hi);
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t id = ids[i];
       if (!valid_id(id, t.rows, i, bad, lane)) continue;
@@ -524,14 +530,7 @@ at::Tensor ragged_bag_cuda(const at::Tensor& masks, const at::Tensor& values,
                                            : off_c.numel();
   if (check_bounds && off_c.numel() > 0) {  // a host sync, as for the id check
     const at::Tensor off_h = off_c.cpu();
-    const int64_t* op = off_h.data_ptr<int64_t>();
-    const int64_t m_ids = ids_c.numel();
-    for (int64_t b = 0; b < off_h.numel(); ++b) {
-      TORCH_CHECK(op[b] >= 0 && op[b] <= m_ids && (b == 0 || op[b] >= op[b - 1]),
-                  "ragged_bag: offsets must be non-decreasing within [0, ", m_ids,
-                  "]; offsets[", b, "] = ", op[b]);
-    }
-    TORCH_CHECK(op[0] == 0, "ragged_bag: offsets must start at 0");
+    check_bag_offsets(off_h.data_ptr<int64_t>(), off_h.numel(), ids_c.numel());
   }
   at::Tensor out = at::empty({bags, dim}, values.options());
   if (bags == 0) return out;

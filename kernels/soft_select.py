@@ -16,7 +16,8 @@ Kernels (all accumulate in fp32, mask the K tail, never synchronise with the hos
 * ``_segment_rows_kernel`` + ``_segment_carry_kernel`` — the weights step over ids
   sorted once with ``torch.sort``: fixed-size chunks of sorted positions, each reduced
   by one program; a run of equal ids that crosses chunk edges (a hot row) leaves one
-  partial per chunk, summed in order by the chunk where the run starts. Every unique id
+  partial per chunk, summed in a fixed order by the chunk where the run starts (a tile
+  of chunks per step, so a run over thousands of chunks is not a serial chain). Every unique id
   is finished exactly once, by one program, so the result is deterministic and needs
   no atomics — which also lets the finishing step apply an optimizer to the row in
   place (SGD, row-wise Adagrad) instead of writing a gradient.
@@ -43,6 +44,8 @@ MAX_BLOCKS = 64
 MAX_DIM = 1024
 #: sorted positions reduced by one program of the weights step
 SEGMENT_CHUNK = 32
+#: most carries (chunks of one hot run) the carry kernel reads per step; a power of two
+CARRY_TILE = 32
 
 OPTIMIZERS = {"none": 0, "sgd": 1, "rowwise_adagrad": 2}
 
@@ -251,7 +254,7 @@ def _finish_row(
                 (tl.zeros([1], ACC) + m).to(state_ptr.dtype.element_ty),
                 mask=one,
             )
-            w = w - lr * grad / (tl.sqrt(m) + opt_eps)
+            w = w - lr * grad / (tl.sqrt_rn(m) + opt_eps)  # IEEE sqrt, like torch's
         tl.store(dst, w.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -339,6 +342,7 @@ def _segment_carry_kernel(
     opt_eps,
     OPTIMIZER: tl.constexpr,
     CHUNK: tl.constexpr,
+    TILE: tl.constexpr,
     K_PAD: tl.constexpr,
     L_PAD: tl.constexpr,
     ACC: tl.constexpr,
@@ -357,15 +361,25 @@ def _segment_carry_kernel(
     # the chunk where a crossing run starts owns it and adds the later chunks' carries
     owner = has_next & (next_id == last_id) & (~whole_chunk_continued)
     acc = tl.load(carry_last_ptr + chunk * dim + cols, mask=_and(cmask, owner), other=0.0)
-    j = chunk + 1
+    # ids are sorted, so the later chunks of the run are exactly the next chunks that
+    # start with last_id: read their carries TILE at a time (a hot id's run can span
+    # thousands of chunks; one chunk per step would be a serial chain of loads)
+    tiles = tl.arange(0, TILE)
+    j0 = chunk + 1
     going = owner
     while going:
-        acc += tl.load(carry_first_ptr + j * dim + cols, mask=cmask, other=0.0)
-        j_end = (j + 1) * CHUNK
-        j_last = tl.load(sorted_ids_ptr + tl.minimum(j_end, num_lookups) - 1)
-        j_next = tl.load(sorted_ids_ptr + j_end, mask=j_end < num_lookups, other=-1)
-        going = (j_end < num_lookups) & (j_last == last_id) & (j_next == last_id)
-        j += 1
+        j_start = (j0 + tiles) * CHUNK
+        inside = j_start < num_lookups
+        j_first = tl.load(sorted_ids_ptr + j_start, mask=inside, other=0)
+        in_run = inside & (j_first == last_id)
+        part = tl.load(
+            carry_first_ptr + (j0 + tiles)[:, None] * dim + cols[None, :],
+            mask=in_run[:, None] & cmask[None, :],
+            other=0.0,
+        )
+        acc += tl.sum(part, axis=0)
+        going = tl.sum(in_run.to(tl.int32), axis=0) == TILE  # the whole tile was in the run
+        j0 += TILE
     valid = (last_id >= 0) & (last_id < num_rows)
     _finish_row(
         last_id, acc, cols, cmask, dim, owner & valid, alpha_ptr, bounds_ptr, num_blocks,
@@ -607,9 +621,11 @@ def soft_select_bwd_weight(
             num_lookups, num_rows, dim, num_blocks, alpha.stride(0), out.stride(0),
             float(optimizer_eps), HAS_VALUES=values is not None, **common,
         )  # fmt: skip
+        # a (TILE, K_PAD) tile of carries per step, at most 2048 values per program
+        tile = max(1, min(CARRY_TILE, 2048 // common["K_PAD"]))
         _segment_carry_kernel[(num_chunks,)](
             sorted_ids, alpha, boundaries, out, state_t, lr_t, carry_first, carry_last,
             num_lookups, num_rows, dim, num_blocks, alpha.stride(0), out.stride(0),
-            float(optimizer_eps), **common,
+            float(optimizer_eps), TILE=tile, **common,
         )  # fmt: skip
     return None if fused else out

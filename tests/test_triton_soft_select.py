@@ -116,11 +116,13 @@ def test_half_tables_match_reference_within_dtype_tolerance(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("chunk", [2, 4, 5])
-def test_runs_across_chunk_edges(device, chunk, monkeypatch):
-    """Runs of equal ids that span 1, 2 and many chunks, ending on and off chunk edges."""
+@pytest.mark.parametrize("chunk,tile", [(2, 1), (4, 2), (5, 4), (3, 32)])
+def test_runs_across_chunk_edges(device, chunk, tile, monkeypatch):
+    """Runs of equal ids that span 1, 2 and many chunks, ending on and off chunk edges;
+    the longest spans several carry tiles (and ends one chunk past a tile edge)."""
     monkeypatch.setattr(kernels, "SEGMENT_CHUNK", chunk)
-    counts = [1, chunk, chunk + 1, 3 * chunk, 1, 2 * chunk - 1, 7]
+    monkeypatch.setattr(kernels, "CARRY_TILE", tile)
+    counts = [1, chunk, chunk + 1, 3 * chunk, 1, 2 * chunk - 1, 7, (3 * tile + 2) * chunk + 1]
     ids = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
     ids = ids[torch.randperm(ids.numel(), generator=torch.Generator().manual_seed(1))]
     weight, alpha, boundaries, _, _, _ = _case(len(counts), 6, 2, (1,), device=device)

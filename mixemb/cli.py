@@ -401,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="uniform,dnis,dnis_ft,magnitude,magnitude_ft,mde,random",
         help="comma-separated, of: uniform, dnis, dnis_aligned, dnis_rot, magnitude, "
         "magnitude_rot (each also as *_ft: fine-tune the pruned model with its mask fixed), "
-        "mde, mde@a (MDE with exponent a), random. *_rot: MF and FM only",
+        "mde, mde@a (MDE with exponent a), random, mde_blocks[@a] / random_blocks (the same "
+        "block dims counted as dense per-block tables, no ragged masks). *_rot: MF and FM only",
     )
     g.add_argument("--budgets", default="0.5,0.2,0.05", help="fractions of uniform-K params")
     g.add_argument(

@@ -565,7 +565,9 @@ def write_report(
         "is the plain trainer's whole schedule (early-stopped), not `warmup_epochs`; "
         "`magnitude*` = pruning a trained "
         "uniform-K model; `mde@a` = MDE with exponent a; `random` = random search over "
-        "block dims. Selection on validation only; the test split is only reported.",
+        "block dims (both stored ragged, paying 8.5 B of masks per row at K=64); "
+        "`mde_blocks@a` / `random_blocks` = the same stored as one dense table per block "
+        "(no per-row metadata). Selection on validation only; the test split is only reported.",
         "",
         *([note, ""] if note else []),
         "## Machine",

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mixemb.data.schema import Dataset, FieldSpec, Split
+from mixemb.nn import make_boundaries
 from mixemb.search.methods import (
     METHODS,
     MethodConfig,
@@ -297,3 +298,23 @@ def test_full_warm_start_variant_searches_from_the_whole_training_schedule(monke
     assert [c["config"]["warmup_epochs"] for c in warm] == [3, 3]
     assert [c["method"] for c in warm] == ["dnis_warm_ft"] * 2
     assert warm[0]["kept_params"] <= 0.5 * ds.num_features * 8
+
+
+def test_block_table_variants_store_block_dims_without_ragged_masks():
+    """mde_blocks / random_blocks: the same block dims as mde / random, counted as one
+    dense table per block, so at a byte budget they afford more dims than ragged storage."""
+    ds = _dataset(n=400)
+    cfg = MethodConfig(**{**CFG.__dict__, "budget_unit": "bytes"})
+    dense = 4 * ds.num_features * cfg.dim
+    for ragged, blocks in (("mde@0.5", "mde_blocks@0.5"), ("random", "random_blocks")):
+        r = run_method(ragged, ds, "mf", cfg, 0.5, 0)
+        b = run_method(blocks, ds, "mf", cfg, 0.5, 0)
+        assert b["method"] == blocks
+        assert b["stored_bytes"] <= 0.5 * dense
+        assert b["kept_params"] > r["kept_params"], (ragged, r["kept_params"], b["kept_params"])
+        bounds = make_boundaries(ds.num_features, num_blocks=cfg.num_blocks)
+        sizes = (bounds[1:] - bounds[:-1]).tolist()
+        kept = sum(s * d for s, d in zip(sizes, b["block_dims"]))
+        assert b["kept_params"] == kept
+        assert b["stored_bytes"] == 4 * kept + 8 * (cfg.num_blocks + 1)
+    assert run_method("mde_blocks@0.5", ds, "mf", cfg, 0.5, 0)["config"]["mde_exponent"] == 0.5

@@ -29,6 +29,11 @@ Methods:
 * ``mde``: block dims ∝ (mean frequency of the block)^a, budget-matched (Ginart et al.);
   ``mde@a`` sets the exponent a for that cell (e.g. ``mde@0``, ``mde@0.5``);
 * ``random``: N random non-increasing block-dim vectors within the budget, best on valid.
+* ``mde_blocks`` (``@a``) / ``random_blocks``: the same block dims stored as they would
+  be deployed — one dense (rows_l, d_l) fp32 table per frequency block plus the L+1
+  block boundaries — instead of as a ragged table: no per-row metadata, so at a byte
+  budget they keep more dimensions (``mde`` / ``random`` pay the ragged masks, 8.5 B
+  per row at K=64, which at 5 % of the bytes leaves them about one dimension per row).
 
 Budgets: ``budget_unit="params"`` (default) — a fraction of the N·K parameters;
 ``"bytes"`` — a fraction of the uniform-K table's dense fp32 bytes (4·N·K), which ragged
@@ -86,7 +91,9 @@ METHODS = (
     "magnitude_rot",
     "magnitude_rot_ft",
     "mde",
+    "mde_blocks",
     "random",
+    "random_blocks",
 )
 ROTATION_MODELS = ("mf", "fm")  # embeddings only meet in dot products: E·V is exact
 
@@ -221,6 +228,20 @@ def _budget_params(ds: Dataset, cfg: MethodConfig, budget: float) -> int:
             f"({ragged_metadata_bytes(n, k):,} B) of {n:,} rows"
         )
     return min(room // 4, n * k)
+
+
+def _block_tables_bytes(sizes: list[int], dims: list[int]) -> int:
+    """Bytes of block dims stored as L dense fp32 tables plus L+1 int64 boundaries."""
+    return 4 * sum(s * d for s, d in zip(sizes, dims)) + 8 * (len(sizes) + 1)
+
+
+def _budget_block_params(ds: Dataset, cfg: MethodConfig, budget: float, storage: str) -> int:
+    """Entries block dims may keep: like :func:`_budget_params` for ``storage="ragged"``;
+    for ``"blocks"`` the bytes budget pays only the block boundaries."""
+    if storage == "ragged" or cfg.budget_unit == "params":
+        return _budget_params(ds, cfg, budget)
+    n, k = ds.num_features, cfg.dim
+    return min((math.floor(budget * 4 * n * k) - 8 * (cfg.num_blocks + 1)) // 4, n * k)
 
 
 def _check_pruner(model_name: str, pruner: str) -> None:
@@ -428,32 +449,39 @@ def _train_block_dims(ds, model_name, cfg, boundaries, dims, seed, log):
     return model, result
 
 
-def _block_dims_cell(method, ds, model, cfg, budget, seed, t0, sizes, dims, **extra) -> dict:
-    """Export a trained block-dims model ragged (prefix masks) and report it."""
-    serving = to_ragged_model(model, model.embedding.weight.detach() * model.embedding.mask)
+def _block_dims_cell(
+    method, ds, model, cfg, budget, seed, t0, sizes, dims, storage, **extra
+) -> dict:
+    """Report a trained block-dims model: exported ragged (prefix masks) and counted by
+    its nbytes(), or (``storage="blocks"``) counted as per-block dense tables — the
+    masked model's outputs are exactly those of the per-block tables."""
     kept = sum(s * d for s, d in zip(sizes, dims))
-    nbytes = serving.embedding.nbytes()
+    if storage == "blocks":
+        nbytes = _block_tables_bytes(sizes, dims)
+        serving = model
+    else:
+        serving = to_ragged_model(model, model.embedding.weight.detach() * model.embedding.mask)
+        nbytes = serving.embedding.nbytes()
     return _cell(method, ds, serving, cfg, budget, seed, t0, kept, nbytes, block_dims=dims, **extra)
 
 
-def run_mde(ds, model_name, cfg, budget, seed, log=_quiet) -> dict:
+def run_mde(ds, model_name, cfg, budget, seed, log=_quiet, storage="ragged") -> dict:
     t0 = time.perf_counter()
     boundaries, sizes = _block_sizes(ds, cfg)
     freq = torch.as_tensor(ds.encoder.frequencies, dtype=torch.float64)
     mean_freq = [float(freq[a:b].mean()) for a, b in zip(boundaries[:-1], boundaries[1:])]
-    dims = mde_block_dims(
-        mean_freq, sizes, cfg.dim, _budget_params(ds, cfg, budget), cfg.mde_exponent
-    )
+    budget_params = _budget_block_params(ds, cfg, budget, storage)
+    dims = mde_block_dims(mean_freq, sizes, cfg.dim, budget_params, cfg.mde_exponent)
     model, _ = _train_block_dims(ds, model_name, cfg, boundaries, dims, seed, log)
     return _block_dims_cell(
-        "mde", ds, model, cfg, budget, seed, t0, sizes, dims, exponent=cfg.mde_exponent
+        "mde", ds, model, cfg, budget, seed, t0, sizes, dims, storage, exponent=cfg.mde_exponent
     )
 
 
-def run_random(ds, model_name, cfg, budget, seed, log=_quiet) -> dict:
+def run_random(ds, model_name, cfg, budget, seed, log=_quiet, storage="ragged") -> dict:
     t0 = time.perf_counter()
     boundaries, sizes = _block_sizes(ds, cfg)
-    budget_params = _budget_params(ds, cfg, budget)
+    budget_params = _budget_block_params(ds, cfg, budget, storage)
     min_dim = max(1, min(cfg.min_block_dim, budget_params // ds.num_features))
     rng = random.Random(seed)
     metric, direction = primary_metric(ds.task, cfg.k)
@@ -472,14 +500,17 @@ def run_random(ds, model_name, cfg, budget, seed, log=_quiet) -> dict:
         )
     _, model, dims = best
     return _block_dims_cell(
-        "random", ds, model, cfg, budget, seed, t0, sizes, dims, trials=cfg.random_trials
-    )
+        "random", ds, model, cfg, budget, seed, t0, sizes, dims, storage,
+        trials=cfg.random_trials,
+    )  # fmt: skip
 
 
 RUNNERS = {
     "uniform": run_uniform,
     "mde": run_mde,
+    "mde_blocks": functools.partial(run_mde, storage="blocks"),
     "random": run_random,
+    "random_blocks": functools.partial(run_random, storage="blocks"),
 }
 for _base, _run in (("dnis", run_dnis), ("magnitude", run_magnitude)):
     for _pruner in ("elem", "aligned", "floor", "rot"):
@@ -494,10 +525,11 @@ RUNNERS = {m: RUNNERS[m] for m in METHODS}
 
 
 def parse_method(method: str) -> tuple[str, dict]:
-    """``"mde@0.5"`` → ("mde", {"mde_exponent": 0.5}); any other name → (name, {})."""
+    """``"mde@0.5"`` → ("mde", {"mde_exponent": 0.5}) (also ``mde_blocks@a``); any other
+    name → (name, {})."""
     base, at, arg = method.partition("@")
     if at:
-        if base != "mde":
+        if base not in ("mde", "mde_blocks"):
             raise ValueError(f"only mde takes a parameter (mde@a), got {method!r}")
         try:
             return base, {"mde_exponent": float(arg)}

@@ -254,7 +254,11 @@ def _finish_row(
                 (tl.zeros([1], ACC) + m).to(state_ptr.dtype.element_ty),
                 mask=one,
             )
-            w = w - lr * grad / (tl.sqrt_rn(m) + opt_eps)  # IEEE sqrt, like torch's
+            if ACC == tl.float32:
+                root = tl.sqrt_rn(m)  # IEEE sqrt, like torch's (tl.sqrt is approximate)
+            else:
+                root = tl.sqrt(m)  # fp64: sqrt.rn.f64 already
+            w = w - lr * grad / (root + opt_eps)
         tl.store(dst, w.to(out_ptr.dtype.element_ty), mask=mask)
 
 

@@ -89,7 +89,7 @@ PRESETS = {
     # what fits one afternoon on 2 CPU cores (the two experiments run side by side with
     # --only, ~80 min each): CTR FM drops the un-fine-tuned variants; the three MDE
     # exponents of the issue run on MF and CTR FM, a=0.3 alone elsewhere; mde_blocks@0.3
-    # (MDE without the ragged masks' bytes) on MF and both FMs
+    # (MDE without the ragged masks' bytes) on MF, both FMs and DeepFM
     "quick": Preset(
         experiments=[
             Experiment("ml1m-rating-mf", "movielens-1m", "rating", "mf"),
@@ -163,7 +163,7 @@ PRESETS = {
                 "movielens-1m",
                 "ctr",
                 "deepfm",
-                methods=[*CORE, "dnis_aligned_ft", "dnis_floor_ft", "random"],
+                methods=[*CORE, "dnis_aligned_ft", "dnis_floor_ft", "mde_blocks@0.3", "random"],
             ),
         ],
         seeds=[0, 1, 2],

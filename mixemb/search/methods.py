@@ -215,33 +215,33 @@ def _cell(method, ds, model, cfg, budget, seed, t0, kept, stored, **extra) -> di
     }
 
 
-def _budget_params(ds: Dataset, cfg: MethodConfig, budget: float) -> int:
-    """Entries a ragged table may keep: budget·N·K, or with ``budget_unit="bytes"`` the
-    fp32 values that fit in budget·4·N·K bytes once the ragged metadata is paid."""
+def _block_boundaries_bytes(num_blocks: int) -> int:
+    """Metadata of block dims stored as L dense tables: the L+1 int64 block boundaries."""
+    return 8 * (num_blocks + 1)
+
+
+def _budget_params(ds: Dataset, cfg: MethodConfig, budget: float, storage="ragged") -> int:
+    """Entries a table may keep: budget·N·K, or with ``budget_unit="bytes"`` the fp32
+    values that fit in budget·4·N·K bytes once the metadata is paid — a ragged table's
+    masks and offsets, or (``storage="blocks"``) the block boundaries of per-block tables."""
     n, k = ds.num_features, cfg.dim
     if cfg.budget_unit == "params":
         return round(budget * n * k)
-    room = math.floor(budget * 4 * n * k) - ragged_metadata_bytes(n, k)
+    if storage == "blocks":
+        what, meta = "block boundaries", _block_boundaries_bytes(cfg.num_blocks)
+    else:
+        what, meta = "ragged metadata", ragged_metadata_bytes(n, k)
+    room = math.floor(budget * 4 * n * k) - meta
     if room < 4:
         raise InfeasibleBudget(
-            f"{budget * 4 * n * k:,.0f} bytes do not hold the ragged metadata "
-            f"({ragged_metadata_bytes(n, k):,} B) of {n:,} rows"
+            f"{budget * 4 * n * k:,.0f} bytes do not hold the {what} ({meta:,} B) of {n:,} rows"
         )
     return min(room // 4, n * k)
 
 
 def _block_tables_bytes(sizes: list[int], dims: list[int]) -> int:
-    """Bytes of block dims stored as L dense fp32 tables plus L+1 int64 boundaries."""
-    return 4 * sum(s * d for s, d in zip(sizes, dims)) + 8 * (len(sizes) + 1)
-
-
-def _budget_block_params(ds: Dataset, cfg: MethodConfig, budget: float, storage: str) -> int:
-    """Entries block dims may keep: like :func:`_budget_params` for ``storage="ragged"``;
-    for ``"blocks"`` the bytes budget pays only the block boundaries."""
-    if storage == "ragged" or cfg.budget_unit == "params":
-        return _budget_params(ds, cfg, budget)
-    n, k = ds.num_features, cfg.dim
-    return min((math.floor(budget * 4 * n * k) - 8 * (cfg.num_blocks + 1)) // 4, n * k)
+    """Bytes of block dims stored as L dense fp32 tables plus their boundaries."""
+    return 4 * sum(s * d for s, d in zip(sizes, dims)) + _block_boundaries_bytes(len(sizes))
 
 
 def _check_pruner(model_name: str, pruner: str) -> None:
@@ -470,7 +470,7 @@ def run_mde(ds, model_name, cfg, budget, seed, log=_quiet, storage="ragged") -> 
     boundaries, sizes = _block_sizes(ds, cfg)
     freq = torch.as_tensor(ds.encoder.frequencies, dtype=torch.float64)
     mean_freq = [float(freq[a:b].mean()) for a, b in zip(boundaries[:-1], boundaries[1:])]
-    budget_params = _budget_block_params(ds, cfg, budget, storage)
+    budget_params = _budget_params(ds, cfg, budget, storage)
     dims = mde_block_dims(mean_freq, sizes, cfg.dim, budget_params, cfg.mde_exponent)
     model, _ = _train_block_dims(ds, model_name, cfg, boundaries, dims, seed, log)
     return _block_dims_cell(
@@ -481,7 +481,7 @@ def run_mde(ds, model_name, cfg, budget, seed, log=_quiet, storage="ragged") -> 
 def run_random(ds, model_name, cfg, budget, seed, log=_quiet, storage="ragged") -> dict:
     t0 = time.perf_counter()
     boundaries, sizes = _block_sizes(ds, cfg)
-    budget_params = _budget_block_params(ds, cfg, budget, storage)
+    budget_params = _budget_params(ds, cfg, budget, storage)
     min_dim = max(1, min(cfg.min_block_dim, budget_params // ds.num_features))
     rng = random.Random(seed)
     metric, direction = primary_metric(ds.task, cfg.k)

@@ -402,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated, of: uniform, dnis, dnis_aligned, dnis_rot, magnitude, "
         "magnitude_rot (each also as *_ft: fine-tune the pruned model with its mask fixed), "
         "mde, mde@a (MDE with exponent a), random, mde_blocks[@a] / random_blocks (the same "
-        "block dims counted as dense per-block tables, no ragged masks). *_rot: MF and FM only",
+        "block dims counted as dense per-block tables, no ragged masks), random@m / "
+        "random_blocks@m (random search for the wall time DNIS method m, e.g. dnis_ft, took "
+        "at the same budget and seed; m must be in the list too). *_rot: MF and FM only",
     )
     g.add_argument("--budgets", default="0.5,0.2,0.05", help="fractions of uniform-K params")
     g.add_argument(

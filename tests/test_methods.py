@@ -318,3 +318,81 @@ def test_block_table_variants_store_block_dims_without_ragged_masks():
         assert b["kept_params"] == kept
         assert b["stored_bytes"] == 4 * kept + 8 * (cfg.num_blocks + 1)
     assert run_method("mde_blocks@0.5", ds, "mf", cfg, 0.5, 0)["config"]["mde_exponent"] == 0.5
+
+
+def test_another_trial_runs_a_fixed_count_or_what_fits_the_time():
+    from mixemb.search.methods import MAX_TIMED_TRIALS, another_trial
+
+    assert another_trial([], elapsed=99.0, trials=0, time_budget=0.0)  # the first always
+    assert another_trial([1.0], 1.0, trials=2) and not another_trial([1.0, 1.0], 2.0, trials=2)
+    # with a time budget the trial count is ignored: mean trial 2 s, 6 s used of 8 s
+    assert another_trial([3.0, 1.0], 6.0, trials=1, time_budget=8.0)
+    assert not another_trial([3.0, 1.0], 6.5, trials=100, time_budget=8.0)
+    assert not another_trial([0.0] * MAX_TIMED_TRIALS, 0.0, trials=1, time_budget=1e9)
+
+
+def test_time_matched_random_search_runs_for_its_time_budget(monkeypatch):
+    import mixemb.search.methods as methods
+
+    ds = _dataset(n=400)
+    cell = run_method("random_blocks@dnis_ft", ds, "mf", CFG, 0.5, 0, time_budget=0.0)
+    assert cell["trials"] == 1 and cell["time_budget_seconds"] == 0.0
+    assert cell["method"] == "random_blocks@dnis_ft"
+    monkeypatch.setattr(methods, "MAX_TIMED_TRIALS", 3)  # a long budget: more than random_trials
+    assert run_method("random@dnis", ds, "mf", CFG, 0.5, 0, time_budget=1e9)["trials"] == 3
+    assert run_method("random", ds, "mf", CFG, 0.5, 0)["trials"] == CFG.random_trials
+    with pytest.raises(ValueError, match="needs time_budget"):
+        run_method("random_blocks@dnis_ft", ds, "mf", CFG, 0.5, 0)
+    with pytest.raises(ValueError, match="time-matched"):
+        run_method("random", ds, "mf", CFG, 0.5, 0, time_budget=1.0)
+    for bad in ("random@uniform", "random_blocks@magnitude_ft", "random@nope", "uniform@dnis"):
+        with pytest.raises(ValueError):
+            run_method(bad, ds, "mf", CFG, 0.5, 0, time_budget=1.0)
+
+
+def test_dnis_wall_seconds_is_the_search_plus_the_budgets_own_time():
+    from mixemb.search.methods import dnis_wall_seconds
+
+    ds = _dataset(n=400)
+    cell = run_method("dnis_ft", ds, "mf", CFG, 0.5, 0)
+    assert 0 < cell["prune_seconds"] < cell["seconds"]
+    assert dnis_wall_seconds(cell) == cell["search_seconds"] + cell["prune_seconds"]
+    old = {"method": "dnis_ft", "seconds": 7.0, "search_seconds": 5.0}  # before prune_seconds
+    assert dnis_wall_seconds(old) == 12.0
+    with pytest.raises(ValueError, match="no search time"):
+        dnis_wall_seconds({"method": "uniform", "seconds": 1.0})
+
+
+def test_compare_gives_time_matched_random_its_dnis_cells_time(tmp_path, monkeypatch):
+    import mixemb.search.compare as cmp
+    from mixemb.search.methods import dnis_wall_seconds
+
+    ds = _dataset(n=400)
+    spec = {"name": "t", "task": "rating"}
+    real, budgets_seen = cmp.run_method, {}
+
+    def spy(method, dataset, model, config, budget, seed, **kw):
+        budgets_seen[method, budget] = kw.get("time_budget")
+        return real(method, dataset, model, config, budget, seed, **kw)
+
+    monkeypatch.setattr(cmp, "run_method", spy)
+    logs = []
+    run = dict(budgets=[0.5], seeds=[0], out=tmp_path, log=logs.append)
+    # listed alone, its DNIS cell has not run: left for later, not recorded
+    res = cmp.compare(ds, spec, "mf", CFG, methods=["random_blocks@dnis_ft"], **run)
+    assert any("left for later" in line for line in logs)
+    assert cmp.cell_key("random_blocks@dnis_ft", 0.5, 0) not in res["cells"]
+    # listed before dnis_ft, it still runs after it, for that cell's wall time
+    res = cmp.compare(ds, spec, "mf", CFG, methods=["random_blocks@dnis_ft", "dnis_ft"], **run)
+    dnis = res["cells"][cmp.cell_key("dnis_ft", 0.5, 0)]
+    assert budgets_seen["random_blocks@dnis_ft", 0.5] == dnis_wall_seconds(dnis)
+    matched = res["cells"][cmp.cell_key("random_blocks@dnis_ft", 0.5, 0)]
+    assert matched["time_budget_seconds"] == dnis_wall_seconds(dnis) and matched["trials"] >= 1
+    # where its DNIS cell is skipped (the budget cannot hold the ragged metadata), so is it
+    cfg = replace(CFG, budget_unit="bytes")
+    res = cmp.compare(
+        ds, spec, "mf", cfg, methods=["dnis_ft", "random_blocks@dnis_ft"], budgets=[0.01],
+        seeds=[0], out=tmp_path / "bytes", log=logs.append,
+    )  # fmt: skip
+    skipped = res["cells"][cmp.cell_key("random_blocks@dnis_ft", 0.01, 0)]["skipped"]
+    assert "dnis_ft cell it matches was skipped" in skipped

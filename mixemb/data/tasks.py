@@ -5,7 +5,9 @@
 * ctr — rating ≥ 4 → 1, ≤ 2 → 0, 3 (anything strictly between) dropped; MovieLens gains
   the user side fields of its ``.user`` file (age, gender, occupation, zip_code) and the
   item side fields of its ``.item`` file (release_year, and the genre list as ONE
-  categorical value, the whole string); 7:2:1 split. Criteo and generic CSV files
+  categorical value, the whole string); 7:2:1 split. ``side_fields`` (default: on for
+  ctr only) adds the same side fields to rating too: with user and item alone an FM is
+  exactly MF with biases. Criteo and generic CSV files
   use their own 0/1 label column and are streamed twice (pass 1 counts training
   frequencies, pass 2 encodes), each row sent to a split by a seeded random draw made
   chunk by chunk, so their splits are 7:2:1 **in expectation** (not exactly).
@@ -122,28 +124,32 @@ def _recbole_table(source, task: str, name: str) -> Table:
     return _check_inter(inter, name, task)
 
 
-def _wheel_tables(name: str, task: str) -> tuple[Table, Table | None, Table | None, str]:
-    parts = ("inter", "user", "item") if task == "ctr" else ("inter",)
+def _wheel_tables(
+    name: str, task: str, side: bool
+) -> tuple[Table, Table | None, Table | None, str]:
+    parts = ("inter", "user", "item") if side else ("inter",)
     files = fetch_dataset_files(name, parts)
     inter = _recbole_table(files["inter"], task, name)
     user = item = None
-    if task == "ctr":
+    if side:
         user = concat_chunks(read_recbole(files["user"], required=("user_id",)))
         item = concat_chunks(read_recbole(files["item"], required=("item_id",)))
     stem = files["inter"][0].rsplit(".", 1)[0]  # wheel!prefix
-    return inter, user, item, stem + (".inter" if task != "ctr" else ".{inter,user,item}")
+    return inter, user, item, stem + (".{inter,user,item}" if side else ".inter")
 
 
-def _inter_file_tables(path: Path, task: str) -> tuple[Table, Table | None, Table | None]:
+def _inter_file_tables(
+    path: Path, task: str, side: bool
+) -> tuple[Table, Table | None, Table | None]:
     inter = _recbole_table(path, task, path.name)
-    side = []
+    side_tables = []
     for suffix, key in (("user", "user_id"), ("item", "item_id")):
         p = path.with_suffix(f".{suffix}")
-        if task == "ctr" and p.is_file():
-            side.append(concat_chunks(read_recbole(p, required=(key,))))
+        if side and p.is_file():
+            side_tables.append(concat_chunks(read_recbole(p, required=(key,))))
         else:
-            side.append(None)
-    return inter, side[0], side[1]
+            side_tables.append(None)
+    return inter, side_tables[0], side_tables[1]
 
 
 def _join(keys: np.ndarray, table: Table, key: str) -> Table:
@@ -183,12 +189,12 @@ def _pointwise(
         keep = np.flatnonzero((rating >= 4) | (rating <= 2))
         cols = _take(cols, keep)
         labels = (rating[keep] >= 4).astype(np.float32)
-        if user is not None:
-            cols.update(_join(cols["user_id"], user, "user_id"))
-        if item is not None:
-            cols.update(_join(cols["item_id"], item, "item_id"))
     else:
         labels = inter["rating"].astype(np.float32)
+    if user is not None:
+        cols.update(_join(cols["user_id"], user, "user_id"))
+    if item is not None:
+        cols.update(_join(cols["item_id"], item, "item_id"))
     if len(labels) == 0:
         raise DataError(f"no rows left for the {task} task")
     fields = [FieldSpec(name) for name in cols]
@@ -440,6 +446,7 @@ def load_dataset(
     categorical: list[str] | None = None,
     numeric: list[str] | None = None,
     delimiter: str | None = None,
+    side_fields: bool | None = None,
     **synthetic_options,
 ) -> Dataset:
     """A task-ready :class:`Dataset`.
@@ -452,9 +459,21 @@ def load_dataset(
         or "csv" (with ``label``, ``categorical``, ``numeric`` column names and
         ``delimiter``, default ","). Criteo/csv support rating and ctr (streamed).
         Without ``fmt``, ``*.inter`` and the MovieLens file names are recognised.
+    side_fields: join the user/item side fields (the named MovieLens wheels, or an
+        ``inter`` file's sibling .user/.item files); default: for ctr only. Rating and
+        ctr only.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    side = task == "ctr" if side_fields is None else bool(side_fields)
+    if side and task == "topk":
+        raise ValueError("side_fields apply to the rating and ctr tasks, not topk")
+    named = path is None and name in WHEEL_DATASETS
+    if side_fields and not (named or (path is not None and (fmt or guess_format(path)) == "inter")):
+        raise ValueError(
+            "side_fields need user/item side tables: a named MovieLens dataset or an "
+            f"inter file with .user/.item siblings, not {name if path is None else path!r}"
+        )
     if synthetic_options and (path is not None or name != "synthetic"):
         raise ValueError(f"unexpected options for {name!r}: {', '.join(synthetic_options)}")
     file_options = {"fmt": fmt, "label": label, "categorical": categorical, "numeric": numeric}
@@ -481,9 +500,9 @@ def load_dataset(
         if fmt == "movielens":
             inter = concat_chunks(read_movielens(p))
         else:
-            inter, user, item = _inter_file_tables(p, task)
+            inter, user, item = _inter_file_tables(p, task, side)
     elif name in WHEEL_DATASETS:
-        inter, user, item, info["source"] = _wheel_tables(name, task)
+        inter, user, item, info["source"] = _wheel_tables(name, task, side)
     elif name == "synthetic":
         options = {"task": "ctr" if task == "ctr" else "rating", **synthetic_options}
         inter = make_synthetic(seed=seed, **options)

@@ -72,6 +72,7 @@ NOT_ROTATABLE = [
     "mde_blocks@0.3",
     "random",
     "random_blocks@dnis_ft",
+    "dnis_blocks",
 ]
 
 
@@ -623,10 +624,11 @@ def write_report(
         "uniform-K model; `mde@a` = MDE with exponent a; `random` = random search over "
         "block dims (both stored ragged, paying 8.5 B of masks per row at K=64); "
         "`mde_blocks@a` / `random_blocks` = the same stored as one dense table per block "
-        "(no per-row metadata); `random_blocks@dnis_ft` = `random_blocks` given the wall time "
-        "`dnis_ft` took at the same budget and seed (its search plus that budget's prune and "
-        "fine-tune) instead of a fixed number of trials. Selection on validation only; the test "
-        "split is only reported.",
+        "(no per-row metadata); `dnis_blocks` = DNIS's mean kept dimension per block, scaled to "
+        "the budget, trained and stored like `mde_blocks`; `random_blocks@dnis_ft` = "
+        "`random_blocks` given the wall time `dnis_ft` took at the same budget and seed (its "
+        "search plus that budget's prune and fine-tune) instead of a fixed number of trials. "
+        "Selection on validation only; the test split is only reported.",
         "",
         *([note, ""] if note else []),
         "## Machine",

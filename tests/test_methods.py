@@ -396,3 +396,39 @@ def test_compare_gives_time_matched_random_its_dnis_cells_time(tmp_path, monkeyp
     )  # fmt: skip
     skipped = res["cells"][cmp.cell_key("random_blocks@dnis_ft", 0.01, 0)]["skipped"]
     assert "dnis_ft cell it matches was skipped" in skipped
+
+
+def test_dnis_blocks_trains_dnis_block_dims_scaled_to_per_block_storage():
+    """dnis_blocks: the block dims are DNIS's mean kept dims per block (from its element-
+    wise pruning), scaled to fit the budget, stored as dense per-block tables."""
+    from mixemb.search.methods import scaled_block_dims
+
+    ds = _dataset(n=400)
+    cfg = replace(CFG, budget_unit="bytes")
+    cell = run_method("dnis_blocks", ds, "mf", cfg, 0.3, 0)
+    bounds = make_boundaries(ds.num_features, num_blocks=cfg.num_blocks)
+    sizes = (bounds[1:] - bounds[:-1]).tolist()
+    budget = (int(0.3 * 4 * ds.num_features * cfg.dim) - 8 * (cfg.num_blocks + 1)) // 4
+    assert cell["block_dims"] == scaled_block_dims(cell["block_mean_dims"], sizes, cfg.dim, budget)
+    assert cell["kept_params"] == sum(s * d for s, d in zip(sizes, cell["block_dims"])) <= budget
+    assert cell["stored_bytes"] == 4 * cell["kept_params"] + 8 * (cfg.num_blocks + 1)
+    # the means are those of DNIS's own pruning at that many entries
+    dnis = run_method(
+        "dnis",
+        ds,
+        "mf",
+        replace(cfg, budget_unit="params"),
+        budget / (ds.num_features * cfg.dim),
+        0,
+    )
+    assert dnis["block_mean_dims"] == pytest.approx(cell["block_mean_dims"])
+    assert cell["search_seconds"] > 0
+
+
+def test_scaled_block_dims_fill_the_budget_in_proportion():
+    from mixemb.search.methods import scaled_block_dims
+
+    assert scaled_block_dims([8.0, 4.0, 2.0, 0.0], [10] * 4, 64, budget_params=150) == [8, 4, 2, 1]
+    assert scaled_block_dims([8.0, 4.0, 2.0, 0.0], [10] * 4, 64, budget_params=290) == [16, 8, 4, 1]
+    dims = scaled_block_dims([100.0, 1.0], [1, 1], 8, budget_params=9)
+    assert dims == [8, 1]  # clipped at dim

@@ -24,6 +24,9 @@ Methods:
   (up to ``epochs`` with early stopping, as the uniform-K model trains) instead of
   ``warmup_epochs``; the search then starts from a converged model. Its search time
   includes that warm start;
+* ``dnis_blocks``: DNIS as a block-dimension search — the mean dimension its pruning
+  keeps per frequency block, scaled to the budget, trained from scratch and stored as
+  one dense table per block (like ``mde_blocks``): α's allocation at MDE's storage;
 * ``magnitude``: train uniform-K, prune its table to the budget; ``magnitude_ft`` then
   fine-tunes the same way; ``magnitude_rot`` (``_ft``) rotates first, like ``dnis_rot``;
 * ``mde``: block dims ∝ (mean frequency of the block)^a, budget-matched (Ginart et al.);
@@ -93,6 +96,7 @@ METHODS = (
     "dnis_rot_ft",
     "dnis_warm",
     "dnis_warm_ft",
+    "dnis_blocks",
     "magnitude",
     "magnitude_ft",
     "magnitude_rot",
@@ -406,7 +410,17 @@ def mde_block_dims(
 ) -> list[int]:
     """Block dims d_l = clip(round(c · mean_freq_l^a), 1, dim), c the largest scale whose
     parameter count Σ size_l·d_l fits the budget (bisection)."""
-    f = [max(x, 1e-12) ** exponent for x in mean_freq]
+    return scaled_block_dims(
+        [max(x, 1e-12) ** exponent for x in mean_freq], sizes, dim, budget_params
+    )
+
+
+def scaled_block_dims(
+    weights: list[float], sizes: list[int], dim: int, budget_params: int
+) -> list[int]:
+    """Block dims d_l = clip(round(c · w_l), 1, dim), c the largest scale whose parameter
+    count Σ size_l·d_l fits the budget (bisection); weights ≤ 0 count as 1e-12."""
+    f = [max(x, 1e-12) for x in weights]
 
     def dims(c: float) -> list[int]:
         return [min(dim, max(1, round(c * x))) for x in f]
@@ -473,6 +487,26 @@ def _block_dims_cell(
         serving = to_ragged_model(model, model.embedding.weight.detach() * model.embedding.mask)
         nbytes = serving.embedding.nbytes()
     return _cell(method, ds, serving, cfg, budget, seed, t0, kept, nbytes, block_dims=dims, **extra)
+
+
+def run_dnis_blocks(ds, model_name, cfg, budget, seed, log=_quiet) -> dict:
+    """DNIS as a block-dimension search: its element-wise pruning at the budget gives a
+    mean kept dimension per frequency block; those, scaled to fit the budget
+    (:func:`scaled_block_dims`), are trained from scratch and stored like ``mde_blocks``
+    — one dense table per block. Same storage and training as ``mde_blocks``, dims from
+    α instead of a frequency power law."""
+    t0 = time.perf_counter()
+    boundaries, sizes = _block_sizes(ds, cfg)
+    budget_params = _budget_params(ds, cfg, budget, storage="blocks")
+    searched = _searched(ds, model_name, cfg, seed, log)
+    _, report = _prune(model_name, searched["model"].embedding, budget_params, "elem")
+    means = report.block_mean_dims(boundaries)
+    dims = scaled_block_dims(means, sizes, cfg.dim, budget_params)
+    model, _ = _train_block_dims(ds, model_name, cfg, boundaries, dims, seed, log)
+    return _block_dims_cell(
+        "dnis_blocks", ds, model, cfg, budget, seed, t0, sizes, dims, "blocks",
+        block_mean_dims=means, search_seconds=searched["seconds"],
+    )  # fmt: skip
 
 
 def run_mde(ds, model_name, cfg, budget, seed, log=_quiet, storage="ragged") -> dict:
@@ -547,6 +581,7 @@ def dnis_wall_seconds(cell: dict) -> float:
 
 RUNNERS = {
     "uniform": run_uniform,
+    "dnis_blocks": run_dnis_blocks,
     "mde": run_mde,
     "mde_blocks": functools.partial(run_mde, storage="blocks"),
     "random": run_random,

@@ -422,7 +422,7 @@ def test_dnis_blocks_trains_dnis_block_dims_scaled_to_per_block_storage():
         0,
     )
     assert dnis["block_mean_dims"] == pytest.approx(cell["block_mean_dims"])
-    assert cell["search_seconds"] > 0
+    assert cell["search_seconds"] > 0 and 0 < cell["prune_seconds"] < cell["seconds"]
 
 
 def test_scaled_block_dims_fill_the_budget_in_proportion():

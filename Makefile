@@ -39,7 +39,8 @@ test: lint
 # Not part of `make test`: hours on a laptop CPU. Resumable (rerun to continue).
 # RESULTS_PRESET=quick (the six ML-1M combinations, 3 seeds, fewer methods) or full (every method).
 RESULTS_PRESET ?= quick
-RESULTS_OUT ?= runs/results
+# the cells, committed with docs/results.md (a fresh clone resumes or re-renders from them)
+RESULTS_OUT ?= docs/results/cells
 results: $(STAMP)
 	-$(PY) -m pip install -q matplotlib  # the plots (the extra "plot"); skipped if it fails
 	RESULTS_PRESET=$(RESULTS_PRESET) $(PY) -m mixemb.results --out $(RESULTS_OUT)

@@ -3,7 +3,9 @@
 For every (data, task, model) combination of a preset it runs what ``mixemb compare`` runs
 — every (method, budget, seed) cell, saved to ``OUT/<name>/results.json`` as it finishes,
 so a killed run resumes where it stopped — then writes the report (default
-``docs/results.md``, plots in ``docs/results/``) from those files alone:
+``docs/results.md``, plots in ``docs/results/``) from those files alone. ``OUT`` defaults to
+``docs/results/cells``, which is committed with the page: a fresh clone can rewrite the page
+(``--report-only``) or add cells to it without rerunning the rest:
 
 * per combination, the primary test metric, mean ± std over seeds, per method and budget;
   budgets are fractions of the uniform-K table's dense fp32 bytes, and ragged tables pay
@@ -13,6 +15,10 @@ so a killed run resumes where it stopped — then writes the report (default
 * DNIS's learned dimension per frequency block;
 * DNIS's search time vs the uniform grid's (and random search's) total training time;
 * the exact commands, the machine, torch's version and the git commit.
+
+An experiment with no cells under ``OUT`` keeps its section (and summary row) from the page
+being replaced, marked as carried over, so ``--only`` regenerates one experiment without
+dropping the others; the page's first paragraph lists those sections.
 
 Presets: ``quick`` (the six ML-1M combinations and rating FM with side fields, 3 seeds,
 fewer methods for all but rating MF; hours on 2 CPU cores; ``--only`` one experiment per
@@ -40,6 +46,7 @@ import torch
 from mixemb.metrics import primary_metric
 from mixemb.search.compare import compare, plot_results, summarize
 from mixemb.search.methods import MethodConfig
+from mixemb.train.checkpoint import atomic_write_text
 
 BUDGETS = (1.0, 0.5, 0.2, 0.1, 0.05)
 ALL_METHODS = (
@@ -187,7 +194,14 @@ PRESETS = {
                 "rating",
                 "fm",
                 data_kwargs={"side_fields": True},
-                methods=["uniform", "dnis_ft", "dnis_rot_ft", "magnitude_ft", "mde_blocks@0.3"],
+                methods=[
+                    "uniform",
+                    "dnis_ft",
+                    "dnis_rot_ft",
+                    "magnitude_ft",
+                    "mde_blocks@0.3",
+                    "random_blocks@dnis_ft",
+                ],
             ),
             Experiment(
                 "ml1m-ctr-deepfm",
@@ -480,6 +494,55 @@ def time_matched_table(results: dict) -> str:
 
 WITHIN = 0.005  # "within 0.5 % (relative) of uniform-K", the issue's yardstick
 
+CARRIED = "carried over"  # the mark of a section kept from the page being replaced
+
+
+def carried_mark(name: str, out: Path) -> str:
+    """The line under a carried-over section's heading."""
+    return (
+        f"> *{CARRIED.capitalize()}* from the page this report replaced: there are no cells "
+        f"for {name} under `{out}`, so the figures below are not from this run (not "
+        f"regenerated). `python -m mixemb.results --only {name} --out {out}` reruns it."
+    )
+
+
+def page_sections(page: str) -> dict[str, list[str]]:
+    """An earlier page's experiment sections: name → its lines, from its ``## name: …``
+    heading up to the next ``## `` heading (the page's own sections are not experiments:
+    Machine, Commands, Summary)."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in page.splitlines():
+        if line.startswith("## "):
+            name, colon, _ = line[3:].partition(":")
+            current = sections.setdefault(name.strip(), []) if colon else None
+            if current is not None:
+                current.clear()
+        if current is not None:
+            current.append(line)
+    return sections
+
+
+def page_summary_rows(page: str) -> dict[str, str]:
+    """An earlier page's summary table rows: experiment name → the row (its name cell
+    without the carried-over mark)."""
+    rows: dict[str, str] = {}
+    summary = page.split("\n## Summary\n", 1)[-1].split("\n## ", 1)[0] if page else ""
+    for line in summary.splitlines():
+        if line.startswith("| ") and line.count("|") > 2:
+            name = line[2:].split(" |", 1)[0].replace(f" ({CARRIED})", "").strip()
+            rows[name] = line
+    return rows
+
+
+def carry_section(lines: list[str], name: str, out: Path) -> list[str]:
+    """A section kept from an earlier page: its heading, the carried-over mark (replacing
+    an earlier one) and its body unchanged."""
+    body = [x for x in lines[1:] if not x.startswith(f"> *{CARRIED.capitalize()}*")]
+    while body and not body[0].strip():
+        body = body[1:]
+    return [lines[0], "", carried_mark(name, out), "", *body]
+
 
 def smallest_budgets(results: dict, task: str, k: int) -> dict[str, tuple | None]:
     """Per method: (budget, mean, n) of the smallest budget b at which the method *stays*
@@ -528,10 +591,14 @@ def _search_vs_grid(results: dict) -> str:
     )
 
 
-def summary_table(results: dict[str, dict], preset: Preset) -> str:
+def summary_table(
+    results: dict[str, dict], preset: Preset, carried: dict[str, str] | None = None
+) -> str:
     """One row per experiment: uniform-K's test metric, the smallest budget at which DNIS
     (fine-tuned, and its best variant) and the best baseline stay within 0.5 % of it, and
-    DNIS's search time vs the uniform grid's total."""
+    DNIS's search time vs the uniform grid's total. ``carried``: experiment name → its row
+    on an earlier page, used (marked as carried over) where ``results`` lacks it."""
+    carried = carried or {}
 
     def fmt(hit: tuple | None) -> str:
         return "never" if hit is None else f"{hit[0]:.0%} ({hit[1]:.4f}, n={hit[2]})"
@@ -560,6 +627,9 @@ def summary_table(results: dict[str, dict], preset: Preset) -> str:
     for exp in preset.experiments:
         res = results.get(exp.name)
         if res is None:
+            if exp.name in carried:
+                row = carried[exp.name]
+                lines.append(row.replace(f"| {exp.name} |", f"| {exp.name} ({CARRIED}) |", 1))
             continue
         k = res.get("config", {}).get("k", 10)
         metric, _ = primary_metric(exp.task, k)
@@ -604,12 +674,26 @@ def write_report(
     ``results`` (name → results.json dict) alone."""
     fig_dir = doc.parent / "results"
     info = machine_info()
+    previous = doc.read_text() if doc.exists() else ""
+    sections = page_sections(previous)
+    carried = [e.name for e in preset.experiments if e.name not in results and e.name in sections]
+    provenance = (
+        f"Every number below comes from the cells in `{out}/<name>/results.json` of that run; "
+        "rerunning resumes it."
+    )
+    if carried:
+        provenance = (
+            f"Every number below comes from the cells in `{out}/<name>/results.json` of that "
+            "run, except in the sections marked *carried over* ("
+            + ", ".join(carried)
+            + "), which have no cells there and are kept unchanged from the page this one "
+            "replaced; rerunning resumes the run and regenerates them."
+        )
     lines = [
         "# Results: DNIS vs baselines at equal stored bytes",
         "",
         f"Written by `{command}` (preset `{preset_name}`) on "
-        f"{time.strftime('%Y-%m-%d %H:%M %Z')}. Every number below comes from the cells in "
-        f"`{out}/<name>/results.json` of that run; rerunning resumes it.",
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}. {provenance}",
         "",
         "Methods: `uniform` = the grid over one dimension d = ⌊budget·K⌋ (dense table); "
         "`dnis` / `dnis_ft` = DNIS as in docs (element-wise magnitude pruning of E ⊙ α, "
@@ -639,7 +723,7 @@ def write_report(
         lines.append(f"- wall time of this invocation: {wall_seconds:.0f} s")
     lines += ["", "## Commands", "", "```", command]
     for exp in preset.experiments:
-        if exp.name in results:
+        if exp.name in results or exp.name in carried:
             lines.append(compare_command(preset, exp, out))
     lines += ["```", ""]
     lines += [
@@ -651,9 +735,16 @@ def write_report(
         "uniform-K itself, so the uniform grid's own entry is the smallest smaller "
         "dimension that holds up.",
         "",
-        summary_table(results, preset),
+        summary_table(
+            results,
+            preset,
+            {n: row for n, row in page_summary_rows(previous).items() if n in carried},
+        ),
     ]
     for exp in preset.experiments:
+        if exp.name in carried:
+            lines += carry_section(sections[exp.name], exp.name, out)
+            continue
         if exp.name not in results:
             continue
         res = results[exp.name]
@@ -693,7 +784,7 @@ def write_report(
                 matched,
             ]
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(lines))
+    atomic_write_text("\n".join(lines), doc)
     return doc
 
 
@@ -705,7 +796,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=sorted(PRESETS),
         help="default: $RESULTS_PRESET or quick",
     )
-    p.add_argument("--out", default=os.environ.get("RESULTS_OUT", "runs/results"))
+    p.add_argument(
+        "--out",
+        default=os.environ.get("RESULTS_OUT", "docs/results/cells"),
+        help="where the cells are (default: $RESULTS_OUT or docs/results/cells, committed)",
+    )
     p.add_argument("--doc", default="docs/results.md")
     p.add_argument("--only", default="", help="comma-separated experiment names")
     p.add_argument("--seeds", help="override the preset's seeds, e.g. 0,1")
@@ -716,7 +811,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--report-only", action="store_true", help="rewrite the report from results.json"
     )
     p.add_argument("--note", default="", help="a paragraph for the report (how it was run)")
+    p.add_argument("--note-file", help="read the --note paragraph from this file")
     args = p.parse_args(argv)
+    if args.note_file:
+        if args.note:
+            p.error("give --note or --note-file, not both")
+        try:
+            args.note = Path(args.note_file).read_text().strip()
+        except OSError as exc:
+            p.error(f"--note-file {args.note_file}: {exc.strerror}")
     preset = PRESETS[args.preset]
     if args.seeds:
         preset = Preset(

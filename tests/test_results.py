@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import torch
 
 from mixemb.data.schema import Dataset, FieldSpec, Split
-from mixemb.results import Experiment, Preset, main, run_preset, write_report
+from mixemb.results import CARRIED, Experiment, Preset, main, run_preset, write_report
 
 
 def _dataset(n=800, users=40, items=24):
@@ -191,3 +191,65 @@ def test_compare_command_carries_the_experiments_data_options(tmp_path):
         shlex.split(compare_command(PRESET, PRESET.experiments[0], tmp_path))[1:]
     )
     assert "side_fields" not in _dataset_spec(plain)
+
+
+def _results(values: dict[str, float]) -> dict:
+    """A results.json dict: uniform-K and dnis_ft at budgets 1 and 0.5, seeds 0 and 1."""
+    cells = [
+        _cell(m, b, s, v + 0.001 * s, search_seconds=5.0, block_mean_dims=[4.0, 2.0])
+        for (m, b), v in values.items()
+        for s in (0, 1)
+    ]
+    return {"cells": {str(i): c for i, c in enumerate(cells)}, "config": {"k": 10}}
+
+
+def test_report_keeps_sections_of_experiments_without_cells_marked_carried_over(tmp_path):
+    """``--only`` / lost cells: an experiment with no cells keeps its section and summary row
+    from the page being replaced, marked; one with cells is regenerated; the mark is not
+    repeated when the page is rewritten again."""
+    preset = Preset(
+        [Experiment("a", "t", "rating", "mf"), Experiment("b", "t", "rating", "fm")],
+        seeds=[0, 1],
+        budgets=[1.0, 0.5],
+        methods=["uniform", "dnis_ft"],
+    )
+    doc, out = tmp_path / "results.md", tmp_path / "cells"
+    old = {("uniform", 1.0): 0.7, ("uniform", 0.5): 0.71, ("dnis_ft", 0.5): 0.9}
+    write_report({"a": _results(old), "b": _results(old)}, preset, "p", out, doc, command="x")
+    first = doc.read_text()
+    assert "0.9005 ± 0.0007 (2)" in first and CARRIED not in first
+    new = {("uniform", 1.0): 0.6, ("uniform", 0.5): 0.61, ("dnis_ft", 0.5): 0.602}
+    for _ in range(2):  # b's cells are gone: its section is kept, a's is rewritten
+        write_report({"a": _results(new)}, preset, "p", out, doc, command="x")
+        text = doc.read_text()
+        sections = text.split("\n## ")
+        a = next(s for s in sections if s.startswith("a: "))
+        b = next(s for s in sections if s.startswith("b: "))
+        assert "0.6025 ± 0.0007 (2)" in a and "0.9005" not in a
+        assert "0.9005 ± 0.0007 (2)" in b and b.count(CARRIED.capitalize()) == 1
+        assert f"--only b --out {out}" in b
+        rows = text.split("\n## Summary\n")[1].split("\n## ")[0]
+        assert "| a | mse | 0.6005 (n=2) | 50% (0.6025, n=2) |" in rows
+        assert f"| b ({CARRIED}) | mse | 0.7005 (n=2) | never |" in rows
+        assert "except in the sections marked *carried over* (b)" in text
+        assert "mixemb compare --data t --task rating --model fm" in text  # b's command
+    # b has cells again: regenerated, no mark left
+    write_report({"a": _results(new), "b": _results(new)}, preset, "p", out, doc, command="x")
+    assert CARRIED not in doc.read_text() and "0.9005" not in doc.read_text()
+
+
+def test_note_file_is_the_reports_paragraph(tmp_path, monkeypatch):
+    import pytest
+
+    import mixemb.results as results_mod
+
+    monkeypatch.setitem(results_mod.PRESETS, "tiny", PRESET)
+    note, doc = tmp_path / "note.md", tmp_path / "r.md"
+    note.write_text("Ran on 2 cores, cells of seeds 0-1.\n")
+    argv = ["--preset", "tiny", "--report-only", "--out", str(tmp_path), "--doc", str(doc)]
+    assert main([*argv, "--note-file", str(note)]) == 0
+    assert "Ran on 2 cores, cells of seeds 0-1.\n\n## Machine" in doc.read_text()
+    with pytest.raises(SystemExit):
+        main([*argv, "--note-file", str(tmp_path / "missing.md")])
+    with pytest.raises(SystemExit):
+        main([*argv, "--note-file", str(note), "--note", "two"])

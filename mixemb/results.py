@@ -107,11 +107,11 @@ class Preset:
 
 
 PRESETS = {
-    # what fits one afternoon on 2 CPU cores (the two experiments run side by side with
-    # --only, ~80 min each): CTR FM drops the un-fine-tuned variants; the three MDE
-    # exponents of the issue run on MF and CTR FM, a=0.3 alone elsewhere; mde_blocks@0.3
-    # (MDE without the ragged masks' bytes) everywhere; random_blocks@dnis_ft (random
-    # search at DNIS's wall time) on MF, CTR FM, rating NeuMF and DeepFM
+    # fewer methods where a model is slow (hours a seed on one core): CTR FM drops the
+    # un-fine-tuned variants; the three MDE exponents of the issue run on MF and CTR FM,
+    # a=0.3 alone elsewhere; mde_blocks@0.3 (MDE without the ragged masks' bytes)
+    # everywhere; random_blocks@dnis_ft (random search at DNIS's wall time) on all but top-k
+    # NeuMF and rating FM (= MF); dnis_blocks on rating NeuMF, DeepFM and FM with side fields
     "quick": Preset(
         experiments=[
             Experiment("ml1m-rating-mf", "movielens-1m", "rating", "mf"),
@@ -201,6 +201,7 @@ PRESETS = {
                     "magnitude_ft",
                     "mde_blocks@0.3",
                     "random_blocks@dnis_ft",
+                    "dnis_blocks",
                 ],
             ),
             Experiment(

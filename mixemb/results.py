@@ -496,12 +496,13 @@ def time_matched_table(results: dict) -> str:
 WITHIN = 0.005  # "within 0.5 % (relative) of uniform-K", the issue's yardstick
 
 CARRIED = "carried over"  # the mark of a section kept from the page being replaced
+_MARK = f"> *{CARRIED.capitalize()}*"  # how the line under such a section's heading starts
 
 
 def carried_mark(name: str, out: Path) -> str:
     """The line under a carried-over section's heading."""
     return (
-        f"> *{CARRIED.capitalize()}* from the page this report replaced: there are no cells "
+        f"{_MARK} from the page this report replaced: there are no cells "
         f"for {name} under `{out}`, so the figures below are not from this run (not "
         f"regenerated). `python -m mixemb.results --only {name} --out {out}` reruns it."
     )
@@ -516,9 +517,7 @@ def page_sections(page: str) -> dict[str, list[str]]:
     for line in page.splitlines():
         if line.startswith("## "):
             name, colon, _ = line[3:].partition(":")
-            current = sections.setdefault(name.strip(), []) if colon else None
-            if current is not None:
-                current.clear()
+            current = sections[name.strip()] = [] if colon else None
         if current is not None:
             current.append(line)
     return sections
@@ -528,7 +527,7 @@ def page_summary_rows(page: str) -> dict[str, str]:
     """An earlier page's summary table rows: experiment name → the row (its name cell
     without the carried-over mark)."""
     rows: dict[str, str] = {}
-    summary = page.split("\n## Summary\n", 1)[-1].split("\n## ", 1)[0] if page else ""
+    summary = page.split("\n## Summary\n", 1)[-1].split("\n## ", 1)[0]
     for line in summary.splitlines():
         if line.startswith("| ") and line.count("|") > 2:
             name = line[2:].split(" |", 1)[0].replace(f" ({CARRIED})", "").strip()
@@ -539,7 +538,7 @@ def page_summary_rows(page: str) -> dict[str, str]:
 def carry_section(lines: list[str], name: str, out: Path) -> list[str]:
     """A section kept from an earlier page: its heading, the carried-over mark (replacing
     an earlier one) and its body unchanged."""
-    body = [x for x in lines[1:] if not x.startswith(f"> *{CARRIED.capitalize()}*")]
+    body = [x for x in lines[1:] if not x.startswith(_MARK)]
     while body and not body[0].strip():
         body = body[1:]
     return [lines[0], "", carried_mark(name, out), "", *body]
@@ -679,17 +678,16 @@ def write_report(
     sections = page_sections(previous)
     carried = [e.name for e in preset.experiments if e.name not in results and e.name in sections]
     provenance = (
-        f"Every number below comes from the cells in `{out}/<name>/results.json` of that run; "
-        "rerunning resumes it."
+        f"Every number below comes from the cells in `{out}/<name>/results.json` of that run"
     )
     if carried:
-        provenance = (
-            f"Every number below comes from the cells in `{out}/<name>/results.json` of that "
-            "run, except in the sections marked *carried over* ("
-            + ", ".join(carried)
-            + "), which have no cells there and are kept unchanged from the page this one "
-            "replaced; rerunning resumes the run and regenerates them."
+        provenance += (
+            f", except in the sections marked *{CARRIED}* ({', '.join(carried)}), which have no "
+            "cells there and are kept unchanged from the page this one replaced; rerunning "
+            "resumes the run and regenerates them."
         )
+    else:
+        provenance += "; rerunning resumes it."
     lines = [
         "# Results: DNIS vs baselines at equal stored bytes",
         "",

@@ -18,7 +18,10 @@ so a killed run resumes where it stopped — then writes the report (default
 
 An experiment with no cells under ``OUT`` keeps its section (and summary row) from the page
 being replaced, marked as carried over, so ``--only`` regenerates one experiment without
-dropping the others; the page's first paragraph lists those sections.
+dropping the others; the page's first paragraph lists those sections. A carried-over section
+stays carried over (its mark counts the cells done) until a rerun under ``OUT`` has every
+cell the preset plans for it, so a long rerun can be committed seed by seed, over several
+sessions, without replacing a complete section with a partial one.
 
 Presets: ``quick`` (the six ML-1M combinations and rating FM with side fields, 3 seeds,
 fewer methods for all but rating MF; hours on 2 CPU cores; ``--only`` one experiment per
@@ -44,7 +47,7 @@ from pathlib import Path
 import torch
 
 from mixemb.metrics import primary_metric
-from mixemb.search.compare import compare, plot_results, summarize
+from mixemb.search.compare import cell_key, compare, plan_cells, plot_results, summarize
 from mixemb.search.methods import MethodConfig
 from mixemb.train.checkpoint import atomic_write_text
 
@@ -499,13 +502,30 @@ CARRIED = "carried over"  # the mark of a section kept from the page being repla
 _MARK = f"> *{CARRIED.capitalize()}*"  # how the line under such a section's heading starts
 
 
-def carried_mark(name: str, out: Path) -> str:
-    """The line under a carried-over section's heading."""
+def carried_mark(name: str, out: Path, progress: tuple[int, int] | None = None) -> str:
+    """The line under a carried-over section's heading; ``progress`` = (cells done,
+    cells planned) of an unfinished rerun under ``out``, None when it has no cells."""
+    rerun = f"`python -m mixemb.results --only {name} --out {out}`"
+    if progress is None:
+        return (
+            f"{_MARK} from the page this report replaced: there are no cells "
+            f"for {name} under `{out}`, so the figures below are not from this run (not "
+            f"regenerated). {rerun} reruns it."
+        )
     return (
-        f"{_MARK} from the page this report replaced: there are no cells "
-        f"for {name} under `{out}`, so the figures below are not from this run (not "
-        f"regenerated). `python -m mixemb.results --only {name} --out {out}` reruns it."
+        f"{_MARK} from the page this report replaced: the rerun of {name} under `{out}` "
+        f"is not finished ({progress[0]} of {progress[1]} planned cells), so the figures "
+        f"below are not from it; the section is regenerated when it is. {rerun} finishes it."
     )
+
+
+def rerun_progress(results: dict, exp: Experiment, preset: Preset) -> tuple[int, int]:
+    """(cells done, cells planned) of ``exp`` under ``preset``: the planned cells that
+    ``results`` holds, run or recorded as skipped."""
+    plan = plan_cells(exp.methods or preset.methods, preset.budgets, preset.seeds)
+    planned = {cell_key(*c) for c in plan}
+    have = {cell_key(c["method"], c["budget"], c["seed"]) for c in results["cells"].values()}
+    return len(planned & have), len(planned)
 
 
 def page_sections(page: str) -> dict[str, list[str]]:
@@ -535,13 +555,15 @@ def page_summary_rows(page: str) -> dict[str, str]:
     return rows
 
 
-def carry_section(lines: list[str], name: str, out: Path) -> list[str]:
+def carry_section(
+    lines: list[str], name: str, out: Path, progress: tuple[int, int] | None = None
+) -> list[str]:
     """A section kept from an earlier page: its heading, the carried-over mark (replacing
-    an earlier one) and its body unchanged."""
+    an earlier one; ``progress`` as in carried_mark) and its body unchanged."""
     body = [x for x in lines[1:] if not x.startswith(_MARK)]
     while body and not body[0].strip():
         body = body[1:]
-    return [lines[0], "", carried_mark(name, out), "", *body]
+    return [lines[0], "", carried_mark(name, out, progress), "", *body]
 
 
 def smallest_budgets(results: dict, task: str, k: int) -> dict[str, tuple | None]:
@@ -676,15 +698,30 @@ def write_report(
     info = machine_info()
     previous = doc.read_text() if doc.exists() else ""
     sections = page_sections(previous)
-    carried = [e.name for e in preset.experiments if e.name not in results and e.name in sections]
+    # a carried-over section stays carried over until its rerun has every planned cell, so
+    # a rerun split over sessions (its cells committed as they finish) does not replace a
+    # complete section with a partial one
+    progress = {}
+    for e in preset.experiments:
+        if e.name in results and any(x.startswith(_MARK) for x in sections.get(e.name, [])):
+            done, planned = rerun_progress(results[e.name], e, preset)
+            if done < planned:
+                progress[e.name] = (done, planned)
+    carried = [
+        e.name
+        for e in preset.experiments
+        if e.name in sections and (e.name not in results or e.name in progress)
+    ]
+    results = {n: r for n, r in results.items() if n not in carried}
     provenance = (
         f"Every number below comes from the cells in `{out}/<name>/results.json` of that run"
     )
     if carried:
         provenance += (
             f", except in the sections marked *{CARRIED}* ({', '.join(carried)}), which have no "
-            "cells there and are kept unchanged from the page this one replaced; rerunning "
-            "resumes the run and regenerates them."
+            f"cells there{' (or an unfinished rerun)' if progress else ''} and are kept "
+            "unchanged from the page this one replaced; rerunning resumes the run and "
+            "regenerates them."
         )
     else:
         provenance += "; rerunning resumes it."
@@ -742,7 +779,7 @@ def write_report(
     ]
     for exp in preset.experiments:
         if exp.name in carried:
-            lines += carry_section(sections[exp.name], exp.name, out)
+            lines += carry_section(sections[exp.name], exp.name, out, progress.get(exp.name))
             continue
         if exp.name not in results:
             continue

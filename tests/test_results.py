@@ -233,9 +233,52 @@ def test_report_keeps_sections_of_experiments_without_cells_marked_carried_over(
         assert f"| b ({CARRIED}) | mse | 0.7005 (n=2) | never |" in rows
         assert "except in the sections marked *carried over* (b)" in text
         assert "mixemb compare --data t --task rating --model fm" in text  # b's command
-    # b has cells again: regenerated, no mark left
-    write_report({"a": _results(new), "b": _results(new)}, preset, "p", out, doc, command="x")
+    # b's rerun has every planned cell: regenerated, no mark left
+    complete = {**new, ("dnis_ft", 1.0): 0.6}
+    write_report({"a": _results(new), "b": _results(complete)}, preset, "p", out, doc, command="x")
     assert CARRIED not in doc.read_text() and "0.9005" not in doc.read_text()
+
+
+def test_carried_over_section_stays_until_its_rerun_has_every_planned_cell(tmp_path):
+    """A rerun committed seed by seed: while it lacks planned cells its experiment keeps the
+    carried-over section (the mark counts the cells done); once complete it is regenerated.
+    A section that was not carried over is regenerated from partial cells as before."""
+    preset = Preset(
+        [Experiment("a", "t", "rating", "mf"), Experiment("b", "t", "rating", "fm")],
+        seeds=[0, 1],
+        budgets=[1.0, 0.5],
+        methods=["uniform", "dnis_ft"],
+    )
+    doc, out = tmp_path / "results.md", tmp_path / "cells"
+    old = {("uniform", 1.0): 0.7, ("uniform", 0.5): 0.71, ("dnis_ft", 1.0): 0.8}
+    old[("dnis_ft", 0.5)] = 0.9
+    write_report({"a": _results(old), "b": _results(old)}, preset, "p", out, doc, command="x")
+    write_report({"a": _results(old)}, preset, "p", out, doc, command="x")  # b carried over
+    new = {("uniform", 1.0): 0.6, ("uniform", 0.5): 0.61, ("dnis_ft", 1.0): 0.62}
+    partial = _results(new)  # seeds 0 and 1 of three methods: 6 of the 8 planned cells
+    partial_a = _results(new)
+    for _ in range(2):  # and idempotent
+        write_report({"a": partial_a, "b": partial}, preset, "p", out, doc, command="x")
+        text = doc.read_text()
+        b = next(s for s in text.split("\n## ") if s.startswith("b: "))
+        a = next(s for s in text.split("\n## ") if s.startswith("a: "))
+        assert "0.9005 ± 0.0007 (2)" in b and b.count(CARRIED.capitalize()) == 1
+        assert "is not finished (6 of 8 planned cells)" in b
+        assert f"--only b --out {out}` finishes it." in b
+        assert "0.6005 ± 0.0007 (2)" in a and CARRIED not in a  # a was not carried over
+        assert "except in the sections marked *carried over* (b)" in text
+        rows = text.split("\n## Summary\n")[1].split("\n## ")[0]
+        assert f"| b ({CARRIED}) | mse | 0.7005 (n=2) |" in rows
+    # a cell recorded as skipped counts as done
+    partial["cells"]["x"] = {"method": "dnis_ft", "budget": 0.5, "seed": 0, "skipped": "no"}
+    write_report({"a": partial_a, "b": partial}, preset, "p", out, doc, command="x")
+    assert "(7 of 8 planned cells)" in doc.read_text()
+    partial["cells"]["y"] = _cell("dnis_ft", 0.5, 1, 0.63, block_mean_dims=[4.0, 2.0])
+    write_report({"a": partial_a, "b": partial}, preset, "p", out, doc, command="x")
+    text = doc.read_text()
+    assert CARRIED not in text and "0.9005" not in text
+    b = next(s for s in text.split("\n## ") if s.startswith("b: "))
+    assert "0.6300 ± 0.0000 (1)" in b  # dnis_ft 0.5 from the one seed that ran it
 
 
 def test_note_file_is_the_reports_paragraph(tmp_path, monkeypatch):

@@ -1,9 +1,9 @@
 """docs/results.md agrees with the committed cells it was written from.
 
 Every experiment with cells under docs/results/cells is rendered again from them (the
-other sections are carried over, as on the page) and its section and summary row must be
-the page's, less the plot line (matplotlib is optional) — so a cell changed or added
-without rewriting the page, or a page edited by hand, fails here.
+other sections, and those of unfinished reruns, are carried over, as on the page) and its
+section and summary row must be the page's, less the plot line (matplotlib is optional) —
+so a cell changed or added without rewriting the page, or a page edited by hand, fails here.
 """
 
 from __future__ import annotations

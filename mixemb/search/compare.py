@@ -38,6 +38,23 @@ def cell_key(method: str, budget: float, seed: int) -> str:
     return f"{method}|{budget:g}|{seed}"
 
 
+def plan_cells(
+    methods: Sequence[str], budgets: Sequence[float], seeds: Sequence[int]
+) -> list[tuple[str, float, int]]:
+    """The (method, budget, seed) cells a comparison runs, in the order it runs them:
+    ``uniform`` at budget 1.0 (the uniform-K reference) for every seed first, then seed by
+    seed. Seed-major, so a seed's DNIS search and uniform-K model are trained once and
+    reused by all its budgets and variants (see methods._cached), and a partial run already
+    holds whole curves for its first seeds; time-matched methods (``random…@m``) come after
+    the cells of m whose wall time they take."""
+    plan = [("uniform", 1.0, s) for s in seeds]
+    ordered = sorted(methods, key=lambda m: time_reference(m) is not None)
+    plan += [
+        (m, b, s) for s in seeds for b in budgets for m in ordered if (m, b) != ("uniform", 1.0)
+    ]
+    return plan
+
+
 def load_results(path: Path, header: dict) -> dict:
     """Existing results for the same experiment, or a fresh container."""
     if not path.exists():
@@ -130,15 +147,7 @@ def compare(
     path = out / "results.json"
     header = {"dataset": spec, "model": model_name, "config": asdict(config)}
     results = load_results(path, header)
-    # seed-major: a seed's DNIS search and uniform-K model are trained once and reused by
-    # all its budgets and variants (see methods._cached), and a partial run already holds
-    # whole curves for the first seeds
-    plan = [("uniform", 1.0, s) for s in seeds]
-    # time-matched methods after the DNIS cells whose wall time they take
-    methods = sorted(methods, key=lambda m: time_reference(m) is not None)
-    plan += [
-        (m, b, s) for s in seeds for b in budgets for m in methods if (m, b) != ("uniform", 1.0)
-    ]
+    plan = plan_cells(methods, budgets, seeds)
     todo = [p for p in plan if cell_key(*p) not in results["cells"]]
     log(f"compare: {len(plan)} cells, {len(plan) - len(todo)} already done")
     metric, _ = primary_metric(dataset.task, config.k)

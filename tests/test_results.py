@@ -203,17 +203,20 @@ def _results(values: dict[str, float]) -> dict:
     return {"cells": {str(i): c for i, c in enumerate(cells)}, "config": {"k": 10}}
 
 
+# two experiments of 8 planned cells each: uniform-K and dnis_ft at budgets 1 and 0.5
+TWO = Preset(
+    [Experiment("a", "t", "rating", "mf"), Experiment("b", "t", "rating", "fm")],
+    seeds=[0, 1],
+    budgets=[1.0, 0.5],
+    methods=["uniform", "dnis_ft"],
+)
+
+
 def test_report_keeps_sections_of_experiments_without_cells_marked_carried_over(tmp_path):
     """``--only`` / lost cells: an experiment with no cells keeps its section and summary row
     from the page being replaced, marked; one with cells is regenerated; the mark is not
     repeated when the page is rewritten again."""
-    preset = Preset(
-        [Experiment("a", "t", "rating", "mf"), Experiment("b", "t", "rating", "fm")],
-        seeds=[0, 1],
-        budgets=[1.0, 0.5],
-        methods=["uniform", "dnis_ft"],
-    )
-    doc, out = tmp_path / "results.md", tmp_path / "cells"
+    preset, doc, out = TWO, tmp_path / "results.md", tmp_path / "cells"
     old = {("uniform", 1.0): 0.7, ("uniform", 0.5): 0.71, ("dnis_ft", 0.5): 0.9}
     write_report({"a": _results(old), "b": _results(old)}, preset, "p", out, doc, command="x")
     first = doc.read_text()
@@ -243,13 +246,7 @@ def test_carried_over_section_stays_until_its_rerun_has_every_planned_cell(tmp_p
     """A rerun committed seed by seed: while it lacks planned cells its experiment keeps the
     carried-over section (the mark counts the cells done); once complete it is regenerated.
     A section that was not carried over is regenerated from partial cells as before."""
-    preset = Preset(
-        [Experiment("a", "t", "rating", "mf"), Experiment("b", "t", "rating", "fm")],
-        seeds=[0, 1],
-        budgets=[1.0, 0.5],
-        methods=["uniform", "dnis_ft"],
-    )
-    doc, out = tmp_path / "results.md", tmp_path / "cells"
+    preset, doc, out = TWO, tmp_path / "results.md", tmp_path / "cells"
     old = {("uniform", 1.0): 0.7, ("uniform", 0.5): 0.71, ("dnis_ft", 1.0): 0.8}
     old[("dnis_ft", 0.5)] = 0.9
     write_report({"a": _results(old), "b": _results(old)}, preset, "p", out, doc, command="x")

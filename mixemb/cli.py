@@ -397,8 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="DNIS vs baselines (uniform, magnitude pruning, MDE, random search) at budgets",
         description="Every (method, budget, seed) cell is saved to OUT/results.json as it "
-        "finishes; rerunning skips finished cells. Writes OUT/results.md (mean ± std) and "
-        "OUT/results.png (needs matplotlib).",
+        "finishes; rerunning skips finished cells. Processes may share one OUT (e.g. one per "
+        "seed or per method): a cell another has finished or is running is not run again. "
+        "Writes OUT/results.md (mean ± std) and OUT/results.png (needs matplotlib).",
     )
     _add_data_args(p)
     g = p.add_argument_group("experiment")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import replace
+from dataclasses import asdict, replace
 from types import SimpleNamespace
 
 import pytest
@@ -148,8 +148,6 @@ def test_compare_is_resumable_and_writes_tables(tmp_path):
 def test_compare_processes_sharing_an_output_folder_keep_each_others_cells(tmp_path, monkeypatch):
     """A second process (here: simulated inside the first cell) writes seed 1's cells to
     the same results.json; the first neither loses them nor runs them again."""
-    from dataclasses import asdict
-
     import mixemb.search.compare as cmp
 
     ds = _dataset(n=600)
@@ -182,6 +180,58 @@ def test_compare_processes_sharing_an_output_folder_keep_each_others_cells(tmp_p
         == {cmp.cell_key("uniform", b, s) for b in (1.0, 0.5) for s in (0, 1)}
     )
     assert all(on_disk[cmp.cell_key("uniform", b, 1)]["by"] == "other" for b in (1.0, 0.5))
+
+
+def test_compare_leaves_a_cell_another_live_process_is_running(tmp_path, monkeypatch):
+    """A claim by a live process (here: pytest's parent) makes compare leave that cell to
+    it; claims of exited processes and lapsed claims from other hosts are ignored; this
+    process's own claims are released, also when a cell fails."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import mixemb.search.compare as cmp
+
+    ds = _dataset(n=600)
+    spec = {"name": "t", "task": "rating"}
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    host, now = socket.gethostname(), time.time()
+    live = {"pid": os.getppid(), "host": host, "since": now}
+    claims = {
+        cmp.cell_key("uniform", 0.5, 0): live,
+        cmp.cell_key("uniform", 1.0, 0): {"pid": exited.pid, "host": host, "since": now},
+        cmp.cell_key("uniform", 0.2, 0): {"pid": 1, "host": "elsewhere", "since": now - 25 * 3600},
+    }
+    claims_path = tmp_path / "results.json.claims"
+    claims_path.write_text(json.dumps(claims))
+    logs = []
+    res = cmp.compare(
+        ds, spec, "mf", CFG, methods=["uniform"], budgets=[0.5, 0.2], seeds=[0],
+        out=tmp_path, log=logs.append,
+    )  # fmt: skip
+    assert set(res["cells"]) == {cmp.cell_key("uniform", b, 0) for b in (1.0, 0.2)}
+    assert any(f"running in process {os.getppid()} on {host}, left to it" in x for x in logs)
+    assert json.loads(claims_path.read_text()) == {cmp.cell_key("uniform", 0.5, 0): live}
+
+    # a fresh claim from another host is honoured (its process cannot be checked)
+    other = {"pid": 1, "host": "elsewhere", "since": time.time()}
+    claims_path.write_text(json.dumps({cmp.cell_key("uniform", 0.5, 0): other}))
+    header = {"dataset": spec, "model": "mf", "config": asdict(CFG)}
+    assert cmp.claim_cell(tmp_path / "results.json", header, "uniform|0.5|0") == (None, other)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    claims_path.unlink()
+    monkeypatch.setattr(cmp, "run_method", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        cmp.compare(
+            ds, spec, "mf", CFG, methods=["uniform"], budgets=[0.5], seeds=[0], out=tmp_path
+        )
+    assert json.loads(claims_path.read_text()) == {}
 
 
 def test_aligned_prune_keeps_dnis_dims_at_nested_positions():

@@ -4,16 +4,20 @@ Every finished cell (method, budget, seed) is written to ``results.json`` at onc
 (atomically); a rerun skips cells already there, so a killed comparison continues where
 it stopped. Several processes may share one ``--out`` (e.g. one per seed, to use more
 cores): each write merges with the file under an exclusive lock, and a cell another
-process finished is not run again. ``results.md`` (mean ± std over seeds) and, when
-matplotlib is installed, ``results.png`` (test metric vs stored bytes) are rewritten from
-``results.json``.
+process finished is not run again, nor one it is running (its claim in
+``results.json.claims``, dropped once the cell is written or the process has exited).
+``results.md`` (mean ± std over seeds) and, when matplotlib is installed, ``results.png``
+(test metric vs stored bytes) are rewritten from ``results.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import socket
 import statistics
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -107,6 +111,58 @@ def finished_elsewhere(path: Path, header: dict, key: str) -> dict | None:
         return load_results(path, header)["cells"].get(key)
 
 
+# a claim from another host cannot be checked for a live process: it lapses after this
+CLAIM_TTL_SECONDS = 24 * 3600
+
+
+def _claims_path(path: Path) -> Path:
+    return path.with_name(path.name + ".claims")
+
+
+def _claim_alive(claim: dict) -> bool:
+    if claim.get("host") != socket.gethostname():
+        return time.time() - claim.get("since", 0) < CLAIM_TTL_SECONDS
+    try:
+        os.kill(int(claim["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def claim_cell(path: Path, header: dict, key: str) -> tuple[dict | None, dict | None]:
+    """Take cell ``key`` for this process, unless another process sharing ``path`` has
+    finished it or is running it. Returns (finished cell, None), (None, the live claim of
+    the process running it), or (None, None) when this process now holds the claim (in
+    ``results.json.claims``: pid, host, start time), which :func:`release_cell` drops."""
+    claims_path = _claims_path(path)
+    with _locked(path):
+        done = load_results(path, header)["cells"].get(key)
+        if done is not None:
+            return done, None
+        claims = json.loads(claims_path.read_text()) if claims_path.exists() else {}
+        claim = claims.get(key)
+        mine = {"pid": os.getpid(), "host": socket.gethostname()}
+        if claim and {k: claim.get(k) for k in mine} != mine and _claim_alive(claim):
+            return None, claim
+        claims = {k: c for k, c in claims.items() if _claim_alive(c)}  # drop the dead
+        claims[key] = {**mine, "since": time.time()}
+        write_json(claims, claims_path)
+    return None, None
+
+
+def release_cell(path: Path, key: str) -> None:
+    """Drop this process's claim on ``key`` (see :func:`claim_cell`)."""
+    claims_path = _claims_path(path)
+    with _locked(path):
+        if not claims_path.exists():
+            return
+        claims = json.loads(claims_path.read_text())
+        if claims.pop(key, None) is not None:
+            write_json(claims, claims_path)
+
+
 def _matched_seconds(path, header, results, method, budget, seed) -> float | None:
     """The wall time a time-matched ``method`` gets at (budget, seed): that of its DNIS
     cell (:func:`dnis_wall_seconds`), also when another process ran it; None while that
@@ -152,40 +208,42 @@ def compare(
     log(f"compare: {len(plan)} cells, {len(plan) - len(todo)} already done")
     metric, _ = primary_metric(dataset.task, config.k)
     for i, (method, budget, seed) in enumerate(todo, 1):
-        done = finished_elsewhere(path, header, cell_key(method, budget, seed))
+        key = cell_key(method, budget, seed)
+        step = f"[{i}/{len(todo)}] {method:9s} budget {budget:<5g} seed {seed}:"
+        done, running = claim_cell(path, header, key)
         if done is not None:
-            results["cells"][cell_key(method, budget, seed)] = done
-            log(f"[{i}/{len(todo)}] {method:9s} budget {budget:<5g} seed {seed}: done elsewhere")
+            results["cells"][key] = done
+            log(f"{step} done elsewhere")
             continue
-        extra = {}
-        try:
-            if time_reference(method) is not None:  # random_blocks@dnis_ft
-                extra["time_budget"] = _matched_seconds(path, header, results, method, budget, seed)
-                if extra["time_budget"] is None:  # not recorded: a rerun will run it
-                    log(
-                        f"[{i}/{len(todo)}] {method} budget {budget:g} seed {seed}: left for "
-                        f"later: the {time_reference(method)} cell it matches has not run"
+        if running is not None:  # left to it; the merge at the end picks its cell up
+            log(f"{step} running in process {running['pid']} on {running['host']}, left to it")
+            continue
+        try:  # released after the cell is written: who sees no claim sees the cell
+            try:
+                extra = {}
+                if time_reference(method) is not None:  # random_blocks@dnis_ft
+                    extra["time_budget"] = _matched_seconds(
+                        path, header, results, method, budget, seed
                     )
-                    continue
-            cell = run_method(method, dataset, model_name, config, budget, seed, **extra)
-        except InfeasibleBudget as exc:
-            # recorded, so a rerun does not retry it; left out of the tables
-            results["cells"][cell_key(method, budget, seed)] = {
-                "method": method,
-                "budget": budget,
-                "seed": seed,
-                "skipped": str(exc),
-            }
+                    if extra["time_budget"] is None:  # not recorded: a rerun will run it
+                        ref = time_reference(method)
+                        log(f"{step} left for later: the {ref} cell it matches has not run")
+                        continue
+                cell = run_method(method, dataset, model_name, config, budget, seed, **extra)
+            except InfeasibleBudget as exc:
+                # recorded, so a rerun does not retry it; left out of the tables
+                cell = {"method": method, "budget": budget, "seed": seed, "skipped": str(exc)}
+            results["cells"][key] = cell
             results = merge_results(path, header, results)
-            log(f"[{i}/{len(todo)}] {method:9s} budget {budget:<5g} seed {seed}: skipped: {exc}")
-            continue
-        results["cells"][cell_key(method, budget, seed)] = cell
-        results = merge_results(path, header, results)
-        log(
-            f"[{i}/{len(todo)}] {method:9s} budget {budget:<5g} seed {seed}: "
-            f"test {metric} {cell['test'][metric]:.4f}  kept {cell['kept_params']:,}  "
-            f"{cell['stored_bytes'] / 1e6:.2f} MB  {cell['seconds']:.0f}s"
-        )
+        finally:
+            release_cell(path, key)
+        if "skipped" in cell:
+            log(f"{step} skipped: {cell['skipped']}")
+        else:
+            log(
+                f"{step} test {metric} {cell['test'][metric]:.4f}  kept {cell['kept_params']:,}  "
+                f"{cell['stored_bytes'] / 1e6:.2f} MB  {cell['seconds']:.0f}s"
+            )
     clear_cache()  # the shared searches / uniform-K models of this comparison
     results = merge_results(path, header, results)  # what the other processes added since
     (out / "results.md").write_text(markdown_table(results, dataset.task, config.k))

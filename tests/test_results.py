@@ -293,3 +293,31 @@ def test_note_file_is_the_reports_paragraph(tmp_path, monkeypatch):
         main([*argv, "--note-file", str(tmp_path / "missing.md")])
     with pytest.raises(SystemExit):
         main([*argv, "--note-file", str(note), "--note", "two"])
+
+
+def test_report_warns_when_matplotlib_is_missing(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import mixemb.results as results_mod
+
+    monkeypatch.setitem(results_mod.PRESETS, "tiny", PRESET)
+    argv = [
+        "--preset",
+        "tiny",
+        "--report-only",
+        "--out",
+        str(tmp_path),
+        "--doc",
+        str(tmp_path / "r.md"),
+    ]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "matplotlib" else real(name, *a),
+    )
+    assert main(argv) == 0
+    assert "matplotlib is not installed" in capsys.readouterr().err
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert main(argv) == 0
+    assert "matplotlib" not in capsys.readouterr().err

@@ -33,7 +33,6 @@ process, or ``--seeds`` one seed per process on the same ``--out``, to use more 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import shlex
@@ -885,13 +884,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "mixemb.results", *shown])
     if not any(a.startswith("--preset") for a in (argv or sys.argv[1:])):
         command = f"RESULTS_PRESET={args.preset} " + command
-    if importlib.util.find_spec("matplotlib") is None:
-        print(
-            "warning: matplotlib is not installed, so the report is written without its plots "
-            "(each section says 'plot skipped'); `pip install matplotlib` (the extra 'plot') "
-            "restores them",
-            file=sys.stderr,
-        )
     t0 = time.perf_counter()
     if args.report_only:
         import json

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from mixemb.data.schema import Dataset, FieldSpec, Split
@@ -279,7 +280,6 @@ def test_carried_over_section_stays_until_its_rerun_has_every_planned_cell(tmp_p
 
 
 def test_note_file_is_the_reports_paragraph(tmp_path, monkeypatch):
-    import pytest
 
     import mixemb.results as results_mod
 
@@ -295,29 +295,13 @@ def test_note_file_is_the_reports_paragraph(tmp_path, monkeypatch):
         main([*argv, "--note-file", str(note), "--note", "two"])
 
 
-def test_report_warns_when_matplotlib_is_missing(tmp_path, monkeypatch, capsys):
-    import importlib.util
+def test_plots_are_skipped_with_a_warning_when_matplotlib_is_missing(tmp_path, monkeypatch):
+    import sys
 
-    import mixemb.results as results_mod
+    from mixemb.search.compare import plot_results
 
-    monkeypatch.setitem(results_mod.PRESETS, "tiny", PRESET)
-    argv = [
-        "--preset",
-        "tiny",
-        "--report-only",
-        "--out",
-        str(tmp_path),
-        "--doc",
-        str(tmp_path / "r.md"),
-    ]
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "matplotlib" else real(name, *a),
-    )
-    assert main(argv) == 0
-    assert "matplotlib is not installed" in capsys.readouterr().err
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
-    assert main(argv) == 0
-    assert "matplotlib" not in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    png = tmp_path / "r.png"
+    with pytest.warns(RuntimeWarning, match="matplotlib is not installed"):
+        assert plot_results({"cells": {}}, "rating", 10, png) is False
+    assert not png.exists()

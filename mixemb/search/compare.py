@@ -18,6 +18,7 @@ import os
 import socket
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -299,13 +300,21 @@ def markdown_table(results: dict, task: str, k: int = 10) -> str:
 
 
 def plot_results(results: dict, task: str, k: int, path: Path) -> bool:
-    """PNG of the primary test metric vs stored bytes; False when matplotlib is missing."""
+    """PNG of the primary test metric vs stored bytes; False (with a RuntimeWarning, shown
+    once) when matplotlib is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        warnings.warn(
+            "matplotlib is not installed, so the plots are skipped (results.png, and on "
+            "docs/results.md 'plot skipped' in place of each figure); `pip install matplotlib` "
+            "(the extra 'plot') restores them",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return False
     metric, _ = primary_metric(task, k)
     rows = summarize(results, task, k)

@@ -488,15 +488,16 @@ def test_out_of_range_ids_are_named():
         ragged_bag(table, torch.tensor([1, 2]), torch.tensor([1]), backend="extension")
 
 
-def test_opcheck_every_op():
-    _, table = _table(20, 10, dtype=torch.float64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_every_op(device):
+    _, table = _table(20, 10, dtype=torch.float64, device=device)
     t = (table.masks, table.values, table.group_offsets, table.group_size, 10)
-    ids = torch.tensor([[1, 3], [19, 0]])
+    ids = torch.tensor([[1, 3], [19, 0]], device=device)
     torch.library.opcheck(torch.ops.mixemb.ragged_gather.default, (*t, ids, True))
-    out = torch.empty(2, 2, 10, dtype=torch.float64)
+    out = torch.empty(2, 2, 10, dtype=torch.float64, device=device)
     torch.library.opcheck(torch.ops.mixemb.ragged_gather_out.default, (*t, ids, out, True))
-    w = torch.rand(4, dtype=torch.float64, requires_grad=True)
-    flat, offsets = ids.reshape(-1), torch.tensor([0, 1])
+    w = torch.rand(4, dtype=torch.float64, device=device, requires_grad=True)
+    flat, offsets = ids.reshape(-1), torch.tensor([0, 1], device=device)
     torch.library.opcheck(
         torch.ops.mixemb.ragged_bag.default, (*t, flat, offsets, 0, w, False, True)
     )
@@ -509,13 +510,15 @@ def test_opcheck_every_op():
 
 
 @pytest.mark.slow
-def test_model_on_ragged_embedding_compiles_without_graph_breaks():
+@pytest.mark.parametrize("device", DEVICES)
+def test_model_on_ragged_embedding_compiles_without_graph_breaks(device):
     from mixemb.models import build_model
     from mixemb.nn import RaggedEmbedding
 
     x, table = _table(50, 16)
-    model = build_model("deepfm", 50, 3, 16, embedding=RaggedEmbedding(table), hidden=[8]).eval()
-    ids = torch.randint(0, 50, (32, 3))
+    model = build_model("deepfm", 50, 3, 16, embedding=RaggedEmbedding(table), hidden=[8])
+    model = model.eval().to(device)
+    ids = torch.randint(0, 50, (32, 3), device=device)
     eager = model(ids)
     compiled = torch.compile(model, fullgraph=True)
     torch.testing.assert_close(compiled(ids), eager)

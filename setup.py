@@ -27,6 +27,31 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def shared_cpp_runtime() -> list[str]:
+    """Link arguments naming the libstdc++ this process (and so torch) has loaded, by path.
+
+    A compiler that links libstdc++ statically by default (seen on a GPU machine's image:
+    CXX=/opt/gcc/bin/g++, where -lstdc++ also found the static archive) put a second C++
+    runtime inside _C.so, half bound to the process's copy: the first error message with a
+    number in it (an out-of-range id, bad bag offsets) crashed the process in the static
+    copy's ostream instead of raising. Naming the loaded shared library, ahead of the
+    driver's own -lstdc++, resolves every C++ runtime symbol there.
+    tests/test_ops_ragged.py::test_extension_uses_the_shared_cpp_runtime checks the result.
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            paths = {line.split()[-1] for line in maps if "libstdc++.so" in line}
+    except OSError:
+        return []
+    paths = sorted(p for p in paths if os.path.isfile(p))
+    if not paths:
+        return []
+    print(f"mixemb: linking the loaded C++ runtime {paths[0]}", file=sys.stderr)
+    return [paths[0]]
+
+
 def extension_modules():
     if _flag("MIXEMB_SKIP_EXT"):
         print("mixemb: MIXEMB_SKIP_EXT set: building no C++ extension", file=sys.stderr)
@@ -54,6 +79,7 @@ def extension_modules():
     # so the process keeps one OpenMP runtime.
     cxx = ["-O3", "-fopenmp"]
     link = ["-fopenmp"]
+    link += shared_cpp_runtime()
     if platform.machine().lower() in ("x86_64", "amd64"):
         # a hardware popcount: every x86-64 CPU since 2008 has it, and without the flag
         # GCC calls a software routine for each of the popcounts a lookup does

@@ -7,7 +7,9 @@ frequency-sorted ids:
 
 * gather — ``mixemb.ops.ragged_gather`` (the extension) vs ``F.embedding`` on the unpruned
   (N, K) table vs ``ragged_gather_reference`` (torch ops); on CUDA each mixemb op is also timed as
-  ``mixemb-warp``, the one-warp-per-lookup kernels (``MIXEMB_CUDA_ONE_WARP=1``);
+  ``mixemb-warp``, the one-warp-per-lookup kernels (``MIXEMB_CUDA_ONE_WARP=1``), and as
+  ``mixemb-u1`` … ``mixemb-u8``, the 16-lane kernels serving 1, 2, 4 or 8 lookups at once
+  (``MIXEMB_CUDA_ROWS_PER_GROUP``);
 * gather_out — the same two gathers into an output buffer allocated once
   (``ragged_gather(..., out=)`` vs ``torch.index_select(..., out=)``): the kernels alone,
   without the allocation and first-touch page faults of a fresh output;
@@ -87,15 +89,16 @@ def pruned_table(rows: int, dim: int, mean_dim: float, device, seed: int = 0) ->
     return values * (ranks < dims.unsqueeze(1))
 
 
-def _one_warp(fn):
-    """fn run on the one-warp-per-lookup CUDA kernels (MIXEMB_CUDA_ONE_WARP=1)."""
+def _with_env(fn, name: str, value: str):
+    """fn run with the environment variable name=value (the CUDA kernels read their knobs,
+    MIXEMB_CUDA_ONE_WARP and MIXEMB_CUDA_ROWS_PER_GROUP, at every call)."""
 
     def run():
-        os.environ["MIXEMB_CUDA_ONE_WARP"] = "1"
+        os.environ[name] = value
         try:
             return fn()
         finally:
-            del os.environ["MIXEMB_CUDA_ONE_WARP"]
+            del os.environ[name]
 
     return run
 
@@ -171,11 +174,19 @@ def cases(cfg: dict, device: torch.device):
             padded_mb,
         ),
     ]
-    if device.type == "cuda":  # the kernels one-word rows had before the 16-lane ones
+    if device.type == "cuda":
+        ours = [row for row in rows if row[0] == "mixemb"]
+        # the kernels one-word rows had before the 16-lane ones
         rows += [
-            ("mixemb-warp", op, _one_warp(fn), nbytes, mb)
-            for provider, op, fn, nbytes, mb in list(rows)
-            if provider == "mixemb"
+            ("mixemb-warp", op, _with_env(fn, "MIXEMB_CUDA_ONE_WARP", "1"), nbytes, mb)
+            for _, op, fn, nbytes, mb in ours
+        ]
+        # the 16-lane kernels serving U = 1, 2, 4, 8 lookups at once (the defaults per op
+        # in csrc/cuda/ragged.cu come from these rows)
+        rows += [
+            (f"mixemb-u{u}", op, _with_env(fn, "MIXEMB_CUDA_ROWS_PER_GROUP", str(u)), nbytes, mb)
+            for u in (1, 2, 4, 8)
+            for _, op, fn, nbytes, mb in ours
         ]
     return rows
 

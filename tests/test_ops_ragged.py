@@ -239,20 +239,50 @@ def test_extension_is_built_with_openmp():
     assert b"GOMP_parallel" in Path(_C.__file__).read_bytes()
 
 
+def test_extension_uses_the_shared_cpp_runtime():
+    """_C.so must call the process's libstdc++, not carry a static copy: with a second C++
+    runtime inside it, an error raised by a CUDA op after GPU work crashed the process
+    (segfault) instead of raising RuntimeError (seen on a GPU machine whose build linked
+    libstdc++ statically; setup.py now names -lstdc++)."""
+    import shutil
+
+    from mixemb import _C
+
+    if shutil.which("readelf") is None:
+        pytest.skip("readelf (binutils) not found")
+    so = _C.__file__
+    dynamic = subprocess.run(["readelf", "-d", "-W", so], capture_output=True, text=True)
+    assert "libstdc++.so" in dynamic.stdout, dynamic.stdout
+    syms = subprocess.run(["readelf", "--dyn-syms", "-W", so], capture_output=True, text=True)
+    defined = {
+        f[7].split("@")[0]
+        for f in (line.split() for line in syms.stdout.splitlines())
+        if len(f) >= 8 and f[6] != "UND"
+    }
+    assert not {"__cxa_throw", "__gxx_personality_v0", "_Znwm"} & defined
+
+
+CUDA_KERNELS = ["one_warp", "u1", "u2", "u4", "u8"]
+
+
 @pytest.mark.parametrize("group_size", [1, 5, 8, 16, 32])
 @pytest.mark.parametrize(
     "device,kernel",
-    [("cpu", "default"), *[pytest.param(*p.values, "default", marks=p.marks) for p in DEVICES[1:]],
-     *[pytest.param(*p.values, "one_warp", marks=p.marks) for p in DEVICES[1:]]],
+    [("cpu", "default"),
+     *[pytest.param(*p.values, k, marks=p.marks) for p in DEVICES[1:] for k in CUDA_KERNELS]],
 )  # fmt: skip
 def test_every_row_any_group_size(group_size, device, kernel, monkeypatch):
-    """Rows are located through their group's offset; groups of <= 16 one-word rows take
-    a vector popcount path on AVX-512 CPUs, the rest a loop; on CUDA one-word rows take
-    16 lanes per lookup, or one warp per lookup (per bag) with MIXEMB_CUDA_ONE_WARP=1.
+    """Rows are located through their group's offset (a shift for power-of-two group
+    sizes on CUDA, a division otherwise); groups of <= 16 one-word rows take a vector
+    popcount path on AVX-512 CPUs, the rest a loop; on CUDA one-word rows take 16 lanes
+    per lookup serving U = 1, 2, 4 or 8 lookups at once (MIXEMB_CUDA_ROWS_PER_GROUP), or
+    one warp per lookup (per bag) with MIXEMB_CUDA_ONE_WARP=1.
     70 rows: a short last group; K = 1, 7, 62 (tails of the 4-dim lanes), 64 and 70 (two
     words); gather, weighted mean bags of odd and even lengths, dots; a bad id."""
     if kernel == "one_warp":
         monkeypatch.setenv("MIXEMB_CUDA_ONE_WARP", "1")
+    elif kernel.startswith("u"):
+        monkeypatch.setenv("MIXEMB_CUDA_ROWS_PER_GROUP", kernel[1:])
     for k in (1, 7, 62, 64, 70):
         x, table = _table(70, k, group_size=group_size, device=device)
         ids = torch.cat([torch.arange(70), torch.tensor([1, 1, 69, 0, 1])]).to(device)
@@ -476,6 +506,15 @@ def test_cuda_ops_refuse_inputs_on_another_device():
         ragged_bag(table, ids, torch.tensor([0]), backend="extension")
     with pytest.raises(RuntimeError, match="ids_a must be on cuda"):
         ragged_dot(table, ids, table, ids, backend="extension")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (torch.cuda.is_available() and _ext.HAS_CUDA_KERNELS), reason="needs a GPU")
+def test_cuda_rows_per_group_knob_is_checked(monkeypatch):
+    _, table = _table(10, 8, device="cuda")
+    monkeypatch.setenv("MIXEMB_CUDA_ROWS_PER_GROUP", "3")
+    with pytest.raises(RuntimeError, match="MIXEMB_CUDA_ROWS_PER_GROUP must be 1, 2, 4 or 8"):
+        ragged_gather(table, torch.tensor([0, 1], device="cuda"), backend="extension")
 
 
 def test_out_of_range_ids_are_named():

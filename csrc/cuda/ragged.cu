@@ -2,9 +2,9 @@
 // csrc/ragged_cpu.cpp).
 //
 // Rows of one mask word (K <= 64): 16 lanes per lookup, 4 consecutive dims per lane (the
-// *_word_kernel kernels: gather and dot serve two lookups per warp, a bag's two half-warps
-// take every other lookup of the bag). Wider rows: one warp per lookup (gather, dot) or per
-// bag, each lane handling 2 of every 64 dims. Either way the lanes first count the kept
+// *_word_kernel kernels: 16 lanes serve U lookups or pairs at once, their loads in
+// stages; a bag's two half-warps take U of its lookups each at a time). Wider rows:
+// one warp per lookup (gather, dot) or per bag, each lane handling 2 of every 64 dims. Either way the lanes first count the kept
 // values of the rows before the looked-up row in its group (popcounts, a shuffle sum) to
 // find where the row's values start; a dim's slot is then the row start plus the popcount
 // of the mask bits below it. Pruned dims are written as zeros by the same pass, so the
@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace mixemb {
@@ -56,7 +57,14 @@ struct TableView {
   int64_t rows;
   int64_t words;
   int64_t group_size;
+  int group_shift;  // log2(group_size) when a power of two, else -1
 };
+
+// The group of `row`: a shift for power-of-two group sizes (the default 16), else a 64-bit
+// division (a called routine on the GPU).
+__device__ __forceinline__ int64_t group_of(const TableView& t, int64_t row) {
+  return t.group_shift >= 0 ? row >> t.group_shift : row / t.group_size;
+}
 
 __device__ __forceinline__ int64_t warp_sum(int64_t v) {
   for (int off = kWarp / 2; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
@@ -72,12 +80,13 @@ __device__ __forceinline__ T warp_sum_float(T v) {
 // First value of `row` (all lanes get the same answer).
 __device__ __forceinline__ int64_t row_start(const TableView& t, int64_t row, int lane) {
   int64_t count = 0;
-  for (int64_t r = row - row % t.group_size + lane; r < row; r += kWarp) {
+  const int64_t group = group_of(t, row);
+  for (int64_t r = group * t.group_size + lane; r < row; r += kWarp) {
     for (int64_t w = 0; w < t.words; ++w) {
       count += __popcll(static_cast<unsigned long long>(t.masks[r * t.words + w]));
     }
   }
-  return t.group_offsets[row / t.group_size] + warp_sum(count);
+  return t.group_offsets[group] + warp_sum(count);
 }
 
 // Ids [lo, hi) of `bag`, clamped into [0, num_ids] so that malformed offsets (checked on
@@ -130,10 +139,17 @@ __global__ void ragged_gather_kernel(TableView t, const scalar_t* __restrict__ v
 }
 
 // Rows of one mask word (dim <= 64), the common case: 16 lanes per lookup, 4 consecutive
-// dims per lane, so a warp serves two lookups at once and a fp32 row is written as one
-// 16-byte store per lane (one 256-byte transaction per row at K = 64). The lanes of a
-// lookup load the masks of the group's earlier rows 16 at a time (a group of <= 16 rows in
-// one step) and sum their popcounts with 4 shuffles.
+// dims per lane, so a fp32 row is written as one 16-byte store per lane (one 256-byte
+// transaction per row at K = 64). The lanes of a lookup load the masks of the group's
+// earlier rows 16 at a time (a group of <= 16 rows in one step) and sum their popcounts
+// with 4 shuffles.
+//
+// A lookup is a chain of three dependent loads (its id; its mask, group offset and the
+// earlier masks; its values), so the kernels are latency-bound. They go in three stages,
+// every load of a stage issued before any of its results is used (the first stage reads
+// row 0 for a skipped lookup rather than branch around its loads): issue_word_rows,
+// locate_word_rows, read_word_rows. 16 lanes may serve U lookups (pairs) at once, U a
+// template argument chosen per op at launch (rows_per_group; 1 measured best).
 constexpr int kLanesPerRow = 16;
 constexpr int kDimsPerLane = 4;
 
@@ -142,72 +158,141 @@ struct alignas(sizeof(scalar_t) * kDimsPerLane) Dims4 {
   scalar_t v[kDimsPerLane];
 };
 
-// The 16 lanes of `lanes` that serve one lookup: the first value of one-word `row` (all
-// 16 get the same answer).
-__device__ __forceinline__ int64_t word_row_start(const TableView& t, int64_t row, int sub,
-                                                  unsigned lanes) {
-  const int64_t first = row - row % t.group_size;
-  int64_t count = 0;
-  for (int64_t r = first + sub; r < row; r += kLanesPerRow) {
-    count += __popcll(static_cast<unsigned long long>(t.masks[r]));
-  }
-  for (int off = kLanesPerRow / 2; off > 0; off >>= 1) {
-    count += __shfl_xor_sync(lanes, count, off, kLanesPerRow);
-  }
-  return t.group_offsets[row / t.group_size] + count;
-}
-
 // Which half of its warp a lane is in, as a shuffle mask.
 __device__ __forceinline__ unsigned half_warp_lanes() {
   return (threadIdx.x % kWarp) < kLanesPerRow ? 0x0000ffffu : 0xffff0000u;
 }
 
-template <typename scalar_t, typename index_t>
+// Lookups [i0, i0 + U) of ids (those < n): the ids, and which are in range (a bad one is
+// recorded in `bad`; positions past n are neither).
+template <int U, typename index_t>
+__device__ __forceinline__ void load_ids(const index_t* __restrict__ ids, int64_t i0, int64_t n,
+                                         int64_t rows, unsigned long long* bad, int sub,
+                                         int64_t (&id)[U], bool (&ok)[U]) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) id[u] = i0 + u < n ? static_cast<int64_t>(ids[i0 + u]) : 0;
+#pragma unroll
+  for (int u = 0; u < U; ++u) ok[u] = i0 + u < n && valid_id(id[u], rows, i0 + u, bad, sub);
+}
+
+// U one-word rows as the 16 lanes of a lookup group find them. A skipped row (ok false)
+// reads row 0 and ends with mask 0: no value is read for it, and it adds or writes zeros.
+template <int U>
+struct WordRows {
+  int64_t row[U];                  // the row read (0 for a skipped one)
+  unsigned long long mask[U];      // its mask
+  int64_t slot[U];                 // its group's first value; its own after locate
+  unsigned long long earlier[U];   // mask of this lane's first earlier row in the group
+};
+
+// Stage 1: every row's mask, group offset and this lane's first earlier-row mask: plain
+// loads of valid addresses, none of whose results is used here, so all 3U go out at once.
+template <int U>
+__device__ __forceinline__ void issue_word_rows(const TableView& t, const int64_t (&id)[U],
+                                                const bool (&ok)[U], int sub,
+                                                WordRows<U>& w) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int64_t row = ok[u] ? id[u] : 0;
+    const int64_t group = group_of(t, row);
+    const int64_t first = group * t.group_size + sub;
+    w.row[u] = row;
+    w.mask[u] = static_cast<unsigned long long>(t.masks[row]);
+    w.slot[u] = t.group_offsets[group];
+    w.earlier[u] = static_cast<unsigned long long>(t.masks[first < row ? first : row]);
+  }
+}
+
+// Stage 2: the kept values of the earlier rows of each row's group (the rest of a group
+// of > 16 rows, then 4 shuffles), so slot[u] becomes the row's first value; skipped rows
+// get mask 0. Every lane of the 16 runs the shuffles.
+template <int U>
+__device__ __forceinline__ void locate_word_rows(const TableView& t, const bool (&ok)[U],
+                                                 int sub, unsigned lanes, WordRows<U>& w) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int64_t row = w.row[u];
+    const int64_t first = group_of(t, row) * t.group_size + sub;
+    int64_t count = first < row ? __popcll(w.earlier[u]) : 0;
+    for (int64_t r = first + kLanesPerRow; r < row; r += kLanesPerRow) {
+      count += __popcll(static_cast<unsigned long long>(t.masks[r]));
+    }
+    for (int off = kLanesPerRow / 2; off > 0; off >>= 1) {
+      count += __shfl_xor_sync(lanes, count, off, kLanesPerRow);
+    }
+    w.slot[u] += count;
+    if (!ok[u]) w.mask[u] = 0;
+  }
+}
+
+// Stage 3: this lane's 4 dims (sub * 4 + j) of every row, as out_t, zeros where pruned,
+// and which of the 4 are kept (bit j). Bits at or past dim are 0 in a mask.
+template <int U, typename scalar_t, typename out_t>
+__device__ __forceinline__ void read_word_rows(const scalar_t* __restrict__ values, int sub,
+                                               const WordRows<U>& w,
+                                               out_t (&vals)[U][kDimsPerLane],
+                                               unsigned (&kept)[U]) {
+  const int k0 = sub * kDimsPerLane;
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    int64_t slot = w.slot[u] + __popcll(w.mask[u] & ((1ull << k0) - 1ull));  // k0 <= 60
+    kept[u] = static_cast<unsigned>(w.mask[u] >> k0) & 0xfu;
+#pragma unroll
+    for (int j = 0; j < kDimsPerLane; ++j) {
+      const bool keep = (kept[u] >> j) & 1u;
+      vals[u][j] = keep ? static_cast<out_t>(values[slot]) : out_t(0);
+      slot += keep;
+    }
+  }
+}
+
+template <int U, typename scalar_t, typename index_t>
 __global__ void ragged_gather_word_kernel(TableView t, const scalar_t* __restrict__ values,
                                           const index_t* __restrict__ ids, int64_t n,
                                           int64_t dim, scalar_t* __restrict__ out,
                                           unsigned long long* bad, bool vector_store) {
   const int sub = threadIdx.x % kLanesPerRow;
-  // the 16 lanes of this lookup: the shuffles name only them, so the two halves of a warp
-  // may leave the loop at different iterations
+  // the 16 lanes of these lookups: the shuffles name only them, so the two halves of a
+  // warp may leave the loop at different iterations
   const unsigned lanes = half_warp_lanes();
   const int64_t per_block = blockDim.x / kLanesPerRow;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * per_block;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * per_block * U;
   const int k0 = sub * kDimsPerLane;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * per_block + threadIdx.x / kLanesPerRow;
-       i < n; i += stride) {
-    const int64_t id = static_cast<int64_t>(ids[i]);
-    scalar_t* dst = out + i * dim;
-    Dims4<scalar_t> row;
-    if (valid_id(id, t.rows, i, bad, sub)) {
-      const unsigned long long m = static_cast<unsigned long long>(t.masks[id]);
-      int64_t slot = word_row_start(t, id, sub, lanes) +
-                     __popcll(m & ((1ull << k0) - 1ull));  // k0 <= 60
+  for (int64_t i0 =
+           (static_cast<int64_t>(blockIdx.x) * per_block + threadIdx.x / kLanesPerRow) * U;
+       i0 < n; i0 += stride) {
+    int64_t id[U];
+    bool ok[U];
+    load_ids<U>(ids, i0, n, t.rows, bad, sub, id, ok);
+    WordRows<U> w;
+    issue_word_rows<U>(t, id, ok, sub, w);
+    locate_word_rows<U>(t, ok, sub, lanes, w);
+    scalar_t vals[U][kDimsPerLane];
+    unsigned kept[U];
+    read_word_rows<U>(values, sub, w, vals, kept);
 #pragma unroll
-      for (int j = 0; j < kDimsPerLane; ++j) {
-        const bool kept = (m >> (k0 + j)) & 1ull;  // bits at or past dim are 0
-        row.v[j] = kept ? values[slot] : scalar_t(0);
-        slot += kept;
-      }
-    } else {
+    for (int u = 0; u < U; ++u) {
+      if (i0 + u >= n) break;
+      scalar_t* dst = out + (i0 + u) * dim;
+      if (vector_store) {
+        Dims4<scalar_t> v;
 #pragma unroll
-      for (int j = 0; j < kDimsPerLane; ++j) row.v[j] = scalar_t(0);
-    }
-    if (vector_store) {
-      if (k0 < dim) *reinterpret_cast<Dims4<scalar_t>*>(dst + k0) = row;
-    } else {
+        for (int j = 0; j < kDimsPerLane; ++j) v.v[j] = vals[u][j];
+        if (k0 < dim) *reinterpret_cast<Dims4<scalar_t>*>(dst + k0) = v;
+      } else {
 #pragma unroll
-      for (int j = 0; j < kDimsPerLane; ++j) {
-        if (k0 + j < dim) dst[k0 + j] = row.v[j];
+        for (int j = 0; j < kDimsPerLane; ++j) {
+          if (k0 + j < dim) dst[k0 + j] = vals[u][j];
+        }
       }
     }
   }
 }
 
-// A bag of one-word rows: one warp per bag as before, but each half-warp takes every other
-// lookup of the bag (16 lanes x 4 dims per row, 4 accumulators per lane, in registers),
-// so two lookups are in flight per warp; the halves add up once at the end.
-template <typename scalar_t>
+// A bag of one-word rows: one warp per bag, each half-warp taking U lookups of the bag at
+// a time (lookups [lo, lo + U) go to the first half, the next U to the second, and so on),
+// 4 accumulators per lane in registers; the halves add up once at the end.
+template <int U, typename scalar_t>
 __global__ void ragged_bag_word_kernel(TableView t, const scalar_t* __restrict__ values,
                                        const int64_t* __restrict__ ids,
                                        const int64_t* __restrict__ offsets,
@@ -227,17 +312,26 @@ __global__ void ragged_bag_word_kernel(TableView t, const scalar_t* __restrict__
     for (int j = 0; j < kDimsPerLane; ++j) acc[j] = acc_t(0);
     int64_t lo, hi;
     bag_range(offsets, bag, num_offsets, num_ids, lo, hi);
-    for (int64_t i = lo + half; i < hi; i += 2) {
-      const int64_t id = ids[i];
-      if (!valid_id(id, t.rows, i, bad, sub)) continue;
-      const acc_t scale = weights ? static_cast<acc_t>(weights[i]) : acc_t(1);
-      const unsigned long long m = static_cast<unsigned long long>(t.masks[id]);
-      int64_t slot = word_row_start(t, id, sub, lanes) + __popcll(m & ((1ull << k0) - 1ull));
+    for (int64_t i0 = lo + half * U; i0 < hi; i0 += 2 * U) {
+      int64_t id[U];
+      bool ok[U];
+      load_ids<U>(ids, i0, hi, t.rows, bad, sub, id, ok);
+      acc_t scale[U];
 #pragma unroll
-      for (int j = 0; j < kDimsPerLane; ++j) {
-        if ((m >> (k0 + j)) & 1ull) {
-          acc[j] += scale * static_cast<acc_t>(values[slot]);
-          ++slot;
+      for (int u = 0; u < U; ++u) {
+        scale[u] = weights && ok[u] ? static_cast<acc_t>(weights[i0 + u]) : acc_t(1);
+      }
+      WordRows<U> w;
+      issue_word_rows<U>(t, id, ok, sub, w);
+      locate_word_rows<U>(t, ok, sub, lanes, w);
+      acc_t vals[U][kDimsPerLane];
+      unsigned kept[U];
+      read_word_rows<U>(values, sub, w, vals, kept);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+#pragma unroll
+        for (int j = 0; j < kDimsPerLane; ++j) {
+          if ((kept[u] >> j) & 1u) acc[j] += scale[u] * vals[u][j];
         }
       }
     }
@@ -250,8 +344,9 @@ __global__ void ragged_bag_word_kernel(TableView t, const scalar_t* __restrict__
   }
 }
 
-// A dot of one-word rows: 16 lanes per pair (two pairs per warp), 4 dims per lane.
-template <typename scalar_t>
+// A dot of one-word rows: 16 lanes per pair, 4 dims per lane, U pairs per 16 lanes at
+// once; both tables' stages interleave.
+template <int U, typename scalar_t>
 __global__ void ragged_dot_word_kernel(TableView ta, const scalar_t* __restrict__ va,
                                        TableView tb, const scalar_t* __restrict__ vb,
                                        const int64_t* __restrict__ ids_a,
@@ -261,37 +356,38 @@ __global__ void ragged_dot_word_kernel(TableView ta, const scalar_t* __restrict_
   using acc_t = at::opmath_type<scalar_t>;
   const int sub = threadIdx.x % kLanesPerRow;
   const unsigned lanes = half_warp_lanes();
-  const int k0 = sub * kDimsPerLane;
   const int64_t per_block = blockDim.x / kLanesPerRow;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * per_block;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * per_block + threadIdx.x / kLanesPerRow;
-       i < n; i += stride) {
-    const int64_t a = ids_a[i];
-    const int64_t b = ids_b[i];
-    const bool ok_a = valid_id(a, ta.rows, i, bad, sub);
-    const bool ok_b = valid_id(b, tb.rows, i, bad, sub);
-    if (!(ok_a && ok_b)) {
-      if (sub == 0) out[i] = acc_t(0);
-      continue;
-    }
-    const unsigned long long ma = static_cast<unsigned long long>(ta.masks[a]);
-    const unsigned long long mb = static_cast<unsigned long long>(tb.masks[b]);
-    const unsigned long long below = (1ull << k0) - 1ull;  // k0 <= 60
-    int64_t sa = word_row_start(ta, a, sub, lanes) + __popcll(ma & below);
-    int64_t sb = word_row_start(tb, b, sub, lanes) + __popcll(mb & below);
-    acc_t acc = 0;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * per_block * U;
+  for (int64_t i0 =
+           (static_cast<int64_t>(blockIdx.x) * per_block + threadIdx.x / kLanesPerRow) * U;
+       i0 < n; i0 += stride) {
+    int64_t a[U], b[U];
+    bool ok[U], ok_b[U];
+    load_ids<U>(ids_a, i0, n, ta.rows, bad, sub, a, ok);
+    load_ids<U>(ids_b, i0, n, tb.rows, bad, sub, b, ok_b);
 #pragma unroll
-    for (int j = 0; j < kDimsPerLane; ++j) {
-      const bool in_a = (ma >> (k0 + j)) & 1ull;
-      const bool in_b = (mb >> (k0 + j)) & 1ull;
-      if (in_a && in_b) acc += static_cast<acc_t>(va[sa]) * static_cast<acc_t>(vb[sb]);
-      sa += in_a;
-      sb += in_b;
+    for (int u = 0; u < U; ++u) ok[u] = ok[u] && ok_b[u];  // a pair with a bad id scores 0
+    WordRows<U> wa, wb;
+    issue_word_rows<U>(ta, a, ok, sub, wa);
+    issue_word_rows<U>(tb, b, ok, sub, wb);
+    locate_word_rows<U>(ta, ok, sub, lanes, wa);
+    locate_word_rows<U>(tb, ok, sub, lanes, wb);
+    acc_t ra[U][kDimsPerLane], rb[U][kDimsPerLane];
+    unsigned ka[U], kb[U];
+    read_word_rows<U>(va, sub, wa, ra, ka);
+    read_word_rows<U>(vb, sub, wb, rb, kb);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      acc_t acc = acc_t(0);
+#pragma unroll
+      for (int j = 0; j < kDimsPerLane; ++j) {
+        if (((ka[u] & kb[u]) >> j) & 1u) acc += ra[u][j] * rb[u][j];
+      }
+      for (int off = kLanesPerRow / 2; off > 0; off >>= 1) {
+        acc += __shfl_xor_sync(lanes, acc, off, kLanesPerRow);
+      }
+      if (sub == u % kLanesPerRow && i0 + u < n) out[i0 + u] = acc;
     }
-    for (int off = kLanesPerRow / 2; off > 0; off >>= 1) {
-      acc += __shfl_xor_sync(lanes, acc, off, kLanesPerRow);
-    }
-    if (sub == 0) out[i] = acc;
   }
 }
 
@@ -400,8 +496,13 @@ TableView view(const at::Tensor& masks, const at::Tensor& group_offsets, int64_t
               op, ": group_offsets must be (ceil(N/G)+1,) int64");
   TORCH_CHECK(masks.is_contiguous() && values.is_contiguous() && group_offsets.is_contiguous(),
               op, ": table tensors must be contiguous");
+  int shift = -1;
+  if ((group_size & (group_size - 1)) == 0) {
+    shift = 0;
+    while ((int64_t{1} << shift) < group_size) ++shift;
+  }
   return TableView{masks.data_ptr<int64_t>(), group_offsets.data_ptr<int64_t>(), masks.size(0),
-                   masks.size(1), group_size};
+                   masks.size(1), group_size, shift};
 }
 
 void check_device(const at::Tensor& t, const at::Tensor& values, const char* op,
@@ -422,6 +523,48 @@ int blocks_for(int64_t items, int64_t per_block = kWarpsPerBlock) {
 bool one_warp_per_row() {
   const char* v = std::getenv("MIXEMB_CUDA_ONE_WARP");
   return v != nullptr && std::string(v) != "0";
+}
+
+// Lookups (pairs) that 16 lanes of a one-word kernel serve at once (U), per op: what
+// bench/bench_serve.py measured best (providers mixemb-u1 ... mixemb-u8, side by side). On
+// an H200 at the bench shape (2026-12-04) U = 1 won every op: gather 0.062 / 0.073 / 0.071
+// / 0.085 ms for U = 1 / 2 / 4 / 8, bag 0.058 / 0.071 / 0.103 / 0.173, dot 0.111 / 0.111 /
+// 0.174 / 0.337. More rows per 16 lanes cost registers (32 at U = 1, 56-76 at U = 2-4 for
+// the gather) and so occupancy, more than they gained in loads in flight. The first
+// kernels (one lookup per 16 lanes, loads behind branches, a 64-bit division per lookup)
+// had measured 0.089 / 0.072 / 0.129 ms in an earlier run on the same kind of machine;
+// which of the two changes (stages, shift) gained what was not separated.
+// MIXEMB_CUDA_ROWS_PER_GROUP=1|2|4|8 sets U for every op (the tests and the bench run each
+// value that way); read at every call, on the host.
+constexpr int kGatherRowsPerGroup = 1;
+constexpr int kBagRowsPerGroup = 1;
+constexpr int kDotRowsPerGroup = 1;
+
+int rows_per_group(int op_default) {
+  const char* v = std::getenv("MIXEMB_CUDA_ROWS_PER_GROUP");
+  if (v == nullptr || *v == '\0') return op_default;
+  const std::string s(v);
+  TORCH_CHECK(s == "1" || s == "2" || s == "4" || s == "8",
+              "MIXEMB_CUDA_ROWS_PER_GROUP must be 1, 2, 4 or 8, got '", s, "'");
+  return s[0] - '0';
+}
+
+// f(std::integral_constant<int, U>{}) for U = u in {1, 2, 4, 8}.
+template <typename F>
+void with_rows_per_group(int u, const F& f) {
+  switch (u) {
+    case 1:
+      f(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      break;
+    case 4:
+      f(std::integral_constant<int, 4>{});
+      break;
+    default:
+      f(std::integral_constant<int, 8>{});
+  }
 }
 
 // Raises naming the first bad position and its id(s); reading the flag is a host sync,
@@ -464,11 +607,14 @@ void gather_into(const TableView& t, const at::Tensor& values, const at::Tensor&
       auto* bad_ptr =
           check_bounds ? reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()) : nullptr;
       if (t.words == 1 && !one_warp_per_row()) {
-        ragged_gather_word_kernel<scalar_t, index_t>
-            <<<blocks_for(n, kWarp * kWarpsPerBlock / kLanesPerRow), kWarp * kWarpsPerBlock, 0,
-               stream>>>(
-                t, values.data_ptr<scalar_t>(), ids_c.data_ptr<index_t>(), n, dim,
-                out.data_ptr<scalar_t>(), bad_ptr, vector_store);
+        with_rows_per_group(rows_per_group(kGatherRowsPerGroup), [&](auto rows) {
+          constexpr int U = decltype(rows)::value;
+          ragged_gather_word_kernel<U, scalar_t, index_t>
+              <<<blocks_for(n, kWarp * kWarpsPerBlock / kLanesPerRow * U),
+                 kWarp * kWarpsPerBlock, 0, stream>>>(
+                  t, values.data_ptr<scalar_t>(), ids_c.data_ptr<index_t>(), n, dim,
+                  out.data_ptr<scalar_t>(), bad_ptr, vector_store);
+        });
       } else {
         ragged_gather_kernel<scalar_t, index_t>
             <<<blocks_for(n), kWarp * kWarpsPerBlock, 0, stream>>>(
@@ -541,13 +687,23 @@ at::Tensor ragged_bag_cuda(const at::Tensor& masks, const at::Tensor& values,
   const cudaStream_t stream = current_stream(values);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(),
                                   "ragged_bag_cuda", [&] {
-    auto kernel = t.words == 1 && !one_warp_per_row() ? ragged_bag_word_kernel<scalar_t>
-                                                      : ragged_bag_kernel<scalar_t>;
-    kernel<<<blocks_for(bags), kWarp * kWarpsPerBlock, 0, stream>>>(
-        t, values.data_ptr<scalar_t>(), ids_c.data_ptr<int64_t>(), off_c.data_ptr<int64_t>(),
-        off_c.numel(), ids_c.numel(), bags, dim, static_cast<int>(mode),
-        weighted ? w_c.data_ptr<double>() : nullptr, out.data_ptr<scalar_t>(),
-        check_bounds ? reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()) : nullptr);
+    const double* w_ptr = weighted ? w_c.data_ptr<double>() : nullptr;
+    auto* bad_ptr =
+        check_bounds ? reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()) : nullptr;
+    if (t.words == 1 && !one_warp_per_row()) {
+      with_rows_per_group(rows_per_group(kBagRowsPerGroup), [&](auto rows) {
+        ragged_bag_word_kernel<decltype(rows)::value, scalar_t>
+            <<<blocks_for(bags), kWarp * kWarpsPerBlock, 0, stream>>>(
+                t, values.data_ptr<scalar_t>(), ids_c.data_ptr<int64_t>(),
+                off_c.data_ptr<int64_t>(), off_c.numel(), ids_c.numel(), bags, dim,
+                static_cast<int>(mode), w_ptr, out.data_ptr<scalar_t>(), bad_ptr);
+      });
+    } else {
+      ragged_bag_kernel<scalar_t><<<blocks_for(bags), kWarp * kWarpsPerBlock, 0, stream>>>(
+          t, values.data_ptr<scalar_t>(), ids_c.data_ptr<int64_t>(), off_c.data_ptr<int64_t>(),
+          off_c.numel(), ids_c.numel(), bags, dim, static_cast<int>(mode), w_ptr,
+          out.data_ptr<scalar_t>(), bad_ptr);
+    }
   });
   check_launch("ragged_bag");
   if (check_bounds) raise_if_bad(bad, ids_c, "ragged_bag");
@@ -579,14 +735,23 @@ at::Tensor ragged_dot_cuda(const at::Tensor& masks_a, const at::Tensor& values_a
   const cudaStream_t stream = current_stream(values_a);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values_a.scalar_type(),
                                   "ragged_dot_cuda", [&] {
-    const bool word = ta.words == 1 && tb.words == 1 && !one_warp_per_row();
-    auto kernel = word ? ragged_dot_word_kernel<scalar_t> : ragged_dot_kernel<scalar_t>;
-    const int64_t per_block = word ? kWarp * kWarpsPerBlock / kLanesPerRow : kWarpsPerBlock;
-    kernel<<<blocks_for(n, per_block), kWarp * kWarpsPerBlock, 0, stream>>>(
-        ta, values_a.data_ptr<scalar_t>(), tb, values_b.data_ptr<scalar_t>(),
-        ia.data_ptr<int64_t>(), ib.data_ptr<int64_t>(), n,
-        out.data_ptr<at::opmath_type<scalar_t>>(),
-        check_bounds ? reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()) : nullptr);
+    auto* bad_ptr =
+        check_bounds ? reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()) : nullptr;
+    auto* out_ptr = out.data_ptr<at::opmath_type<scalar_t>>();
+    if (ta.words == 1 && tb.words == 1 && !one_warp_per_row()) {
+      with_rows_per_group(rows_per_group(kDotRowsPerGroup), [&](auto rows) {
+        constexpr int U = decltype(rows)::value;
+        ragged_dot_word_kernel<U, scalar_t>
+            <<<blocks_for(n, kWarp * kWarpsPerBlock / kLanesPerRow * U),
+               kWarp * kWarpsPerBlock, 0, stream>>>(
+                ta, values_a.data_ptr<scalar_t>(), tb, values_b.data_ptr<scalar_t>(),
+                ia.data_ptr<int64_t>(), ib.data_ptr<int64_t>(), n, out_ptr, bad_ptr);
+      });
+    } else {
+      ragged_dot_kernel<scalar_t><<<blocks_for(n), kWarp * kWarpsPerBlock, 0, stream>>>(
+          ta, values_a.data_ptr<scalar_t>(), tb, values_b.data_ptr<scalar_t>(),
+          ia.data_ptr<int64_t>(), ib.data_ptr<int64_t>(), n, out_ptr, bad_ptr);
+    }
   });
   check_launch("ragged_dot");
   if (check_bounds) raise_if_bad(bad, ia, "ragged_dot", &ib);

@@ -9,7 +9,8 @@ frequency-sorted ids:
   (N, K) table vs ``ragged_gather_reference`` (torch ops); on CUDA each mixemb op is also timed as
   ``mixemb-warp``, the one-warp-per-lookup kernels (``MIXEMB_CUDA_ONE_WARP=1``), and as
   ``mixemb-u1`` … ``mixemb-u8``, the 16-lane kernels serving 1, 2, 4 or 8 lookups at once
-  (``MIXEMB_CUDA_ROWS_PER_GROUP``);
+  (``MIXEMB_CUDA_ROWS_PER_GROUP``), and bags as ``mixemb-lanes-u1`` … ``mixemb-lanes-u8``,
+  the bag kernel whose lanes locate 32 lookups at once (``MIXEMB_CUDA_BAG_KERNEL=lanes``);
 * gather_out — the same two gathers into an output buffer allocated once
   (``ragged_gather(..., out=)`` vs ``torch.index_select(..., out=)``): the kernels alone,
   without the allocation and first-touch page faults of a fresh output;
@@ -91,7 +92,8 @@ def pruned_table(rows: int, dim: int, mean_dim: float, device, seed: int = 0) ->
 
 def _with_env(fn, name: str, value: str):
     """fn run with the environment variable name=value (the CUDA kernels read their knobs,
-    MIXEMB_CUDA_ONE_WARP and MIXEMB_CUDA_ROWS_PER_GROUP, at every call)."""
+    MIXEMB_CUDA_ONE_WARP, MIXEMB_CUDA_ROWS_PER_GROUP and MIXEMB_CUDA_BAG_KERNEL, at every
+    call)."""
 
     def run():
         os.environ[name] = value
@@ -188,6 +190,20 @@ def cases(cfg: dict, device: torch.device):
             for u in (1, 2, 4, 8)
             for _, op, fn, nbytes, mb in ours
         ]
+        # the bag kernel whose lanes locate 32 lookups at once, U = 1, 2, 4, 8 per half-warp
+        rows += [
+            (
+                f"mixemb-lanes-u{u}",
+                op,
+                _with_env(_with_env(fn, "MIXEMB_CUDA_ROWS_PER_GROUP", str(u)),
+                          "MIXEMB_CUDA_BAG_KERNEL", "lanes"),
+                nbytes,
+                mb,
+            )
+            for u in (1, 2, 4, 8)
+            for _, op, fn, nbytes, mb in ours
+            if op == "bag"
+        ]  # fmt: skip
     return rows
 
 

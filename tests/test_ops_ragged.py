@@ -262,7 +262,7 @@ def test_extension_uses_the_shared_cpp_runtime():
     assert not {"__cxa_throw", "__gxx_personality_v0", "_Znwm"} & defined
 
 
-CUDA_KERNELS = ["one_warp", "u1", "u2", "u4", "u8"]
+CUDA_KERNELS = ["one_warp", "u1", "u2", "u4", "u8", "lanes", "lanes-u1", "lanes-u8"]
 
 
 @pytest.mark.parametrize("group_size", [1, 5, 8, 16, 32])
@@ -276,13 +276,16 @@ def test_every_row_any_group_size(group_size, device, kernel, monkeypatch):
     sizes on CUDA, a division otherwise); groups of <= 16 one-word rows take a vector
     popcount path on AVX-512 CPUs, the rest a loop; on CUDA one-word rows take 16 lanes
     per lookup serving U = 1, 2, 4 or 8 lookups at once (MIXEMB_CUDA_ROWS_PER_GROUP), or
-    one warp per lookup (per bag) with MIXEMB_CUDA_ONE_WARP=1.
+    one warp per lookup (per bag) with MIXEMB_CUDA_ONE_WARP=1; bags also on the kernel whose
+    lanes locate 32 lookups at once (MIXEMB_CUDA_BAG_KERNEL=lanes, its default U, 1 or 8).
     70 rows: a short last group; K = 1, 7, 62 (tails of the 4-dim lanes), 64 and 70 (two
     words); gather, weighted mean bags of odd and even lengths, dots; a bad id."""
     if kernel == "one_warp":
         monkeypatch.setenv("MIXEMB_CUDA_ONE_WARP", "1")
-    elif kernel.startswith("u"):
-        monkeypatch.setenv("MIXEMB_CUDA_ROWS_PER_GROUP", kernel[1:])
+    elif kernel.startswith("lanes"):
+        monkeypatch.setenv("MIXEMB_CUDA_BAG_KERNEL", "lanes")
+    if "u" in kernel.split("-")[-1]:
+        monkeypatch.setenv("MIXEMB_CUDA_ROWS_PER_GROUP", kernel.split("-")[-1][1:])
     for k in (1, 7, 62, 64, 70):
         x, table = _table(70, k, group_size=group_size, device=device)
         ids = torch.cat([torch.arange(70), torch.tensor([1, 1, 69, 0, 1])]).to(device)
@@ -515,6 +518,52 @@ def test_cuda_rows_per_group_knob_is_checked(monkeypatch):
     monkeypatch.setenv("MIXEMB_CUDA_ROWS_PER_GROUP", "3")
     with pytest.raises(RuntimeError, match="MIXEMB_CUDA_ROWS_PER_GROUP must be 1, 2, 4 or 8"):
         ragged_gather(table, torch.tensor([0, 1], device="cuda"), backend="extension")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (torch.cuda.is_available() and _ext.HAS_CUDA_KERNELS), reason="needs a GPU")
+def test_cuda_bag_kernel_knob_is_checked(monkeypatch):
+    _, table = _table(10, 8, device="cuda")
+    ids = torch.tensor([0, 1], device="cuda")
+    monkeypatch.setenv("MIXEMB_CUDA_BAG_KERNEL", "fast")
+    with pytest.raises(RuntimeError, match="MIXEMB_CUDA_BAG_KERNEL must be 'halves' or 'lanes'"):
+        ragged_bag(table, ids, torch.tensor([0], device="cuda"), backend="extension")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (torch.cuda.is_available() and _ext.HAS_CUDA_KERNELS), reason="needs a GPU")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64], ids=str)
+@pytest.mark.parametrize("u", ["1", "4"])
+def test_cuda_bag_lanes_kernel_matches_reference(dtype, index_dtype, u, monkeypatch):
+    """MIXEMB_CUDA_BAG_KERNEL=lanes across dtypes and id types: hot and duplicate ids, bags
+    of 0, 1, 31, 32, 33 and 70 lookups (chunks of 32 and their tails), sum, mean and
+    weighted sum, include_last_offset; against float64 sums of the stored values."""
+    monkeypatch.setenv("MIXEMB_CUDA_BAG_KERNEL", "lanes")
+    monkeypatch.setenv("MIXEMB_CUDA_ROWS_PER_GROUP", u)
+    x, table = _table(50, 64, dtype=dtype, device="cuda")
+    x = x.cpu().double()
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([0, 1, 31, 32, 33, 70, 0])
+    ids = torch.randint(0, 50, (int(lengths.sum()),), generator=g) ** 2 // 50  # hot low ids
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    weights = torch.rand(ids.numel(), generator=g, dtype=torch.float64).to(dtype)
+    bag_of = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    for mode, w, last in (("sum", None, False), ("mean", None, True), ("sum", weights, True)):
+        rows = x[ids] * (1.0 if w is None else w.double().unsqueeze(1))
+        want = torch.zeros(len(lengths), 64, dtype=torch.float64).index_add_(0, bag_of, rows)
+        if mode == "mean":
+            want /= lengths.clamp(min=1).unsqueeze(1)
+        got = ragged_bag(
+            table,
+            ids.to("cuda", index_dtype),
+            (offsets if last else offsets[:-1]).cuda(),
+            mode=mode,
+            per_sample_weights=None if w is None else w.cuda(),
+            include_last_offset=last,
+            backend="extension",
+        )
+        torch.testing.assert_close(got.cpu().double(), want, **TOL[dtype])
 
 
 def test_out_of_range_ids_are_named():

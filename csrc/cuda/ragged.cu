@@ -3,7 +3,8 @@
 //
 // Rows of one mask word (K <= 64): 16 lanes per lookup, 4 consecutive dims per lane (the
 // *_word_kernel kernels: 16 lanes serve U lookups or pairs at once, their loads in
-// stages; a bag's two half-warps take U of its lookups each at a time). Wider rows:
+// stages; a bag's two half-warps take U of its lookups each at a time, or, with
+// MIXEMB_CUDA_BAG_KERNEL=lanes, its lanes first locate 32 lookups at once). Wider rows:
 // one warp per lookup (gather, dot) or per bag, each lane handling 2 of every 64 dims. Either way the lanes first count the kept
 // values of the rows before the looked-up row in its group (popcounts, a shuffle sum) to
 // find where the row's values start; a dim's slot is then the row start plus the popcount
@@ -289,6 +290,41 @@ __global__ void ragged_gather_word_kernel(TableView t, const scalar_t* __restric
   }
 }
 
+// acc[j] += scale[u] * (dim sub * 4 + j of row u) over U located rows (stage 3 of a bag).
+template <int U, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void add_word_rows(const scalar_t* __restrict__ values, int sub,
+                                              const WordRows<U>& w, const acc_t (&scale)[U],
+                                              acc_t (&acc)[kDimsPerLane]) {
+  acc_t vals[U][kDimsPerLane];
+  unsigned kept[U];
+  read_word_rows<U>(values, sub, w, vals, kept);
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+#pragma unroll
+    for (int j = 0; j < kDimsPerLane; ++j) {
+      if ((kept[u] >> j) & 1u) acc[j] += scale[u] * vals[u][j];
+    }
+  }
+}
+
+// A bag's sum (mean) of one-word rows out of the 4 accumulators of each lane of its warp:
+// the two halves add up, the first writes dims sub * 4 + j.
+template <typename scalar_t>
+__device__ __forceinline__ void write_word_bag(at::opmath_type<scalar_t> (&acc)[kDimsPerLane],
+                                               int64_t bag, int64_t lo, int64_t hi,
+                                               int64_t dim, int mean,
+                                               scalar_t* __restrict__ out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int half = (threadIdx.x % kWarp) / kLanesPerRow;
+  const int k0 = (threadIdx.x % kLanesPerRow) * kDimsPerLane;
+  const acc_t div = (mean && hi > lo) ? static_cast<acc_t>(hi - lo) : acc_t(1);
+#pragma unroll
+  for (int j = 0; j < kDimsPerLane; ++j) {
+    acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], kLanesPerRow);
+    if (half == 0 && k0 + j < dim) out[bag * dim + k0 + j] = static_cast<scalar_t>(acc[j] / div);
+  }
+}
+
 // A bag of one-word rows: one warp per bag, each half-warp taking U lookups of the bag at
 // a time (lookups [lo, lo + U) go to the first half, the next U to the second, and so on),
 // 4 accumulators per lane in registers; the halves add up once at the end.
@@ -303,7 +339,6 @@ __global__ void ragged_bag_word_kernel(TableView t, const scalar_t* __restrict__
   const int half = (threadIdx.x % kWarp) / kLanesPerRow;
   const int sub = threadIdx.x % kLanesPerRow;
   const unsigned lanes = half_warp_lanes();
-  const int k0 = sub * kDimsPerLane;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
   for (int64_t bag = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
        bag < bags; bag += warps) {
@@ -324,23 +359,76 @@ __global__ void ragged_bag_word_kernel(TableView t, const scalar_t* __restrict__
       WordRows<U> w;
       issue_word_rows<U>(t, id, ok, sub, w);
       locate_word_rows<U>(t, ok, sub, lanes, w);
-      acc_t vals[U][kDimsPerLane];
-      unsigned kept[U];
-      read_word_rows<U>(values, sub, w, vals, kept);
+      add_word_rows<U>(values, sub, w, scale, acc);
+    }
+    write_word_bag<scalar_t>(acc, bag, lo, hi, dim, mean, out);
+  }
+}
+
+// A bag of one-word rows located lane-parallel: one warp per bag. For each chunk of up to
+// 32 of the bag's lookups, lane l locates lookup l on its own (its id; then its mask,
+// weight, group offset and the masks of the earlier rows of its group), so a chunk costs
+// two dependent loads whatever its length, where the halves kernel above pays three per
+// lookup pair. Then each half-warp reads the located rows' values, U lookups at a time
+// (U = rows_per_group), their slots and masks broadcast by shuffles. Chosen with
+// MIXEMB_CUDA_BAG_KERNEL=lanes.
+template <int U, typename scalar_t>
+__global__ void ragged_bag_lanes_kernel(TableView t, const scalar_t* __restrict__ values,
+                                        const int64_t* __restrict__ ids,
+                                        const int64_t* __restrict__ offsets,
+                                        int64_t num_offsets, int64_t num_ids, int64_t bags,
+                                        int64_t dim, int mean, const double* __restrict__ weights,
+                                        scalar_t* __restrict__ out, unsigned long long* bad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int lane = threadIdx.x % kWarp;
+  const int half = lane / kLanesPerRow;
+  const int sub = lane % kLanesPerRow;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  for (int64_t bag = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
+       bag < bags; bag += warps) {
+    acc_t acc[kDimsPerLane];
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
+    for (int j = 0; j < kDimsPerLane; ++j) acc[j] = acc_t(0);
+    int64_t lo, hi;
+    bag_range(offsets, bag, num_offsets, num_ids, lo, hi);
+    for (int64_t c = lo; c < hi; c += kWarp) {
+      // this lane's lookup c + lane: a skipped one (past hi, bad id) reads row 0, mask 0
+      const int64_t i = c + lane;
+      const int64_t id = i < hi ? ids[i] : 0;
+      const bool ok = i < hi && valid_id(id, t.rows, i, bad, 0);
+      const int64_t row = ok ? id : 0;
+      const int64_t group = group_of(t, row);
+      const int64_t first = group * t.group_size;
+      unsigned long long mask = static_cast<unsigned long long>(t.masks[row]);
+      int64_t slot = t.group_offsets[group];
+      const acc_t scale = weights && ok ? static_cast<acc_t>(weights[i]) : acc_t(1);
+      int64_t count = 0;
+      for (int64_t r0 = first; r0 < row; r0 += kLanesPerRow) {  // one pass for groups <= 16
 #pragma unroll
-        for (int j = 0; j < kDimsPerLane; ++j) {
-          if ((kept[u] >> j) & 1u) acc[j] += scale[u] * vals[u][j];
+        for (int r = 0; r < kLanesPerRow; ++r) {
+          if (r0 + r < row) count += __popcll(static_cast<unsigned long long>(t.masks[r0 + r]));
         }
       }
-    }
-    const acc_t div = (mean && hi > lo) ? static_cast<acc_t>(hi - lo) : acc_t(1);
+      slot += count;
+      if (!ok) mask = 0;
+      // the chunk's lookups j = 2u + half (+ 2U per step), U per half at once
+      const int m = static_cast<int>(hi - c < kWarp ? hi - c : kWarp);
+      for (int j0 = 0; j0 < m; j0 += 2 * U) {
+        WordRows<U> w;
+        acc_t sc[U];
 #pragma unroll
-    for (int j = 0; j < kDimsPerLane; ++j) {
-      acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], kLanesPerRow);
-      if (half == 0 && k0 + j < dim) out[bag * dim + k0 + j] = static_cast<scalar_t>(acc[j] / div);
+        for (int u = 0; u < U; ++u) {
+          const int j = j0 + 2 * u + half;
+          const int src = j < m ? j : 0;
+          w.mask[u] = __shfl_sync(0xffffffffu, mask, src);
+          w.slot[u] = __shfl_sync(0xffffffffu, slot, src);
+          sc[u] = __shfl_sync(0xffffffffu, scale, src);
+          if (j >= m) w.mask[u] = 0;
+        }
+        add_word_rows<U>(values, sub, w, sc, acc);
+      }
     }
+    write_word_bag<scalar_t>(acc, bag, lo, hi, dim, mean, out);
   }
 }
 
@@ -549,6 +637,23 @@ int rows_per_group(int op_default) {
   return s[0] - '0';
 }
 
+// Bags of one-word rows: MIXEMB_CUDA_BAG_KERNEL=halves (the default, measured on an H200:
+// ragged_bag_word_kernel) or lanes (ragged_bag_lanes_kernel: written 2026-12-05 on a machine
+// without a GPU, compiled but not yet run or timed; the tests and bench_serve run it
+// beside the default, so a GPU run of bench/gpu_check.sh checks and times it); read at
+// every call, on the host. kBagLanesRowsPerGroup: the lookups a half-warp of it reads at
+// once (MIXEMB_CUDA_ROWS_PER_GROUP overrides it too), a guess until timed.
+constexpr int kBagLanesRowsPerGroup = 4;
+
+bool bag_lanes_kernel() {
+  const char* v = std::getenv("MIXEMB_CUDA_BAG_KERNEL");
+  if (v == nullptr || *v == '\0') return false;
+  const std::string s(v);
+  TORCH_CHECK(s == "halves" || s == "lanes",
+              "MIXEMB_CUDA_BAG_KERNEL must be 'halves' or 'lanes', got '", s, "'");
+  return s == "lanes";
+}
+
 // f(std::integral_constant<int, U>{}) for U = u in {1, 2, 4, 8}.
 template <typename F>
 void with_rows_per_group(int u, const F& f) {
@@ -690,7 +795,15 @@ at::Tensor ragged_bag_cuda(const at::Tensor& masks, const at::Tensor& values,
     const double* w_ptr = weighted ? w_c.data_ptr<double>() : nullptr;
     auto* bad_ptr =
         check_bounds ? reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()) : nullptr;
-    if (t.words == 1 && !one_warp_per_row()) {
+    if (t.words == 1 && !one_warp_per_row() && bag_lanes_kernel()) {
+      with_rows_per_group(rows_per_group(kBagLanesRowsPerGroup), [&](auto rows) {
+        ragged_bag_lanes_kernel<decltype(rows)::value, scalar_t>
+            <<<blocks_for(bags), kWarp * kWarpsPerBlock, 0, stream>>>(
+                t, values.data_ptr<scalar_t>(), ids_c.data_ptr<int64_t>(),
+                off_c.data_ptr<int64_t>(), off_c.numel(), ids_c.numel(), bags, dim,
+                static_cast<int>(mode), w_ptr, out.data_ptr<scalar_t>(), bad_ptr);
+      });
+    } else if (t.words == 1 && !one_warp_per_row()) {
       with_rows_per_group(rows_per_group(kBagRowsPerGroup), [&](auto rows) {
         ragged_bag_word_kernel<decltype(rows)::value, scalar_t>
             <<<blocks_for(bags), kWarp * kWarpsPerBlock, 0, stream>>>(

@@ -284,8 +284,9 @@ def test_every_row_any_group_size(group_size, device, kernel, monkeypatch):
         monkeypatch.setenv("MIXEMB_CUDA_ONE_WARP", "1")
     elif kernel.startswith("lanes"):
         monkeypatch.setenv("MIXEMB_CUDA_BAG_KERNEL", "lanes")
-    if "u" in kernel.split("-")[-1]:
-        monkeypatch.setenv("MIXEMB_CUDA_ROWS_PER_GROUP", kernel.split("-")[-1][1:])
+    rows_per_group = kernel.split("-")[-1]  # "u<U>" in "u2", "lanes-u8"
+    if rows_per_group.startswith("u"):
+        monkeypatch.setenv("MIXEMB_CUDA_ROWS_PER_GROUP", rows_per_group[1:])
     for k in (1, 7, 62, 64, 70):
         x, table = _table(70, k, group_size=group_size, device=device)
         ids = torch.cat([torch.arange(70), torch.tensor([1, 1, 69, 0, 1])]).to(device)

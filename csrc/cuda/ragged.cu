@@ -795,18 +795,15 @@ at::Tensor ragged_bag_cuda(const at::Tensor& masks, const at::Tensor& values,
     const double* w_ptr = weighted ? w_c.data_ptr<double>() : nullptr;
     auto* bad_ptr =
         check_bounds ? reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()) : nullptr;
-    if (t.words == 1 && !one_warp_per_row() && bag_lanes_kernel()) {
-      with_rows_per_group(rows_per_group(kBagLanesRowsPerGroup), [&](auto rows) {
-        ragged_bag_lanes_kernel<decltype(rows)::value, scalar_t>
-            <<<blocks_for(bags), kWarp * kWarpsPerBlock, 0, stream>>>(
-                t, values.data_ptr<scalar_t>(), ids_c.data_ptr<int64_t>(),
-                off_c.data_ptr<int64_t>(), off_c.numel(), ids_c.numel(), bags, dim,
-                static_cast<int>(mode), w_ptr, out.data_ptr<scalar_t>(), bad_ptr);
-      });
-    } else if (t.words == 1 && !one_warp_per_row()) {
-      with_rows_per_group(rows_per_group(kBagRowsPerGroup), [&](auto rows) {
-        ragged_bag_word_kernel<decltype(rows)::value, scalar_t>
-            <<<blocks_for(bags), kWarp * kWarpsPerBlock, 0, stream>>>(
+    if (t.words == 1 && !one_warp_per_row()) {
+      const bool lanes = bag_lanes_kernel();
+      with_rows_per_group(rows_per_group(lanes ? kBagLanesRowsPerGroup : kBagRowsPerGroup),
+                          [&](auto rows) {
+        constexpr int U = decltype(rows)::value;
+        // the two one-word bag kernels take the same arguments
+        const auto kernel = lanes ? ragged_bag_lanes_kernel<U, scalar_t>
+                                  : ragged_bag_word_kernel<U, scalar_t>;
+        kernel<<<blocks_for(bags), kWarp * kWarpsPerBlock, 0, stream>>>(
                 t, values.data_ptr<scalar_t>(), ids_c.data_ptr<int64_t>(),
                 off_c.data_ptr<int64_t>(), off_c.numel(), ids_c.numel(), bags, dim,
                 static_cast<int>(mode), w_ptr, out.data_ptr<scalar_t>(), bad_ptr);

@@ -99,16 +99,20 @@ def test_report_only_reads_results_json(tmp_path, monkeypatch):
     assert text.count("benchmarks") == 1 and "--note '<the paragraph under the methods>'" in text
 
 
-def test_dnis_dims_come_from_dnis_ft_when_only_it_ran():
+def test_dnis_dims_come_from_dnis_ft_and_plain_dnis_only_without_it():
     from mixemb.results import dnis_dims_table
 
-    def cell(method, dims):
-        return {"method": method, "budget": 0.2, "seed": 0, "block_mean_dims": dims}
+    def cell(method, dims, seed=0):
+        return {"method": method, "budget": 0.2, "seed": seed, "block_mean_dims": dims}
 
     only_ft = {"cells": {"a": cell("dnis_ft", [8.0, 2.0]), "b": cell("uniform", [12.0, 12.0])}}
     assert "| 0.2 | 8.0 | 2.0 |" in dnis_dims_table(only_ft)
-    both = {"cells": {"a": cell("dnis_ft", [8.0, 2.0]), "c": cell("dnis", [6.0, 4.0])}}
-    assert "| 0.2 | 6.0 | 4.0 |" in dnis_dims_table(both)
+    # plain dnis first in the file: dnis_ft still wins its (budget, seed)
+    both = {"cells": {"c": cell("dnis", [6.0, 4.0]), "a": cell("dnis_ft", [8.0, 2.0])}}
+    assert "| 0.2 | 8.0 | 2.0 |" in dnis_dims_table(both)
+    # seed 1 has only a plain dnis cell: it counts, averaged with seed 0's dnis_ft
+    mixed = {**both["cells"], "d": cell("dnis", [4.0, 6.0], seed=1)}
+    assert "| 0.2 | 6.0 | 4.0 |" in dnis_dims_table({"cells": mixed})
     assert dnis_dims_table({"cells": {"b": cell("uniform", [12.0, 12.0])}}).startswith("no DNIS")
 
 

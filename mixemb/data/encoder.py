@@ -16,7 +16,8 @@ transformed value, the Criteo convention v = log(x)² for x > 2, else x; missing
 missing value still looks the id up but contributes nothing; its frequency is the number
 of non-missing training values) or are *bucketized* into
 categorical bucket labels ``str(int(floor(log(x)²)))`` for x > 2, else ``str(int(x))``
-(missing → the field's OOV).
+(missing → the field's OOV). A numeric value must be NaN (missing) or finite as float32;
+an infinite one is a :class:`DataError`, as are bytes values that are not UTF-8.
 
 Counting and mapping go through Python dicts at C speed (``Counter``, ``map``), which
 beats sorting strings with ``np.unique``: MovieLens-1M encodes in a fraction of a second.
@@ -31,9 +32,11 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-from mixemb.data.schema import DataError, FieldSpec
+from mixemb.data.schema import DataError, FieldSpec, clipped, quoted
 
 NUMERIC_MODES = ("scale", "bucketize")
+# Scaled values are stored as float32: a larger magnitude would become inf there.
+_MAX_ABS_VALUE = float(np.finfo(np.float32).max)
 
 
 def criteo_transform(x: np.ndarray) -> np.ndarray:
@@ -56,14 +59,40 @@ def bucket_labels(x: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _as_str_list(col) -> list:
-    """Categorical column → list of Python str (fast paths for object and unicode arrays)."""
+def _as_str_list(col, field: str) -> list:
+    """Categorical column → list of Python str (fast paths for object and unicode arrays).
+    Bytes decode strictly as UTF-8: replacing bad bytes would merge distinct values."""
     arr = np.asarray(col)
     if arr.dtype.kind in "OU":
         return arr.reshape(-1).tolist()
     if arr.dtype.kind == "S":
-        return [v.decode("utf-8", "replace") for v in arr.reshape(-1).tolist()]
+        raw = arr.reshape(-1).tolist()
+        try:
+            return [v.decode("utf-8") for v in raw]
+        except UnicodeDecodeError:
+            bad = next(v for v in raw if not _is_utf8(v))
+            raise DataError(f"field {field!r}: value {quoted(bad)} is not UTF-8") from None
     return [str(v) for v in arr.reshape(-1).tolist()]
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _numeric(field: str, col) -> np.ndarray:
+    """A numeric column as float64 (n,); NaN is a missing value, an infinite or
+    float32-overflowing one a DataError."""
+    x = np.asarray(col, dtype=np.float64)
+    bad = np.abs(x) > _MAX_ABS_VALUE  # False for NaN (missing)
+    if bad.any():
+        j = int(np.flatnonzero(bad.reshape(-1))[0])
+        v = float(x.reshape(-1)[j])
+        raise DataError(f"field {field!r}: value {v!r} (row {j}) is not a finite float32")
+    return x
 
 
 class _Lookup(dict):
@@ -121,8 +150,8 @@ class FeatureEncoder:
     def _keys(self, f: FieldSpec, col) -> list:
         """The lookup keys (str) of a raw column of field ``f``."""
         if f.kind == "numeric":
-            return bucket_labels(col).tolist()
-        return _as_str_list(col)
+            return bucket_labels(_numeric(f.name, col)).tolist()
+        return _as_str_list(col, f.name)
 
     @staticmethod
     def _columns(chunk) -> dict:
@@ -130,7 +159,7 @@ class FeatureEncoder:
 
     def _column(self, chunk: dict, f: FieldSpec) -> np.ndarray:
         if f.name not in chunk:
-            raise DataError(f"missing column {f.name!r} (have: {', '.join(chunk)})")
+            raise DataError(f"missing column {f.name!r} (have: {clipped(', '.join(chunk))})")
         return chunk[f.name]
 
     def _field(self, field: str) -> int:
@@ -149,7 +178,7 @@ class FeatureEncoder:
             for j, f in enumerate(self.fields):
                 col = self._column(chunk, f)
                 if self._is_scaled(f):
-                    present[j] += int(np.isfinite(np.asarray(col, dtype=np.float64)).sum())
+                    present[j] += int(np.isfinite(_numeric(f.name, col)).sum())
                 else:
                     counts[j].update(self._keys(f, col))
         totals = [sum(c.values()) for c in counts]  # lookups per field, missing included
@@ -237,7 +266,7 @@ class FeatureEncoder:
                 raise DataError(f"column {f.name!r} has {len(col)} rows, expected {n}")
             ids[:, j] = self.ids_of(f.name, col)
             if self._is_scaled(f):
-                values[:, j] = criteo_transform(col)
+                values[:, j] = criteo_transform(_numeric(f.name, col))
         return ids, values
 
     def id_of(self, field: str, raw) -> int:

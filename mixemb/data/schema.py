@@ -25,6 +25,21 @@ class DataError(ValueError):
     """Bad input data: the message names the file, the line and the offending value."""
 
 
+def quoted(value: str | bytes, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, the value cut to ``limit`` characters (bytes)
+    with "…" appended, so that a 10 MB line never ends up in a message."""
+    if len(value) <= limit:
+        return repr(value)
+    if isinstance(value, bytes):
+        return repr(value[:limit]) + "…"
+    return repr(value[:limit] + "…")
+
+
+def clipped(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters with "…" (a column listing in a message)."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     """One input column.

@@ -1,7 +1,8 @@
 """Task-ready datasets: rating (MSE), CTR (AUC, logloss) and top-k (HR@k, NDCG@k).
 
-* rating — fields user_id, item_id; label = rating; seeded random 7:2:1 split
-  (exact sizes round(0.7n), round(0.2n), the rest).
+* rating — fields user_id, item_id; label = rating (finite, within ±1e6: the readers'
+  ``MAX_ABS_LABEL``); seeded random 7:2:1 split (exact sizes round(0.7n), round(0.2n),
+  the rest).
 * ctr — rating ≥ 4 → 1, ≤ 2 → 0, 3 (anything strictly between) dropped; MovieLens gains
   the user side fields of its ``.user`` file (age, gender, occupation, zip_code) and the
   item side fields of its ``.item`` file (release_year, and the genre list as ONE
@@ -40,7 +41,9 @@ from mixemb.data.encoder import FeatureEncoder
 from mixemb.data.readers import (
     CRITEO_CAT,
     CRITEO_INT,
+    MAX_ABS_LABEL,
     Chunk,
+    check_data_file,
     concat_chunks,
     read_criteo,
     read_csv,
@@ -48,7 +51,7 @@ from mixemb.data.readers import (
     read_recbole,
 )
 from mixemb.data.registry import WHEEL_DATASETS, fetch_dataset_files
-from mixemb.data.schema import TASKS, DataError, Dataset, FieldSpec, Split
+from mixemb.data.schema import TASKS, DataError, Dataset, FieldSpec, Split, clipped
 from mixemb.data.synthetic import make_synthetic
 
 NAMES = (*WHEEL_DATASETS, "synthetic")
@@ -100,7 +103,8 @@ def _check_inter(inter: Table, name: str, task: str) -> Table:
     need = ("user_id", "item_id") if task == "topk" else ("user_id", "item_id", "rating")
     for col in need:
         if col not in inter:
-            raise DataError(f"{name} line 1: no column {col!r} (columns: {', '.join(inter)})")
+            listing = clipped(", ".join(inter))
+            raise DataError(f"{name} line 1: no column {col!r} (columns: {listing})")
     if "timestamp" not in inter:
         inter["timestamp"] = np.arange(len(inter["user_id"]), dtype=np.float64)
     return inter
@@ -120,7 +124,9 @@ def _numeric_present(source, wanted: tuple[str, ...]) -> tuple[str, ...]:
 
 def _recbole_table(source, task: str, name: str) -> Table:
     numeric = _numeric_present(source, ("rating", "timestamp"))
-    inter = concat_chunks(read_recbole(source, numeric=numeric, required=("user_id", "item_id")))
+    limits = {"rating": MAX_ABS_LABEL}
+    required = ("user_id", "item_id")
+    inter = concat_chunks(read_recbole(source, numeric=numeric, required=required, limits=limits))
     return _check_inter(inter, name, task)
 
 
@@ -488,9 +494,7 @@ def load_dataset(
         fmt = fmt if fmt is not None else guess_format(path)
         if fmt not in FORMATS:
             raise ValueError(f"fmt must be one of {', '.join(FORMATS)}, got {fmt!r}")
-        p = Path(path)
-        if not p.is_file():
-            raise DataError(f"{p}: no such file")
+        p = check_data_file(path)
         info["source"] = str(p)
         if fmt in ("criteo", "csv"):
             enc, tr, va, te = _file_dataset(

@@ -27,7 +27,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m compileall -q mixemb kernels bench tests setup.py
+	$(PY) -m compileall -q mixemb kernels bench tests experiments setup.py
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
@@ -37,13 +37,13 @@ test: lint
 	$(PY) -m pytest -q
 
 # Not part of `make test`: hours on a laptop CPU. Resumable (rerun to continue).
-# RESULTS_PRESET=quick (the six ML-1M combinations, 3 seeds, fewer methods) or full (every method).
+# RESULTS_PRESET: a preset of experiments/presets.toml (quick, full).
 RESULTS_PRESET ?= quick
 # the cells, committed with docs/results.md (a fresh clone resumes or re-renders from them)
 RESULTS_OUT ?= docs/results/cells
 results: $(STAMP)
 	-$(PY) -m pip install -q matplotlib  # the plots (the extra "plot"); skipped if it fails
-	RESULTS_PRESET=$(RESULTS_PRESET) $(PY) -m mixemb.results --out $(RESULTS_OUT)
+	$(PY) -m experiments run --preset $(RESULTS_PRESET) --out $(RESULTS_OUT)
 
 bench: $(STAMP)
 	$(PY) bench/bench_reference.py

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from mixemb.search.export import load_pruned
+from mixemb.prune import load_pruned
 
 
 def format_bytes(nnz: int, num_rows: int, dim: int, value_bytes: int, group_size: int) -> dict:

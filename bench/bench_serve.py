@@ -6,11 +6,12 @@ with A set for a target mean kept dim, 4 by default), Zipf lookups over
 frequency-sorted ids:
 
 * gather — ``mixemb.ops.ragged_gather`` (the extension) vs ``F.embedding`` on the unpruned
-  (N, K) table vs ``ragged_gather_reference`` (torch ops); on CUDA each mixemb op is also timed as
-  ``mixemb-warp``, the one-warp-per-lookup kernels (``MIXEMB_CUDA_ONE_WARP=1``), and as
-  ``mixemb-u1`` … ``mixemb-u8``, the 16-lane kernels serving 1, 2, 4 or 8 lookups at once
-  (``MIXEMB_CUDA_ROWS_PER_GROUP``), and bags as ``mixemb-lanes-u1`` … ``mixemb-lanes-u8``,
-  the bag kernel whose lanes locate 32 lookups at once (``MIXEMB_CUDA_BAG_KERNEL=lanes``);
+  (N, K) table vs ``ragged_gather_reference`` (torch ops); on CUDA each mixemb op is also
+  timed on its other kernel variants (op arguments, ``VARIANTS``): ``mixemb-warp``, the
+  one-warp-per-lookup kernels (``one_warp=True``), ``mixemb-u1`` … ``mixemb-u8``, the 16-lane
+  kernels serving 1, 2, 4 or 8 lookups at once (``lookups_at_once``), and bags as
+  ``mixemb-lanes`` and ``mixemb-lanes-u1`` … ``mixemb-lanes-u8``, the bag kernel whose lanes
+  locate 32 lookups at once (``bag_kernel="lanes"``);
 * gather_out — the same two gathers into an output buffer allocated once
   (``ragged_gather(..., out=)`` vs ``torch.index_select(..., out=)``): the kernels alone,
   without the allocation and first-touch page faults of a fresh output;
@@ -29,7 +30,6 @@ other lookup counts.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -46,12 +46,13 @@ from common import (  # noqa: E402
 )
 
 from mixemb.ops import ragged_bag, ragged_dot, ragged_gather  # noqa: E402
-from mixemb.ragged import RaggedTable, ragged_gather_reference  # noqa: E402
+from mixemb.ragged import RaggedTable  # noqa: E402
 from mixemb.reference import (  # noqa: E402
     padded_gather_bytes,
     ragged_bag_bytes,
     ragged_dot_bytes,
     ragged_gather_bytes,
+    ragged_gather_reference,
 )
 
 BENCH = "bench_serve"
@@ -60,6 +61,17 @@ SHAPES = {
     "small": {"rows": 200_000, "dim": 64, "batch": 2048, "fields": 26, "zipf": 1.05},
 }
 ITERS = {"cpu": (2, 7), "cuda": (10, 50)}
+# The CUDA kernel variants timed beside each op's default ("mixemb"): provider → the op's
+# keyword arguments, and whether only ragged_bag has it.
+VARIANTS = {
+    "mixemb-warp": ({"one_warp": True}, False),
+    **{f"mixemb-u{u}": ({"lookups_at_once": u}, False) for u in (1, 2, 4, 8)},
+    "mixemb-lanes": ({"bag_kernel": "lanes"}, True),
+    **{
+        f"mixemb-lanes-u{u}": ({"bag_kernel": "lanes", "lookups_at_once": u}, True)
+        for u in (1, 2, 4, 8)
+    },
+}
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / f"{BENCH}.json"
 COLUMNS = [
     ("mean_dim", "mean dim"),
@@ -90,22 +102,10 @@ def pruned_table(rows: int, dim: int, mean_dim: float, device, seed: int = 0) ->
     return values * (ranks < dims.unsqueeze(1))
 
 
-def _with_env(fn, name: str, value: str):
-    """fn run with the environment variable name=value (the CUDA kernels read their knobs,
-    MIXEMB_CUDA_ONE_WARP, MIXEMB_CUDA_ROWS_PER_GROUP and MIXEMB_CUDA_BAG_KERNEL, at every
-    call)."""
-
-    def run():
-        os.environ[name] = value
-        try:
-            return fn()
-        finally:
-            del os.environ[name]
-
-    return run
-
-
-def cases(cfg: dict, device: torch.device):
+def cases(cfg: dict, device: torch.device, variants: dict | None = None):
+    """(provider, op, fn, ideal bytes, table MB) rows of one config; ``variants`` (default:
+    VARIANTS on CUDA, none on CPU, where the kernels ignore them) adds the mixemb ops' kernel
+    variants."""
     n, k = cfg["rows"], cfg["dim"]
     dense = pruned_table(n, k, cfg["mean_dim"], device)
     table = RaggedTable.from_dense(dense)
@@ -121,8 +121,26 @@ def cases(cfg: dict, device: torch.device):
     g = ragged_gather_bytes(m, k, kept)
     out_ragged = torch.empty(*ids.shape, k, device=device)
     out_padded = torch.empty(m, k, device=device)
+    bag_bytes = ragged_bag_bytes(m, cfg["batch"], k, kept)
+    dot_bytes = ragged_dot_bytes(m, k, kept_pair)
+
+    def ours(provider: str, kw: dict, bag_only: bool) -> list:
+        """The mixemb ops run with the kernel variant kw."""
+        bag = [(provider, "bag", lambda: ragged_bag(table, flat, offsets, **kw), bag_bytes)]
+        if bag_only:
+            return [(*row, ragged_mb) for row in bag]
+        rows = [
+            (provider, "gather", lambda: ragged_gather(table, ids, **kw), g),
+            # into a reused output buffer: the kernel without allocation and first-touch
+            # page faults (most of a big fresh CPU output's cost)
+            (provider, "gather_out", lambda: ragged_gather(table, ids, out=out_ragged, **kw), g),
+            *bag,
+            (provider, "dot", lambda: ragged_dot(table, flat, table, ids_b, **kw), dot_bytes),
+        ]
+        return [(*row, ragged_mb) for row in rows]
+
     rows = [
-        ("mixemb", "gather", lambda: ragged_gather(table, ids), g, ragged_mb),
+        *ours("mixemb", {}, False),
         (
             "padded",
             "gather",
@@ -131,28 +149,12 @@ def cases(cfg: dict, device: torch.device):
             padded_mb,
         ),
         ("reference", "gather", lambda: ragged_gather_reference(table, ids), g, ragged_mb),
-        # into a reused output buffer on both sides: the kernels without allocation and
-        # first-touch page faults (most of a big fresh CPU output's cost)
-        (
-            "mixemb",
-            "gather_out",
-            lambda: ragged_gather(table, ids, out=out_ragged),
-            g,
-            ragged_mb,
-        ),
         (
             "padded",
             "gather_out",
             lambda: torch.index_select(unpruned, 0, flat, out=out_padded),
             padded_gather_bytes(m, k),
             padded_mb,
-        ),
-        (
-            "mixemb",
-            "bag",
-            lambda: ragged_bag(table, flat, offsets),
-            ragged_bag_bytes(m, cfg["batch"], k, kept),
-            ragged_mb,
         ),
         (
             "padded",
@@ -162,13 +164,6 @@ def cases(cfg: dict, device: torch.device):
             padded_mb,
         ),
         (
-            "mixemb",
-            "dot",
-            lambda: ragged_dot(table, flat, table, ids_b),
-            ragged_dot_bytes(m, k, kept_pair),
-            ragged_mb,
-        ),
-        (
             "padded",
             "dot",
             lambda: (unpruned[flat] * unpruned[ids_b]).sum(1),
@@ -176,34 +171,12 @@ def cases(cfg: dict, device: torch.device):
             padded_mb,
         ),
     ]
-    if device.type == "cuda":
-        ours = [row for row in rows if row[0] == "mixemb"]
-        # the kernels one-word rows had before the 16-lane ones
-        rows += [
-            ("mixemb-warp", op, _with_env(fn, "MIXEMB_CUDA_ONE_WARP", "1"), nbytes, mb)
-            for _, op, fn, nbytes, mb in ours
-        ]
-        # the 16-lane kernels serving U = 1, 2, 4, 8 lookups at once (the defaults per op
-        # in csrc/cuda/ragged.cu come from these rows)
-        rows += [
-            (f"mixemb-u{u}", op, _with_env(fn, "MIXEMB_CUDA_ROWS_PER_GROUP", str(u)), nbytes, mb)
-            for u in (1, 2, 4, 8)
-            for _, op, fn, nbytes, mb in ours
-        ]
-        # the bag kernel whose lanes locate 32 lookups at once, U = 1, 2, 4, 8 per half-warp
-        rows += [
-            (
-                f"mixemb-lanes-u{u}",
-                op,
-                _with_env(_with_env(fn, "MIXEMB_CUDA_ROWS_PER_GROUP", str(u)),
-                          "MIXEMB_CUDA_BAG_KERNEL", "lanes"),
-                nbytes,
-                mb,
-            )
-            for u in (1, 2, 4, 8)
-            for _, op, fn, nbytes, mb in ours
-            if op == "bag"
-        ]  # fmt: skip
+    ops = ["gather", "gather_out", "bag", "dot"]
+    rows.sort(key=lambda row: ops.index(row[1]))  # by op; providers keep their order
+    if variants is None:
+        variants = VARIANTS if device.type == "cuda" else {}
+    for provider, (kw, bag_only) in variants.items():
+        rows += ours(provider, kw, bag_only)
     return rows
 
 
@@ -215,6 +188,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--batch", type=int)
     p.add_argument("--mean-dim", type=float, default=4.0)
     p.add_argument("--sweep", action="store_true", help="also mean dims 2, 6 and 4x lookups")
+    p.add_argument(
+        "--variants",
+        action=argparse.BooleanOptionalAction,
+        help="also time the kernel variants (VARIANTS; default: on CUDA only, the CPU "
+        "kernels ignore them)",
+    )
     p.add_argument("--repeats", type=int)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
@@ -236,7 +215,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out, meta, copy_rate = start_run(args.out, device, bench=BENCH, shape=base)
     for cfg in configs:
         cfg = {**cfg, "lookups": cfg["batch"] * cfg["fields"]}
-        for provider, op, fn, nbytes, table_mb in cases(cfg, device):
+        variants = None if args.variants is None else (VARIANTS if args.variants else {})
+        for provider, op, fn, nbytes, table_mb in cases(cfg, device, variants):
             measure(
                 out,
                 meta,

@@ -4,8 +4,10 @@ Side by side in one process, on one batch of Zipf ids over frequency-sorted rows
 
 providers
 * launcher   the bare Triton launchers of ``mixemb.kernels.soft_select`` (CUDA only)
-* op         ``soft_select_lookup(backend="triton")``: the registered torch.library ops
-             (on CPU they run the reference math: the CPU path)
+* op         ``soft_select_lookup(backend="triton")`` in eager mode: one autograd.Function
+             straight onto the launchers (on CPU the reference math); the registered
+             torch.library ops are what torch.compile / torch.export see, and their
+             host cost per call is bench/bench_host_overhead.py's
 * reference  ``soft_select_lookup(backend="reference")``: hand-written backward, eager
 * eager      the unfused reference expression + autograd + ``normalize_alpha_grad``
 * compile    ``torch.compile`` of the eager provider
@@ -42,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_reference import TABLE_COLUMNS, zipf_ids  # noqa: E402
 from common import DEFAULT_ITERS, measure, report, start_run  # noqa: E402
 
-from mixemb.ops import FusedOptimizer, soft_select_lookup  # noqa: E402
+from mixemb.nn import FusedOptimizer  # noqa: E402
+from mixemb.ops import soft_select_lookup  # noqa: E402
 from mixemb.reference import (  # noqa: E402
     equal_boundaries,
     normalize_alpha_grad,

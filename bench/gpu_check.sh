@@ -92,14 +92,18 @@ step_install() {
 }
 
 step_pytest_cuda() {
-  # pytest-xdist, where present, spreads the Triton compiles over 4 processes.
+  # Every test marked cuda: the CUDA cases of the shared `device` fixture (every kernel
+  # variant of the ragged ops among them) and the GPU-only tests. pytest-xdist, where
+  # present, spreads the Triton compiles over 4 processes.
   local par=()
   "$PYTHON" -c 'import xdist' 2>/dev/null && par=(-n 4)
   "$PYTHON" -m pytest -m cuda -q -p no:cacheprovider "${par[@]}" --junitxml="$WORK/pytest_cuda.xml"
 }
 
 step_bench_serve() {
-  "$PYTHON" bench/bench_serve.py --device cuda --shape full --sweep --out "$WORK/bench_serve.json"
+  # every kernel variant side by side (bench_serve.VARIANTS, op arguments)
+  "$PYTHON" bench/bench_serve.py --device cuda --shape full --sweep --variants \
+    --out "$WORK/bench_serve.json"
 }
 
 step_bench_train() {
@@ -107,14 +111,15 @@ step_bench_train() {
 }
 
 step_sanitize_ragged() {
-  # The CUDA ragged kernels' edge-case tests (every kernel variant, every group size, bad
-  # ids, malformed offsets, unaligned out=) under compute-sanitizer's memcheck: an
-  # out-of-bounds or misaligned access fails the step even where the results came out right.
+  # The CUDA ragged kernels' edge-case tests (every kernel variant, chosen by op argument;
+  # every group size, bad ids, malformed offsets, unaligned out=) under compute-sanitizer's
+  # memcheck: an out-of-bounds or misaligned access fails the step even where the results
+  # came out right.
   local cs
   cs="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
   "$cs" --tool memcheck --error-exitcode 97 --print-limit 20 \
     "$PYTHON" -m pytest tests/test_ops_ragged.py -m cuda -q -p no:cacheprovider \
-    -k "every_row or bag_lanes or out_of_range or malformed or alignment"
+    -k "every_row or bag_variants or out_of_range or malformed or alignment"
 }
 
 step_bench_reference() {

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -116,7 +117,8 @@ const ExpandTable& expand_table() {
 }
 
 // The widest vector path this CPU runs: 2 = AVX-512, 1 = AVX2, 0 = scalar.
-// MIXEMB_CPU_ISA=avx2|scalar caps it (tests use that to check every path on one machine).
+// MIXEMB_CPU_ISA=avx2|scalar caps it, read once when the library loads like ATen's
+// ATEN_CPU_CAPABILITY (tests use that to check every path on one machine).
 int detect_isa() {
   int isa = 0;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) isa = 1;
@@ -415,9 +417,8 @@ void check_gather_out(const at::Tensor& out, const at::Tensor& ids, const at::Te
 
 constexpr int64_t kTile = 64;   // lookups per pass pair (row starts, then rows)
 // How many lookups ahead the prefetches run: the metadata (masks, group offset) far ahead,
-// since a row's values can only be located once it has arrived; the values nearer.
-// Measured on the 2-core EPYC (bench_serve small shape): metadata 12 -> 40 ahead made the
-// gather 1.2-1.3x and the dot 1.4x faster.
+// since a row's values can only be located once it has arrived; the values nearer
+// (distances chosen with bench/bench_serve.py; bench/README.md has the figures).
 constexpr int64_t kAheadMeta = 40;
 constexpr int64_t kAheadValues = 16;
 
@@ -432,15 +433,17 @@ constexpr int64_t kStreamMinBytes = int64_t{1} << 21;
 constexpr int64_t kStreamMaxBytes = int64_t{32} << 20;
 
 // Such fresh-mmap outputs (kStreamMaxBytes and up) are first asked for transparent huge
-// pages: first-touching 4 KiB pages, not the copy, dominates a big gather (at the
-// DEVELOPERS.md shape, 16384 x 26 lookups into a 109 MB output, 66 -> 30 ms on the 2-core
-// EPYC). A hint only: where THP is off it does nothing. torch's own allocator does the same
-// for every tensor with THP_MEM_ALLOC_ENABLE=1; MIXEMB_NO_HUGE_PAGES=1 turns ours off.
+// pages: first-touching 4 KiB pages, not the copy, dominates a big gather (bench/README.md,
+// "Large outputs and huge pages"). A hint only: where THP is off it does nothing. torch's
+// own allocator does the same for every tensor with THP_MEM_ALLOC_ENABLE=1;
+// MIXEMB_NO_HUGE_PAGES=1 turns ours off (a process-wide memory policy like that one, read
+// once when the library loads, not by the ops).
+const bool kNoHugePages = std::getenv("MIXEMB_NO_HUGE_PAGES") != nullptr &&
+                          std::string(std::getenv("MIXEMB_NO_HUGE_PAGES")) != "0";
+
 inline void advise_huge_pages(void* data, int64_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  static const bool off = std::getenv("MIXEMB_NO_HUGE_PAGES") != nullptr &&
-                          std::string(std::getenv("MIXEMB_NO_HUGE_PAGES")) != "0";
-  if (off || bytes < kStreamMaxBytes) return;
+  if (kNoHugePages || bytes < kStreamMaxBytes) return;
   constexpr uintptr_t kHuge = uintptr_t{1} << 21;
   const uintptr_t first = reinterpret_cast<uintptr_t>(data);
   const uintptr_t lo = (first + kHuge - 1) & ~(kHuge - 1);
@@ -732,11 +735,14 @@ void check_gather_ids(const at::Tensor& ids, const char* op) {
               ": ids must be int32 or int64, got ", ids.scalar_type());
 }
 
+// one_warp and lookups_at_once choose between CUDA kernels: checked here, otherwise unused.
 at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
                              const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
-                             const at::Tensor& ids, bool check_bounds) {
+                             const at::Tensor& ids, bool check_bounds, bool /*one_warp*/,
+                             std::optional<int64_t> lookups_at_once) {
   const Table t = check_table(masks, values, group_offsets, group_size, dim, "ragged_gather");
   check_gather_ids(ids, "ragged_gather");
+  check_lookups_at_once(lookups_at_once, 1, "ragged_gather");
   std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
   shape.push_back(dim);
   at::Tensor out = at::empty(shape, values.options());
@@ -749,10 +755,11 @@ at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
 // No huge-page advice either: the memory is the caller's.
 void ragged_gather_out_cpu(const at::Tensor& masks, const at::Tensor& values,
                            const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
-                           const at::Tensor& ids, const at::Tensor& out,
-                           bool check_bounds) {
+                           const at::Tensor& ids, const at::Tensor& out, bool check_bounds,
+                           bool /*one_warp*/, std::optional<int64_t> lookups_at_once) {
   const Table t = check_table(masks, values, group_offsets, group_size, dim, "ragged_gather_out");
   check_gather_ids(ids, "ragged_gather_out");
+  check_lookups_at_once(lookups_at_once, 1, "ragged_gather_out");
   check_gather_out(out, ids, values, dim, "ragged_gather_out");
   gather_into(t, values, ids.contiguous(), dim, check_bounds, /*fresh=*/false, out);
 }
@@ -761,8 +768,12 @@ at::Tensor ragged_bag_cpu(const at::Tensor& masks, const at::Tensor& values,
                           const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
                           const at::Tensor& ids, const at::Tensor& offsets, int64_t mode,
                           const std::optional<at::Tensor>& per_sample_weights,
-                          bool include_last_offset, bool check_bounds) {
+                          bool include_last_offset, bool check_bounds,
+                          c10::string_view bag_kernel, bool /*one_warp*/,
+                          std::optional<int64_t> lookups_at_once) {
   const Table t = check_table(masks, values, group_offsets, group_size, dim, "ragged_bag");
+  check_bag_kernel(bag_kernel);
+  check_lookups_at_once(lookups_at_once, 1, "ragged_bag");
   TORCH_CHECK(ids.dim() == 1 && offsets.dim() == 1, "ragged_bag: ids and offsets must be 1-D");
   TORCH_CHECK(mode == 0 || mode == 1, "ragged_bag: mode must be 0 (sum) or 1 (mean), got ",
               mode);
@@ -845,8 +856,10 @@ at::Tensor ragged_dot_cpu(const at::Tensor& masks_a, const at::Tensor& values_a,
                           const at::Tensor& group_offsets_a, int64_t group_size_a,
                           const at::Tensor& masks_b, const at::Tensor& values_b,
                           const at::Tensor& group_offsets_b, int64_t group_size_b, int64_t dim,
-                          const at::Tensor& ids_a, const at::Tensor& ids_b, bool check_bounds) {
+                          const at::Tensor& ids_a, const at::Tensor& ids_b, bool check_bounds,
+                          bool /*one_warp*/, std::optional<int64_t> lookups_at_once) {
   const Table ta = check_table(masks_a, values_a, group_offsets_a, group_size_a, dim, "ragged_dot");
+  check_lookups_at_once(lookups_at_once, 1, "ragged_dot");
   const Table tb = check_table(masks_b, values_b, group_offsets_b, group_size_b, dim, "ragged_dot");
   TORCH_CHECK(ids_a.sizes() == ids_b.sizes(), "ragged_dot: ids_a ", ids_a.sizes(),
               " and ids_b ", ids_b.sizes(), " must have the same shape");

@@ -24,8 +24,8 @@ Kernels (all accumulate in fp32, mask the K tail, never synchronise with the hos
 * ``_scale_rows_kernel`` with SCATTER_ADD — the opt-in non-deterministic dense weight
   gradient (atomic adds; hot rows serialise on their addresses).
 
-Launchers validate, allocate and pick block sizes; the registered ops live in
-``mixemb.ops.soft_select_triton``.
+Launchers validate, allocate and pick block sizes; the op family (registered ops, autograd,
+backend choice) lives in ``mixemb.ops.soft_select``.
 """
 
 from __future__ import annotations

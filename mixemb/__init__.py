@@ -1,9 +1,11 @@
 """mixemb — Differentiable Neural Input Search (DNIS) for recommender embeddings.
 
-Layers (see docs/architecture.md): data (``mixemb.data``) → encoder → model with a
-pluggable embedding layer (``mixemb.models``) → training (``mixemb.train``) →
-search (``SoftSelectEmbedding``) → prune (``mixemb.prune``) → ragged table
-(``RaggedTable``) → serve (``RaggedEmbedding``). Kernels: ``mixemb.kernels`` (Triton).
+Layers, each importing only those before it (see docs/architecture.md): data
+(``mixemb.data``) → model with a pluggable embedding layer (``mixemb.models``) → training
+(``mixemb.train``: one epoch loop) → search (``mixemb.search``: α of a
+``SoftSelectEmbedding``) → prune (``mixemb.prune``) → methods (``mixemb.methods``) →
+saved models (``mixemb.artifacts``) → ``mixemb.cli``. Served: ``RaggedTable`` in a
+``RaggedEmbedding``. Kernels: ``mixemb.kernels`` (Triton).
 """
 
 from mixemb.nn import RaggedEmbedding, SoftSelectEmbedding

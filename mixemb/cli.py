@@ -153,20 +153,11 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mixemb.train import TrainConfig
+    from mixemb.train import TrainConfig, config_from
     from mixemb.train.run import train_run
 
     spec = _dataset_spec(args)
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        patience=args.patience,
-        seed=args.seed,
-        k=args.k,
-        device=args.device,
-    )
+    config = config_from(TrainConfig, vars(args))  # the flags are named as its fields
     out = Path(args.out) if args.out else None
     if out is not None and (out / "last.pt").exists() and not args.resume:
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or pick --out")
@@ -196,23 +187,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from mixemb.search import SearchConfig
     from mixemb.search.run import search_run
+    from mixemb.train import config_from
 
     spec = _dataset_spec(args)
-    config = SearchConfig(
-        dim=args.dim,
-        num_blocks=args.blocks,
-        warmup_epochs=args.warmup_epochs,
-        search_epochs=args.search_epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        alpha_lr=args.alpha_lr,
-        l1=args.l1,
-        normalize=not args.no_normalize,
-        train_dense=args.train_dense,
-        patience=args.patience,
-        seed=args.seed,
-        k=args.k,
-        device=args.device,
+    config = config_from(
+        SearchConfig, vars(args), num_blocks=args.blocks, normalize=not args.no_normalize
     )
     out = Path(args.out)
     if (out / "searched.pt").exists() and not args.resume:
@@ -230,7 +209,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from mixemb.search.run import prune_run
+    from mixemb.prune.run import prune_run
 
     out = Path(args.out) if args.out else Path(args.run) / "pruned.pt"
     info = prune_run(
@@ -261,29 +240,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from mixemb.search.compare import compare
-    from mixemb.search.methods import MethodConfig
+    from mixemb.methods import MethodConfig, compare
+    from mixemb.train import config_from
     from mixemb.train.run import load_from_spec
 
     spec = _dataset_spec(args)
-    config = MethodConfig(
-        dim=args.dim,
-        num_blocks=args.blocks,
-        epochs=args.epochs,
-        patience=args.patience,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        search_epochs=args.search_epochs,
-        warmup_epochs=args.warmup_epochs,
-        alpha_lr=args.alpha_lr,
-        l1=args.l1,
-        finetune_epochs=args.finetune_epochs,
-        random_trials=args.random_trials,
-        mde_exponent=args.mde_exponent,
-        k=args.k,
-        device=args.device,
-        model_kwargs=_model_kwargs(args),
-        budget_unit=args.budget_unit,
+    config = config_from(
+        MethodConfig, vars(args), num_blocks=args.blocks, model_kwargs=_model_kwargs(args)
     )
     dataset = load_from_spec(spec)
     compare(
@@ -320,7 +283,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mixemb.train.run import evaluate_run
+    from mixemb.artifacts import evaluate_run
 
     metrics = evaluate_run(args.run, args.split, k=args.k, device=args.device)
     print(f"{args.run} [{args.split}]: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -445,8 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="replaced if it exists")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("evaluate", help="score a trained run or a pruned model on a split")
-    p.add_argument("run", type=Path, help="train run folder, its best.pt, or a pruned .pt file")
+    p = sub.add_parser("evaluate", help="score a trained, searched or pruned model on a split")
+    p.add_argument(
+        "run",
+        type=Path,
+        help="train run folder or its best.pt, search run folder or its searched.pt, or a "
+        "pruned .pt file",
+    )
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
     p.add_argument("--k", type=int, default=None, help="cut-off for top-k metrics")
     p.add_argument("--device", default="cpu")

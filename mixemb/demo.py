@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 from mixemb.metrics import primary_metric
+from mixemb.prune import load_pruned
+from mixemb.prune.run import prune_run
 from mixemb.search import SearchConfig
-from mixemb.search.export import load_pruned
-from mixemb.search.run import prune_run, search_run
-from mixemb.train import TrainConfig
+from mixemb.search.run import search_run
+from mixemb.train import TrainConfig, evaluate
 from mixemb.train.run import load_from_spec, train_run
-from mixemb.train.trainer import evaluate
 
 
 def run_demo(

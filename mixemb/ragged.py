@@ -27,8 +27,8 @@ FORMAT_VERSION = 1
 _BITS = torch.arange(64, dtype=torch.int64)
 
 
-def _expand_bits(masks: torch.Tensor, dim: int) -> torch.Tensor:
-    """(..., W) int64 masks → (..., dim) bool presence."""
+def expand_bits(masks: torch.Tensor, dim: int) -> torch.Tensor:
+    """(..., W) int64 masks → (..., dim) bool: whether each dimension is kept."""
     bits = (masks.unsqueeze(-1) >> _BITS.to(masks.device)) & 1
     return bits.reshape(*masks.shape[:-1], masks.shape[-1] * 64)[..., :dim].bool()
 
@@ -141,7 +141,7 @@ class RaggedTable:
 
     def to_dense(self) -> torch.Tensor:
         """(N, K) with zeros at pruned entries."""
-        present = _expand_bits(self.masks, self.embedding_dim)
+        present = expand_bits(self.masks, self.embedding_dim)
         dense = torch.zeros(present.shape, dtype=self.values.dtype, device=self.values.device)
         dense[present] = self.values
         return dense
@@ -189,78 +189,3 @@ class RaggedTable:
             f"RaggedTable({self.num_embeddings}, {self.embedding_dim}, nnz={self.nnz}, "
             f"dtype={self.values.dtype}, nbytes={self.nbytes()})"
         )
-
-
-def ragged_gather_reference(table: RaggedTable, ids: torch.Tensor) -> torch.Tensor:
-    """Torch-ops reference gather: ids (...) int32/int64 → (..., K) with zeros at pruned dims."""
-    flat = ids.reshape(-1).long()
-    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= table.num_embeddings):
-        bad = flat[(flat < 0) | (flat >= table.num_embeddings)][0]
-        raise IndexError(f"id {int(bad)} out of range [0, {table.num_embeddings})")
-    # A row's first value: its group's base plus the popcounts of the rows before it in
-    # the group (at most group_size - 1 of them), as a serving kernel computes it.
-    g = table.group_size
-    group_start = flat - flat % g
-    prior = group_start.unsqueeze(1) + torch.arange(g - 1, device=flat.device)
-    before = prior < flat.unsqueeze(1)
-    prior_masks = table.masks[prior.clamp(max=max(table.num_embeddings - 1, 0))]
-    counts = (popcount64(prior_masks).sum(-1) * before).sum(1)
-    starts = table.group_offsets[flat // g] + counts
-    present = _expand_bits(table.masks[flat], table.embedding_dim)
-    slots = starts.unsqueeze(1) + present.long().cumsum(1) - 1
-    gathered = table.values[slots.clamp(min=0, max=max(table.nnz - 1, 0))] if table.nnz else None
-    out = torch.zeros(present.shape, dtype=table.values.dtype, device=table.values.device)
-    if gathered is not None:
-        out = torch.where(present, gathered, out)
-    return out.reshape(*ids.shape, table.embedding_dim)
-
-
-def ragged_bag_reference(
-    table: RaggedTable,
-    ids: torch.Tensor,
-    offsets: torch.Tensor,
-    *,
-    mode: str = "sum",
-    per_sample_weights: torch.Tensor | None = None,
-    include_last_offset: bool = False,
-) -> torch.Tensor:
-    """Pooled bags, ``nn.EmbeddingBag`` semantics: ids (M,) flat, offsets (B,) starts (or
-    (B+1,) with ``include_last_offset``); mode "sum" or "mean"; per_sample_weights (M,)
-    only with "sum". Returns (B, K); an empty bag gives zeros."""
-    if mode not in ("sum", "mean"):
-        raise ValueError(f"mode must be sum or mean, got {mode!r}")
-    if per_sample_weights is not None and mode != "sum":
-        raise ValueError("per_sample_weights only work with mode='sum'")
-    rows = ragged_gather_reference(table, ids.reshape(-1))
-    if per_sample_weights is not None:
-        rows = rows * per_sample_weights.reshape(-1, 1).to(rows.dtype)
-    offsets = offsets.long()
-    if include_last_offset:
-        starts, ends = offsets[:-1], offsets[1:]
-    else:
-        starts, ends = offsets, torch.cat([offsets[1:], offsets.new_tensor([ids.numel()])])
-    if len(starts) and int(starts[0]) != 0:
-        raise ValueError(f"offsets must start at 0, got {int(starts[0])}")
-    lengths = ends - starts
-    if bool((lengths < 0).any()):
-        raise ValueError("offsets must be non-decreasing")
-    bag = torch.repeat_interleave(torch.arange(len(starts), device=rows.device), lengths)
-    out = torch.zeros(len(starts), table.embedding_dim, dtype=rows.dtype, device=rows.device)
-    out.index_add_(0, bag, rows[: len(bag)])
-    if mode == "mean":
-        out = out / lengths.clamp(min=1).unsqueeze(1).to(out.dtype)
-    return out
-
-
-def ragged_dot_reference(
-    table_a: RaggedTable, ids_a: torch.Tensor, table_b: RaggedTable, ids_b: torch.Tensor
-) -> torch.Tensor:
-    """MF scores (B,): Σ_k a[ids_a, k]·b[ids_b, k] over the dims both rows keep."""
-    if table_a.embedding_dim != table_b.embedding_dim:
-        raise ValueError(
-            f"embedding dims differ: {table_a.embedding_dim} and {table_b.embedding_dim}"
-        )
-    a = ragged_gather_reference(table_a, ids_a)
-    b = ragged_gather_reference(table_b, ids_b)
-    acc = torch.float64 if a.dtype == torch.float64 else torch.float32
-    return (a.to(acc) * b.to(acc)).sum(-1)

@@ -1,7 +1,9 @@
 """Pure-PyTorch references of mixemb's ops, imported by the tests **and** the benches.
 
-Each reference is the plain eager expression (autograd does the backward), so it is both
-the correctness oracle and the eager baseline that a fused kernel is measured against.
+Each ``*_reference`` is the plain eager expression (autograd does the backward), so it is
+both the correctness oracle and the eager baseline that a fused kernel is measured against.
+The ``reference_*`` functions are the hand-written backward of ``soft_select_lookup`` on
+flat ids: what the op runs on CPU, checked against autograd of the expression.
 
 Byte counting lives here, once: ``*_bytes`` give the bytes an ideal kernel must move
 (read + write of DRAM, every input read once, every output written once). A bench's
@@ -49,6 +51,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mixemb.ragged import RaggedTable, expand_bits, popcount64
+
 __all__ = [
     "block_of",
     "equal_boundaries",
@@ -56,9 +60,18 @@ __all__ = [
     "normalize_alpha_grad",
     "padded_gather_bytes",
     "padded_gather_reference",
+    "reference_alpha_values_grad",
+    "reference_forward",
+    "reference_gather",
+    "reference_row_grads",
+    "reference_scale",
+    "reference_weight_grad",
     "ragged_bag_bytes",
+    "ragged_bag_reference",
     "ragged_dot_bytes",
+    "ragged_dot_reference",
     "ragged_gather_bytes",
+    "ragged_gather_reference",
     "soft_select_alpha_grad_bytes",
     "soft_select_fused_update_bytes",
     "soft_select_lookup_backward_bytes",
@@ -134,6 +147,92 @@ def normalize_alpha_grad(
     """
     h = g + l1 * torch.sign(alpha)
     return h / (h.abs().mean(dim=1, keepdim=True) + eps)
+
+
+# ---- the hand-written backward of soft_select_lookup ----------------------------------
+# The math of mixemb.ops.soft_select's CPU path (and of its reference backend): ids, values
+# and dout arrive flat, flat (B,) int64, values (B,) or None, dout (B, K). The op keeps
+# the gathered rows / α rows of its forward and passes them back in, so its backward does
+# not gather again; passing None recomputes them (same values).
+
+
+def reference_gather(
+    weight: torch.Tensor, alpha: torch.Tensor, boundaries: torch.Tensor, flat: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, scale, blocks): weight[flat] (B, K), alpha[block(flat)] (B, K), block(flat) (B,)
+    int64, for flat (B,) int64 ids."""
+    blocks = block_of(flat, boundaries)
+    return weight.index_select(0, flat), alpha.index_select(0, blocks), blocks
+
+
+def reference_scale(
+    rows: torch.Tensor, scale: torch.Tensor, values: torch.Tensor | None
+) -> torch.Tensor:
+    """(B, K) = rows * scale (* values[:, None]) in promote_types(rows, scale)."""
+    out = rows * scale
+    if values is not None:
+        out = out * values.reshape(-1, 1).to(out.dtype)
+    return out
+
+
+def reference_forward(weight, alpha, boundaries, flat, values):
+    """(B, K) = weight[flat] * alpha[block(flat)] (* values[:, None]); flat (B,) int64."""
+    rows, scale, _ = reference_gather(weight, alpha, boundaries, flat)
+    return reference_scale(rows, scale, values)
+
+
+def reference_row_grads(dout, weight, alpha, boundaries, flat, values, scale=None):
+    """(B, K) per-lookup weight gradients dout * alpha[block] (* v) in weight's dtype.
+
+    scale: alpha[block(flat)] (B, K) when the caller kept it from the forward.
+    """
+    if scale is None:
+        scale = alpha.index_select(0, block_of(flat, boundaries))
+    g_rows = dout * scale.to(dout.dtype)
+    if values is not None:
+        g_rows = g_rows * values.reshape(-1, 1).to(dout.dtype)
+    return g_rows.to(weight.dtype)
+
+
+def reference_weight_grad(dout, weight, alpha, boundaries, flat, values, scale=None):
+    """(N, K) dense weight gradient in weight's dtype: the row grads summed per id."""
+    rows = reference_row_grads(dout, weight, alpha, boundaries, flat, values, scale)
+    # index_put_(accumulate) is ~3x faster than index_add_ on CPU for many repeated ids
+    return torch.zeros_like(weight).index_put_((flat,), rows, accumulate=True)
+
+
+def reference_alpha_values_grad(
+    dout, weight, alpha, boundaries, flat, values, need_alpha, need_values, normalize, l1, eps,
+    rows=None, blocks=None,
+):  # fmt: skip
+    """(dalpha (L, K) in alpha's dtype or None, dvalues (B,) in values' dtype or None).
+
+    dalpha = Σ_{lookups in block l} weight[id] * dout (* v) summed in at least fp32, then
+    ``normalize_alpha_grad`` (L1 term inside) when normalize, else only the L1 term.
+    dvalues[b] = Σ_k weight[id] * alpha[block] * dout. rows, blocks: weight[flat] and
+    block(flat) when the caller kept them from the forward.
+    """
+    if blocks is None:
+        blocks = block_of(flat, boundaries)
+    if rows is None:
+        rows = weight.index_select(0, flat)
+    prod = rows.to(dout.dtype) * dout
+    dalpha = dvalues = None
+    if need_values:
+        scale = alpha.index_select(0, blocks).to(dout.dtype)
+        dvalues = (prod * scale).sum(1).to(values.dtype)
+    if need_alpha:
+        if values is not None:
+            prod = prod * values.reshape(-1, 1).to(dout.dtype)
+        acc = torch.promote_types(alpha.dtype, torch.float32)
+        g = torch.zeros(alpha.shape, dtype=acc, device=alpha.device)
+        g.index_put_((blocks,), prod.to(acc), accumulate=True)
+        if normalize:
+            g = normalize_alpha_grad(g, alpha.to(acc), l1, eps)
+        else:
+            g = g + l1 * torch.sign(alpha.to(acc))
+        dalpha = g.to(alpha.dtype)
+    return dalpha, dvalues
 
 
 def fused_update_reference(
@@ -356,3 +455,81 @@ def ragged_dot_bytes(
     i = torch.empty((), dtype=ids_dtype).element_size()
     words = -(-dim // 64)
     return num_pairs * 2 * (i + 8 * words + 8) + kept_values * v + num_pairs * 4
+
+
+# The references of the ragged serving ops (mixemb.ops.ragged), over a RaggedTable. They
+# locate rows as the kernels do (group offset plus in-group popcounts), so they check the
+# format as well as the kernels.
+def ragged_gather_reference(table: RaggedTable, ids: torch.Tensor) -> torch.Tensor:
+    """Torch-ops reference gather: ids (...) int32/int64 → (..., K) with zeros at pruned dims."""
+    flat = ids.reshape(-1).long()
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= table.num_embeddings):
+        bad = flat[(flat < 0) | (flat >= table.num_embeddings)][0]
+        raise IndexError(f"id {int(bad)} out of range [0, {table.num_embeddings})")
+    # A row's first value: its group's base plus the popcounts of the rows before it in
+    # the group (at most group_size - 1 of them), as a serving kernel computes it.
+    g = table.group_size
+    group_start = flat - flat % g
+    prior = group_start.unsqueeze(1) + torch.arange(g - 1, device=flat.device)
+    before = prior < flat.unsqueeze(1)
+    prior_masks = table.masks[prior.clamp(max=max(table.num_embeddings - 1, 0))]
+    counts = (popcount64(prior_masks).sum(-1) * before).sum(1)
+    starts = table.group_offsets[flat // g] + counts
+    present = expand_bits(table.masks[flat], table.embedding_dim)
+    slots = starts.unsqueeze(1) + present.long().cumsum(1) - 1
+    gathered = table.values[slots.clamp(min=0, max=max(table.nnz - 1, 0))] if table.nnz else None
+    out = torch.zeros(present.shape, dtype=table.values.dtype, device=table.values.device)
+    if gathered is not None:
+        out = torch.where(present, gathered, out)
+    return out.reshape(*ids.shape, table.embedding_dim)
+
+
+def ragged_bag_reference(
+    table: RaggedTable,
+    ids: torch.Tensor,
+    offsets: torch.Tensor,
+    *,
+    mode: str = "sum",
+    per_sample_weights: torch.Tensor | None = None,
+    include_last_offset: bool = False,
+) -> torch.Tensor:
+    """Pooled bags, ``nn.EmbeddingBag`` semantics: ids (M,) flat, offsets (B,) starts (or
+    (B+1,) with ``include_last_offset``); mode "sum" or "mean"; per_sample_weights (M,)
+    only with "sum". Returns (B, K); an empty bag gives zeros."""
+    if mode not in ("sum", "mean"):
+        raise ValueError(f"mode must be sum or mean, got {mode!r}")
+    if per_sample_weights is not None and mode != "sum":
+        raise ValueError("per_sample_weights only work with mode='sum'")
+    rows = ragged_gather_reference(table, ids.reshape(-1))
+    if per_sample_weights is not None:
+        rows = rows * per_sample_weights.reshape(-1, 1).to(rows.dtype)
+    offsets = offsets.long()
+    if include_last_offset:
+        starts, ends = offsets[:-1], offsets[1:]
+    else:
+        starts, ends = offsets, torch.cat([offsets[1:], offsets.new_tensor([ids.numel()])])
+    if len(starts) and int(starts[0]) != 0:
+        raise ValueError(f"offsets must start at 0, got {int(starts[0])}")
+    lengths = ends - starts
+    if bool((lengths < 0).any()):
+        raise ValueError("offsets must be non-decreasing")
+    bag = torch.repeat_interleave(torch.arange(len(starts), device=rows.device), lengths)
+    out = torch.zeros(len(starts), table.embedding_dim, dtype=rows.dtype, device=rows.device)
+    out.index_add_(0, bag, rows[: len(bag)])
+    if mode == "mean":
+        out = out / lengths.clamp(min=1).unsqueeze(1).to(out.dtype)
+    return out
+
+
+def ragged_dot_reference(
+    table_a: RaggedTable, ids_a: torch.Tensor, table_b: RaggedTable, ids_b: torch.Tensor
+) -> torch.Tensor:
+    """MF scores (B,): Σ_k a[ids_a, k]·b[ids_b, k] over the dims both rows keep."""
+    if table_a.embedding_dim != table_b.embedding_dim:
+        raise ValueError(
+            f"embedding dims differ: {table_a.embedding_dim} and {table_b.embedding_dim}"
+        )
+    a = ragged_gather_reference(table_a, ids_a)
+    b = ragged_gather_reference(table_b, ids_b)
+    acc = torch.float64 if a.dtype == torch.float64 else torch.float32
+    return (a.to(acc) * b.to(acc)).sum(-1)

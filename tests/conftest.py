@@ -15,7 +15,23 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from mixemb import _ext
 from mixemb.data import fetch
+
+HAS_CUDA = torch.cuda.is_available()
+NEEDS_GPU = pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU")
+NEEDS_CUDA_EXT = pytest.mark.skipif(
+    not (HAS_CUDA and _ext.HAS_CUDA_KERNELS), reason="needs a GPU and mixemb._C built with CUDA"
+)
+# The device every op and module test runs on: the same bodies on CPU (C++ CPU kernels,
+# Triton's interpreter) and, where there is one, the GPU.
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, NEEDS_GPU])]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """The device name: "cpu", then "cuda" where a GPU is present (skipped elsewhere)."""
+    return request.param
 
 
 @pytest.fixture

@@ -108,3 +108,15 @@ def test_bench_train_runs_every_provider_and_op(monkeypatch, tmp_path):
     assert all(r["ms"] > 0 and r["bytes"] > 0 for r in rows)
     sweep = train.sweep_configs({**train.SHAPES["full"], "ids_dtype": "int64"})
     assert len(sweep) == 6 * 3 * 5 and max(c["rows"] * c["dim"] * 4 for c in sweep) <= 1 << 30
+
+
+def test_bench_host_overhead_runs_every_provider_and_op(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    host = importlib.import_module("bench_host_overhead")
+    out = tmp_path / "host.json"
+    rows = host.main(["--calls", "2", "--warmup", "1", "--repeats", "1", "--out", str(out)])
+    got = {(r["provider"], r["op"]) for r in rows}
+    assert {("floor", "weights_step_sgd"), ("lookup", "weights_step_sgd")} <= got
+    assert {("reference", "alpha_step"), ("custom_op", "weights_step")} <= got
+    assert all(r["host_us"] > 0 for r in rows)
+    assert json.loads(out.read_text()) == rows

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from mixemb.cli import main
 
@@ -194,24 +193,22 @@ def test_demo_pipeline_on_synthetic_data(tmp_path):
     assert any(line.startswith("mean kept dim per frequency block") for line in lines)
 
 
-def test_saved_models_score_raw_rows_with_their_encoder(tmp_path, capsys):
-    import numpy as np
+@pytest.mark.parametrize(
+    "argv,fields_without_flag",
+    [
+        (["train"], {"eval_batch_size"}),
+        (["search", "--out", "x"], {"eval_batch_size", "eps", "num_blocks", "normalize"}),
+    ],
+)
+def test_every_config_field_has_its_flag(argv, fields_without_flag):
+    """The commands build their configs from the flags named as the config's fields
+    (num_blocks and normalize come from --blocks and --no-normalize)."""
+    from dataclasses import fields
 
-    from mixemb.data import load_dataset
-    from mixemb.train.run import load_run, score_raw
-    from mixemb.train.trainer import predict
+    from mixemb.cli import build_parser
+    from mixemb.search import SearchConfig
+    from mixemb.train import TrainConfig
 
-    out = tmp_path / "run"
-    _train_tiny_mf(out, capsys)
-    ds = load_dataset("synthetic", "rating")
-    enc = ds.encoder
-    rows = ds.test.ids[:20].tolist()
-    raw = {
-        "user_id": np.array([enc.decode(u)[1] for u, _ in rows]),
-        "item_id": np.array([enc.decode(i)[1] for _, i in rows]),
-    }
-    model, _ = load_run(out)
-    expected = predict(model, type(ds.test)(ds.test.ids[:20], ds.test.labels[:20]))
-    torch.testing.assert_close(score_raw(out, raw), expected)
-    unseen = score_raw(out, {"user_id": np.array(["never-seen"]), "item_id": raw["item_id"][:1]})
-    assert unseen.shape == (1,) and torch.isfinite(unseen).all()
+    cls = {"train": TrainConfig, "search": SearchConfig}[argv[0]]
+    flags = set(vars(build_parser().parse_args(argv)))
+    assert {f.name for f in fields(cls)} - fields_without_flag <= flags

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import asdict, replace
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+import mixemb.methods.random as random_family
+import mixemb.methods.shared as shared
 from mixemb.data.schema import Dataset, FieldSpec, Split
-from mixemb.nn import make_boundaries
-from mixemb.search.methods import (
+from mixemb.methods import (
     METHODS,
+    InfeasibleBudget,
     MethodConfig,
-    mde_block_dims,
-    random_block_dims,
+    NotApplicable,
+    clear_cache,
+    dnis_wall_seconds,
     run_method,
 )
+from mixemb.methods.blocks import scaled_block_dims
+from mixemb.methods.mde import mde_block_dims
+from mixemb.methods.random import MAX_TIMED_TRIALS, another_trial, random_block_dims
+from mixemb.nn import make_boundaries
 
 
 def _dataset(n=1500, users=50, items=30):
@@ -104,184 +110,7 @@ def test_bad_method_and_budget():
         run_method("dnis", ds, "mf", CFG, 1.5, 0)
 
 
-def test_compare_is_resumable_and_writes_tables(tmp_path):
-    from mixemb.search.compare import compare
-
-    ds = _dataset(n=600)
-    spec = {"name": "t", "task": "rating"}
-    calls = []
-    res = compare(
-        ds,
-        spec,
-        "mf",
-        CFG,
-        methods=["uniform", "mde"],
-        budgets=[0.5],
-        seeds=[0, 1],
-        out=tmp_path,
-        log=calls.append,
-    )
-    assert len(res["cells"]) == 2 + 4  # uniform-K reference x2 seeds + 2 methods x 2 seeds
-    table = (tmp_path / "results.md").read_text()
-    assert "| mde | 0.5 |" in table and "± " in table
-    again = compare(
-        ds,
-        spec,
-        "mf",
-        CFG,
-        methods=["uniform", "mde"],
-        budgets=[0.5],
-        seeds=[0, 1],
-        out=tmp_path,
-        log=calls.append,
-    )
-    assert "6 already done" in calls[-1] or any("6 already done" in c for c in calls)
-    assert again["cells"] == res["cells"]
-    from mixemb.search.compare import markdown_table
-
-    res["cells"]["random|0.01|0"] = {"method": "random", "budget": 0.01, "seed": 0, "skipped": "x"}
-    assert "| random |" not in markdown_table(res, "rating")  # skipped cells stay out
-    with pytest.raises(ValueError, match="different experiment"):
-        compare(ds, spec, "fm", CFG, methods=["uniform"], budgets=[0.5], seeds=[0], out=tmp_path)
-
-
-def test_compare_processes_sharing_an_output_folder_keep_each_others_cells(tmp_path, monkeypatch):
-    """A second process (here: simulated inside the first cell) writes seed 1's cells to
-    the same results.json; the first neither loses them nor runs them again."""
-    import mixemb.search.compare as cmp
-
-    ds = _dataset(n=600)
-    spec = {"name": "t", "task": "rating"}
-    header = {"dataset": spec, "model": "mf", "config": asdict(CFG)}
-    real, ran = cmp.run_method, []
-
-    def run_and_interleave(method, dataset, model, config, budget, seed):
-        ran.append((method, budget, seed))
-        if len(ran) == 1:  # "the other process" finishes seed 1 meanwhile
-            other = {}
-            for b in (1.0, 0.5):
-                cell = real("uniform", dataset, model, config, b, 1)
-                other[cmp.cell_key("uniform", b, 1)] = {**cell, "by": "other"}
-            cmp.merge_results(tmp_path / "results.json", header, {"cells": other})
-        return real(method, dataset, model, config, budget, seed)
-
-    monkeypatch.setattr(cmp, "run_method", run_and_interleave)
-    logs = []
-    res = cmp.compare(
-        ds, spec, "mf", CFG, methods=["uniform"], budgets=[0.5], seeds=[0, 1], out=tmp_path,
-        log=logs.append,
-    )  # fmt: skip
-    assert ran == [("uniform", 1.0, 0), ("uniform", 0.5, 0)]
-    assert sum("done elsewhere" in line for line in logs) == 2
-    on_disk = json.loads((tmp_path / "results.json").read_text())["cells"]
-    assert (
-        set(on_disk)
-        == set(res["cells"])
-        == {cmp.cell_key("uniform", b, s) for b in (1.0, 0.5) for s in (0, 1)}
-    )
-    assert all(on_disk[cmp.cell_key("uniform", b, 1)]["by"] == "other" for b in (1.0, 0.5))
-
-
-def test_compare_leaves_a_cell_another_live_process_is_running(tmp_path, monkeypatch):
-    """A claim by a live process (here: pytest's parent) makes compare leave that cell to
-    it; claims of exited processes and lapsed claims from other hosts are ignored; this
-    process's own claims are released, also when a cell fails."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    import mixemb.search.compare as cmp
-
-    ds = _dataset(n=600)
-    spec = {"name": "t", "task": "rating"}
-    exited = subprocess.Popen([sys.executable, "-c", "pass"])
-    exited.wait()
-    host, now = socket.gethostname(), time.time()
-    live = {"pid": os.getppid(), "host": host, "since": now}
-    claims = {
-        cmp.cell_key("uniform", 0.5, 0): live,
-        cmp.cell_key("uniform", 1.0, 0): {"pid": exited.pid, "host": host, "since": now},
-        cmp.cell_key("uniform", 0.2, 0): {"pid": 1, "host": "elsewhere", "since": now - 25 * 3600},
-    }
-    claims_path = tmp_path / "results.json.claims"
-    claims_path.write_text(json.dumps(claims))
-    logs = []
-    res = cmp.compare(
-        ds, spec, "mf", CFG, methods=["uniform"], budgets=[0.5, 0.2], seeds=[0],
-        out=tmp_path, log=logs.append,
-    )  # fmt: skip
-    assert set(res["cells"]) == {cmp.cell_key("uniform", b, 0) for b in (1.0, 0.2)}
-    assert any(f"running in process {os.getppid()} on {host}, left to it" in x for x in logs)
-    assert json.loads(claims_path.read_text()) == {cmp.cell_key("uniform", 0.5, 0): live}
-
-    # a fresh claim from another host is honoured (its process cannot be checked)
-    other = {"pid": 1, "host": "elsewhere", "since": time.time()}
-    claims_path.write_text(json.dumps({cmp.cell_key("uniform", 0.5, 0): other}))
-    header = {"dataset": spec, "model": "mf", "config": asdict(CFG)}
-    assert cmp.claim_cell(tmp_path / "results.json", header, "uniform|0.5|0") == (None, other)
-
-    def fail(*args, **kwargs):
-        raise RuntimeError("boom")
-
-    claims_path.unlink()
-    monkeypatch.setattr(cmp, "run_method", fail)
-    with pytest.raises(RuntimeError, match="boom"):
-        cmp.compare(
-            ds, spec, "mf", CFG, methods=["uniform"], budgets=[0.5], seeds=[0], out=tmp_path
-        )
-    assert json.loads(claims_path.read_text()) == {}
-
-
-def test_aligned_prune_keeps_dnis_dims_at_nested_positions():
-    from mixemb.prune import prune
-    from mixemb.search.export import aligned_prune
-
-    g = torch.Generator().manual_seed(0)
-    merged = torch.randn(50, 16, generator=g) * torch.linspace(2, 0.1, 16)
-    ref, report = prune(merged, keep=200)
-    table, mask = aligned_prune(merged, keep=200)
-    assert int(mask.sum()) == 200 and torch.equal(mask.sum(1), report.dims)
-    assert torch.equal(table != 0, mask) and torch.equal(table[mask], merged[mask])
-    # any two rows: the smaller kept set lies inside the larger (overlap = min of dims)
-    shared = (mask.unsqueeze(1) & mask.unsqueeze(0)).sum(-1)
-    dims = mask.sum(1)
-    assert torch.equal(shared, torch.minimum(dims.unsqueeze(1), dims.unsqueeze(0)))
-
-
-def test_floor_prune_leaves_no_feature_empty_and_spends_the_rest_by_magnitude():
-    from mixemb.search.export import floor_prune
-
-    g = torch.Generator().manual_seed(0)
-    # rows fading in magnitude: plain magnitude pruning would empty the last ones
-    merged = torch.randn(40, 8, generator=g) * torch.linspace(3, 0.01, 40).unsqueeze(1)
-    merged[5] = 0  # an all-zero row stays empty (nothing to keep)
-    table, mask = floor_prune(merged, keep=60)
-    assert int(mask.sum()) == 60 and torch.equal(table != 0, mask)
-    assert torch.equal(table[mask], merged[mask])
-    nonzero = merged.ne(0).any(1)
-    assert mask.any(1)[nonzero].all() and not mask[5].any()
-    rows = torch.arange(40)
-    assert mask[rows, merged.abs().argmax(1)][nonzero].all()  # each row's largest entry
-    # beyond the forced entries, nothing left out is larger than what was chosen
-    forced = torch.zeros_like(mask)
-    forced[rows, merged.abs().argmax(1)] = True
-    extra = mask & ~forced
-    assert merged.abs()[extra].min() >= merged.abs()[~mask].max()
-    with pytest.raises(ValueError, match="below one entry for each of the 39"):
-        floor_prune(merged, keep=38)
-
-
-def test_rotation_keeps_dot_products_and_is_only_offered_where_exact():
-    from mixemb.search.export import rotate_table
-    from mixemb.search.methods import NotApplicable
-
-    e = torch.randn(30, 8, generator=torch.Generator().manual_seed(2))
-    r = rotate_table(e)
-    assert torch.allclose(r @ r.T, e @ e.T, atol=1e-5)
-    energy = (r * r).sum(0)
-    assert bool((energy[:-1] >= energy[1:] - 1e-5).all())  # leading columns carry most
+def test_rotation_is_only_offered_where_exact():
     ds = _dataset(n=300)
     with pytest.raises(NotApplicable):
         run_method("dnis_rot", ds, "mlp", CFG, 0.5, 0)
@@ -290,8 +119,6 @@ def test_rotation_keeps_dot_products_and_is_only_offered_where_exact():
 
 
 def test_byte_budgets_include_ragged_metadata():
-    from mixemb.search.methods import InfeasibleBudget
-
     ds = _dataset(n=400)
     cfg = MethodConfig(**{**CFG.__dict__, "budget_unit": "bytes"})
     dense = 4 * ds.num_features * 8
@@ -306,17 +133,15 @@ def test_byte_budgets_include_ragged_metadata():
 
 
 def test_search_runs_once_per_seed_across_budgets_and_variants(monkeypatch):
-    import mixemb.search.methods as methods
-
     calls = []
-    real = methods.search
+    real = shared.search
 
     def counting(*a, **kw):
         calls.append(1)
         return real(*a, **kw)
 
-    methods.clear_cache()
-    monkeypatch.setattr(methods, "search", counting)
+    clear_cache()
+    monkeypatch.setattr(shared, "search", counting)
     ds = _dataset(n=300)
     cells = [run_method(m, ds, "mf", CFG, b, 0) for m in ("dnis", "dnis_ft") for b in (0.5, 0.2)]
     assert len(calls) == 1
@@ -328,17 +153,15 @@ def test_search_runs_once_per_seed_across_budgets_and_variants(monkeypatch):
 def test_full_warm_start_variant_searches_from_the_whole_training_schedule(monkeypatch):
     """dnis_warm(_ft) is dnis(_ft) with warmup_epochs = epochs: its own search (not the
     short-warm-start one shared by dnis / dnis_ft), recorded in the cell's config."""
-    import mixemb.search.methods as methods
-
     warmups = []
-    real = methods.search
+    real = shared.search
 
     def recording(model, ds, scfg, **kw):
         warmups.append(scfg.warmup_epochs)
         return real(model, ds, scfg, **kw)
 
-    methods.clear_cache()
-    monkeypatch.setattr(methods, "search", recording)
+    clear_cache()
+    monkeypatch.setattr(shared, "search", recording)
     ds = _dataset(n=300)
     cfg = replace(CFG, epochs=3)
     short = run_method("dnis_ft", ds, "mf", cfg, 0.5, 0)
@@ -371,8 +194,6 @@ def test_block_table_variants_store_block_dims_without_ragged_masks():
 
 
 def test_another_trial_runs_a_fixed_count_or_what_fits_the_time():
-    from mixemb.search.methods import MAX_TIMED_TRIALS, another_trial
-
     assert another_trial([], elapsed=99.0, trials=0, time_budget=0.0)  # the first always
     assert another_trial([1.0], 1.0, trials=2) and not another_trial([1.0, 1.0], 2.0, trials=2)
     # with a time budget the trial count is ignored: mean trial 2 s, 6 s used of 8 s
@@ -382,13 +203,12 @@ def test_another_trial_runs_a_fixed_count_or_what_fits_the_time():
 
 
 def test_time_matched_random_search_runs_for_its_time_budget(monkeypatch):
-    import mixemb.search.methods as methods
-
     ds = _dataset(n=400)
     cell = run_method("random_blocks@dnis_ft", ds, "mf", CFG, 0.5, 0, time_budget=0.0)
     assert cell["trials"] == 1 and cell["time_budget_seconds"] == 0.0
     assert cell["method"] == "random_blocks@dnis_ft"
-    monkeypatch.setattr(methods, "MAX_TIMED_TRIALS", 3)  # a long budget: more than random_trials
+    # a long budget: more trials than random_trials
+    monkeypatch.setattr(random_family, "MAX_TIMED_TRIALS", 3)
     assert run_method("random@dnis", ds, "mf", CFG, 0.5, 0, time_budget=1e9)["trials"] == 3
     assert run_method("random", ds, "mf", CFG, 0.5, 0)["trials"] == CFG.random_trials
     with pytest.raises(ValueError, match="needs time_budget"):
@@ -401,8 +221,6 @@ def test_time_matched_random_search_runs_for_its_time_budget(monkeypatch):
 
 
 def test_dnis_wall_seconds_is_the_search_plus_the_budgets_own_time():
-    from mixemb.search.methods import dnis_wall_seconds
-
     ds = _dataset(n=400)
     cell = run_method("dnis_ft", ds, "mf", CFG, 0.5, 0)
     assert 0 < cell["prune_seconds"] < cell["seconds"]
@@ -413,46 +231,9 @@ def test_dnis_wall_seconds_is_the_search_plus_the_budgets_own_time():
         dnis_wall_seconds({"method": "uniform", "seconds": 1.0})
 
 
-def test_compare_gives_time_matched_random_its_dnis_cells_time(tmp_path, monkeypatch):
-    import mixemb.search.compare as cmp
-    from mixemb.search.methods import dnis_wall_seconds
-
-    ds = _dataset(n=400)
-    spec = {"name": "t", "task": "rating"}
-    real, budgets_seen = cmp.run_method, {}
-
-    def spy(method, dataset, model, config, budget, seed, **kw):
-        budgets_seen[method, budget] = kw.get("time_budget")
-        return real(method, dataset, model, config, budget, seed, **kw)
-
-    monkeypatch.setattr(cmp, "run_method", spy)
-    logs = []
-    run = dict(budgets=[0.5], seeds=[0], out=tmp_path, log=logs.append)
-    # listed alone, its DNIS cell has not run: left for later, not recorded
-    res = cmp.compare(ds, spec, "mf", CFG, methods=["random_blocks@dnis_ft"], **run)
-    assert any("left for later" in line for line in logs)
-    assert cmp.cell_key("random_blocks@dnis_ft", 0.5, 0) not in res["cells"]
-    # listed before dnis_ft, it still runs after it, for that cell's wall time
-    res = cmp.compare(ds, spec, "mf", CFG, methods=["random_blocks@dnis_ft", "dnis_ft"], **run)
-    dnis = res["cells"][cmp.cell_key("dnis_ft", 0.5, 0)]
-    assert budgets_seen["random_blocks@dnis_ft", 0.5] == dnis_wall_seconds(dnis)
-    matched = res["cells"][cmp.cell_key("random_blocks@dnis_ft", 0.5, 0)]
-    assert matched["time_budget_seconds"] == dnis_wall_seconds(dnis) and matched["trials"] >= 1
-    # where its DNIS cell is skipped (the budget cannot hold the ragged metadata), so is it
-    cfg = replace(CFG, budget_unit="bytes")
-    res = cmp.compare(
-        ds, spec, "mf", cfg, methods=["dnis_ft", "random_blocks@dnis_ft"], budgets=[0.01],
-        seeds=[0], out=tmp_path / "bytes", log=logs.append,
-    )  # fmt: skip
-    skipped = res["cells"][cmp.cell_key("random_blocks@dnis_ft", 0.01, 0)]["skipped"]
-    assert "dnis_ft cell it matches was skipped" in skipped
-
-
 def test_dnis_blocks_trains_dnis_block_dims_scaled_to_per_block_storage():
     """dnis_blocks: the block dims are DNIS's mean kept dims per block (from its element-
     wise pruning), scaled to fit the budget, stored as dense per-block tables."""
-    from mixemb.search.methods import scaled_block_dims
-
     ds = _dataset(n=400)
     cfg = replace(CFG, budget_unit="bytes")
     cell = run_method("dnis_blocks", ds, "mf", cfg, 0.3, 0)
@@ -476,8 +257,6 @@ def test_dnis_blocks_trains_dnis_block_dims_scaled_to_per_block_storage():
 
 
 def test_scaled_block_dims_fill_the_budget_in_proportion():
-    from mixemb.search.methods import scaled_block_dims
-
     assert scaled_block_dims([8.0, 4.0, 2.0, 0.0], [10] * 4, 64, budget_params=150) == [8, 4, 2, 1]
     assert scaled_block_dims([8.0, 4.0, 2.0, 0.0], [10] * 4, 64, budget_params=290) == [16, 8, 4, 1]
     dims = scaled_block_dims([100.0, 1.0], [1, 1], 8, budget_params=9)

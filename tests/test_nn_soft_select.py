@@ -84,3 +84,26 @@ def test_compiles_without_graph_breaks_and_matches_eager():
     emb(ids).square().sum().backward()
     torch.testing.assert_close(grads[0], emb.weight.grad)
     torch.testing.assert_close(grads[1], emb.alpha.grad)
+
+
+@pytest.mark.parametrize("backend", ["auto", "triton"])
+def test_module_fused_optimizer_trains_and_saves_state(device, backend):
+    torch.manual_seed(0)
+    emb = SoftSelectEmbedding(30, 8, [0, 10, 30], backend=backend).to(device)
+    opt = emb.use_fused_optimizer("rowwise_adagrad", lr=0.5)
+    ids = torch.randint(0, 30, (40,), device=device)
+    target = torch.randn(40, 8, device=device)
+    losses = []
+    for _ in range(5):
+        loss = (emb(ids) - target).square().mean()
+        loss.backward()
+        losses.append(float(loss.detach()))
+        emb.alpha.grad = None
+    assert losses[-1] < losses[0]
+    assert emb.weight.grad is None
+    assert "fused_state" in emb.state_dict() and float(emb.fused_state.sum()) > 0
+    opt.set_lr(0.0)
+    before = emb.weight.detach().clone()
+    emb(ids).sum().backward()
+    assert torch.equal(emb.weight.detach(), before)
+    assert "fused='rowwise_adagrad'" in repr(emb)

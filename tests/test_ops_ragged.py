@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import NEEDS_CUDA_EXT
 
 from mixemb import _ext
 from mixemb.ops import ragged_bag, ragged_dot, ragged_gather
-from mixemb.ragged import (
-    RaggedTable,
+from mixemb.ragged import RaggedTable
+from mixemb.reference import (
     ragged_bag_reference,
     ragged_dot_reference,
     ragged_gather_reference,
@@ -21,20 +22,53 @@ from mixemb.ragged import (
 
 pytestmark = pytest.mark.skipif(not _ext.HAS_EXT, reason=f"mixemb._C missing: {_ext.LOAD_ERROR}")
 
-# One suite, two devices: CUDA cases run on a GPU machine (bench/gpu_check.sh: -m cuda).
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.cuda,
-            pytest.mark.skipif(
-                not (torch.cuda.is_available() and _ext.HAS_CUDA_KERNELS),
-                reason="needs a GPU and mixemb._C built with CUDA",
-            ),
-        ],
-    ),
-]
+# The CUDA kernel variants, keyword arguments of the ops (mixemb.ops.ragged): every test
+# that takes `variant` (`gather_variant`) runs each on the GPU. The CPU kernels check and
+# ignore them, so on CPU only the default runs there, and
+# test_cpu_kernels_accept_every_cuda_variant_and_ignore_it covers the rest.
+GATHER_VARIANTS = {
+    "default": {},
+    "one_warp": {"one_warp": True},
+    **{f"u{u}": {"lookups_at_once": u} for u in (1, 2, 4, 8)},
+}
+BAG_VARIANTS = {
+    **GATHER_VARIANTS,
+    "lanes": {"bag_kernel": "lanes"},  # its own default U
+    **{f"lanes-u{u}": {"bag_kernel": "lanes", "lookups_at_once": u} for u in (1, 8)},
+}
+
+
+@pytest.fixture
+def device(device: str) -> str:
+    """The shared device fixture (tests/conftest.py), CUDA only where _C has CUDA kernels."""
+    if device == "cuda" and not _ext.HAS_CUDA_KERNELS:
+        pytest.skip("needs mixemb._C built with CUDA")
+    return device
+
+
+def _variant(name: str, variants: dict, device: str) -> dict:
+    if device == "cpu" and name != "default":
+        pytest.skip("a CUDA kernel variant: the CPU kernels check it and ignore it")
+    return variants[name]
+
+
+@pytest.fixture(params=list(BAG_VARIANTS))
+def variant(request, device: str) -> dict:
+    """Keyword arguments of one kernel variant of every op ("bag_kernel": ragged_bag only,
+    see `no_bag`)."""
+    return _variant(request.param, BAG_VARIANTS, device)
+
+
+@pytest.fixture(params=list(GATHER_VARIANTS))
+def gather_variant(request, device: str) -> dict:
+    """Keyword arguments of one kernel variant of ragged_gather / ragged_dot."""
+    return _variant(request.param, GATHER_VARIANTS, device)
+
+
+def no_bag(variant: dict) -> dict:
+    """A variant's arguments that ragged_gather and ragged_dot take."""
+    return {k: v for k, v in variant.items() if k != "bag_kernel"}
+
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # Reordered fp accumulation (bags, dots) vs the reference: tolerances per dtype.
@@ -60,22 +94,21 @@ def _table(n, k, keep=0.3, seed=0, dtype=torch.float32, group_size=16, device="c
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("k", [1, 7, 64, 160])
 @pytest.mark.parametrize("ids_dtype", [torch.int32, torch.int64])
-@pytest.mark.parametrize("device", DEVICES)
-def test_gather_matches_reference_exactly(dtype, k, ids_dtype, device):
+def test_gather_matches_reference_exactly(dtype, k, ids_dtype, device, gather_variant):
     x, table = _table(40, k, dtype=dtype, device=device)
     ids = torch.randint(0, 40, (9, 4)).to(device=device, dtype=ids_dtype)
     ids[0] = 1  # duplicates of the all-kept row
     ids[1, 0] = 0
-    got = ragged_gather(table, ids, backend="extension")
+    got = ragged_gather(table, ids, backend="extension", **gather_variant)
     assert torch.equal(got, ragged_gather_reference(table, ids))
     assert torch.equal(got, x[ids.long()])
-    assert ragged_gather(table, ids[:0], backend="extension").shape == (0, 4, k)
+    empty = ragged_gather(table, ids[:0], backend="extension", **gather_variant)
+    assert empty.shape == (0, 4, k)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("k", [1, 7, 64, 160])
-@pytest.mark.parametrize("device", DEVICES)
-def test_gather_into_a_reused_out_buffer_matches_reference(dtype, k, device):
+def test_gather_into_a_reused_out_buffer_matches_reference(dtype, k, device, gather_variant):
     """out= writes every element (zeros at pruned dims over NaN garbage) and returns out."""
     x, table = _table(40, k, dtype=dtype, device=device)
     out = torch.full((9, 4, k), float("nan"), dtype=dtype, device=device)
@@ -84,7 +117,7 @@ def test_gather_into_a_reused_out_buffer_matches_reference(dtype, k, device):
         ids[0] = 1
         ids[1, 0] = 0
         ids = ids.to(device)
-        got = ragged_gather(table, ids, out=out, backend="extension")
+        got = ragged_gather(table, ids, out=out, backend="extension", **gather_variant)
         assert got is out
         assert torch.equal(out, x[ids])
     empty = torch.empty(0, 4, k, dtype=dtype, device=device)
@@ -131,8 +164,7 @@ def test_bad_out_buffers_are_refused_with_what_was_expected():
 
 
 @pytest.mark.parametrize("k", [7, 64, 100, 128, 160])
-@pytest.mark.parametrize("device", DEVICES)
-def test_every_row_density_path(k, device):
+def test_every_row_density_path(k, device, variant):
     """The CPU kernels write a 64-dim word one of three ways — a copy when every dim is
     kept, zeros plus a scatter when at most 16 are, 8-dim permutes otherwise — and a word
     may be narrower than 64 (the last one when K % 64 != 0): rows keeping 0, 1, 16, 17,
@@ -148,10 +180,12 @@ def test_every_row_density_path(k, device):
             x[r, cols] = torch.randn(c, generator=g).abs() + 0.1
     x, table = x.to(device), RaggedTable.from_dense(x).to(device)
     ids = torch.randperm(x.shape[0], generator=g).repeat(3).to(device)
-    assert torch.equal(ragged_gather(table, ids, backend="extension"), x[ids])
+    assert torch.equal(ragged_gather(table, ids, backend="extension", **no_bag(variant)), x[ids])
     offsets = torch.arange(0, ids.numel(), 4, device=device)
     weights = torch.rand(ids.numel(), generator=g).to(device)
-    got = ragged_bag(table, ids, offsets, per_sample_weights=weights, backend="extension")
+    got = ragged_bag(
+        table, ids, offsets, per_sample_weights=weights, backend="extension", **variant
+    )
     want = ragged_bag_reference(table, ids, offsets, per_sample_weights=weights)
     torch.testing.assert_close(got, want, **TOL[torch.float32])
 
@@ -262,77 +296,68 @@ def test_extension_uses_the_shared_cpp_runtime():
     assert not {"__cxa_throw", "__gxx_personality_v0", "_Znwm"} & defined
 
 
-CUDA_KERNELS = ["one_warp", "u1", "u2", "u4", "u8", "lanes", "lanes-u1", "lanes-u8"]
-
-
 @pytest.mark.parametrize("group_size", [1, 5, 8, 16, 32])
-@pytest.mark.parametrize(
-    "device,kernel",
-    [("cpu", "default"),
-     *[pytest.param(*p.values, k, marks=p.marks) for p in DEVICES[1:] for k in CUDA_KERNELS]],
-)  # fmt: skip
-def test_every_row_any_group_size(group_size, device, kernel, monkeypatch):
+def test_every_row_any_group_size(group_size, device, variant):
     """Rows are located through their group's offset (a shift for power-of-two group
     sizes on CUDA, a division otherwise); groups of <= 16 one-word rows take a vector
     popcount path on AVX-512 CPUs, the rest a loop; on CUDA one-word rows take 16 lanes
-    per lookup serving U = 1, 2, 4 or 8 lookups at once (MIXEMB_CUDA_ROWS_PER_GROUP), or
-    one warp per lookup (per bag) with MIXEMB_CUDA_ONE_WARP=1; bags also on the kernel whose
-    lanes locate 32 lookups at once (MIXEMB_CUDA_BAG_KERNEL=lanes, its default U, 1 or 8).
+    per lookup serving lookups_at_once = 1, 2, 4 or 8 lookups at once, or one warp per
+    lookup (per bag) with one_warp; bags also on bag_kernel "lanes", whose lanes locate 32
+    lookups at once (its default U, 1 or 8).
     70 rows: a short last group; K = 1, 7, 62 (tails of the 4-dim lanes), 64 and 70 (two
     words); gather, weighted mean bags of odd and even lengths, dots; a bad id."""
-    if kernel == "one_warp":
-        monkeypatch.setenv("MIXEMB_CUDA_ONE_WARP", "1")
-    elif kernel.startswith("lanes"):
-        monkeypatch.setenv("MIXEMB_CUDA_BAG_KERNEL", "lanes")
-    rows_per_group = kernel.split("-")[-1]  # "u<U>" in "u2", "lanes-u8"
-    if rows_per_group.startswith("u"):
-        monkeypatch.setenv("MIXEMB_CUDA_ROWS_PER_GROUP", rows_per_group[1:])
+    kw = {"backend": "extension", **no_bag(variant)}
+    bag_kw = {"backend": "extension", **variant}
     for k in (1, 7, 62, 64, 70):
         x, table = _table(70, k, group_size=group_size, device=device)
         ids = torch.cat([torch.arange(70), torch.tensor([1, 1, 69, 0, 1])]).to(device)
-        assert torch.equal(ragged_gather(table, ids, backend="extension"), x[ids])
+        assert torch.equal(ragged_gather(table, ids, **kw), x[ids])
         offsets = torch.tensor([0, 3, 3, 4, 40], device=device)  # lengths 3, 0, 1, 36, 35
         weights = torch.rand(ids.numel(), generator=torch.Generator().manual_seed(k))
         for mode in ("sum", "mean"):
             w = weights.to(device) if mode == "sum" else None
-            got = ragged_bag(table, ids, offsets, mode=mode, per_sample_weights=w,
-                             backend="extension")  # fmt: skip
+            got = ragged_bag(table, ids, offsets, mode=mode, per_sample_weights=w, **bag_kw)
             want = ragged_bag_reference(table, ids, offsets, mode=mode, per_sample_weights=w)
             torch.testing.assert_close(got, want, **TOL[torch.float32])
         other = ids.flip(0)
         torch.testing.assert_close(
-            ragged_dot(table, ids, table, other, backend="extension"),
+            ragged_dot(table, ids, table, other, **kw),
             (x[ids].double() * x[other].double()).sum(1).float(),
             **TOL[torch.float32],
         )
         bad = torch.tensor([3, 70, 1], device=device)  # position 1 is out of range
-        out = ragged_gather(table, bad, check_bounds=False, backend="extension")
+        out = ragged_gather(table, bad, check_bounds=False, **kw)
         assert torch.equal(out[[0, 2]], x[[3, 1]]) and not out[1].any()
         with pytest.raises(RuntimeError, match="id 70 at position 1"):
-            ragged_gather(table, bad, check_bounds=True, backend="extension")
+            ragged_gather(table, bad, check_bounds=True, **kw)
         with pytest.raises(RuntimeError, match="position 1"):
-            ragged_bag(table, bad, offsets[:2], check_bounds=True, backend="extension")
+            ragged_bag(table, bad, offsets[:2], check_bounds=True, **bag_kw)
         with pytest.raises(RuntimeError, match="position 1"):
-            ragged_dot(table, bad, table, bad.flip(0), check_bounds=True, backend="extension")
+            ragged_dot(table, bad, table, bad.flip(0), check_bounds=True, **kw)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("k", [1, 7, 64, 160])
 @pytest.mark.parametrize("mode", ["sum", "mean"])
 @pytest.mark.parametrize("include_last", [False, True])
-@pytest.mark.parametrize("device", DEVICES)
-def test_bag_matches_reference(dtype, k, mode, include_last, device):
+def test_bag_matches_reference(dtype, k, mode, include_last, device, variant):
     _, table = _table(30, k, dtype=dtype, device=device)
     ids = torch.tensor([1, 1, 0, 29, 5, 5, 5, 12], device=device)
     offsets = torch.tensor([0, 3, 3, 4], device=device)  # an empty bag
     if include_last:
         offsets = torch.cat([offsets, torch.tensor([8], device=device)])
     got = ragged_bag(
-        table, ids, offsets, mode=mode, include_last_offset=include_last, backend="extension"
+        table,
+        ids,
+        offsets,
+        mode=mode,
+        include_last_offset=include_last,
+        backend="extension",
+        **variant,
     )
     ref = ragged_bag_reference(table, ids, offsets, mode=mode, include_last_offset=include_last)
     torch.testing.assert_close(got, ref, **TOL[dtype])
-    empty = ragged_bag(table, ids[:0], offsets[:0], backend="extension")
+    empty = ragged_bag(table, ids[:0], offsets[:0], backend="extension", **variant)
     assert empty.shape == (0, k)
 
 
@@ -428,50 +453,46 @@ def test_bag_per_sample_weights_gradcheck_and_matches_embedding_bag():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("k", [1, 7, 64, 160])
-@pytest.mark.parametrize("device", DEVICES)
-def test_dot_matches_reference(dtype, k, device):
+def test_dot_matches_reference(dtype, k, device, gather_variant):
     xa, ta = _table(25, k, keep=0.5, seed=1, dtype=dtype, device=device)
     xb, tb = _table(18, k, keep=0.5, seed=2, dtype=dtype, group_size=4, device=device)
     ia = torch.randint(0, 25, (30,), device=device)
     ib = torch.randint(0, 18, (30,), device=device)
     ia[:3] = 1
     ib[:3] = torch.tensor([0, 1, 1], device=device)
-    got = ragged_dot(ta, ia, tb, ib, backend="extension")
+    got = ragged_dot(ta, ia, tb, ib, backend="extension", **gather_variant)
     torch.testing.assert_close(got, ragged_dot_reference(ta, ia, tb, ib), **TOL[dtype])
-    assert ragged_dot(ta, ia[:0], tb, ib[:0], backend="extension").shape == (0,)
+    assert ragged_dot(ta, ia[:0], tb, ib[:0], backend="extension", **gather_variant).shape == (0,)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_out_of_range_id_is_named_on_every_device(device):
+def test_out_of_range_id_is_named_on_every_device(device, variant):
     _, table = _table(10, 8, device=device)
     ids = torch.tensor([0, 1, 10], device=device)
+    kw = {"backend": "extension", **no_bag(variant)}
     with pytest.raises(RuntimeError, match=r"id 10 at position 2 is out of range"):
-        ragged_gather(table, ids, check_bounds=True, backend="extension")
+        ragged_gather(table, ids, check_bounds=True, **kw)
     # unchecked: the bad id reads nothing and gives a zero row / zero score
-    out = ragged_gather(table, ids, check_bounds=False, backend="extension")
+    out = ragged_gather(table, ids, check_bounds=False, **kw)
     assert out[2].eq(0).all() and out[1].ne(0).any()
-    bag = ragged_bag(
-        table, ids, torch.tensor([0, 2], device=device), check_bounds=False, backend="extension"
-    )
+    offsets = torch.tensor([0, 2], device=device)
+    bag = ragged_bag(table, ids, offsets, check_bounds=False, backend="extension", **variant)
     assert bag[1].eq(0).all()
-    dot = ragged_dot(table, ids, table, ids, check_bounds=False, backend="extension")
+    dot = ragged_dot(table, ids, table, ids, check_bounds=False, **kw)
     assert dot[2] == 0 and dot[1] > 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-@pytest.mark.parametrize("device", DEVICES)
-def test_gather_into_an_out_buffer_that_starts_off_alignment(dtype, device):
+def test_gather_into_an_out_buffer_that_starts_off_alignment(dtype, device, gather_variant):
     """A contiguous out= view one element into its storage (K % 4 == 0, so the CUDA kernel's
     4-dim vector stores would be misaligned if it assumed an aligned base)."""
     x, table = _table(30, 8, dtype=dtype, device=device)
     storage = torch.full((6 * 8 + 1,), float("nan"), dtype=dtype, device=device)
     out = storage[1:].view(6, 8)
     ids = torch.tensor([0, 3, 3, 29, 1, 7], device=device)
-    assert ragged_gather(table, ids, out=out, backend="extension") is out
+    assert ragged_gather(table, ids, out=out, backend="extension", **gather_variant) is out
     assert torch.equal(out, x[ids]) and storage[0].isnan()
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_malformed_bag_offsets_and_weights_are_refused(device):
     _, table = _table(10, 8, device=device)
     ids = torch.tensor([0, 1, 2, 3], device=device)
@@ -500,7 +521,7 @@ def test_malformed_bag_offsets_and_weights_are_refused(device):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not (torch.cuda.is_available() and _ext.HAS_CUDA_KERNELS), reason="needs a GPU")
+@NEEDS_CUDA_EXT
 def test_cuda_ops_refuse_inputs_on_another_device():
     _, table = _table(10, 8, device="cuda")
     ids = torch.tensor([0, 1])
@@ -512,37 +533,57 @@ def test_cuda_ops_refuse_inputs_on_another_device():
         ragged_dot(table, ids, table, ids, backend="extension")
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not (torch.cuda.is_available() and _ext.HAS_CUDA_KERNELS), reason="needs a GPU")
-def test_cuda_rows_per_group_knob_is_checked(monkeypatch):
-    _, table = _table(10, 8, device="cuda")
-    monkeypatch.setenv("MIXEMB_CUDA_ROWS_PER_GROUP", "3")
-    with pytest.raises(RuntimeError, match="MIXEMB_CUDA_ROWS_PER_GROUP must be 1, 2, 4 or 8"):
-        ragged_gather(table, torch.tensor([0, 1], device="cuda"), backend="extension")
+def test_cpu_kernels_accept_every_cuda_variant_and_ignore_it():
+    """Every variant argument reaches the CPU kernels through the schema and changes
+    nothing there: the same rows, bags and scores, bit for bit."""
+    _, table = _table(40, 7)
+    ids = torch.randint(0, 40, (50,), generator=torch.Generator().manual_seed(0))
+    offsets = torch.tensor([0, 3, 3, 20])
+    gather = ragged_gather(table, ids, backend="extension")
+    bag = ragged_bag(table, ids, offsets, mode="mean", backend="extension")
+    dot = ragged_dot(table, ids, table, ids.flip(0), backend="extension")
+    for kw in BAG_VARIANTS.values():
+        got = ragged_bag(table, ids, offsets, mode="mean", backend="extension", **kw)
+        assert torch.equal(got, bag)
+        assert torch.equal(ragged_gather(table, ids, backend="extension", **no_bag(kw)), gather)
+        got = ragged_dot(table, ids, table, ids.flip(0), backend="extension", **no_bag(kw))
+        assert torch.equal(got, dot)
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not (torch.cuda.is_available() and _ext.HAS_CUDA_KERNELS), reason="needs a GPU")
-def test_cuda_bag_kernel_knob_is_checked(monkeypatch):
-    _, table = _table(10, 8, device="cuda")
-    ids = torch.tensor([0, 1], device="cuda")
-    monkeypatch.setenv("MIXEMB_CUDA_BAG_KERNEL", "fast")
-    with pytest.raises(RuntimeError, match="MIXEMB_CUDA_BAG_KERNEL must be 'halves' or 'lanes'"):
-        ragged_bag(table, ids, torch.tensor([0], device="cuda"), backend="extension")
+def test_bad_kernel_variants_are_refused_naming_argument_and_value(device):
+    """By the Python ops (ValueError, on every backend) and by the kernels themselves
+    (RuntimeError from TORCH_CHECK), on every device."""
+    _, table = _table(10, 8, device=device)
+    ids = torch.tensor([0, 1], device=device)
+    offsets = torch.tensor([0], device=device)
+    for backend in ("extension", "reference"):
+        with pytest.raises(ValueError, match="lookups_at_once must be 1, 2, 4 or 8.*got 3"):
+            ragged_gather(table, ids, lookups_at_once=3, backend=backend)
+        with pytest.raises(ValueError, match="bag_kernel must be one of.*'fast'"):
+            ragged_bag(table, ids, offsets, bag_kernel="fast", backend=backend)
+        with pytest.raises(ValueError, match="lookups_at_once must be 1, 2, 4 or 8.*got 16"):
+            ragged_dot(table, ids, table, ids, lookups_at_once=16, backend=backend)
+    t = (table.masks, table.values, table.group_offsets, table.group_size, 8)
+    ops = torch.ops.mixemb
+    with pytest.raises(RuntimeError, match="ragged_gather: lookups_at_once must be.*got 3"):
+        ops.ragged_gather(*t, ids, True, False, 3)
+    with pytest.raises(RuntimeError, match="ragged_gather_out: lookups_at_once must be.*got 0"):
+        ops.ragged_gather_out(*t, ids, torch.empty(2, 8, device=device), True, False, 0)
+    with pytest.raises(RuntimeError, match="bag_kernel must be 'halves' or 'lanes', got 'fast'"):
+        ops.ragged_bag(*t, ids, offsets, 0, None, False, True, "fast")
+    with pytest.raises(RuntimeError, match="ragged_bag: lookups_at_once must be.*got 5"):
+        ops.ragged_bag(*t, ids, offsets, 0, None, False, True, "lanes", False, 5)
+    with pytest.raises(RuntimeError, match="ragged_dot: lookups_at_once must be.*got -1"):
+        ops.ragged_dot(*t[:4], *t[:4], 8, ids, ids, True, False, -1)
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not (torch.cuda.is_available() and _ext.HAS_CUDA_KERNELS), reason="needs a GPU")
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64], ids=str)
-@pytest.mark.parametrize("u", ["1", "4"])
-def test_cuda_bag_lanes_kernel_matches_reference(dtype, index_dtype, u, monkeypatch):
-    """MIXEMB_CUDA_BAG_KERNEL=lanes across dtypes and id types: hot and duplicate ids, bags
-    of 0, 1, 31, 32, 33 and 70 lookups (chunks of 32 and their tails), sum, mean and
-    weighted sum, include_last_offset; against float64 sums of the stored values."""
-    monkeypatch.setenv("MIXEMB_CUDA_BAG_KERNEL", "lanes")
-    monkeypatch.setenv("MIXEMB_CUDA_ROWS_PER_GROUP", u)
-    x, table = _table(50, 64, dtype=dtype, device="cuda")
+def test_bag_variants_match_float64_sums(dtype, index_dtype, device, variant):
+    """Every bag kernel across dtypes and id types: hot and duplicate ids, bags of 0, 1,
+    31, 32, 33 and 70 lookups (the lanes kernel's chunks of 32 and their tails), sum, mean
+    and weighted sum, include_last_offset; against float64 sums of the stored values."""
+    x, table = _table(50, 64, dtype=dtype, device=device)
     x = x.cpu().double()
     g = torch.Generator().manual_seed(3)
     lengths = torch.tensor([0, 1, 31, 32, 33, 70, 0])
@@ -557,12 +598,13 @@ def test_cuda_bag_lanes_kernel_matches_reference(dtype, index_dtype, u, monkeypa
             want /= lengths.clamp(min=1).unsqueeze(1)
         got = ragged_bag(
             table,
-            ids.to("cuda", index_dtype),
-            (offsets if last else offsets[:-1]).cuda(),
+            ids.to(device, index_dtype),
+            (offsets if last else offsets[:-1]).to(device),
             mode=mode,
-            per_sample_weights=None if w is None else w.cuda(),
+            per_sample_weights=None if w is None else w.to(device),
             include_last_offset=last,
             backend="extension",
+            **variant,
         )
         torch.testing.assert_close(got.cpu().double(), want, **TOL[dtype])
 
@@ -577,7 +619,6 @@ def test_out_of_range_ids_are_named():
         ragged_bag(table, torch.tensor([1, 2]), torch.tensor([1]), backend="extension")
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_every_op(device):
     _, table = _table(20, 10, dtype=torch.float64, device=device)
     t = (table.masks, table.values, table.group_offsets, table.group_size, 10)
@@ -596,10 +637,21 @@ def test_opcheck_every_op(device):
     torch.library.opcheck(
         torch.ops.mixemb.ragged_dot.default, (*t[:4], *t[:4], 10, flat, flat, True)
     )
+    # the kernel variant arguments, through the schema and the fake kernels
+    torch.library.opcheck(torch.ops.mixemb.ragged_gather.default, (*t, ids, True, True, 2))
+    torch.library.opcheck(
+        torch.ops.mixemb.ragged_gather_out.default, (*t, ids, out, True, False, 8)
+    )
+    torch.library.opcheck(
+        torch.ops.mixemb.ragged_bag.default,
+        (*t, flat, offsets, 0, w, False, True, "lanes", False, 1),
+    )
+    torch.library.opcheck(
+        torch.ops.mixemb.ragged_dot.default, (*t[:4], *t[:4], 10, flat, flat, True, True, 4)
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("device", DEVICES)
 def test_model_on_ragged_embedding_compiles_without_graph_breaks(device):
     from mixemb.models import build_model
     from mixemb.nn import RaggedEmbedding

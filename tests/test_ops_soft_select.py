@@ -1,23 +1,23 @@
-"""soft_select_lookup (reference backend) vs autograd of the unfused expression."""
+"""mixemb.ops.soft_select: the public op against autograd of the unfused expression, its
+registered ops (opcheck, gradcheck, their autograd), the eager path against the
+registered one, the PT2 story (torch.compile fullgraph, torch.export) and argument errors.
+
+The Triton kernels against the reference are tests/test_kernels_soft_select.py.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from mixemb import SoftSelectEmbedding
+from mixemb.nn import FusedOptimizer
+from mixemb.ops import soft_select as ops
 from mixemb.ops import soft_select_lookup
+from mixemb.reference import normalize_alpha_grad, soft_select_lookup_reference
 
 
-def _unfused(weight, alpha, boundaries, ids, values, l1, eps, normalize):
-    """Autograd of E[ids] ⊙ α[block(ids)] (⊙ v); α grad post-processed as the op documents."""
-    blocks = torch.searchsorted(boundaries, ids.long(), right=True) - 1
-    out = weight[ids.long()] * alpha[blocks]
-    if values is not None:
-        out = out * values.unsqueeze(-1)
-    return out
-
-
-def _case(n, k, num_blocks, shape, *, hot=False, seed=0, dtype=torch.float64):
+def _case(n, k, num_blocks, shape, *, hot=False, seed=0, dtype=torch.float64, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     weight = torch.randn(n, k, generator=g, dtype=dtype)
     alpha = torch.rand(num_blocks, k, generator=g, dtype=dtype)
@@ -26,52 +26,98 @@ def _case(n, k, num_blocks, shape, *, hot=False, seed=0, dtype=torch.float64):
     ids = torch.randint(0, n, shape, generator=g)
     if hot and ids.numel():
         ids.view(-1)[: ids.numel() * 3 // 4] = 0  # one row takes most lookups
-    return weight, alpha, boundaries, ids
+    return [t.to(device) for t in (weight, alpha, boundaries, ids)]
 
 
-CASES = [
-    dict(n=20, k=8, num_blocks=4, shape=(6, 3)),
-    dict(n=20, k=1, num_blocks=2, shape=(5,)),
-    dict(n=33, k=3, num_blocks=1, shape=(7, 2)),  # one block, K odd
-    dict(n=64, k=24, num_blocks=64, shape=(9, 4)),  # L=64: one row per block
-    dict(n=10, k=5, num_blocks=3, shape=(40,), hot=True),  # duplicates, a hot row
-    dict(n=10, k=5, num_blocks=3, shape=(0, 3)),  # empty batch
-    dict(n=10, k=5, num_blocks=3, shape=(1, 1)),  # one lookup
-]
+# the named edge cases: several blocks with duplicates, K = 1, one block with K odd,
+# L = 64 (one row per block), a hot row, an empty batch, one lookup, one table row
+CASES = {
+    "dup": dict(n=20, k=8, num_blocks=4, shape=(6, 3)),
+    "K1": dict(n=20, k=1, num_blocks=2, shape=(5,)),
+    "K3-one-block": dict(n=33, k=3, num_blocks=1, shape=(7, 2)),
+    "K24-L64": dict(n=64, k=24, num_blocks=64, shape=(9, 4)),
+    "hot-row": dict(n=10, k=5, num_blocks=3, shape=(40,), hot=True),
+    "empty": dict(n=10, k=5, num_blocks=3, shape=(0, 3)),
+    "one": dict(n=10, k=5, num_blocks=3, shape=(1, 1)),
+    "one-row-table": dict(n=1, k=6, num_blocks=1, shape=(4,)),
+}
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"n{c['n']}k{c['k']}L{c['num_blocks']}")
+@pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("with_values", [False, True])
 @pytest.mark.parametrize("normalize,l1", [(False, 0.0), (True, 0.0), (True, 1e-3), (False, 1e-2)])
-def test_forward_and_grads_match_unfused(case, with_values, normalize, l1):
-    weight, alpha, boundaries, ids = _case(**case)
-    values = torch.rand(ids.shape, dtype=weight.dtype) if with_values else None
-    dout = torch.randn(*ids.shape, weight.shape[1], dtype=weight.dtype)
+def test_forward_and_grads_match_unfused(device, name, with_values, normalize, l1):
+    weight, alpha, boundaries, ids = _case(**CASES[name], device=device)
+    values = torch.rand(ids.shape, dtype=weight.dtype, device=device) if with_values else None
+    dout = torch.randn(*ids.shape, weight.shape[1], dtype=weight.dtype, device=device)
     eps = 1e-8
 
     w1, a1 = weight.clone().requires_grad_(), alpha.clone().requires_grad_()
     v1 = values.clone().requires_grad_() if values is not None else None
-    out = soft_select_lookup(w1, a1, boundaries, ids, v1, normalize=normalize, l1=l1, eps=eps)
+    kw = dict(normalize=normalize, l1=l1, eps=eps, backend="reference")
+    out = soft_select_lookup(w1, a1, boundaries, ids, v1, **kw)
     out.backward(dout)
 
     w2, a2 = weight.clone().requires_grad_(), alpha.clone().requires_grad_()
     v2 = values.clone().requires_grad_() if values is not None else None
-    ref = _unfused(w2, a2, boundaries, ids, v2, l1, eps, normalize)
+    ref = soft_select_lookup_reference(w2, a2, boundaries, ids, v2)
     ref.backward(dout)
-    g = a2.grad + l1 * torch.sign(alpha)  # L1 term inside, then per-row normalization
     if normalize:
-        g = g / (g.abs().mean(1, keepdim=True) + eps)
+        g = normalize_alpha_grad(a2.grad, alpha, l1, eps)
+    else:
+        g = a2.grad + l1 * torch.sign(alpha)
 
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(w1.grad, w2.grad)
-    torch.testing.assert_close(a1.grad, g.to(alpha.dtype))
+    torch.testing.assert_close(a1.grad, g)
     if values is not None:
         torch.testing.assert_close(v1.grad, v2.grad)
 
 
-def test_sparse_weight_grad_equals_dense_and_int32_ids():
-    weight, alpha, boundaries, ids = _case(30, 6, 3, (8, 3), hot=True)
-    dout = torch.randn(8, 3, 6, dtype=weight.dtype)
+def _step(lookup, weight, alpha, boundaries, ids, values, dout, need="wav", **kw):
+    """(out, dweight dense, dalpha, dvalues) of one forward + backward through ``lookup``."""
+    w = weight.clone().requires_grad_("w" in need)
+    a = alpha.clone().requires_grad_("a" in need)
+    v = None if values is None else values.clone().requires_grad_("v" in need)
+    out = lookup(w, a, boundaries, ids, v, **kw)
+    out.backward(dout)
+    dw = w.grad.to_dense() if w.grad is not None and w.grad.is_sparse else w.grad
+    return out.detach(), dw, a.grad, None if v is None else v.grad
+
+
+def _registered(w, a, b, ids, v, *, sparse=False, deterministic=True):
+    return torch.ops.mixemb.soft_select(w, a, b, ids, v, True, 1e-3, 1e-8, sparse, deterministic)
+
+
+@pytest.mark.parametrize("name", ["dup", "hot-row", "empty", "K3-one-block"])
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("need", ["wav", "a", "v", "w"])
+def test_eager_path_equals_the_registered_op_bitwise(device, name, sparse, need):
+    """soft_select_lookup's eager path skips the dispatcher, not the math: the same
+    implementation behind torch.ops.mixemb.soft_select and its registered autograd."""
+    weight, alpha, boundaries, ids = _case(**CASES[name], dtype=torch.float32, device=device)
+    values = torch.rand(ids.shape, device=device)
+    dout = torch.randn(*ids.shape, weight.shape[1], device=device)
+    args = (weight, alpha, boundaries, ids, values, dout)
+    got = _step(soft_select_lookup, *args, need=need, l1=1e-3, sparse=sparse, backend="triton")
+    want = _step(_registered, *args, need=need, sparse=sparse)
+    for x, y, what in zip(got, want, ("out", "dweight", "dalpha", "dvalues")):
+        assert (x is None) == (y is None), what
+        assert x is None or torch.equal(x, y), what
+
+
+def test_eager_calls_take_the_autograd_function_not_the_dispatcher():
+    weight, alpha, boundaries, ids = _case(**CASES["dup"])
+    for backend in ("reference", "triton"):
+        out = soft_select_lookup(weight.requires_grad_(), alpha, boundaries, ids, backend=backend)
+        assert type(out.grad_fn).__name__ == "_SoftSelectBackward"
+    registered = _registered(weight, alpha, boundaries, ids, None)
+    assert "mixemb_soft_select" in type(registered.grad_fn).__name__
+
+
+def test_sparse_weight_grad_equals_dense_and_int32_ids(device):
+    weight, alpha, boundaries, ids = _case(30, 6, 3, (8, 3), hot=True, device=device)
+    dout = torch.randn(8, 3, 6, dtype=weight.dtype, device=device)
     w1 = weight.clone().requires_grad_()
     soft_select_lookup(w1, alpha, boundaries, ids.int(), sparse=True).backward(dout)
     assert w1.grad.is_sparse
@@ -80,14 +126,56 @@ def test_sparse_weight_grad_equals_dense_and_int32_ids():
     torch.testing.assert_close(w1.grad.to_dense(), w2.grad)
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_gradcheck_float64(backend):
     weight, alpha, boundaries, ids = _case(6, 3, 2, (4, 2), hot=True)
     values = torch.rand(4, 2, dtype=torch.float64)
-    fn = lambda w, v: soft_select_lookup(w, alpha, boundaries, ids, v)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (weight.requires_grad_(), values.requires_grad_()))
-    # α's gradient is normalized on purpose, so gradcheck applies only with normalize off.
-    fa = lambda a: soft_select_lookup(weight.detach(), a, boundaries, ids, normalize=False)  # noqa: E731
-    assert torch.autograd.gradcheck(fa, (alpha.clone().requires_grad_(),))
+
+    def fn(w, a, v):
+        # α's gradient is normalized on purpose, so gradcheck applies with normalize off
+        return soft_select_lookup(w, a, boundaries, ids, v, normalize=False, backend=backend)
+
+    args = (weight.requires_grad_(), alpha.requires_grad_(), values.requires_grad_())
+    assert torch.autograd.gradcheck(fn, args)
+
+
+def test_gradcheck_float64_registered_op():
+    weight, alpha, boundaries, ids = _case(6, 3, 2, (4, 2), hot=True)
+    values = torch.rand(4, 2, dtype=torch.float64)
+
+    def fn(w, a, v):
+        return torch.ops.mixemb.soft_select(w, a, boundaries, ids, v, False, 0.0, 1e-8, False, True)
+
+    args = (weight.requires_grad_(), alpha.requires_grad_(), values.requires_grad_())
+    assert torch.autograd.gradcheck(fn, args)
+
+
+def test_opcheck_every_op(device):
+    weight, alpha, boundaries, ids = _case(12, 5, 3, (4, 3), hot=True, dtype=torch.float32,
+                                           device=device)  # fmt: skip
+    values = torch.rand(ids.shape, device=device)
+    dout = torch.randn(*ids.shape, 5, device=device)
+    for req in (False, True):
+        w, a = weight.clone().requires_grad_(req), alpha.clone().requires_grad_(req)
+        for v in (None, values):
+            for sparse in (False, True):
+                torch.library.opcheck(
+                    ops.soft_select, (w, a, boundaries, ids, v, True, 1e-3, 1e-8, sparse, True)
+                )
+    torch.library.opcheck(
+        ops.soft_select_backward_alpha,
+        (dout, weight, alpha, boundaries, ids, values, True, True, 0.0, 1e-8),
+    )
+    for sparse in (False, True):
+        torch.library.opcheck(
+            ops.soft_select_backward_weight,
+            (dout, weight, alpha, boundaries, ids, values, sparse, True),
+        )
+    state, lr = torch.zeros(12, device=device), torch.tensor([0.1], device=device)
+    torch.library.opcheck(
+        ops.soft_select_fused_update_,
+        (dout, weight.clone(), alpha, boundaries, ids, values, state, lr, "rowwise_adagrad", 1e-8),
+    )
 
 
 def test_normalized_rows_have_unit_mean_magnitude():
@@ -99,6 +187,59 @@ def test_normalized_rows_have_unit_mean_magnitude():
     torch.testing.assert_close(a.grad[used].abs().mean(1), torch.ones(len(used), dtype=a.dtype))
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_torch_compile_fullgraph_and_export(backend):
+    torch._dynamo.reset()
+    emb = SoftSelectEmbedding(20, 6, [0, 5, 20], backend=backend)
+    ids = torch.tensor([[0, 3, 19], [0, 0, 7]])
+
+    def step(ids):
+        return emb(ids).square().sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    loss = compiled(ids)
+    loss.backward()
+    want = SoftSelectEmbedding(20, 6, [0, 5, 20], backend=backend)
+    want.load_state_dict(emb.state_dict())
+    want(ids).square().sum().backward()
+    torch.testing.assert_close(loss, want(ids).square().sum())
+    torch.testing.assert_close(emb.alpha.grad, want.alpha.grad)
+    torch.testing.assert_close(emb.weight.grad, want.weight.grad)
+    exported = torch.export.export(emb, (ids,))
+    torch.testing.assert_close(exported.module()(ids), emb(ids))
+    called = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert ("mixemb.soft_select.default" in called) == (backend == "triton"), called
+
+
+def test_fused_optimizer_updates_the_table_and_gives_alpha_its_grad(device):
+    weight, alpha, boundaries, ids = _case(15, 9, 3, (30,), hot=True, dtype=torch.float32,
+                                           device=device)  # fmt: skip
+    dout = torch.randn(30, 9, device=device)
+    want = _step(soft_select_lookup, weight, alpha, boundaries, ids, None, dout, need="wa")
+    w = weight.clone().requires_grad_()
+    a = alpha.clone().requires_grad_()
+    opt = FusedOptimizer(w, "sgd", lr=0.5)
+    soft_select_lookup(w, a, boundaries, ids, fused_optimizer=opt).backward(dout)
+    assert w.grad is None
+    torch.testing.assert_close(w.detach(), weight - 0.5 * want[1])  # dense SGD, one step
+    torch.testing.assert_close(a.grad, want[2])  # from the table before the update
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_backend_uses_triton_on_cuda(monkeypatch):
+    from mixemb.kernels import soft_select as kernels
+
+    calls = []
+    real = kernels.soft_select_fwd
+    monkeypatch.setattr(
+        kernels, "soft_select_fwd", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    w, a, b, ids = _case(10, 4, 2, (3,), dtype=torch.float32, device="cuda")
+    soft_select_lookup(w, a, b, ids)
+    assert calls
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
@@ -108,6 +249,8 @@ def test_normalized_rows_have_unit_mean_magnitude():
         (dict(ids=torch.zeros(3)), "ids must be int32 or int64"),
         (dict(values=torch.ones(4)), "values must match"),
         (dict(backend="cuda-magic"), "backend must be"),
+        (dict(ids=torch.tensor([1, 10])), r"ids\[1\] \(flattened\) = 10 is outside"),
+        (dict(sparse=True, fused=True), "sparse must be False"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):
@@ -119,6 +262,8 @@ def test_bad_arguments_are_named(kwargs, match):
         values=None,
     )
     backend = kwargs.pop("backend", "auto")
+    if kwargs.pop("fused", False):
+        kwargs["fused_optimizer"] = FusedOptimizer(args["weight"])
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         soft_select_lookup(**args, backend=backend)

@@ -1,11 +1,28 @@
-"""Merge-and-prune: exact budgets, deterministic ties, per-feature (non-prefix) dimensions."""
+"""Budgets and pruners: exact budgets per storage format, deterministic ties,
+per-feature (non-prefix) dimensions, one dispatch by pruner name."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mixemb.prune import keep_count, merge_alpha, prune, topk_mask
+from mixemb.prune import (
+    PRUNERS,
+    InfeasibleBudget,
+    aligned_prune,
+    block_tables_bytes,
+    budget_keep,
+    floor_prune,
+    keep_count,
+    merge_alpha,
+    metadata_bytes,
+    prune,
+    prune_table,
+    ragged_metadata_bytes,
+    rotate_table,
+    topk_mask,
+    uniform_dim,
+)
 
 
 def test_merge_alpha_scales_each_row_by_its_block():
@@ -67,8 +84,43 @@ def test_zero_entries_never_count_as_kept():
 
 def test_byte_budget():
     assert keep_count(1000, nbytes=400, bytes_per_entry=4) == 100
+    assert keep_count(1000, nbytes=400, bytes_per_entry=4, metadata=100) == 75
+    assert keep_count(10, nbytes=400, bytes_per_entry=4) == 10  # more than the whole table
+    with pytest.raises(InfeasibleBudget, match="metadata"):
+        keep_count(1000, nbytes=99, bytes_per_entry=4, metadata=100)
     with pytest.raises(ValueError, match="bytes_per_entry"):
         keep_count(1000, nbytes=400)
+
+
+def test_metadata_per_storage_format():
+    # ragged: one mask word per 64 dims per row + one offset per 16 rows (and one more)
+    assert ragged_metadata_bytes(100, 64) == 100 * 8 + 8 * 8
+    assert ragged_metadata_bytes(100, 65) == 100 * 16 + 8 * 8
+    assert metadata_bytes("ragged", 100, 64) == ragged_metadata_bytes(100, 64)
+    assert metadata_bytes("blocks", 100, 64, num_blocks=10) == 8 * 11
+    assert metadata_bytes("dense", 100, 64) == 0
+    assert block_tables_bytes([10, 20], [4, 2]) == 4 * 80 + 8 * 3
+    with pytest.raises(ValueError, match="storage"):
+        metadata_bytes("csr", 100, 64)
+
+
+@pytest.mark.parametrize("storage", ["ragged", "blocks", "dense"])
+def test_a_byte_budget_pays_its_storage_metadata_first(storage):
+    n, k, budget = 1000, 64, 0.1
+    meta = metadata_bytes(storage, n, k, num_blocks=10)
+    keep = budget_keep(budget, n, k, unit="bytes", storage=storage, num_blocks=10)
+    assert keep == (int(budget * 4 * n * k) - meta) // 4
+    assert 4 * keep + meta <= budget * 4 * n * k < 4 * (keep + 1) + meta
+    assert budget_keep(budget, n, k) == round(budget * n * k)  # params: no metadata
+    with pytest.raises(InfeasibleBudget, match="ragged metadata"):
+        budget_keep(0.01, n, k, unit="bytes")
+    with pytest.raises(ValueError, match="unit"):
+        budget_keep(0.5, n, k, unit="rows")
+
+
+def test_uniform_dim_is_the_floor_of_the_budget_at_least_one():
+    assert [uniform_dim(b, 64) for b in (1.0, 0.5, 0.05, 0.001)] == [64, 32, 3, 1]
+    assert uniform_dim(0.3, 10) == 3  # 0.3 * 10 is 2.9999999999999996 in floating point
 
 
 @pytest.mark.parametrize(
@@ -86,3 +138,58 @@ def test_bad_budgets(kwargs, match):
         keep_count(100, **kwargs)
     with pytest.raises(ValueError):
         prune(torch.ones(10, 10), tau=-1.0)
+
+
+def test_aligned_prune_keeps_dnis_dims_at_nested_positions():
+    g = torch.Generator().manual_seed(0)
+    merged = torch.randn(50, 16, generator=g) * torch.linspace(2, 0.1, 16)
+    ref, report = prune(merged, keep=200)
+    table, mask = aligned_prune(merged, keep=200)
+    assert int(mask.sum()) == 200 and torch.equal(mask.sum(1), report.dims)
+    assert torch.equal(table != 0, mask) and torch.equal(table[mask], merged[mask])
+    # any two rows: the smaller kept set lies inside the larger (overlap = min of dims)
+    shared = (mask.unsqueeze(1) & mask.unsqueeze(0)).sum(-1)
+    dims = mask.sum(1)
+    assert torch.equal(shared, torch.minimum(dims.unsqueeze(1), dims.unsqueeze(0)))
+
+
+def test_floor_prune_leaves_no_feature_empty_and_spends_the_rest_by_magnitude():
+    g = torch.Generator().manual_seed(0)
+    # rows fading in magnitude: plain magnitude pruning would empty the last ones
+    merged = torch.randn(40, 8, generator=g) * torch.linspace(3, 0.01, 40).unsqueeze(1)
+    merged[5] = 0  # an all-zero row stays empty (nothing to keep)
+    table, mask = floor_prune(merged, keep=60)
+    assert int(mask.sum()) == 60 and torch.equal(table != 0, mask)
+    assert torch.equal(table[mask], merged[mask])
+    nonzero = merged.ne(0).any(1)
+    assert mask.any(1)[nonzero].all() and not mask[5].any()
+    rows = torch.arange(40)
+    assert mask[rows, merged.abs().argmax(1)][nonzero].all()  # each row's largest entry
+    # beyond the forced entries, nothing left out is larger than what was chosen
+    forced = torch.zeros_like(mask)
+    forced[rows, merged.abs().argmax(1)] = True
+    extra = mask & ~forced
+    assert merged.abs()[extra].min() >= merged.abs()[~mask].max()
+    with pytest.raises(InfeasibleBudget, match="below one entry for each of the 39"):
+        floor_prune(merged, keep=38)
+
+
+def test_rotation_keeps_dot_products_and_moves_energy_to_leading_columns():
+    e = torch.randn(30, 8, generator=torch.Generator().manual_seed(2))
+    r = rotate_table(e)
+    assert torch.allclose(r @ r.T, e @ e.T, atol=1e-5)
+    energy = (r * r).sum(0)
+    assert bool((energy[:-1] >= energy[1:] - 1e-5).all())  # leading columns carry most
+
+
+@pytest.mark.parametrize("pruner", PRUNERS)
+def test_every_pruner_keeps_exactly_the_budget_behind_one_dispatch(pruner):
+    g = torch.Generator().manual_seed(3)
+    merged = torch.randn(40, 8, generator=g) * torch.linspace(3, 0.1, 40).unsqueeze(1)
+    table, report = prune_table(merged, 100, pruner)
+    assert report.nnz == int((table != 0).sum()) == 100 and report.numel == merged.numel()
+    assert torch.equal(report.dims, (table != 0).sum(1))
+    if pruner != "rot":  # the others keep Ê's own values
+        assert torch.equal(table[table != 0], merged[table != 0])
+    with pytest.raises(ValueError, match="pruner"):
+        prune_table(merged, 100, "random")

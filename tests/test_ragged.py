@@ -1,4 +1,5 @@
-"""RaggedTable format: exact round trip, gathers equal the dense pruned table, honest bytes."""
+"""RaggedTable format: exact round trip, gathers equal the dense pruned table, honest bytes;
+the ragged references (mixemb.reference) and RaggedEmbedding."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import io
 import pytest
 import torch
 
-from mixemb.ragged import RaggedTable, ragged_gather_reference
+from mixemb.ragged import RaggedTable, popcount64
+from mixemb.reference import (
+    ragged_bag_reference,
+    ragged_dot_reference,
+    ragged_gather_reference,
+)
 
 
 def _pruned(n, k, keep_prob, seed=0, dtype=torch.float32):
@@ -88,8 +94,6 @@ def test_out_of_range_id_is_named():
 
 
 def test_popcount_matches_bit_count_including_sign_bit():
-    from mixemb.ragged import popcount64
-
     x = torch.tensor([0, 1, -1, 2**62, -(2**63), 0x0F0F, 123456789123456789, -5])
     expected = [bin(v & (2**64 - 1)).count("1") for v in x.tolist()]
     assert popcount64(x).tolist() == expected
@@ -116,11 +120,30 @@ def test_ragged_embedding_module_serves_a_model():
     assert "nnz=" in repr(emb)
 
 
+def test_ragged_embedding_passes_its_kernel_variant_to_every_gather(monkeypatch):
+    """The CUDA kernel variant is chosen at construction and reaches the op (the CPU
+    kernels check and ignore it, so the rows are the same)."""
+    import mixemb.nn.ragged as module
+    from mixemb.nn import RaggedEmbedding
+
+    x = _pruned(30, 8, 0.4)
+    emb = RaggedEmbedding.from_dense(x, group_size=4, one_warp=True, lookups_at_once=2)
+    assert emb.group_size == 4 and "one_warp=True, lookups_at_once=2" in repr(emb)
+    seen = []
+    gather = module.ragged_gather
+    monkeypatch.setattr(
+        module, "ragged_gather", lambda *a, **kw: seen.append(kw) or gather(*a, **kw)
+    )
+    ids = torch.randint(0, 30, (6, 2))
+    assert torch.equal(emb(ids), x[ids])
+    assert seen[0]["one_warp"] is True and seen[0]["lookups_at_once"] == 2
+    with pytest.raises(ValueError, match="lookups_at_once must be 1, 2, 4 or 8"):
+        RaggedEmbedding.from_dense(x, lookups_at_once=3)
+
+
 @pytest.mark.parametrize("mode", ["sum", "mean"])
 @pytest.mark.parametrize("include_last", [False, True])
 def test_bag_matches_embedding_bag(mode, include_last):
-    from mixemb.ragged import ragged_bag_reference
-
     x = _pruned(25, 7, 0.4)
     ids = torch.tensor([3, 3, 0, 24, 5, 1, 1, 1])
     offsets = torch.tensor([0, 2, 2, 5])  # bag 1 is empty
@@ -136,8 +159,6 @@ def test_bag_matches_embedding_bag(mode, include_last):
 
 
 def test_bag_per_sample_weights_and_gradcheck():
-    from mixemb.ragged import ragged_bag_reference
-
     x = _pruned(10, 5, 0.5, dtype=torch.float64)
     table = RaggedTable.from_dense(x)
     ids, offsets = torch.tensor([1, 2, 2, 9]), torch.tensor([0, 1])
@@ -154,8 +175,6 @@ def test_bag_per_sample_weights_and_gradcheck():
 
 
 def test_dot_over_shared_kept_dims():
-    from mixemb.ragged import ragged_dot_reference
-
     a, b = _pruned(12, 9, 0.5, seed=1), _pruned(8, 9, 0.5, seed=2)
     ia, ib = torch.tensor([0, 11, 3, 3]), torch.tensor([7, 0, 3, 3])
     got = ragged_dot_reference(RaggedTable.from_dense(a), ia, RaggedTable.from_dense(b), ib)

@@ -9,9 +9,14 @@ import torch
 from mixemb.reference import (
     block_of,
     equal_boundaries,
+    fused_update_reference,
     normalize_alpha_grad,
     padded_gather_bytes,
     padded_gather_reference,
+    reference_alpha_values_grad,
+    reference_forward,
+    reference_row_grads,
+    reference_weight_grad,
     soft_select_alpha_grad_bytes,
     soft_select_lookup_backward_bytes,
     soft_select_lookup_bytes,
@@ -131,6 +136,62 @@ def test_lookup_grad_of_empty_batch_is_zero():
     w, a = weight.clone().requires_grad_(), alpha.clone().requires_grad_()
     soft_select_lookup_reference(w, a, boundaries, ids).sum().backward()
     assert not w.grad.any() and not a.grad.any()
+
+
+@pytest.mark.parametrize("ids_shape", [(7, 2), (0,), (1,)], ids=str)
+@pytest.mark.parametrize("with_values", [False, True])
+@pytest.mark.parametrize("normalize,l1", [(True, 1e-3), (False, 1e-2)])
+def test_hand_written_backward_matches_autograd(ids_shape, with_values, normalize, l1):
+    """The op's CPU math (flat ids) against autograd of soft_select_lookup_reference."""
+    weight, alpha, boundaries, ids, values = _tiny(4, ids_shape, torch.int64, seed=2)
+    if ids.numel() > 2:
+        ids.view(-1)[:3] = 5  # a duplicated id
+    values = values if with_values else None
+    flat, vals = ids.reshape(-1), None if values is None else values.reshape(-1)
+    dout = torch.randn(flat.numel(), 4, dtype=torch.float64)
+    w, a = weight.clone().requires_grad_(), alpha.clone().requires_grad_()
+    v = None if vals is None else vals.clone().requires_grad_()
+    out = soft_select_lookup_reference(w, a, boundaries, flat, v)
+    out.backward(dout)
+    want_a = normalize_alpha_grad(a.grad, alpha, l1) if normalize else a.grad + l1 * alpha.sign()
+
+    torch.testing.assert_close(reference_forward(weight, alpha, boundaries, flat, vals), out)
+    torch.testing.assert_close(
+        reference_weight_grad(dout, weight, alpha, boundaries, flat, vals), w.grad
+    )
+    rows = reference_row_grads(dout, weight, alpha, boundaries, flat, vals)
+    summed = torch.zeros_like(weight).index_add_(0, flat, rows)
+    torch.testing.assert_close(summed, w.grad)
+    dalpha, dvalues = reference_alpha_values_grad(
+        dout, weight, alpha, boundaries, flat, vals, True, with_values, normalize, l1, 1e-8
+    )
+    torch.testing.assert_close(dalpha, want_a)
+    if with_values:
+        torch.testing.assert_close(dvalues, v.grad)
+    else:
+        assert dvalues is None
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "rowwise_adagrad"])
+def test_fused_update_reference_is_one_optimizer_step(optimizer):
+    weight, alpha, boundaries, ids, values = _tiny(3, (8,), torch.int64, seed=3)
+    ids[:3] = 4  # a duplicated id: one update with the summed gradient
+    weight, alpha, values = weight.float(), alpha.float(), values.float()
+    dout = torch.randn(8, 3)
+    g = reference_weight_grad(dout, weight, alpha, boundaries, ids, values)
+    state, lr = torch.full((9,), 0.5), torch.tensor([0.1])
+    got = weight.clone()
+    fused_update_reference(dout, got, alpha, boundaries, ids, values, state, lr, optimizer)
+    looked_up = torch.zeros(9, dtype=torch.bool).index_fill_(0, ids, True)
+    if optimizer == "sgd":
+        want = weight - 0.1 * g
+    else:
+        m = 0.5 + (g * g).mean(1)
+        want = weight - 0.1 * g / (m.sqrt() + 1e-8).unsqueeze(1)
+        torch.testing.assert_close(state[looked_up], m[looked_up])
+        assert bool((state[~looked_up] == 0.5).all())
+    torch.testing.assert_close(got[looked_up], want[looked_up])
+    assert torch.equal(got[~looked_up], weight[~looked_up])
 
 
 @pytest.mark.parametrize("l1", [0.0, 1e-2])

@@ -1,138 +1,252 @@
-"""The results pipeline: a tiny synthetic run, resumed, and the markdown report it writes."""
+"""experiments/: presets as data, the shared-output runner and the results-page writer."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
-import torch
 
-from mixemb.data.schema import Dataset, FieldSpec, Split
-from mixemb.results import CARRIED, Experiment, Preset, main, run_preset, write_report
+from experiments.presets import load_presets, parse_presets
+from experiments.report import render, write_report
+from experiments.runner import header, run_preset
+from experiments.shared_out import ConfigMismatch, SharedResults
+from experiments.tables import dnis_dims_table, search_seconds, summary_table, time_matched_table
+from experiments.verdict import verdict_row, verdict_rows
 
-
-def _dataset(n=800, users=40, items=24):
-    g = torch.Generator().manual_seed(3)
-    u = (torch.rand(n, generator=g) ** 2 * users).long()
-    i = (torch.rand(n, generator=g) ** 2 * items).long()
-    pu, qi = torch.randn(users, 2, generator=g), torch.randn(items, 2, generator=g)
-    y = 3 + (pu[u] * qi[i]).sum(1) + 0.2 * torch.randn(n, generator=g)
-    ids = torch.stack([u, users + i], 1).int()
-    freq = torch.bincount(ids[: int(0.7 * n)].reshape(-1).long(), minlength=users + items)
-    enc = SimpleNamespace(
-        num_features=users + items,
-        fields=[FieldSpec("u"), FieldSpec("i")],
-        frequencies=freq.numpy(),
-    )
-    a, b = int(0.7 * n), int(0.9 * n)
-    splits = [Split(ids[s], y[s]) for s in (slice(0, a), slice(a, b), slice(b, n))]
-    return Dataset("t", "rating", enc, *splits)
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = load_presets()["smoke"]
+# uniform-K per seed, then per seed: dnis_ft and mde@0.3 at 1, all three at 0.5
+SMOKE_CELLS = 2 + 2 * 5
 
 
-PRESET = Preset(
-    experiments=[Experiment("tiny-rating-mf", "t", "rating", "mf")],
-    seeds=[0, 1],
-    budgets=[1.0, 0.5],
-    methods=["uniform", "dnis", "dnis_rot_ft", "mde@0", "mde@0.5", "random"],
-    config=dict(
-        dim=8,
-        num_blocks=4,
-        epochs=2,
-        search_epochs=1,
-        warmup_epochs=1,
-        finetune_epochs=1,
-        random_trials=1,
-        batch_size=256,
-        lr=1e-2,
-    ),
-)
+# ---- presets ------------------------------------------------------------------------------
 
 
-def test_tiny_run_resumes_and_writes_the_report(tmp_path):
-    ds = _dataset()
-    logs = []
-    results = run_preset(PRESET, tmp_path / "runs", load=lambda spec: ds, log=logs.append)
-    cells = results["tiny-rating-mf"]["cells"]
-    assert len(cells) == 2 + 2 * 5 + 2 * 6  # uniform-K, 5 others at 1.0, 6 methods at 0.5
-    for c in cells.values():
-        if "skipped" not in c and c["budget"] == 0.5:
-            # budgets are in bytes: every table, metadata included, fits half the dense bytes
-            assert c["stored_bytes"] <= 0.5 * 4 * ds.num_features * 8
-    again = run_preset(PRESET, tmp_path / "runs", load=lambda spec: ds, log=logs.append)
-    assert again["tiny-rating-mf"]["cells"] == cells
-    assert any("24 already done" in line for line in logs)
+def test_presets_resolve_methods_and_config_from_defaults_preset_and_experiment():
+    presets = load_presets()
+    assert {"quick", "full", "smoke"} <= set(presets)
+    quick = {e.name: e for e in presets["quick"].experiments}
+    assert len(quick) == 7 and presets["quick"].seeds == [0, 1, 2]
+    assert presets["quick"].budgets == [1.0, 0.5, 0.2, 0.1, 0.05]
+    assert presets["quick"].verdict_budgets == [0.1, 0.05]
+    mf, topk = quick["ml1m-rating-mf"], quick["ml1m-topk-neumf"]
+    assert mf.methods[:3] == ["uniform", "dnis", "dnis_ft"] and len(mf.methods) == 15
+    assert mf.config == {"budget_unit": "bytes", "random_trials": 3, "model_kwargs": {}}
+    assert topk.config["batch_size"] == 4096 and topk.config["random_trials"] == 3
+    assert quick["ml1m-rating-fm-side"].dataset_spec == {
+        "name": "movielens-1m",
+        "task": "rating",
+        "seed": 0,
+        "min_count": 1,
+        "side_fields": True,
+    }
+    assert not quick["ml1m-rating-fm"].verdict and quick["ml1m-rating-fm"].note
+    assert "random_trials" not in presets["full"].experiments[0].config
 
-    doc = write_report(
-        results, PRESET, "tiny", tmp_path / "runs", tmp_path / "docs" / "results.md", command="x"
-    )
-    text = doc.read_text()
-    assert "## tiny-rating-mf: t, rating, mf" in text
-    assert "| method | 1 | 0.5 |" in text
-    assert "| mde@0.5 |" in text and "| dnis_rot_ft |" in text and " ± " in text
-    assert "**" in text  # the best mean of a column is marked
-    assert "mixemb compare --data t --task rating --model mf" in text
-    assert "--budget-unit bytes" in text and "--methods uniform,dnis,dnis_rot_ft" in text
-    assert "DNIS search (warm start + search, once)" in text
-    assert "uniform grid (all budgets, total)" in text
-    assert "| 0.5 | " in text.split("mean kept dimension per frequency block")[1]
-    assert "torch: " + torch.__version__ in text and "cpu count" in text
-    assert (tmp_path / "docs" / "results" / "tiny-rating-mf.png").exists() or (
-        "plot skipped" in text
+
+def test_presets_reject_unknown_keys_and_experiments():
+    with pytest.raises(ValueError, match=r"unknown keys \['dims'\]"):
+        parse_presets('[presets.p]\nseeds = [0]\n[[presets.p.experiments]]\nname = "a"\ndims = 3\n')
+    with pytest.raises(ValueError, match="no seeds"):
+        parse_presets("[presets.p]\nseeds = []\n")
+    with pytest.raises(ValueError, match="has no experiment"):
+        SMOKE.only(["nope"])
+
+
+# ---- the runner -----------------------------------------------------------------------------
+
+
+def _run(out: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "experiments", "run", "--preset", "smoke", "--out", str(out)]
+    return subprocess.Popen(
+        [*cmd, "--no-report", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
-def test_report_only_reads_results_json(tmp_path, monkeypatch):
-    import mixemb.results as results_mod
+@pytest.mark.slow
+def test_two_processes_share_an_out_and_each_cell_runs_once(tmp_path):
+    out = tmp_path / "cells"
+    procs = [_run(out), _run(out)]
+    logs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in logs]
+    results = json.loads((out / "synthetic-rating-mf" / "results.json").read_text())
+    assert len(results["cells"]) == SMOKE_CELLS
+    ran = sum(line.count(" test mse ") for stdout, _ in logs for line in stdout.splitlines())
+    assert ran == SMOKE_CELLS  # the other process left it alone or took it as done
+    claims = out / "synthetic-rating-mf" / "results.json.claims"
+    assert not claims.exists() or json.loads(claims.read_text()) == {}
+    assert (out / "synthetic-rating-mf" / "results.md").exists()
 
-    monkeypatch.setitem(results_mod.PRESETS, "tiny", PRESET)
-    doc = tmp_path / "r.md"
-    # nothing has run yet: the report says so instead of failing
+    again = _run(out)
+    stdout, _ = again.communicate(timeout=600)
+    assert again.returncode == 0 and f"{SMOKE_CELLS} already done" in stdout
+    assert json.loads((out / "synthetic-rating-mf" / "results.json").read_text()) == results
+
+
+def test_a_process_with_another_config_is_rejected_before_any_work(tmp_path):
+    exp = SMOKE.experiments[0]
+    path = tmp_path / exp.name / "results.json"
+    SharedResults(path, header(exp)).reserve()  # the first process's config, no cells yet
+    other = replace(SMOKE, experiments=[replace(exp, config={**exp.config, "dim": 16})])
+
+    def load(spec):
+        raise AssertionError("loaded data before checking the config")
+
+    with pytest.raises(ConfigMismatch, match=r"config\.dim: 8 in the file, 16 here"):
+        run_preset(other, tmp_path, load=load, log=lambda _: None)
+    # from the command line: a clean one-line error, exit 2, nothing written
+    before = path.read_text()
+    path.write_text(before.replace('"dim": 8', '"dim": 16'))
+    proc = _run(tmp_path)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and stdout == ""
+    assert stderr.count("\n") == 1 and "config.dim: 16 in the file, 8 here" in stderr
+    assert json.loads(path.read_text())["cells"] == {}
+
+
+def test_claims_are_keyed_by_config_and_dropped_when_their_process_is_gone(tmp_path):
+    exp = SMOKE.experiments[0]
+    store = SharedResults(tmp_path / "results.json", header(exp))
+    store.reserve()
+    assert store.take("uniform|1|0") == (None, None)
+    claims = json.loads(store.claims_path.read_text())
+    assert list(claims) == [f"{store.id}|uniform|1|0"]
+    # another live process (the test runner's parent) holds a cell: left to it
+    alive = {**claims[f"{store.id}|uniform|1|0"], "pid": os.getppid()}
+    gone = {**alive, "pid": 2**22 + 12345}  # above Linux's pid_max: no such process
+    claims = {f"{store.id}|uniform|1|1": alive, f"{store.id}|uniform|0.5|0": gone}
+    store.claims_path.write_text(json.dumps(claims))
+    assert store.take("uniform|1|1") == (
+        None,
+        f"running in process {os.getppid()} on {alive['host']}",
+    )
+    assert store.take("uniform|0.5|0") == (None, None)  # its process exited
+    # a claim under another config's key does not hold this config's cell
+    store.claims_path.write_text(json.dumps({"0123456789abcdef|uniform|1|1": alive}))
+    assert store.take("uniform|1|1") == (None, None)
+    cell = {"method": "uniform", "budget": 1.0, "seed": 1, "skipped": "test"}
+    assert store.record({"cells": {"uniform|1|1": cell}})["cells"] == {"uniform|1|1": cell}
+    store.release("uniform|1|1")
+    assert f"{store.id}|uniform|1|1" not in json.loads(store.claims_path.read_text())
+    assert store.take("uniform|1|1") == (cell, None)
+    assert store.lookup({"cells": {}}, "uniform|1|1") == cell  # another process's cell
+
+
+# ---- the report -----------------------------------------------------------------------------
+
+
+def _cell(method, budget, seed, test, valid=None, seconds=10.0, **extra):
+    return {
+        "method": method,
+        "budget": budget,
+        "seed": seed,
+        "test": {"mse": test},
+        "valid": {"mse": test if valid is None else valid},
+        "kept_params": 1,
+        "stored_bytes": 1,
+        "seconds": seconds,
+        **({"block_mean_dims": [4.0, 2.0]} if method.startswith("dnis") else {}),
+        **extra,
+    }
+
+
+def _results(cells: list[dict], unit: str = "bytes") -> dict:
+    return {
+        "cells": {str(i): c for i, c in enumerate(cells)},
+        "config": {"k": 10, "dim": 8, "budget_unit": unit},
+    }
+
+
+def _pair(dnis: tuple[float, ...], other: tuple[float, ...], budget=0.1, **names) -> list[dict]:
+    d, o = names.get("d", "dnis_ft"), names.get("o", "uniform")
+    return [_cell(d, budget, s, v) for s, v in enumerate(dnis)] + [
+        _cell(o, budget, s, v) for s, v in enumerate(other)
+    ]
+
+
+def test_verdict_is_a_win_a_tie_or_a_loss_beyond_two_standard_errors():
+    # MSE: lower is better. Means 0.70 vs 0.80, each with std 0.01 over 3 seeds:
+    # 2 SE = 2 * sqrt(2 * 1e-4 / 3) = 0.0163
+    win = verdict_row(_results(_pair((0.69, 0.70, 0.71), (0.79, 0.80, 0.81))), "x", "rating", 0.1)
+    assert win.result == "win" and win.winner == "dnis_ft"
+    assert win.gap == pytest.approx(0.10) and win.two_se == pytest.approx(0.016330, abs=1e-6)
+    tie = verdict_row(
+        _results(_pair((0.79, 0.80, 0.81), (0.785, 0.795, 0.805))), "x", "rating", 0.1
+    )
+    assert tie.result == "tie" and tie.winner == "uniform" and tie.gap == pytest.approx(-0.005)
+    loss = verdict_row(_results(_pair((0.79, 0.80, 0.81), (0.69, 0.70, 0.71))), "x", "rating", 0.1)
+    assert loss.result == "loss" and loss.gap == pytest.approx(-0.10)
+
+
+def test_verdict_selects_on_validation_and_needs_two_seeds():
+    cells = _pair((0.80, 0.81), (0.70, 0.71))
+    # dnis_rot_ft has the best test metric but a worse validation metric than dnis_ft
+    cells += [_cell("dnis_rot_ft", 0.1, s, 0.5, valid=0.9) for s in (0, 1)]
+    cells += [_cell("mde@0", 0.1, 0, 0.1)]  # one seed: not a candidate
+    row = verdict_row(_results(cells), "x", "rating", 0.1)
+    assert (row.dnis, row.other, row.winner) == ("dnis_ft", "uniform", "uniform")
+    assert verdict_row(_results(cells), "x", "rating", 0.05) is None  # no cells there
+
+
+def test_verdict_tables_by_bytes_and_by_parameters():
+    preset = replace(SMOKE, verdict_budgets=[0.1])
+    name = preset.experiments[0].name
+    by_bytes = {name: _results(_pair((0.69, 0.70, 0.71), (0.79, 0.80, 0.81)))}
+    assert [r.result for r in verdict_rows(by_bytes, preset, "bytes")] == ["win"]
+    assert verdict_rows(by_bytes, preset, "params") == []
+    text = render(by_bytes, preset, Path("cells"), Path("/nonexistent"), plot=False)
+    lines = text.splitlines()
+    assert lines[0] == "# Results" and "## Verdict" in lines[:10]
     assert (
-        main(["--preset", "tiny", "--report-only", "--out", str(tmp_path), "--doc", str(doc)]) == 0
+        f"| {name} | 10 % | mse ↓ | `dnis_ft` |" in text
+        and "| +0.1000 ± 0.0163 | **win** |" in text
     )
-    assert "# Results" in doc.read_text() and "tiny-rating-mf" not in doc.read_text()
-    # a --note is the report's paragraph, printed once, not again inside the command
-    note = "Ran on 2 cores while 'benchmarks' paused it."
-    argv = ["--preset", "tiny", "--report-only", "--out", str(tmp_path), "--doc", str(doc)]
-    assert main([*argv, "--note", note]) == 0
+    assert "in 1 of 1 (experiment, budget) pairs" in text
+    assert "python -m experiments report --preset smoke --out cells" in text
+    assert "By parameters (the paper's unit): no table" in text
+    by_params = {name: _results(_pair((0.79, 0.80, 0.81), (0.69, 0.70, 0.71)), unit="params")}
+    text = render(by_params, preset, Path("cells"), Path("/nonexistent"), plot=False)
+    assert "By parameters (budgets as fractions of uniform-K's N·K parameters" in text
+    assert "| -0.1000 ± 0.0163 | loss |" in text
+    assert "UTC" not in text and "cpu count" not in text
+
+
+def test_report_writes_the_page_and_its_plot(tmp_path):
+    name = SMOKE.experiments[0].name
+    cells = _pair((0.69, 0.70), (0.79, 0.80), budget=0.5) + _pair((0.6, 0.6), (0.6, 0.6), 1.0)
+    doc = write_report({name: _results(cells)}, SMOKE, tmp_path / "cells", tmp_path / "r.md")
     text = doc.read_text()
-    assert text.count("benchmarks") == 1 and "--note '<the paragraph under the methods>'" in text
+    assert f"## {name}: synthetic, rating, mf" in text and "| method | 1 | 0.5 |" in text
+    assert "**0.6950 ± 0.0071 (2)**" in text  # the best mean of a column in bold
+    png = tmp_path / "results" / f"{name}.png"
+    assert png.exists() == (f"![{name}](results/{name}.png)" in text)
 
 
 def test_dnis_dims_come_from_dnis_ft_and_plain_dnis_only_without_it():
-    from mixemb.results import dnis_dims_table
-
     def cell(method, dims, seed=0):
         return {"method": method, "budget": 0.2, "seed": seed, "block_mean_dims": dims}
 
     only_ft = {"cells": {"a": cell("dnis_ft", [8.0, 2.0]), "b": cell("uniform", [12.0, 12.0])}}
     assert "| 0.2 | 8.0 | 2.0 |" in dnis_dims_table(only_ft)
-    # plain dnis first in the file: dnis_ft still wins its (budget, seed)
     both = {"cells": {"c": cell("dnis", [6.0, 4.0]), "a": cell("dnis_ft", [8.0, 2.0])}}
     assert "| 0.2 | 8.0 | 2.0 |" in dnis_dims_table(both)
-    # seed 1 has only a plain dnis cell: it counts, averaged with seed 0's dnis_ft
     mixed = {**both["cells"], "d": cell("dnis", [4.0, 6.0], seed=1)}
     assert "| 0.2 | 6.0 | 4.0 |" in dnis_dims_table({"cells": mixed})
     assert dnis_dims_table({"cells": {"b": cell("uniform", [12.0, 12.0])}}).startswith("no DNIS")
 
 
-def _cell(method, budget, seed, value, seconds=10.0, **extra):
-    return {
-        "method": method,
-        "budget": budget,
-        "seed": seed,
-        "test": {"mse": value},
-        "kept_params": 1,
-        "stored_bytes": 1,
-        "seconds": seconds,
-        **extra,
-    }
-
-
 def test_summary_names_the_smallest_budget_that_stays_within_half_a_percent():
-    from mixemb.results import smallest_budgets, summary_table
-
-    ref = 0.80  # uniform-K; within 0.5 % means mse <= 0.804
     cells = [
         _cell("uniform", 1.0, 0, 0.79),
         _cell("uniform", 1.0, 1, 0.81),
@@ -149,36 +263,23 @@ def test_summary_names_the_smallest_budget_that_stays_within_half_a_percent():
         _cell("dnis_rot_ft", 0.5, 0, 0.79),
         _cell("dnis_rot_ft", 0.2, 0, 0.804),
         _cell("mde@0.3", 1.0, 0, 0.81),  # never: worse than 0.804 already at 1
-        _cell("uniform", 1.0, 2, ref),  # an unfinished grid seed: not in the timing
+        _cell("uniform", 1.0, 2, 0.80),  # an unfinished grid seed: not in the timing
     ]
-    results = {"cells": {str(i): c for i, c in enumerate(cells)}, "config": {"k": 10}}
-    hits = smallest_budgets(results, "rating", 10)
-    assert hits["uniform"] == (0.5, 0.803, 2)
-    assert hits["dnis_ft"][0] == 0.5 and hits["dnis_rot_ft"][0] == 0.2
-    assert hits["mde@0.3"] is None
-    preset = Preset([Experiment("x", "t", "rating", "mf")], seeds=[0, 1])
+    results = _results(cells)
+    preset = replace(SMOKE, experiments=[replace(SMOKE.experiments[0], name="x")])
     row = summary_table({"x": results}, preset).splitlines()[2]
     assert "| 0.8000 (n=3) |" in row and "| 50% (0.8000, n=1) |" in row
-    assert "20% (0.8040, n=1): `dnis_rot_ft`" in row
-    assert "50% (0.8030, n=2): `uniform`" in row
-    # search: seed 0's dnis_ft search (not dnis_rot_ft's, run elsewhere); grid: seeds 0 and
-    # 1, 3 budgets x 10 s
-    assert "5 s vs 30 s (6.0× less)" in row
+    assert "20% (0.8040, n=1): `dnis_rot_ft`" in row and "50% (0.8030, n=2): `uniform`" in row
+    assert "| never |" not in row and "5 s vs 30 s (6.0× less)" in row
     # a seed with no dnis_ft cell: the mean of its other DNIS cells' searches
-    from mixemb.results import _search_seconds
-
-    only_variants = [
+    more = cells + [
         _cell("dnis_rot_ft", 1.0, 1, 0.79, search_seconds=8.0),
         _cell("dnis", 1.0, 1, 0.79, search_seconds=12.0),
     ]
-    extra = {str(len(cells) + i): c for i, c in enumerate(only_variants)}
-    both = {"cells": {**results["cells"], **extra}, "config": results["config"]}
-    assert _search_seconds(both) == {0: 5.0, 1: 10.0}
+    assert search_seconds(_results(more)) == {0: 5.0, 1: 10.0}
 
 
 def test_time_matched_table_lists_given_and_used_seconds_and_trials():
-    from mixemb.results import time_matched_table
-
     m = "random_blocks@dnis_ft"
     cells = {
         "a": _cell(m, 0.5, 1, 0.8, seconds=50.0, time_budget_seconds=40.0, trials=2),
@@ -189,134 +290,3 @@ def test_time_matched_table_lists_given_and_used_seconds_and_trials():
     assert f"| `{m}` | 0.5 | 30 | 40 | 1, 2 |" in table  # trials in seed order
     assert "| `random`" not in table
     assert time_matched_table({"cells": {"c": cells["c"]}}) == ""
-
-
-def test_compare_command_carries_the_experiments_data_options(tmp_path):
-    """The printed ``mixemb compare`` line loads the same data as the preset's run."""
-    import shlex
-
-    from mixemb.cli import _dataset_spec, build_parser
-    from mixemb.results import compare_command
-
-    exp = Experiment("fm-side", "movielens-1m", "rating", "fm", data_kwargs={"side_fields": True})
-    line = compare_command(PRESET, exp, tmp_path)
-    args = build_parser().parse_args(shlex.split(line)[1:])
-    spec = _dataset_spec(args)
-    assert spec["side_fields"] is True and spec["task"] == "rating"
-    plain = build_parser().parse_args(
-        shlex.split(compare_command(PRESET, PRESET.experiments[0], tmp_path))[1:]
-    )
-    assert "side_fields" not in _dataset_spec(plain)
-
-
-def _results(values: dict[str, float]) -> dict:
-    """A results.json dict: uniform-K and dnis_ft at budgets 1 and 0.5, seeds 0 and 1."""
-    cells = [
-        _cell(m, b, s, v + 0.001 * s, search_seconds=5.0, block_mean_dims=[4.0, 2.0])
-        for (m, b), v in values.items()
-        for s in (0, 1)
-    ]
-    return {"cells": {str(i): c for i, c in enumerate(cells)}, "config": {"k": 10}}
-
-
-# two experiments of 8 planned cells each: uniform-K and dnis_ft at budgets 1 and 0.5
-TWO = Preset(
-    [Experiment("a", "t", "rating", "mf"), Experiment("b", "t", "rating", "fm")],
-    seeds=[0, 1],
-    budgets=[1.0, 0.5],
-    methods=["uniform", "dnis_ft"],
-)
-
-
-def test_report_keeps_sections_of_experiments_without_cells_marked_carried_over(tmp_path):
-    """``--only`` / lost cells: an experiment with no cells keeps its section and summary row
-    from the page being replaced, marked; one with cells is regenerated; the mark is not
-    repeated when the page is rewritten again."""
-    preset, doc, out = TWO, tmp_path / "results.md", tmp_path / "cells"
-    old = {("uniform", 1.0): 0.7, ("uniform", 0.5): 0.71, ("dnis_ft", 0.5): 0.9}
-    write_report({"a": _results(old), "b": _results(old)}, preset, "p", out, doc, command="x")
-    first = doc.read_text()
-    assert "0.9005 ± 0.0007 (2)" in first and CARRIED not in first
-    new = {("uniform", 1.0): 0.6, ("uniform", 0.5): 0.61, ("dnis_ft", 0.5): 0.602}
-    for _ in range(2):  # b's cells are gone: its section is kept, a's is rewritten
-        write_report({"a": _results(new)}, preset, "p", out, doc, command="x")
-        text = doc.read_text()
-        sections = text.split("\n## ")
-        a = next(s for s in sections if s.startswith("a: "))
-        b = next(s for s in sections if s.startswith("b: "))
-        assert "0.6025 ± 0.0007 (2)" in a and "0.9005" not in a
-        assert "0.9005 ± 0.0007 (2)" in b and b.count(CARRIED.capitalize()) == 1
-        assert f"--only b --out {out}" in b
-        rows = text.split("\n## Summary\n")[1].split("\n## ")[0]
-        assert "| a | mse | 0.6005 (n=2) | 50% (0.6025, n=2) |" in rows
-        assert f"| b ({CARRIED}) | mse | 0.7005 (n=2) | never |" in rows
-        assert "except in the sections marked *carried over* (b)" in text
-        assert "mixemb compare --data t --task rating --model fm" in text  # b's command
-    # b's rerun has every planned cell: regenerated, no mark left
-    complete = {**new, ("dnis_ft", 1.0): 0.6}
-    write_report({"a": _results(new), "b": _results(complete)}, preset, "p", out, doc, command="x")
-    assert CARRIED not in doc.read_text() and "0.9005" not in doc.read_text()
-
-
-def test_carried_over_section_stays_until_its_rerun_has_every_planned_cell(tmp_path):
-    """A rerun committed seed by seed: while it lacks planned cells its experiment keeps the
-    carried-over section (the mark counts the cells done); once complete it is regenerated.
-    A section that was not carried over is regenerated from partial cells as before."""
-    preset, doc, out = TWO, tmp_path / "results.md", tmp_path / "cells"
-    old = {("uniform", 1.0): 0.7, ("uniform", 0.5): 0.71, ("dnis_ft", 1.0): 0.8}
-    old[("dnis_ft", 0.5)] = 0.9
-    write_report({"a": _results(old), "b": _results(old)}, preset, "p", out, doc, command="x")
-    write_report({"a": _results(old)}, preset, "p", out, doc, command="x")  # b carried over
-    new = {("uniform", 1.0): 0.6, ("uniform", 0.5): 0.61, ("dnis_ft", 1.0): 0.62}
-    partial = _results(new)  # seeds 0 and 1 of three methods: 6 of the 8 planned cells
-    partial_a = _results(new)
-    for _ in range(2):  # and idempotent
-        write_report({"a": partial_a, "b": partial}, preset, "p", out, doc, command="x")
-        text = doc.read_text()
-        b = next(s for s in text.split("\n## ") if s.startswith("b: "))
-        a = next(s for s in text.split("\n## ") if s.startswith("a: "))
-        assert "0.9005 ± 0.0007 (2)" in b and b.count(CARRIED.capitalize()) == 1
-        assert "is not finished (6 of 8 planned cells)" in b
-        assert f"--only b --out {out}` finishes it." in b
-        assert "0.6005 ± 0.0007 (2)" in a and CARRIED not in a  # a was not carried over
-        assert "except in the sections marked *carried over* (b)" in text
-        rows = text.split("\n## Summary\n")[1].split("\n## ")[0]
-        assert f"| b ({CARRIED}) | mse | 0.7005 (n=2) |" in rows
-    # a cell recorded as skipped counts as done
-    partial["cells"]["x"] = {"method": "dnis_ft", "budget": 0.5, "seed": 0, "skipped": "no"}
-    write_report({"a": partial_a, "b": partial}, preset, "p", out, doc, command="x")
-    assert "(7 of 8 planned cells)" in doc.read_text()
-    partial["cells"]["y"] = _cell("dnis_ft", 0.5, 1, 0.63, block_mean_dims=[4.0, 2.0])
-    write_report({"a": partial_a, "b": partial}, preset, "p", out, doc, command="x")
-    text = doc.read_text()
-    assert CARRIED not in text and "0.9005" not in text
-    b = next(s for s in text.split("\n## ") if s.startswith("b: "))
-    assert "0.6300 ± 0.0000 (1)" in b  # dnis_ft 0.5 from the one seed that ran it
-
-
-def test_note_file_is_the_reports_paragraph(tmp_path, monkeypatch):
-
-    import mixemb.results as results_mod
-
-    monkeypatch.setitem(results_mod.PRESETS, "tiny", PRESET)
-    note, doc = tmp_path / "note.md", tmp_path / "r.md"
-    note.write_text("Ran on 2 cores, cells of seeds 0-1.\n")
-    argv = ["--preset", "tiny", "--report-only", "--out", str(tmp_path), "--doc", str(doc)]
-    assert main([*argv, "--note-file", str(note)]) == 0
-    assert "Ran on 2 cores, cells of seeds 0-1.\n\n## Machine" in doc.read_text()
-    with pytest.raises(SystemExit):
-        main([*argv, "--note-file", str(tmp_path / "missing.md")])
-    with pytest.raises(SystemExit):
-        main([*argv, "--note-file", str(note), "--note", "two"])
-
-
-def test_plots_are_skipped_with_a_warning_when_matplotlib_is_missing(tmp_path, monkeypatch):
-    import sys
-
-    from mixemb.search.compare import plot_results
-
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    png = tmp_path / "r.png"
-    with pytest.warns(RuntimeWarning, match="matplotlib is not installed"):
-        assert plot_results({"cells": {}}, "rating", 10, png) is False
-    assert not png.exists()

@@ -1,41 +1,40 @@
-"""docs/results.md agrees with the committed cells it was written from.
+"""docs/results.md is what the committed cells render to.
 
-Every experiment with cells under docs/results/cells is rendered again from them (the
-other sections, and those of unfinished reruns, are carried over, as on the page) and its
-section and summary row must be the page's, less the plot line (matplotlib is optional) —
-so a cell changed or added without rewriting the page, or a page edited by hand, fails here.
+The page is rendered again from docs/results/cells with experiments/presets.toml's
+``quick`` preset and must equal the committed page, less the plot lines (matplotlib is
+optional): a cell changed or added without rewriting the page, or a page edited by hand,
+fails here. ``python -m experiments report`` rewrites it.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
+import re
 from pathlib import Path
 
-import pytest
-
-from mixemb.results import PRESETS, page_sections, page_summary_rows, write_report
+from experiments.presets import load_presets
+from experiments.report import DEFAULT_OUT, load_cells, render
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGE, CELLS = ROOT / "docs" / "results.md", ROOT / "docs" / "results" / "cells"
-PRESET = PRESETS["quick"]
-WITH_CELLS = [e.name for e in PRESET.experiments if (CELLS / e.name / "results.json").exists()]
+PAGE = ROOT / "docs" / "results.md"
 
 
-def _without_plot(lines: list[str]) -> list[str]:
-    return [x for x in lines if not x.startswith(("![", "(plot skipped"))]
+def _without_plots(text: str) -> list[str]:
+    return [x for x in text.splitlines() if not x.startswith(("![", "(plot skipped"))]
 
 
-@pytest.mark.skipif(not WITH_CELLS, reason="no committed cells")
-def test_page_sections_are_rendered_from_the_committed_cells(tmp_path):
-    doc = tmp_path / "results.md"
-    shutil.copy(PAGE, doc)
-    results = {n: json.loads((CELLS / n / "results.json").read_text()) for n in WITH_CELLS}
-    out = Path("docs/results/cells")
-    write_report(results, PRESET, "quick", out, doc, command="x")
-    page, again = PAGE.read_text(), doc.read_text()
-    for name in WITH_CELLS:
-        assert _without_plot(page_sections(again)[name]) == _without_plot(
-            page_sections(page)[name]
-        ), f"docs/results.md's {name} section is not what its cells give: rewrite the page"
-        assert page_summary_rows(again)[name] == page_summary_rows(page)[name]
+def test_page_is_what_the_committed_cells_render_to():
+    preset = load_presets()["quick"]
+    results = load_cells(preset, ROOT / DEFAULT_OUT)
+    assert results, "no committed cells"
+    again = render(results, preset, DEFAULT_OUT, ROOT / "docs" / "results", plot=False)
+    page = PAGE.read_text()
+    assert _without_plots(again) == _without_plots(page), (
+        "docs/results.md is not what docs/results/cells render to: run `python -m experiments "
+        "report`"
+    )
+
+
+def test_page_opens_with_the_verdict_and_keeps_no_run_diary():
+    head = PAGE.read_text().splitlines()[:40]
+    assert head[0] == "# Results" and "## Verdict" in head
+    assert not any(re.search(r"\d\d:\d\d\s*UTC|20\d\d-\d\d-\d\d", line) for line in head)

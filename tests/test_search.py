@@ -11,6 +11,7 @@ from mixemb.data.schema import Dataset, FieldSpec, Split
 from mixemb.models import build_model
 from mixemb.nn import SoftSelectEmbedding
 from mixemb.search import SearchConfig, search
+from mixemb.train import CheckpointError, TrainConfig, atomic_save, load_checkpoint
 
 
 def _planted(n=6000, users=60, items=40, noise=200, seed=0):
@@ -40,6 +41,35 @@ def _model(ds, cut, **emb_kw):
 CFG = dict(dim=8, num_blocks=2, warmup_epochs=5, batch_size=128, lr=1e-2, alpha_lr=1e-2)
 
 
+def _kill_at(prefix: str):
+    class Kill(Exception):
+        pass
+
+    def log(line: str) -> None:
+        if line.startswith(prefix):
+            raise Kill
+
+    return Kill, log
+
+
+def _rows(history):
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+
+def _assert_resume_equals(ds, cut, cfg, run_dir, kill_prefix: str, full, ref) -> None:
+    """A search killed at the log line ``kill_prefix`` and resumed in ``run_dir`` ends as
+    the uninterrupted one (``full`` model, ``ref`` result) did."""
+    kill, killer = _kill_at(kill_prefix)
+    with pytest.raises(kill):
+        search(_model(ds, cut), ds, cfg, run_dir=run_dir, log=killer)
+    resumed = _model(ds, cut)
+    out = search(resumed, ds, cfg, run_dir=run_dir, resume=True, log=lambda s: 0)
+    for key, value in full.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert _rows(out.history) == _rows(ref.history)
+    assert out.valid == ref.valid and out.best_epoch == ref.best_epoch
+
+
 def test_search_prunes_the_uninformative_block():
     ds, cut = _planted()
     model = _model(ds, cut)
@@ -64,21 +94,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     cfg = SearchConfig(search_epochs=4, patience=10, **{**CFG, "warmup_epochs": 2})
     full = _model(ds, cut)
     ref = search(full, ds, cfg, run_dir=tmp_path / "a", log=lambda s: 0)
-
-    class Kill(Exception):
-        pass
-
-    def killer(line: str) -> None:
-        if line.startswith("search   3"):
-            raise Kill
-
-    with pytest.raises(Kill):
-        search(_model(ds, cut), ds, cfg, run_dir=tmp_path / "b", log=killer)
-    resumed = _model(ds, cut)
-    out = search(resumed, ds, cfg, run_dir=tmp_path / "b", resume=True, log=lambda s: 0)
-    for key, value in full.state_dict().items():
-        assert torch.equal(value, resumed.state_dict()[key]), key
-    assert out.valid == ref.valid and out.best_epoch == ref.best_epoch
+    _assert_resume_equals(ds, cut, cfg, tmp_path / "b", "search   3", full, ref)
 
 
 def test_dense_layers_frozen_by_default():
@@ -114,3 +130,50 @@ def test_search_on_a_warm_started_model_keeps_its_bias():
     cfg = SearchConfig(search_epochs=1, **{**CFG, "warmup_epochs": 0, "lr": 1e-9})
     search(model, ds, cfg, log=lambda s: 0, init_bias=False)
     assert abs(float(model.bias.detach()) + 7.0) < 1e-3
+
+
+def test_resume_after_lr_plateau_and_early_stop_equals_uninterrupted(tmp_path):
+    ds, cut = _planted(n=2000)
+    # A large weights lr makes validation worsen: α's lr is halved, then the search stops.
+    cfg = SearchConfig(
+        search_epochs=10, patience=2, **{**CFG, "warmup_epochs": 1, "lr": 0.3, "alpha_lr": 0.5}
+    )
+    full = _model(ds, cut)
+    ref = search(full, ds, cfg, run_dir=tmp_path / "a", log=lambda s: 0)
+    lrs = [h["alpha_lr"] for h in ref.history]
+    assert len(ref.history) < cfg.search_epochs and lrs[-1] < lrs[0]
+    cut_at = next(i for i, lr in enumerate(lrs) if lr < lrs[0]) + 2  # after the halving
+    _assert_resume_equals(ds, cut, cfg, tmp_path / "b", f"search {cut_at:3d}", full, ref)
+
+
+def test_resume_reads_a_checkpoint_counting_patience_in_bad(tmp_path):
+    """search_last.pt may hold the patience count as "bad" and best_epoch counted from 1."""
+    ds, cut = _planted(n=1000)
+    cfg = SearchConfig(search_epochs=3, patience=10, **{**CFG, "warmup_epochs": 1})
+    ref = search(_model(ds, cut), ds, cfg, run_dir=tmp_path / "a", log=lambda s: 0)
+    kill, killer = _kill_at("search   2")
+    with pytest.raises(kill):
+        search(_model(ds, cut), ds, cfg, run_dir=tmp_path / "b", log=killer)
+    path = tmp_path / "b" / "search_last.pt"
+    state = load_checkpoint(path, kind="mixemb.search")
+    state["bad"] = state.pop("bad_epochs")
+    state["best_epoch"] += 1
+    atomic_save(state, path)
+    out = search(_model(ds, cut), ds, cfg, run_dir=tmp_path / "b", resume=True, log=lambda s: 0)
+    assert _rows(out.history) == _rows(ref.history) and out.best_epoch == ref.best_epoch
+
+
+def test_resume_with_other_search_config_is_refused(tmp_path):
+    ds, cut = _planted(n=600)
+    cfg = SearchConfig(search_epochs=1, **{**CFG, "warmup_epochs": 0})
+    search(_model(ds, cut), ds, cfg, run_dir=tmp_path, log=lambda s: 0)
+    other = SearchConfig(search_epochs=1, **{**CFG, "warmup_epochs": 0, "alpha_lr": 0.5})
+    with pytest.raises(CheckpointError, match="different configuration.*alpha_lr"):
+        search(_model(ds, cut), ds, other, run_dir=tmp_path, resume=True, log=lambda s: 0)
+
+
+def test_warm_start_config_shares_the_search_settings():
+    cfg = SearchConfig(warmup_epochs=0, batch_size=7, lr=0.3, patience=4, seed=5, k=3)
+    assert cfg.warmup_config() == TrainConfig(
+        epochs=1, batch_size=7, lr=0.3, patience=4, seed=5, k=3
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -10,8 +11,18 @@ import torch
 
 from mixemb.data.schema import Dataset, FieldSpec, Split
 from mixemb.models import build_model
-from mixemb.train import CheckpointError, TrainConfig, atomic_save, fit, load_checkpoint
-from mixemb.train.trainer import batch_order, evaluate
+from mixemb.train import (
+    CheckpointError,
+    EpochHooks,
+    TrainConfig,
+    atomic_save,
+    batch_order,
+    config_from,
+    evaluate,
+    fit,
+    load_checkpoint,
+    run_epochs,
+)
 
 
 def _planted_dataset(task: str = "rating", n: int = 1200, users: int = 40, items: int = 30):
@@ -168,3 +179,76 @@ def test_config_validation():
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="lr"):
         TrainConfig(lr=0)
+
+
+def test_config_from_takes_shared_fields_by_name():
+    @dataclass
+    class Stage:  # another stage's config: some fields shared with TrainConfig
+        batch_size: int = 7
+        lr: float = 0.3
+        seed: int = 5
+        alpha_lr: float = 1.0
+
+    cfg = config_from(TrainConfig, Stage(), epochs=2)
+    assert cfg == TrainConfig(epochs=2, batch_size=7, lr=0.3, seed=5)
+    assert config_from(TrainConfig, asdict(cfg)) == cfg  # a saved config reads back
+    with pytest.raises(TypeError, match="no field"):
+        config_from(TrainConfig, cfg, alpha_lr=1.0)
+    with pytest.raises(TypeError, match="dataclass or a mapping"):
+        config_from(TrainConfig, 3)
+
+
+def test_epoch_loop_calls_hooks_in_order_and_builds_rows(tmp_path):
+    ds = _planted_dataset("rating", n=300)
+    model = _model("mf", ds)
+    cfg = TrainConfig(epochs=2, batch_size=100, patience=5)
+    calls: list[str] = []
+
+    class Hooks(EpochHooks):
+        def begin_epoch(self, epoch):
+            calls.append(f"begin {epoch}")
+
+        def step(self, train, index):
+            calls.append("step")
+            return {}
+
+        def end_epoch(self, steps):
+            calls.append(f"end {steps}")
+            return {"train_x": 1.0}
+
+        def after_validation(self, value):
+            calls.append("validated")
+            return {"extra": [0.5, 0.25]}
+
+        def state_dict(self):
+            return {"hook_state": len(calls)}
+
+    lines: list[str] = []
+    result = run_epochs(
+        model,
+        ds,
+        cfg,
+        Hooks(),
+        epochs=2,
+        label="toy",
+        kind="t",
+        last_path=tmp_path / "l.pt",
+        log=lines.append,
+    )
+    one_epoch = ["step"] * 3 + ["end 3", "validated"]
+    assert calls == ["begin 0", *one_epoch, "begin 1", *one_epoch]
+    assert list(result.history[0]) == [
+        "epoch",
+        "train_x",
+        "valid_mse",
+        "valid_rmse",
+        "extra",
+        "seconds",
+    ]
+    assert (
+        lines[0].startswith("toy   1  train_x 1.0000  valid_mse") and "extra 0.50 0.25" in lines[0]
+    )
+    saved = load_checkpoint(tmp_path / "l.pt", kind="t")
+    assert (
+        saved["hook_state"] == len(calls) and saved["epoch"] == 1 and saved["bad_epochs"] in (0, 1)
+    )

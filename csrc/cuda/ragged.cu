@@ -2,14 +2,16 @@
 // csrc/ragged_cpu.cpp).
 //
 // Rows of one mask word (K <= 64): 16 lanes per lookup, 4 consecutive dims per lane (the
-// *_word_kernel kernels: 16 lanes serve U lookups or pairs at once, their loads in
-// stages; a bag's two half-warps take U of its lookups each at a time, or, with
-// MIXEMB_CUDA_BAG_KERNEL=lanes, its lanes first locate 32 lookups at once). Wider rows:
-// one warp per lookup (gather, dot) or per bag, each lane handling 2 of every 64 dims. Either way the lanes first count the kept
-// values of the rows before the looked-up row in its group (popcounts, a shuffle sum) to
-// find where the row's values start; a dim's slot is then the row start plus the popcount
-// of the mask bits below it. Pruned dims are written as zeros by the same pass, so the
-// output needs no memset. Only kept values are read.
+// *_word_kernel kernels: 16 lanes serve U = lookups_at_once lookups or pairs at once, their
+// loads in stages; a bag's two half-warps take U of its lookups each at a time, or, with
+// bag_kernel "lanes", its lanes first locate 32 lookups at once). Wider rows, and one-word
+// rows with one_warp: one warp per lookup (gather, dot) or per bag, each lane handling 2
+// of every 64 dims. Either way the lanes first count the kept values of the rows before
+// the looked-up row in its group (popcounts, a shuffle sum) to find where the row's values
+// start; a dim's slot is then the row start plus the popcount of the mask bits below it.
+// Pruned dims are written as zeros by the same pass, so the output needs no memset. Only
+// kept values are read. The variants are op arguments (csrc/ops.cpp); bench/bench_serve.py
+// times them side by side and bench/README.md has the figures behind the defaults.
 //
 // Lean includes only (no ATen/cuda/CUDAContext.h): this file compiles with nvcc against
 // the CPU torch wheel's headers, and takes the current stream from the AOTI C shim.
@@ -28,8 +30,7 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <string>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -150,7 +151,7 @@ __global__ void ragged_gather_kernel(TableView t, const scalar_t* __restrict__ v
 // every load of a stage issued before any of its results is used (the first stage reads
 // row 0 for a skipped lookup rather than branch around its loads): issue_word_rows,
 // locate_word_rows, read_word_rows. 16 lanes may serve U lookups (pairs) at once, U a
-// template argument chosen per op at launch (rows_per_group; 1 measured best).
+// template argument chosen at launch from the op's lookups_at_once argument.
 constexpr int kLanesPerRow = 16;
 constexpr int kDimsPerLane = 4;
 
@@ -370,8 +371,8 @@ __global__ void ragged_bag_word_kernel(TableView t, const scalar_t* __restrict__
 // weight, group offset and the masks of the earlier rows of its group), so a chunk costs
 // two dependent loads whatever its length, where the halves kernel above pays three per
 // lookup pair. Then each half-warp reads the located rows' values, U lookups at a time
-// (U = rows_per_group), their slots and masks broadcast by shuffles. Chosen with
-// MIXEMB_CUDA_BAG_KERNEL=lanes.
+// (U = lookups_at_once), their slots and masks broadcast by shuffles. Chosen with
+// bag_kernel "lanes".
 template <int U, typename scalar_t>
 __global__ void ragged_bag_lanes_kernel(TableView t, const scalar_t* __restrict__ values,
                                         const int64_t* __restrict__ ids,
@@ -606,57 +607,19 @@ int blocks_for(int64_t items, int64_t per_block = kWarpsPerBlock) {
   return static_cast<int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535));
 }
 
-// MIXEMB_CUDA_ONE_WARP=1 keeps one-word rows on the one-warp-per-lookup (per-bag) kernels
-// (the tests run both kernels that way); read at every call, on the host.
-bool one_warp_per_row() {
-  const char* v = std::getenv("MIXEMB_CUDA_ONE_WARP");
-  return v != nullptr && std::string(v) != "0";
-}
-
-// Lookups (pairs) that 16 lanes of a one-word kernel serve at once (U), per op: what
-// bench/bench_serve.py measured best (providers mixemb-u1 ... mixemb-u8, side by side). On
-// an H200 at the bench shape (2026-12-04) U = 1 won every op: gather 0.062 / 0.073 / 0.071
-// / 0.085 ms for U = 1 / 2 / 4 / 8, bag 0.058 / 0.071 / 0.103 / 0.173, dot 0.111 / 0.111 /
-// 0.174 / 0.337. More rows per 16 lanes cost registers (32 at U = 1, 56-76 at U = 2-4 for
-// the gather) and so occupancy, more than they gained in loads in flight. The first
-// kernels (one lookup per 16 lanes, loads behind branches, a 64-bit division per lookup)
-// had measured 0.089 / 0.072 / 0.129 ms in an earlier run on the same kind of machine;
-// which of the two changes (stages, shift) gained what was not separated.
-// MIXEMB_CUDA_ROWS_PER_GROUP=1|2|4|8 sets U for every op (the tests and the bench run each
-// value that way); read at every call, on the host.
-constexpr int kGatherRowsPerGroup = 1;
-constexpr int kBagRowsPerGroup = 1;
-constexpr int kDotRowsPerGroup = 1;
-
-int rows_per_group(int op_default) {
-  const char* v = std::getenv("MIXEMB_CUDA_ROWS_PER_GROUP");
-  if (v == nullptr || *v == '\0') return op_default;
-  const std::string s(v);
-  TORCH_CHECK(s == "1" || s == "2" || s == "4" || s == "8",
-              "MIXEMB_CUDA_ROWS_PER_GROUP must be 1, 2, 4 or 8, got '", s, "'");
-  return s[0] - '0';
-}
-
-// Bags of one-word rows: MIXEMB_CUDA_BAG_KERNEL=halves (the default, measured on an H200:
-// ragged_bag_word_kernel) or lanes (ragged_bag_lanes_kernel: written 2026-12-05 on a machine
-// without a GPU, compiled but not yet run or timed; the tests and bench_serve run it
-// beside the default, so a GPU run of bench/gpu_check.sh checks and times it); read at
-// every call, on the host. kBagLanesRowsPerGroup: the lookups a half-warp of it reads at
-// once (MIXEMB_CUDA_ROWS_PER_GROUP overrides it too), a guess until timed.
-constexpr int kBagLanesRowsPerGroup = 4;
-
-bool bag_lanes_kernel() {
-  const char* v = std::getenv("MIXEMB_CUDA_BAG_KERNEL");
-  if (v == nullptr || *v == '\0') return false;
-  const std::string s(v);
-  TORCH_CHECK(s == "halves" || s == "lanes",
-              "MIXEMB_CUDA_BAG_KERNEL must be 'halves' or 'lanes', got '", s, "'");
-  return s == "lanes";
-}
+// Lookups (pairs) that 16 lanes of a one-word kernel serve at once (U) when the op's
+// lookups_at_once is None: more rows per 16 lanes put more loads in flight but cost
+// registers, and so occupancy. U = 1 was the fastest for the gather, the halves bag and
+// the dot; the lanes bag's U = 4 is not yet timed (bench/README.md has the timings and
+// the register counts).
+constexpr int kGatherLookupsAtOnce = 1;
+constexpr int kBagLookupsAtOnce = 1;
+constexpr int kBagLanesLookupsAtOnce = 4;
+constexpr int kDotLookupsAtOnce = 1;
 
 // f(std::integral_constant<int, U>{}) for U = u in {1, 2, 4, 8}.
 template <typename F>
-void with_rows_per_group(int u, const F& f) {
+void with_lookups_at_once(int u, const F& f) {
   switch (u) {
     case 1:
       f(std::integral_constant<int, 1>{});
@@ -690,8 +653,9 @@ void raise_if_bad(const at::Tensor& bad, const at::Tensor& ids, const char* op,
 
 // Writes the dense rows of ids into out, a contiguous (ids.numel(), dim) buffer of the
 // values' dtype on the GPU (checked by the callers).
+// one_warp, u: the kernel variant (csrc/ops.cpp), u already checked.
 void gather_into(const TableView& t, const at::Tensor& values, const at::Tensor& ids,
-                 int64_t dim, bool check_bounds, const at::Tensor& out) {
+                 int64_t dim, bool check_bounds, bool one_warp, int u, const at::Tensor& out) {
   check_device(ids, values, "ragged_gather", "ids");
   check_device(out, values, "ragged_gather", "out");
   const c10::DeviceGuard guard(values.device());
@@ -711,8 +675,8 @@ void gather_into(const TableView& t, const at::Tensor& values, const at::Tensor&
     AT_DISPATCH_INDEX_TYPES(ids_c.scalar_type(), "ragged_gather_cuda_ids", [&] {
       auto* bad_ptr =
           check_bounds ? reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()) : nullptr;
-      if (t.words == 1 && !one_warp_per_row()) {
-        with_rows_per_group(rows_per_group(kGatherRowsPerGroup), [&](auto rows) {
+      if (t.words == 1 && !one_warp) {
+        with_lookups_at_once(u, [&](auto rows) {
           constexpr int U = decltype(rows)::value;
           ragged_gather_word_kernel<U, scalar_t, index_t>
               <<<blocks_for(n, kWarp * kWarpsPerBlock / kLanesPerRow * U),
@@ -734,12 +698,14 @@ void gather_into(const TableView& t, const at::Tensor& values, const at::Tensor&
 
 at::Tensor ragged_gather_cuda(const at::Tensor& masks, const at::Tensor& values,
                               const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
-                              const at::Tensor& ids, bool check_bounds) {
+                              const at::Tensor& ids, bool check_bounds, bool one_warp,
+                              std::optional<int64_t> lookups_at_once) {
   const TableView t = view(masks, group_offsets, group_size, dim, values, "ragged_gather");
+  const int u = check_lookups_at_once(lookups_at_once, kGatherLookupsAtOnce, "ragged_gather");
   std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
   shape.push_back(dim);
   at::Tensor out = at::empty(shape, values.options());
-  gather_into(t, values, ids, dim, check_bounds, out);
+  gather_into(t, values, ids, dim, check_bounds, one_warp, u, out);
   return out;
 }
 
@@ -747,24 +713,31 @@ at::Tensor ragged_gather_cuda(const at::Tensor& masks, const at::Tensor& values,
 // (mixemb.ops.ragged_gather) and again by the CPU kernel, here only what a launch needs.
 void ragged_gather_out_cuda(const at::Tensor& masks, const at::Tensor& values,
                             const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
-                            const at::Tensor& ids, const at::Tensor& out,
-                            bool check_bounds) {
+                            const at::Tensor& ids, const at::Tensor& out, bool check_bounds,
+                            bool one_warp, std::optional<int64_t> lookups_at_once) {
   const TableView t = view(masks, group_offsets, group_size, dim, values, "ragged_gather_out");
+  const int u =
+      check_lookups_at_once(lookups_at_once, kGatherLookupsAtOnce, "ragged_gather_out");
   TORCH_CHECK(out.is_cuda() && out.is_contiguous() &&
                   out.scalar_type() == values.scalar_type() &&
                   out.numel() == ids.numel() * dim,
               "ragged_gather_out: out must be a contiguous GPU tensor of ", values.scalar_type(),
               " with ids.numel() * dim = ", ids.numel() * dim, " elements, got ", out.sizes(),
               " ", out.scalar_type(), " on ", out.device());
-  gather_into(t, values, ids, dim, check_bounds, out);
+  gather_into(t, values, ids, dim, check_bounds, one_warp, u, out);
 }
 
 at::Tensor ragged_bag_cuda(const at::Tensor& masks, const at::Tensor& values,
                            const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
                            const at::Tensor& ids, const at::Tensor& offsets, int64_t mode,
                            const std::optional<at::Tensor>& per_sample_weights,
-                           bool include_last_offset, bool check_bounds) {
+                           bool include_last_offset, bool check_bounds,
+                           c10::string_view bag_kernel, bool one_warp,
+                           std::optional<int64_t> lookups_at_once) {
   const TableView t = view(masks, group_offsets, group_size, dim, values, "ragged_bag");
+  const bool lanes = check_bag_kernel(bag_kernel);
+  const int u = check_lookups_at_once(
+      lookups_at_once, lanes ? kBagLanesLookupsAtOnce : kBagLookupsAtOnce, "ragged_bag");
   TORCH_CHECK(mode == 0 || mode == 1, "ragged_bag: mode must be 0 (sum) or 1 (mean)");
   const bool weighted = per_sample_weights.has_value() && per_sample_weights->defined();
   TORCH_CHECK(!weighted || mode == 0, "ragged_bag: per_sample_weights need mode sum");
@@ -795,10 +768,8 @@ at::Tensor ragged_bag_cuda(const at::Tensor& masks, const at::Tensor& values,
     const double* w_ptr = weighted ? w_c.data_ptr<double>() : nullptr;
     auto* bad_ptr =
         check_bounds ? reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()) : nullptr;
-    if (t.words == 1 && !one_warp_per_row()) {
-      const bool lanes = bag_lanes_kernel();
-      with_rows_per_group(rows_per_group(lanes ? kBagLanesRowsPerGroup : kBagRowsPerGroup),
-                          [&](auto rows) {
+    if (t.words == 1 && !one_warp) {
+      with_lookups_at_once(u, [&](auto rows) {
         constexpr int U = decltype(rows)::value;
         // the two one-word bag kernels take the same arguments
         const auto kernel = lanes ? ragged_bag_lanes_kernel<U, scalar_t>
@@ -824,8 +795,10 @@ at::Tensor ragged_dot_cuda(const at::Tensor& masks_a, const at::Tensor& values_a
                            const at::Tensor& group_offsets_a, int64_t group_size_a,
                            const at::Tensor& masks_b, const at::Tensor& values_b,
                            const at::Tensor& group_offsets_b, int64_t group_size_b, int64_t dim,
-                           const at::Tensor& ids_a, const at::Tensor& ids_b, bool check_bounds) {
+                           const at::Tensor& ids_a, const at::Tensor& ids_b, bool check_bounds,
+                           bool one_warp, std::optional<int64_t> lookups_at_once) {
   const TableView ta = view(masks_a, group_offsets_a, group_size_a, dim, values_a, "ragged_dot");
+  const int u = check_lookups_at_once(lookups_at_once, kDotLookupsAtOnce, "ragged_dot");
   const TableView tb = view(masks_b, group_offsets_b, group_size_b, dim, values_b, "ragged_dot");
   TORCH_CHECK(ids_a.sizes() == ids_b.sizes(), "ragged_dot: ids_a and ids_b shapes differ");
   TORCH_CHECK(values_a.scalar_type() == values_b.scalar_type(),
@@ -848,8 +821,8 @@ at::Tensor ragged_dot_cuda(const at::Tensor& masks_a, const at::Tensor& values_a
     auto* bad_ptr =
         check_bounds ? reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()) : nullptr;
     auto* out_ptr = out.data_ptr<at::opmath_type<scalar_t>>();
-    if (ta.words == 1 && tb.words == 1 && !one_warp_per_row()) {
-      with_rows_per_group(rows_per_group(kDotRowsPerGroup), [&](auto rows) {
+    if (ta.words == 1 && tb.words == 1 && !one_warp) {
+      with_lookups_at_once(u, [&](auto rows) {
         constexpr int U = decltype(rows)::value;
         ragged_dot_word_kernel<U, scalar_t>
             <<<blocks_for(n, kWarp * kWarpsPerBlock / kLanesPerRow * U),

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <iostream>
+#include <optional>
 
 namespace {
 
@@ -56,8 +57,10 @@ int main() {
   auto gather = c10::Dispatcher::singleton()
                     .findSchemaOrThrow("mixemb::ragged_gather", "")
                     .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                      int64_t, int64_t, const at::Tensor&, bool)>();
-  auto rows = gather.call(masks, values, offsets, g, k, ids, true);
+                                      int64_t, int64_t, const at::Tensor&, bool, bool,
+                                      std::optional<int64_t>)>();
+  // the kernel variant arguments at their defaults (one_warp, lookups_at_once)
+  auto rows = gather.call(masks, values, offsets, g, k, ids, true, false, std::nullopt);
   expect(torch::equal(rows, dense.index_select(0, ids)), "ragged_gather equals dense rows");
 
   // a serving loop's reused output buffer
@@ -65,11 +68,11 @@ int main() {
                         .findSchemaOrThrow("mixemb::ragged_gather_out", "")
                         .typed<void(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                     int64_t, int64_t, const at::Tensor&, const at::Tensor&,
-                                    bool)>();
+                                    bool, bool, std::optional<int64_t>)>();
   auto buffer = torch::full({ids.size(0), k}, std::nan(""));
-  gather_out.call(masks, values, offsets, g, k, ids, buffer, true);
+  gather_out.call(masks, values, offsets, g, k, ids, buffer, true, false, std::nullopt);
   expect(torch::equal(buffer, dense.index_select(0, ids)), "ragged_gather_out fills out");
-  gather_out.call(masks, values, offsets, g, k, ids.flip(0), buffer, true);
+  gather_out.call(masks, values, offsets, g, k, ids.flip(0), buffer, true, false, 2);
   expect(torch::equal(buffer, dense.index_select(0, ids.flip(0))),
          "ragged_gather_out overwrites a reused buffer");
 
@@ -78,20 +81,30 @@ int main() {
                  .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                    int64_t, const at::Tensor&, const at::Tensor&,
                                    const at::Tensor&, int64_t, int64_t, const at::Tensor&,
-                                   const at::Tensor&, bool)>();
+                                   const at::Tensor&, bool, bool, std::optional<int64_t>)>();
   auto other = ids.flip(0);
   auto scores = dot.call(masks, values, offsets, g, masks, values, offsets, g, k, ids, other,
-                         true);
+                         true, false, std::nullopt);
   auto expected = (dense.index_select(0, ids) * dense.index_select(0, other)).sum(1);
   expect(torch::allclose(scores, expected, 1e-5, 1e-5), "ragged_dot equals dense dot");
 
   bool threw = false;
   try {
-    gather.call(masks, values, offsets, g, k, torch::tensor({n}, torch::kLong), true);
+    gather.call(masks, values, offsets, g, k, torch::tensor({n}, torch::kLong), true, false,
+                std::nullopt);
   } catch (const c10::Error& e) {
     threw = std::string(e.what()).find("out of range") != std::string::npos;
   }
   expect(threw, "an out-of-range id raises a named error");
+
+  threw = false;
+  try {
+    gather.call(masks, values, offsets, g, k, ids, true, false, 3);
+  } catch (const c10::Error& e) {
+    threw = std::string(e.what()).find("lookups_at_once must be 1, 2, 4 or 8") !=
+            std::string::npos;
+  }
+  expect(threw, "a kernel variant outside its values raises a named error");
 
   std::cout << (failures ? "FAILED" : "OK") << ": " << failures << " failure(s)\n";
   return failures ? EXIT_FAILURE : EXIT_SUCCESS;

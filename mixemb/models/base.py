@@ -96,9 +96,11 @@ class MLPTower(nn.Module):
 class RecModel(nn.Module):
     """Base class: holds the embedding layer, the global bias and the config.
 
-    Subclasses set ``name``, call ``super().__init__`` with their extra keyword arguments
-    (these go into ``config``), and put first-order weights in ``self.first_order``
-    (an ``nn.Embedding(N, 1)``) if they have any.
+    Subclasses take ``(embedding, *sizes, **options)`` — sizes being ``num_features``,
+    ``num_fields``, ``embedding_dim`` in that order, options keyword-only with defaults —,
+    set ``name``, call ``super().__init__(embedding, *sizes, **options)`` (the options go
+    into ``config``), and put first-order weights in ``self.first_order`` (an
+    ``nn.Embedding(N, 1)``) if they have any.
     """
 
     name: ClassVar[str] = "base"

@@ -26,9 +26,7 @@ class DeepFM(RecModel):
     def __init__(
         self,
         embedding: nn.Module,
-        num_features: int,
-        num_fields: int,
-        embedding_dim: int,
+        *sizes: int,
         hidden: Sequence[int] = (256, 128),
         dropout: float = 0.0,
         pairwise_reduce: str = "sum",
@@ -37,16 +35,14 @@ class DeepFM(RecModel):
         pairwise_reduce = check_reduce(pairwise_reduce)
         super().__init__(
             embedding,
-            num_features,
-            num_fields,
-            embedding_dim,
+            *sizes,
             hidden=hidden,
             dropout=dropout,
             pairwise_reduce=pairwise_reduce,
         )
         self.pairwise_reduce = pairwise_reduce
-        self.first_order = make_first_order(num_features)
-        self.tower = MLPTower(num_fields * embedding_dim, hidden, dropout)
+        self.first_order = make_first_order(self.num_features)
+        self.tower = MLPTower(self.num_fields * self.embedding_dim, hidden, dropout)
         self.out = xavier_linear(self.tower.out_features, 1, bias=False)
 
     def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:

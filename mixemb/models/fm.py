@@ -36,17 +36,13 @@ class FM(RecModel):
     def __init__(
         self,
         embedding: nn.Module,
-        num_features: int,
-        num_fields: int,
-        embedding_dim: int,
+        *sizes: int,
         pairwise_reduce: str = "sum",
     ):
         pairwise_reduce = check_reduce(pairwise_reduce)
-        super().__init__(
-            embedding, num_features, num_fields, embedding_dim, pairwise_reduce=pairwise_reduce
-        )
+        super().__init__(embedding, *sizes, pairwise_reduce=pairwise_reduce)
         self.pairwise_reduce = pairwise_reduce
-        self.first_order = make_first_order(num_features)
+        self.first_order = make_first_order(self.num_features)
 
     def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
         self.check_input(ids, values)

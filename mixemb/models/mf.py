@@ -15,11 +15,9 @@ class MF(RecModel):
     name = "mf"
     min_fields = 2
 
-    def __init__(
-        self, embedding: nn.Module, num_features: int, num_fields: int, embedding_dim: int
-    ):
-        super().__init__(embedding, num_features, num_fields, embedding_dim)
-        self.first_order = make_first_order(num_features)
+    def __init__(self, embedding: nn.Module, *sizes: int):
+        super().__init__(embedding, *sizes)
+        self.first_order = make_first_order(self.num_features)
 
     def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
         self.check_input(ids, values)

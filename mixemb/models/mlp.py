@@ -18,17 +18,13 @@ class MLP(RecModel):
     def __init__(
         self,
         embedding: nn.Module,
-        num_features: int,
-        num_fields: int,
-        embedding_dim: int,
+        *sizes: int,
         hidden: Sequence[int] = (256, 128),
         dropout: float = 0.0,
     ):
         hidden, dropout = check_hidden(hidden), check_dropout(dropout)
-        super().__init__(
-            embedding, num_features, num_fields, embedding_dim, hidden=hidden, dropout=dropout
-        )
-        self.tower = MLPTower(num_fields * embedding_dim, hidden, dropout)
+        super().__init__(embedding, *sizes, hidden=hidden, dropout=dropout)
+        self.tower = MLPTower(self.num_fields * self.embedding_dim, hidden, dropout)
         self.out = xavier_linear(self.tower.out_features, 1, bias=False)
 
     def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:

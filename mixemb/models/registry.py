@@ -23,8 +23,8 @@ MODELS: dict[str, type[RecModel]] = {
 def model_options(name: str) -> dict[str, Any]:
     """Keyword options of model ``name`` with their defaults (e.g. hidden, dropout)."""
     cls = _model_class(name)
-    params = list(inspect.signature(cls.__init__).parameters.values())[5:]
-    return {p.name: p.default for p in params}
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def _model_class(name: str) -> type[RecModel]:

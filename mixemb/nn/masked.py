@@ -51,6 +51,10 @@ class MaskedEmbedding(nn.Module):
     def kept(self) -> int:
         return int(self.mask.sum())
 
+    def masked_weight(self) -> torch.Tensor:
+        """(N, K) float, detached: the table with its pruned entries zero (what it stores)."""
+        return self.weight.detach() * self.mask
+
     def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
         flat = ids.long()
         out = self.weight[flat] * self.mask[flat]

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mixemb.ops import FusedOptimizer, soft_select_lookup
+from mixemb.nn.fused_optimizer import FusedOptimizer
+from mixemb.ops import soft_select_lookup
 from mixemb.reference import equal_boundaries
 
 

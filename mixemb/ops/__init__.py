@@ -1,7 +1,6 @@
 """Ops: the DNIS lookup × α (training) and the ragged gathers (serving)."""
 
-from mixemb.ops.fused_optimizer import FusedOptimizer
 from mixemb.ops.ragged import ragged_bag, ragged_dot, ragged_gather
 from mixemb.ops.soft_select import soft_select_lookup
 
-__all__ = ["FusedOptimizer", "ragged_bag", "ragged_dot", "ragged_gather", "soft_select_lookup"]
+__all__ = ["ragged_bag", "ragged_dot", "ragged_gather", "soft_select_lookup"]

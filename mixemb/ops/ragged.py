@@ -4,7 +4,20 @@ The kernels are ``torch.ops.mixemb.ragged_{gather,bag,dot}`` from the compiled e
 (C++ on CPU, CUDA on GPU; schemas in ``csrc/ops.cpp``). This module registers their fake
 (meta) kernels — so ``torch.compile`` and ``torch.export`` trace them — and the autograd of
 ``ragged_bag`` with respect to ``per_sample_weights``. Without the extension every op runs
-its pure-PyTorch reference (``mixemb.ragged``) after a one-time warning.
+its pure-PyTorch reference (``mixemb.reference``) after a one-time warning.
+
+The CUDA kernel variants are keyword arguments of every op, so that they are selected per
+call and tested and benchmarked side by side (bench/bench_serve.py). The CPU kernels check
+their values and otherwise ignore them:
+
+* ``one_warp`` (default False): rows of one mask word (K <= 64) take the one-warp kernel
+  of wider rows (a warp per lookup; per bag for ``ragged_bag``) instead of 16 lanes each;
+* ``lookups_at_once`` (default None = the kernel's own, 1; 4 for ``bag_kernel="lanes"``):
+  lookups (pairs for ``ragged_dot``) that 16 lanes of a one-word kernel serve at once,
+  1, 2, 4 or 8;
+* ``bag_kernel`` (``ragged_bag`` only, default "halves"): over one-word rows, "halves"
+  (each half-warp takes every other lookup of a bag) or "lanes" (a bag's 32 lanes first
+  locate 32 of its lookups at once).
 """
 
 from __future__ import annotations
@@ -12,8 +25,8 @@ from __future__ import annotations
 import torch
 
 from mixemb import _ext
-from mixemb.ragged import (
-    RaggedTable,
+from mixemb.ragged import RaggedTable
+from mixemb.reference import (
     ragged_bag_reference,
     ragged_dot_reference,
     ragged_gather_reference,
@@ -21,6 +34,8 @@ from mixemb.ragged import (
 
 BACKENDS = ("auto", "extension", "reference")
 MODES = {"sum": 0, "mean": 1}
+BAG_KERNELS = ("halves", "lanes")
+LOOKUPS_AT_ONCE = (None, 1, 2, 4, 8)
 
 
 def _use_extension(backend: str, op: str) -> bool:
@@ -34,6 +49,16 @@ def _use_extension(backend: str, op: str) -> bool:
         _ext.warn_fallback(op)
         return False
     return True
+
+
+def check_kernel_variant(lookups_at_once: int | None, bag_kernel: str = "halves") -> None:
+    """Raise ValueError unless lookups_at_once is None, 1, 2, 4 or 8 and bag_kernel is
+    "halves" or "lanes" (the kernels check too; this also covers the reference backend and
+    modules that store a variant)."""
+    if lookups_at_once not in LOOKUPS_AT_ONCE:
+        raise ValueError(f"lookups_at_once must be 1, 2, 4 or 8 (or None), got {lookups_at_once!r}")
+    if bag_kernel not in BAG_KERNELS:
+        raise ValueError(f"bag_kernel must be one of {BAG_KERNELS}, got {bag_kernel!r}")
 
 
 def _check_ids(ids: torch.Tensor, name: str = "ids") -> None:
@@ -65,35 +90,41 @@ def ragged_gather(
     *,
     out: torch.Tensor | None = None,
     check_bounds: bool | None = None,
+    one_warp: bool = False,
+    lookups_at_once: int | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Dense rows of a ragged table.
+    """Dense rows of a ragged table → (..., K) in the table's value dtype, zeros at pruned
+    dimensions (``out`` when given).
 
     table: RaggedTable with N rows of maximum dimension K.
     ids: (...) int32/int64 in [0, N).
-    out: optional contiguous (..., K) buffer of the table's value dtype and device to write
-        the rows into and return. A serving loop that reuses one skips the allocation and,
-        on the CPU, the first-touch page faults of a fresh output (most of a big gather's
-        time; bench/README.md).
-    check_bounds: raise an error naming the first out-of-range id. Default: on for CPU
-        tensors, off on the GPU (the check costs a host sync there; without it a bad id
-        reads nothing and yields a zero row — never an illegal memory access).
-    backend: "auto" (the extension when built, else the reference), "extension" or
-        "reference".
-    Returns (..., K) in the table's value dtype, zeros at pruned dimensions (``out`` when
-    given).
+    out: default None; a contiguous (..., K) buffer of the table's value dtype and device
+        to write the rows into and return. A serving loop that reuses one skips the
+        allocation and, on the CPU, the first-touch page faults of a fresh output (most of
+        a big gather's time; bench/README.md).
+    check_bounds: default None = on for CPU tensors, off on the GPU (the check costs a host
+        sync there; without it a bad id reads nothing and yields a zero row — never an
+        illegal memory access); True raises an error naming the first out-of-range id.
+    one_warp: default False; CUDA kernel variant (module docstring), ignored on CPU.
+    lookups_at_once: default None; CUDA kernel variant (module docstring), 1, 2, 4 or 8,
+        checked but ignored on CPU.
+    backend: default "auto" (the extension when built, else the reference), "extension"
+        or "reference".
     """
     _check_ids(ids)
+    check_kernel_variant(lookups_at_once)
     if out is not None:
         _check_out(out, table, ids)
     if not _use_extension(backend, "ragged_gather"):
         rows = ragged_gather_reference(table, ids)
         return rows if out is None else out.copy_(rows)
     t = (table.masks, table.values, table.group_offsets, table.group_size, table.embedding_dim)
+    variant = (bool(one_warp), lookups_at_once)
     if out is not None:
-        torch.ops.mixemb.ragged_gather_out(*t, ids, out, _bounds(check_bounds, ids))
+        torch.ops.mixemb.ragged_gather_out(*t, ids, out, _bounds(check_bounds, ids), *variant)
         return out
-    return torch.ops.mixemb.ragged_gather(*t, ids, _bounds(check_bounds, ids))
+    return torch.ops.mixemb.ragged_gather(*t, ids, _bounds(check_bounds, ids), *variant)
 
 
 def ragged_bag(
@@ -105,15 +136,33 @@ def ragged_bag(
     per_sample_weights: torch.Tensor | None = None,
     include_last_offset: bool = False,
     check_bounds: bool | None = None,
+    bag_kernel: str = "halves",
+    one_warp: bool = False,
+    lookups_at_once: int | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Pooled bags with ``nn.EmbeddingBag`` semantics → (B, K).
+    """Pooled bags with ``nn.EmbeddingBag`` semantics → (B, K) in the table's value dtype;
+    an empty bag gives zeros.
 
-    ids: (M,) int32/int64; offsets: (B,) bag starts (or (B+1,) with include_last_offset);
-    mode: "sum" or "mean"; per_sample_weights: (M,) float (sum only; differentiable).
+    table: RaggedTable with N rows of maximum dimension K.
+    ids: (M,) int32/int64 in [0, N).
+    offsets: (B,) int32/int64 bag starts (or (B+1,) with include_last_offset), starting at
+        0, non-decreasing.
+    mode: default "sum"; or "mean".
+    per_sample_weights: default None; (M,) float, mode "sum" only; differentiable.
+    include_last_offset: default False; True when offsets has B+1 entries (the last is M).
+    check_bounds: default None = on for CPU tensors, off on the GPU (as ``ragged_gather``;
+        on the GPU the offsets check is a host sync too).
+    bag_kernel: default "halves"; or "lanes"; CUDA kernel variant (module docstring),
+        checked but ignored on CPU.
+    one_warp: default False; CUDA kernel variant, ignored on CPU.
+    lookups_at_once: default None; CUDA kernel variant, 1, 2, 4 or 8, checked but ignored
+        on CPU.
+    backend: default "auto"; or "extension", "reference" (as ``ragged_gather``).
     """
     _check_ids(ids)
     _check_ids(offsets, "offsets")
+    check_kernel_variant(lookups_at_once, bag_kernel)
     if mode not in MODES:
         raise ValueError(f"mode must be sum or mean, got {mode!r}")
     if not _use_extension(backend, "ragged_bag"):
@@ -137,6 +186,9 @@ def ragged_bag(
         per_sample_weights,
         include_last_offset,
         _bounds(check_bounds, ids),
+        bag_kernel,
+        bool(one_warp),
+        lookups_at_once,
     )
 
 
@@ -147,12 +199,25 @@ def ragged_dot(
     ids_b: torch.Tensor,
     *,
     check_bounds: bool | None = None,
+    one_warp: bool = False,
+    lookups_at_once: int | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """MF-style scores (...,) float32 (float64 for float64 tables): Σ over the dims both
-    rows keep of a·b, never materialising a padded row."""
+    rows keep of a·b, never materialising a padded row.
+
+    table_a, table_b: RaggedTables of the same maximum dimension K, value dtypes alike.
+    ids_a: (...) int32/int64 rows of table_a; ids_b: the same shape, rows of table_b.
+    check_bounds: default None = on for CPU tensors, off on the GPU (as ``ragged_gather``;
+        a pair with a bad id scores 0 unchecked).
+    one_warp: default False; CUDA kernel variant (module docstring), ignored on CPU.
+    lookups_at_once: default None; CUDA kernel variant, 1, 2, 4 or 8, checked but ignored
+        on CPU.
+    backend: default "auto"; or "extension", "reference" (as ``ragged_gather``).
+    """
     _check_ids(ids_a, "ids_a")
     _check_ids(ids_b, "ids_b")
+    check_kernel_variant(lookups_at_once)
     if table_a.embedding_dim != table_b.embedding_dim:
         raise ValueError(
             f"embedding dims differ: {table_a.embedding_dim} and {table_b.embedding_dim}"
@@ -172,20 +237,21 @@ def ragged_dot(
         ids_a,
         ids_b,
         _bounds(check_bounds, ids_a),
+        bool(one_warp),
+        lookups_at_once,
     )
 
 
 # ---- fake kernels and autograd (only when the extension defined the ops) ----------------
 if _ext.HAS_EXT:
-
+    # The output depends on the shapes only: the flags after them (check_bounds and the
+    # kernel variant) are taken and ignored, whether passed by position or by name.
     @torch.library.register_fake("mixemb::ragged_gather")
-    def _gather_fake(masks, values, group_offsets, group_size, dim, ids, check_bounds=True):
+    def _gather_fake(masks, values, group_offsets, group_size, dim, ids, *flags, **named):
         return values.new_empty((*ids.shape, dim))
 
     @torch.library.register_fake("mixemb::ragged_gather_out")
-    def _gather_out_fake(
-        masks, values, group_offsets, group_size, dim, ids, out, check_bounds=True
-    ):
+    def _gather_out_fake(masks, values, group_offsets, group_size, dim, ids, out, *flags, **named):
         return None
 
     @torch.library.register_fake("mixemb::ragged_bag")
@@ -200,7 +266,8 @@ if _ext.HAS_EXT:
         mode,
         per_sample_weights,
         include_last_offset,
-        check_bounds=True,
+        *flags,
+        **named,
     ):
         bags = offsets.shape[0] - 1 if include_last_offset else offsets.shape[0]
         return values.new_empty((bags, dim))
@@ -218,13 +285,14 @@ if _ext.HAS_EXT:
         dim,
         ids_a,
         ids_b,
-        check_bounds=True,
+        *flags,
+        **named,
     ):
         dtype = torch.float64 if values_a.dtype == torch.float64 else torch.float32
         return values_a.new_empty(ids_a.shape, dtype=dtype)
 
     def _bag_setup(ctx, inputs, output):
-        masks, values, group_offsets, group_size, dim, ids, offsets, mode, psw, last, _ = inputs
+        masks, values, group_offsets, group_size, dim, ids, offsets, mode, psw, last = inputs[:10]
         ctx.table = (masks, values, group_offsets, group_size, dim)
         ctx.include_last = last
         ctx.save_for_backward(ids, offsets)
@@ -248,6 +316,7 @@ if _ext.HAS_EXT:
                 output_size=ids.numel(),
             )
             grad_w = (rows.to(grad.dtype) * grad[bag_of]).sum(1).to(ctx.weights_dtype)
-        return (None, None, None, None, None, None, None, None, grad_w, None, None)
+        # one gradient per schema argument: only per_sample_weights (the 9th) has one
+        return (*[None] * 8, grad_w, *[None] * 5)
 
     torch.library.register_autograd("mixemb::ragged_bag", _bag_backward, setup_context=_bag_setup)

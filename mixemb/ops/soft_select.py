@@ -1,9 +1,9 @@
-"""``soft_select_lookup``: the DNIS lookup × α op with its own backward.
+"""``soft_select_lookup``: the DNIS lookup × α op family, in one place.
 
 out[..., :] = weight[ids] ⊙ alpha[block(ids)] (⊙ values[..., None])
 
 The backward is written by hand (not autograd of the expression) because DNIS wants
-two things autograd does not give:
+things autograd does not give:
 
 * the α gradient **already normalized per block row**, in the order of the authors'
   code — L1 term inside, then normalization::
@@ -13,19 +13,431 @@ two things autograd does not give:
       g̃ = g / (mean_k |g| + eps)          (only when normalize=True)
 
 * the weight gradient as dense rows or as a sparse COO tensor of the looked-up rows,
-  like ``nn.Embedding(sparse=True)``, so a 4M-row table is not densified per step.
+  like ``nn.Embedding(sparse=True)``, so a 4M-row table is not densified per step;
+* or no weight gradient at all: a fused optimizer updates the looked-up rows in place.
 
-This signature is the contract that the fused Triton op (``backend="triton"``) will
-implement exactly; ``backend="reference"`` is this pure-PyTorch path.
+Where the math runs is decided once, by ``_implementation``: the Triton kernels of
+``mixemb.kernels.soft_select`` (CUDA, or CPU under Triton's interpreter) or the reference
+math of ``mixemb.reference`` (CPU; no Triton needed at run time).
+
+Two entry points share one forward and one backward (``_backward``):
+
+* registered ops (``torch.ops.mixemb.*``) with fake kernels and autograd, what
+  torch.compile and torch.export trace (and ``torch.library.opcheck`` checks):
+
+  - ``soft_select(weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse,
+    deterministic) -> (*ids.shape, K)``
+  - ``soft_select_backward_alpha(...) -> (dalpha (L, K), dvalues (*ids.shape) or (0,))``
+  - ``soft_select_backward_weight(...) -> dense (N, K), or per-lookup rows (B, K) if sparse``
+  - ``soft_select_fused_update_(...)`` — SGD / row-wise Adagrad on the looked-up rows of
+    weight, in place (mutates weight and the optimizer state);
+
+* ``_SoftSelect``, a plain ``torch.autograd.Function`` that eager calls take: it calls the
+  launchers or the reference math directly, because the custom-op dispatcher (argument
+  defaults, redispatch, alias checks) costs several times the launchers' host time per
+  call (bench/bench_host_overhead.py). While compiling it calls the registered ops.
 """
 
 from __future__ import annotations
 
 import torch
 
-from mixemb.reference import block_of
+from mixemb import reference as ref
 
+Tensor = torch.Tensor
 BACKENDS = ("auto", "reference", "triton")
+_kernels = None  # mixemb.kernels.soft_select, imported on first use (triton is heavy)
+
+
+def _kernels_run_on(t: Tensor) -> bool:
+    """True when the Triton kernels run on ``t``'s device: CUDA, or CPU under Triton's
+    interpreter (TRITON_INTERPRET=1 when mixemb.kernels was first imported)."""
+    global _kernels
+    if _kernels is None:
+        try:
+            from mixemb.kernels import soft_select as kernels
+        except ImportError as e:  # triton is a dependency, but keep CPU use working
+            if t.is_cuda:
+                raise RuntimeError(f"backend='triton' needs the triton package: {e}") from e
+            return False
+        _kernels = kernels
+    return t.is_cuda or _kernels.INTERPRET
+
+
+def _implementation(weight: Tensor, backend: str, compiling: bool) -> str:
+    """The one backend decision: which implementation a ``soft_select_lookup`` call runs.
+
+    "reference": the reference math of ``mixemb.reference`` on the inputs as they come
+    (backend "reference", and "auto" on CPU). "triton": what the registered ops run,
+    called without the dispatcher — the Triton launchers where ``_kernels_run_on`` says
+    they run, else the same reference math on contiguous inputs (backend "triton", and
+    "auto" on CUDA). "ops": the registered ops themselves, for "triton" while compiling.
+    """
+    if backend == "reference" or (backend == "auto" and not weight.is_cuda):
+        return "reference"
+    return "ops" if compiling else "triton"
+
+
+# -------------------------------------------------------------- forward and backward math
+# impl "triton" flattens ids, values and dout contiguous (what the launchers need, and
+# what the registered ops always did on CPU too); impl "reference" takes them as they come.
+# A layout can change the summation order of a sparse gradient, so each keeps its own.
+
+
+def _flat(ids: Tensor, values: Tensor | None, dout: Tensor | None, dim: int, impl: str):
+    """(kernels?, ids (B,), values (B,) or None, dout (B, K) or None) for ``impl``;
+    ids are int64 where the reference math runs."""
+    flat, vals = ids.reshape(-1), None if values is None else values.reshape(-1)
+    d = None if dout is None else dout.reshape(-1, dim)
+    if impl == "triton":
+        flat = flat.contiguous()
+        vals = None if vals is None else vals.contiguous()
+        d = None if d is None else d.contiguous()
+        if _kernels_run_on(ids):
+            return True, flat, vals, d
+    return False, flat.long(), vals, d
+
+
+def _forward(weight, alpha, boundaries, ids, values, impl: str) -> Tensor:
+    """(*ids.shape, K) in promote_types(weight, alpha)."""
+    kernels, flat, vals, _ = _flat(ids, values, None, 0, impl)
+    if kernels:
+        out = _kernels.soft_select_fwd(weight.contiguous(), alpha, boundaries, flat, vals)
+    else:
+        out = ref.reference_forward(weight, alpha, boundaries, flat, vals)
+    return out.reshape(*ids.shape, weight.shape[1])
+
+
+def _alpha_values_grad(
+    dout, weight, alpha, boundaries, ids, values, need_alpha, need_values, normalize, l1, eps,
+    impl: str, rows=None, blocks=None,
+):  # fmt: skip
+    """(dalpha (L, K) or None, dvalues (*ids.shape) or None); rows, blocks: see
+    ``mixemb.reference.reference_alpha_values_grad``."""
+    kernels, flat, vals, d = _flat(ids, values, dout, weight.shape[1], impl)
+    if kernels:
+        dalpha, dvalues = _kernels.soft_select_bwd_alpha(
+            d, weight.contiguous(), alpha, boundaries, flat, vals, need_alpha=need_alpha,
+            need_values=need_values, normalize=normalize, l1=l1, eps=eps,
+        )  # fmt: skip
+    else:
+        dalpha, dvalues = ref.reference_alpha_values_grad(
+            d, weight, alpha, boundaries, flat, vals, need_alpha, need_values, normalize, l1,
+            eps, rows=rows, blocks=blocks,
+        )  # fmt: skip
+    return dalpha, None if dvalues is None else dvalues.reshape(ids.shape)
+
+
+def _weight_grad(
+    dout, weight, alpha, boundaries, ids, values, sparse, deterministic, impl: str, scale=None
+) -> Tensor:
+    """Dense (N, K) in weight's dtype, or the (B, K) per-lookup rows when sparse."""
+    kernels, flat, vals, d = _flat(ids, values, dout, weight.shape[1], impl)
+    if kernels:
+        w = weight.contiguous()
+        if sparse:
+            return _kernels.soft_select_bwd_rows(d, w, alpha, boundaries, flat, vals)
+        return _kernels.soft_select_bwd_weight(
+            d, w, alpha, boundaries, flat, vals, deterministic=deterministic
+        )
+    if sparse:
+        return ref.reference_row_grads(d, weight, alpha, boundaries, flat, vals, scale)
+    return ref.reference_weight_grad(d, weight, alpha, boundaries, flat, vals, scale)
+
+
+def _fused_update(
+    dout, weight, alpha, boundaries, ids, values, state, lr, optimizer, optimizer_eps,
+    impl: str,
+) -> None:  # fmt: skip
+    kernels, flat, vals, d = _flat(ids, values, dout, weight.shape[1], impl)
+    if kernels:
+        _kernels.soft_select_bwd_weight(
+            d, weight, alpha, boundaries, flat, vals,
+            optimizer=optimizer, lr=lr, state=state, optimizer_eps=optimizer_eps,
+        )  # fmt: skip
+    else:
+        ref.fused_update_reference(
+            d, weight, alpha, boundaries, flat, vals, state, lr, optimizer, optimizer_eps
+        )
+
+
+def _backward(saved, needs, cfg, impl, dout):
+    """(dweight, dalpha, dvalues), each None where not needed: the one backward.
+
+    saved: (weight, alpha, boundaries, ids, values, rows, scale, blocks), the last three
+    kept by the reference forward or None. needs: (weight, alpha, values) need grad.
+    cfg: (normalize, l1, eps, sparse, deterministic, optimizer or None).
+    """
+    weight, alpha, boundaries, ids, values, rows, scale, blocks = saved
+    need_w, need_a, need_v = needs
+    normalize, l1, eps, sparse, deterministic, optimizer = cfg
+    dweight = dalpha = dvalues = None
+    if need_a or need_v:  # before a fused update: α's gradient sees the forward's table
+        if impl == "ops":
+            dalpha, dv = soft_select_backward_alpha(
+                dout, weight, alpha, boundaries, ids, values, bool(need_v), normalize, l1, eps
+            )
+        else:
+            dalpha, dv = _alpha_values_grad(
+                dout, weight, alpha, boundaries, ids, values, need_a, need_v, normalize, l1,
+                eps, impl, rows=rows, blocks=blocks,
+            )  # fmt: skip
+        dalpha = dalpha if need_a else None
+        dvalues = dv if need_v else None
+    if need_w and optimizer is not None:
+        args = (
+            dout, weight.detach(), alpha.detach(), boundaries, ids,
+            None if values is None else values.detach(),
+            optimizer.state, optimizer.lr, optimizer.kind, optimizer.eps,
+        )  # fmt: skip
+        with torch.no_grad():
+            if impl == "ops":
+                soft_select_fused_update_(*args)
+            else:
+                _fused_update(*args, impl)
+    elif need_w:
+        if impl == "ops":
+            dweight = soft_select_backward_weight(
+                dout, weight, alpha, boundaries, ids, values, sparse, deterministic
+            )
+        else:
+            dweight = _weight_grad(
+                dout, weight, alpha, boundaries, ids, values, sparse, deterministic, impl,
+                scale=scale,
+            )  # fmt: skip
+        if sparse:
+            # out-of-range ids (unchecked on the GPU) have zero rows; clamped, they stay a
+            # valid sparse tensor instead of indexing past the table when accumulated
+            idx = ids.reshape(1, -1).long().clamp(0, weight.shape[0] - 1)
+            dweight = torch.sparse_coo_tensor(idx, dweight, weight.shape, check_invariants=False)
+    return dweight, dalpha, dvalues
+
+
+class _SoftSelect(torch.autograd.Function):
+    """The eager path (and the fused-optimizer path): forward and ``_backward`` on the
+    implementation ``impl`` chose by ``_implementation``. Like eager autograd, the
+    reference forward keeps the gathered table rows (for α's and values' gradients) and α
+    rows (for the table's), so the backward does not gather again; only what the inputs
+    that need grad use is kept."""
+
+    @staticmethod
+    def forward(ctx, weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse,
+                deterministic, impl, optimizer):  # fmt: skip
+        need_w, need_a, _, _, need_v = ctx.needs_input_grad[:5]
+        rows = scale = blocks = None
+        if impl == "reference":
+            flat = ids.reshape(-1).long()
+            vals = None if values is None else values.reshape(-1)
+            rows, scale, blocks = ref.reference_gather(weight, alpha, boundaries, flat)
+            out = ref.reference_scale(rows, scale, vals).reshape(*ids.shape, weight.shape[1])
+            rows = rows if (need_a or need_v) else None
+            scale = scale if need_w else None
+        elif impl == "triton":
+            out = _forward(weight, alpha, boundaries, ids, values, impl)
+        else:
+            out = soft_select(
+                weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse, deterministic
+            )
+        ctx.save_for_backward(weight, alpha, boundaries, ids, values, rows, scale, blocks)
+        ctx.cfg = (normalize, l1, eps, sparse, deterministic, optimizer)
+        ctx.impl = impl
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        need_w, need_a, _, _, need_v = ctx.needs_input_grad[:5]
+        grads = _backward(ctx.saved_tensors, (need_w, need_a, need_v), ctx.cfg, ctx.impl, dout)
+        dweight, dalpha, dvalues = grads
+        return dweight, dalpha, None, None, dvalues, None, None, None, None, None, None, None
+
+
+# ------------------------------------------------------------------------ registered ops
+
+
+@torch.library.custom_op("mixemb::soft_select", mutates_args=())
+def soft_select(
+    weight: Tensor,
+    alpha: Tensor,
+    boundaries: Tensor,
+    ids: Tensor,
+    values: Tensor | None,
+    normalize: bool,
+    l1: float,
+    eps: float,
+    sparse: bool,
+    deterministic: bool,
+) -> Tensor:
+    """(*ids.shape, K) = weight[ids] ⊙ alpha[block(ids)] (⊙ values); see soft_select_lookup."""
+    return _forward(weight, alpha, boundaries, ids, values, "triton")
+
+
+@soft_select.register_fake
+def _(weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse, deterministic):
+    dtype = torch.promote_types(weight.dtype, alpha.dtype)
+    return weight.new_empty((*ids.shape, weight.shape[1]), dtype=dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse, deterministic = inputs
+    ctx.save_for_backward(weight, alpha, boundaries, ids, values)
+    ctx.cfg = (normalize, l1, eps, sparse, deterministic, None)
+
+
+def _registered_backward(ctx, dout):
+    need_w, need_a, _, _, need_v = ctx.needs_input_grad[:5]
+    saved = (*ctx.saved_tensors, None, None, None)
+    dweight, dalpha, dvalues = _backward(saved, (need_w, need_a, need_v), ctx.cfg, "ops", dout)
+    return dweight, dalpha, None, None, dvalues, None, None, None, None, None
+
+
+soft_select.register_autograd(_registered_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("mixemb::soft_select_backward_alpha", mutates_args=())
+def soft_select_backward_alpha(
+    dout: Tensor,
+    weight: Tensor,
+    alpha: Tensor,
+    boundaries: Tensor,
+    ids: Tensor,
+    values: Tensor | None,
+    need_values: bool,
+    normalize: bool,
+    l1: float,
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    """dalpha (L, K) in alpha's dtype (normalized per row if asked, L1 inside) and
+    dvalues (*ids.shape) in values' dtype, or an empty (0,) tensor when not asked."""
+    dalpha, dvalues = _alpha_values_grad(
+        dout, weight, alpha, boundaries, ids, values, True, need_values, normalize, l1, eps,
+        "triton",
+    )  # fmt: skip
+    return dalpha, weight.new_empty((0,)) if dvalues is None else dvalues
+
+
+@soft_select_backward_alpha.register_fake
+def _(dout, weight, alpha, boundaries, ids, values, need_values, normalize, l1, eps):
+    dvalues = values.new_empty(ids.shape) if need_values else weight.new_empty((0,))
+    return alpha.new_empty(alpha.shape), dvalues
+
+
+@torch.library.custom_op("mixemb::soft_select_backward_weight", mutates_args=())
+def soft_select_backward_weight(
+    dout: Tensor,
+    weight: Tensor,
+    alpha: Tensor,
+    boundaries: Tensor,
+    ids: Tensor,
+    values: Tensor | None,
+    sparse: bool,
+    deterministic: bool,
+) -> Tensor:
+    """sparse=False: dense (N, K) gradient in weight's dtype; sparse=True: the (B, K)
+    per-lookup rows of nn.Embedding(sparse=True)'s uncoalesced gradient."""
+    return _weight_grad(
+        dout, weight, alpha, boundaries, ids, values, sparse, deterministic,
+        "triton",
+    )  # fmt: skip
+
+
+@soft_select_backward_weight.register_fake
+def _(dout, weight, alpha, boundaries, ids, values, sparse, deterministic):
+    if sparse:
+        return weight.new_empty((ids.numel(), weight.shape[1]))
+    return weight.new_empty(weight.shape)
+
+
+@torch.library.custom_op("mixemb::soft_select_fused_update_", mutates_args=("weight", "state"))
+def soft_select_fused_update_(
+    dout: Tensor,
+    weight: Tensor,
+    alpha: Tensor,
+    boundaries: Tensor,
+    ids: Tensor,
+    values: Tensor | None,
+    state: Tensor,
+    lr: Tensor,
+    optimizer: str,
+    optimizer_eps: float,
+) -> None:
+    """Update the looked-up rows of weight in place with the weights-step gradient.
+
+    optimizer "sgd": w -= lr·g. "rowwise_adagrad": m += mean_k g², w -= lr·g/(√m + eps)
+    with state m (N,) float32. g is each row's α[block] ⊙ Σ dout (⊙ v). lr: (1,) float32.
+    """
+    _fused_update(
+        dout, weight, alpha, boundaries, ids, values, state, lr, optimizer, optimizer_eps,
+        "triton",
+    )  # fmt: skip
+
+
+@soft_select_fused_update_.register_fake
+def _(dout, weight, alpha, boundaries, ids, values, state, lr, optimizer, optimizer_eps):
+    return None
+
+
+# ----------------------------------------------------------------------------- public op
+
+
+def soft_select_lookup(
+    weight: Tensor,
+    alpha: Tensor,
+    boundaries: Tensor,
+    ids: Tensor,
+    values: Tensor | None = None,
+    *,
+    normalize: bool = True,
+    l1: float = 0.0,
+    eps: float = 1e-8,
+    sparse: bool = False,
+    backend: str = "auto",
+    deterministic: bool = True,
+    check_ids: bool | None = None,
+    fused_optimizer=None,
+) -> Tensor:
+    """Look up rows and scale them by their frequency block's soft selection row.
+
+    weight: (N, K) float32/float16/bfloat16 embedding table E.
+    alpha: (L, K) soft selection layer α (same device as weight).
+    boundaries: (L+1,) int64, boundaries[0] = 0 < … < boundaries[L] = N; block l holds
+        the ids in [boundaries[l], boundaries[l+1]).
+    ids: (...) int32/int64 feature ids in [0, N).
+    values: (...) optional per-lookup multipliers (numeric fields).
+    normalize: return α's gradient normalized per block row (see module docstring).
+    l1: λ of the L1 term λ·Σ|α|, added to α's gradient before normalization.
+    eps: the normalization's stabilizer (default 1e-8, the authors' value).
+    sparse: weight's gradient as a sparse COO tensor of looked-up rows.
+    backend: "reference" (the pure-PyTorch math of ``mixemb.reference``), "triton" (the
+        Triton kernels on CUDA, and on CPU under Triton's interpreter; the reference math
+        on CPU otherwise) or "auto" (triton on CUDA, reference on CPU).
+    deterministic: the Triton weights-step gradient by sort + run reduction (bitwise
+        reproducible, the default) instead of atomic adds. α's gradient is always
+        deterministic.
+    check_ids: raise ValueError for ids outside [0, N) (one host sync). Default: on for
+        CPU tensors, off for CUDA (the kernels then read zeros for bad ids, never out
+        of bounds).
+    fused_optimizer: a ``mixemb.nn.FusedOptimizer`` (the op reads its ``kind``, ``lr``,
+        ``eps`` and ``state``): the table is updated inside the backward and gets no
+        gradient. Eager mode only.
+    Returns (..., K) in torch.promote_types(weight.dtype, alpha.dtype).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _check(weight, alpha, boundaries, ids, values)
+    if check_ids if check_ids is not None else not ids.is_cuda:
+        _check_ids_in_range(ids, weight.shape[0])
+    if fused_optimizer is not None and sparse:
+        raise ValueError("fused_optimizer updates the table itself: sparse must be False")
+    l1, eps = float(l1), float(eps)
+    impl = _implementation(weight, backend, torch.compiler.is_compiling())
+    if impl == "ops" and fused_optimizer is None:  # the registered op and its autograd
+        return soft_select(
+            weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse, deterministic
+        )
+    return _SoftSelect.apply(
+        weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse, deterministic,
+        impl, fused_optimizer,
+    )  # fmt: skip
 
 
 def _check(weight, alpha, boundaries, ids, values) -> None:
@@ -45,193 +457,7 @@ def _check(weight, alpha, boundaries, ids, values) -> None:
         raise ValueError(f"values must match ids {tuple(ids.shape)}, got {tuple(values.shape)}")
 
 
-# --- the reference math, shared by the autograd.Function below and by the CPU kernels of
-# --- the registered ops (mixemb.ops.soft_select_triton). ids/values/dout are flat here.
-
-
-def reference_forward(weight, alpha, boundaries, flat, values):
-    """(B, K) = weight[flat] * alpha[block(flat)] (* values[:, None]); flat (B,) int64."""
-    return _scaled(weight.index_select(0, flat), _scale_of(alpha, boundaries, flat), values)
-
-
-def _scale_of(alpha, boundaries, flat):
-    return alpha.index_select(0, block_of(flat, boundaries))
-
-
-def _scaled(rows, scale, values):
-    out = rows * scale
-    if values is not None:
-        out = out * values.reshape(-1, 1).to(out.dtype)
-    return out
-
-
-def reference_row_grads(dout, weight, alpha, boundaries, flat, values, scale=None):
-    """(B, K) per-lookup weight gradients dout * alpha[block] (* v) in weight's dtype.
-
-    scale: alpha[block(flat)] when the caller kept it from the forward.
-    """
-    if scale is None:
-        scale = _scale_of(alpha, boundaries, flat)
-    g_rows = dout * scale.to(dout.dtype)
-    if values is not None:
-        g_rows = g_rows * values.reshape(-1, 1).to(dout.dtype)
-    return g_rows.to(weight.dtype)
-
-
-def reference_weight_grad(dout, weight, alpha, boundaries, flat, values, scale=None):
-    """(N, K) dense weight gradient: the row grads summed per id."""
-    rows = reference_row_grads(dout, weight, alpha, boundaries, flat, values, scale)
-    # index_put_(accumulate) is ~3x faster than index_add_ on CPU for many repeated ids
-    return torch.zeros_like(weight).index_put_((flat,), rows, accumulate=True)
-
-
-def reference_alpha_values_grad(
-    dout, weight, alpha, boundaries, flat, values, need_alpha, need_values, normalize, l1, eps,
-    rows=None, blocks=None,
-):  # fmt: skip
-    """(dalpha (L, K) or None, dvalues (B,) or None); see the module docstring.
-
-    rows, blocks: weight[flat] and block(flat) when the caller kept them from the forward.
-    """
-    if blocks is None:
-        blocks = block_of(flat, boundaries)
-    if rows is None:
-        rows = weight.index_select(0, flat)
-    prod = rows.to(dout.dtype) * dout
-    dalpha = dvalues = None
-    if need_values:
-        scale = alpha.index_select(0, blocks).to(dout.dtype)
-        dvalues = (prod * scale).sum(1).to(values.dtype)
-    if need_alpha:
-        if values is not None:
-            prod = prod * values.reshape(-1, 1).to(dout.dtype)
-        acc = torch.promote_types(alpha.dtype, torch.float32)
-        g = torch.zeros(alpha.shape, dtype=acc, device=alpha.device)
-        g.index_put_((blocks,), prod.to(acc), accumulate=True)
-        g = g + l1 * torch.sign(alpha.to(acc))
-        if normalize:
-            g = g / (g.abs().mean(dim=1, keepdim=True) + eps)
-        dalpha = g.to(alpha.dtype)
-    return dalpha, dvalues
-
-
-class _SoftSelectLookup(torch.autograd.Function):
-    """The reference op. Like eager autograd, the forward keeps the gathered table rows
-    (for α's and values' gradients) and α rows (for the table's), so the backward does not
-    gather again; only what the inputs that need grad use is kept."""
-
-    @staticmethod
-    def forward(ctx, weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse):
-        flat = ids.reshape(-1).long()
-        vals = None if values is None else values.reshape(-1)
-        blocks = block_of(flat, boundaries)
-        rows = weight.index_select(0, flat)
-        scale = alpha.index_select(0, blocks)
-        out = _scaled(rows, scale, vals)
-        need_w, need_a, _, _, need_v = ctx.needs_input_grad[:5]
-        ctx.save_for_backward(
-            weight, alpha, boundaries, flat, vals, blocks,
-            rows if (need_a or need_v) else None, scale if need_w else None,
-        )  # fmt: skip
-        ctx.ids_shape = ids.shape
-        ctx.cfg = (normalize, l1, eps, sparse)
-        return out.reshape(*ids.shape, weight.shape[1])
-
-    @staticmethod
-    def backward(ctx, dout):
-        weight, alpha, boundaries, flat, vals, blocks, rows, scale = ctx.saved_tensors
-        normalize, l1, eps, sparse = ctx.cfg
-        dout = dout.reshape(-1, weight.shape[1])
-        dweight = dalpha = dvalues = None
-        need_w, need_a, _, _, need_v = ctx.needs_input_grad[:5]
-        if need_w:
-            if sparse:
-                g_rows = reference_row_grads(dout, weight, alpha, boundaries, flat, vals, scale)
-                dweight = torch.sparse_coo_tensor(
-                    flat.unsqueeze(0), g_rows, weight.shape, check_invariants=False
-                )
-            else:
-                dweight = reference_weight_grad(dout, weight, alpha, boundaries, flat, vals, scale)
-        if need_a or need_v:
-            dalpha, dvalues = reference_alpha_values_grad(
-                dout, weight, alpha, boundaries, flat, vals, need_a, need_v, normalize, l1, eps,
-                rows=rows, blocks=blocks,
-            )  # fmt: skip
-            if dvalues is not None:
-                dvalues = dvalues.reshape(ctx.ids_shape)
-        return dweight, dalpha, None, None, dvalues, None, None, None, None
-
-
-def soft_select_lookup(
-    weight: torch.Tensor,
-    alpha: torch.Tensor,
-    boundaries: torch.Tensor,
-    ids: torch.Tensor,
-    values: torch.Tensor | None = None,
-    *,
-    normalize: bool = True,
-    l1: float = 0.0,
-    eps: float = 1e-8,
-    sparse: bool = False,
-    backend: str = "auto",
-    deterministic: bool = True,
-    check_ids: bool | None = None,
-    fused_optimizer=None,
-) -> torch.Tensor:
-    """Look up rows and scale them by their frequency block's soft selection row.
-
-    weight: (N, K) float32/float16/bfloat16 embedding table E.
-    alpha: (L, K) soft selection layer α (same device as weight).
-    boundaries: (L+1,) int64, boundaries[0] = 0 < … < boundaries[L] = N; block l holds
-        the ids in [boundaries[l], boundaries[l+1]).
-    ids: (...) int32/int64 feature ids in [0, N).
-    values: (...) optional per-lookup multipliers (numeric fields).
-    normalize: return α's gradient normalized per block row (see module docstring).
-    l1: λ of the L1 term λ·Σ|α|, added to α's gradient before normalization.
-    eps: the normalization's stabilizer (default 1e-8, the authors' value).
-    sparse: weight's gradient as a sparse COO tensor of looked-up rows.
-    backend: "reference" (pure PyTorch, this module), "triton" (the registered ops of
-        ``mixemb.ops.soft_select_triton``: Triton kernels on CUDA, the reference math on
-        CPU) or "auto" (triton on CUDA, reference on CPU).
-    deterministic: the Triton weights-step gradient by sort + run reduction (bitwise
-        reproducible, the default) instead of atomic adds. α's gradient is always
-        deterministic.
-    check_ids: raise ValueError for ids outside [0, N) (one host sync). Default: on for
-        CPU tensors, off for CUDA (the kernels then read zeros for bad ids, never out
-        of bounds).
-    fused_optimizer: a ``mixemb.ops.FusedOptimizer``: the table is updated inside the
-        backward (Triton/registered path) and gets no gradient.
-    Returns (..., K) in torch.promote_types(weight.dtype, alpha.dtype).
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    _check(weight, alpha, boundaries, ids, values)
-    if check_ids if check_ids is not None else not ids.is_cuda:
-        _check_ids_in_range(ids, weight.shape[0])
-    if backend == "auto":
-        backend = "triton" if weight.is_cuda else "reference"
-    if fused_optimizer is not None:
-        from mixemb.ops.fused_optimizer import FusedSoftSelect
-
-        if sparse:
-            raise ValueError("fused_optimizer updates the table itself: sparse must be False")
-        return FusedSoftSelect.apply(
-            weight, alpha, boundaries, ids, values, normalize, float(l1), float(eps),
-            fused_optimizer,
-        )  # fmt: skip
-    if backend == "triton":
-        from mixemb.ops import soft_select_triton
-
-        return soft_select_triton.soft_select(
-            weight, alpha, boundaries, ids, values,
-            normalize, float(l1), float(eps), sparse, deterministic,
-        )  # fmt: skip
-    return _SoftSelectLookup.apply(
-        weight, alpha, boundaries, ids, values, normalize, float(l1), float(eps), sparse
-    )
-
-
-def _check_ids_in_range(ids: torch.Tensor, num_rows: int) -> None:
+def _check_ids_in_range(ids: Tensor, num_rows: int) -> None:
     if ids.numel() == 0 or torch.compiler.is_compiling():
         return
     bad = (ids < 0) | (ids >= num_rows)

@@ -11,35 +11,28 @@
 * validation metric after every epoch: ReduceLROnPlateau on the α learning rate, early
   stopping; the best-on-validation state is kept. The test split is never looked at.
 
+The epochs run in the trainer's loop (:func:`mixemb.train.run_epochs`): this module
+supplies the alternating steps, the plateau schedule and their checkpoint state, so
 ``search`` checkpoints atomically after every epoch and resumes to the same result.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from mixemb.data.schema import Dataset
+from mixemb.data.schema import Dataset, Split
 from mixemb.metrics import primary_metric
 from mixemb.models import build_model
 from mixemb.nn import SoftSelectEmbedding, make_boundaries
-from mixemb.train.checkpoint import CheckpointError, atomic_save, load_checkpoint
-from mixemb.train.progress import Progress
-from mixemb.train.trainer import (
-    TrainConfig,
-    batch_order,
-    evaluate,
-    fit,
-    loss_function,
-    split_batch,
-)
+from mixemb.train import EpochHooks, TrainConfig, batch_order, config_from, fit, run_epochs
+from mixemb.train.loop import load_resume_state, optimizer_step
+from mixemb.train.trainer import init_output_bias, loss_function
 
 CHECKPOINT_KIND = "mixemb.search"
 
@@ -92,16 +85,8 @@ class SearchConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
     def warmup_config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=max(self.warmup_epochs, 1),
-            batch_size=self.batch_size,
-            lr=self.lr,
-            patience=self.patience,
-            seed=self.seed,
-            eval_batch_size=self.eval_batch_size,
-            k=self.k,
-            device=self.device,
-        )
+        """The warm start's :class:`TrainConfig`: the shared fields, at least one epoch."""
+        return config_from(TrainConfig, self, epochs=max(self.warmup_epochs, 1))
 
 
 @dataclass
@@ -152,15 +137,101 @@ def alpha_stats(alpha: torch.Tensor) -> list[dict[str, float]]:
     ]
 
 
+class _AlternatingSteps(EpochHooks):
+    """Per training batch a weights step, then an α step on the next validation batch
+    (the validation order is cycled, reseeded, when it runs out); ReduceLROnPlateau on
+    the α learning rate after each validation pass."""
+
+    def __init__(self, model: nn.Module, dataset: Dataset, config: SearchConfig, direction: str):
+        emb = model.embedding
+        self.model, self.alpha, self.config = model, emb.alpha, config
+        self.valid, self.device = dataset.valid, torch.device(config.device)
+        self.loss_fn = loss_function(dataset.task)
+        self.weight_params = [emb.weight] + model.first_order_parameters()
+        if config.train_dense:
+            self.weight_params += model.dense_parameters()
+        self.frozen = [] if config.train_dense else model.dense_parameters()
+        # fused Adam: one kernel per step instead of a dozen (≈0.2 s of a 3.9 s ML-1M epoch)
+        fused = self.device.type in ("cpu", "cuda") and all(
+            p.dtype == torch.float32 for p in self.weight_params
+        )
+        self.opt_w = torch.optim.Adam(self.weight_params, lr=config.lr, fused=fused or None)
+        self.opt_a = torch.optim.SGD([emb.alpha], lr=config.alpha_lr)
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.opt_a, mode=direction, factor=0.5, patience=max(config.patience - 1, 0)
+        )
+
+    def _valid_order(self, epoch: int):
+        return batch_order(len(self.valid), self.config.batch_size, self.config.seed + 7919, epoch)
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.epoch, self.valid_order = epoch, self._valid_order(epoch)
+        self.total_w = self.total_a = 0.0
+        for p in self.frozen:  # frozen for the whole epoch; restored after it
+            p.requires_grad_(False)
+
+    def step(self, train: Split, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        # weights step on a training batch (α frozen)
+        self.alpha.requires_grad_(False)
+        for p in self.weight_params:
+            p.requires_grad_(True)
+        loss = optimizer_step(self.model, self.loss_fn, self.opt_w, train, index, self.device)
+        self.total_w = self.total_w + loss.detach()
+
+        # α step on a validation batch (weights frozen); the op adds λ·sign(α) to the
+        # gradient and normalizes it per block row
+        v_index = next(self.valid_order, None)
+        if v_index is None:
+            self.valid_order = self._valid_order(self.epoch + 10**6)
+            v_index = next(self.valid_order)
+        for p in self.weight_params:
+            p.requires_grad_(False)
+        self.alpha.requires_grad_(True)
+        v_loss = optimizer_step(
+            self.model, self.loss_fn, self.opt_a, self.valid, v_index, self.device
+        )
+        with torch.no_grad():
+            self.alpha.clamp_(0.0, 1.0)
+        self.total_a = self.total_a + v_loss.detach()
+        return {"loss": loss, "val_loss": v_loss}
+
+    def end_epoch(self, steps: int) -> dict[str, float]:
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        return {
+            "train_loss": float(self.total_w) / steps,
+            "alpha_step_loss": float(self.total_a) / steps,
+        }
+
+    def after_validation(self, value: float) -> dict:
+        self.plateau.step(value)
+        return {
+            "alpha_lr": self.opt_a.param_groups[0]["lr"],
+            "alpha_mean": [s["mean"] for s in alpha_stats(self.alpha)],
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            "opt_w": self.opt_w.state_dict(),
+            "opt_a": self.opt_a.state_dict(),
+            "plateau": self.plateau.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt_w.load_state_dict(state["opt_w"])
+        self.opt_a.load_state_dict(state["opt_a"])
+        self.plateau.load_state_dict(state["plateau"])
+
+
 def search(
     model: nn.Module,
     dataset: Dataset,
     config: SearchConfig,
     *,
-    run_dir: str | Path | None = None,
-    resume: bool = False,
     log: Callable[[str], None] = print,
     progress: bool | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
     init_bias: bool = True,
 ) -> SearchResult:
     """Run the DNIS search on ``model`` (whose ``embedding`` is a SoftSelectEmbedding).
@@ -169,29 +240,22 @@ def search(
         written there atomically; ``resume`` continues an interrupted search.
     init_bias: with ``warmup_epochs=0``, start the global bias at the label mean; pass
         False when ``model`` was already warm-started elsewhere (one warm start shared by
-        several searches, as in ``scripts/dnis_ablation.py``).
+        several searches, as in ``experiments/dnis_ablation.py``).
     Leaves ``model`` in its best-on-validation state.
     """
     emb = model.embedding
     if not isinstance(emb, SoftSelectEmbedding):
         raise TypeError(f"search needs a SoftSelectEmbedding, got {type(emb).__name__}")
-    device = torch.device(config.device)
-    model.to(device)
-    task = dataset.task
-    loss_fn = loss_function(task)
-    metric_name, direction = primary_metric(task, config.k)
+    model.to(torch.device(config.device))
     run_dir = Path(run_dir) if run_dir is not None else None
+    last_path = None if run_dir is None else run_dir / "search_last.pt"
 
     # ---- warm start: α fixed at 1 -----------------------------------------------------
     t0 = time.perf_counter()
     emb.alpha.requires_grad_(False)
     state = None
-    if resume and run_dir is not None and (run_dir / "search_last.pt").exists():
-        state = load_checkpoint(run_dir / "search_last.pt", kind=CHECKPOINT_KIND)
-        if state["config"] != asdict(config):
-            raise CheckpointError(
-                f"{run_dir / 'search_last.pt'}: saved with a different search configuration"
-            )
+    if resume and last_path is not None and last_path.exists():
+        state = load_resume_state(last_path, CHECKPOINT_KIND, config)
     if config.warmup_epochs and state is None:
         warm_dir = run_dir / "warmup" if run_dir is not None else None
         warm_resume = resume and warm_dir is not None and (warm_dir / "last.pt").exists()
@@ -207,149 +271,30 @@ def search(
     warmup_seconds = time.perf_counter() - t0
 
     # ---- alternating search ------------------------------------------------------------
-    weight_params = [emb.weight] + model.first_order_parameters()
-    if config.train_dense:
-        weight_params += model.dense_parameters()
-    frozen = [] if config.train_dense else model.dense_parameters()
-    # fused Adam: one kernel per step instead of a dozen (≈0.2 s of a 3.9 s ML-1M epoch)
-    fused = device.type in ("cpu", "cuda") and all(p.dtype == torch.float32 for p in weight_params)
-    opt_w = torch.optim.Adam(weight_params, lr=config.lr, fused=fused or None)
-    opt_a = torch.optim.SGD([emb.alpha], lr=config.alpha_lr)
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt_a, mode=direction, factor=0.5, patience=max(config.patience - 1, 0)
-    )
-    start, best, best_epoch, bad, history = 0, None, 0, 0, []
-    best_state = copy.deepcopy(model.state_dict())
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt_w.load_state_dict(state["opt_w"])
-        opt_a.load_state_dict(state["opt_a"])
-        plateau.load_state_dict(state["plateau"])
-        start, best, best_epoch, bad = (
-            state["epoch"] + 1,
-            state["best"],
-            state["best_epoch"],
-            state["bad"],
-        )
-        history, best_state = state["history"], state["best_model"]
-        torch.set_rng_state(state["rng"])
-        log(f"resumed search at epoch {start + 1}")
-    elif config.warmup_epochs == 0 and init_bias:
-        from mixemb.train.trainer import init_output_bias
-
-        init_output_bias(model, task, dataset.train.labels)
-
+    _, direction = primary_metric(dataset.task, config.k)
+    hooks = _AlternatingSteps(model, dataset, config, direction)
+    if state is None and config.warmup_epochs == 0 and init_bias:
+        init_output_bias(model, dataset.task, dataset.train.labels)
     t1 = time.perf_counter()
-    stopped = bad > config.patience
-    for epoch in range(start, config.search_epochs):
-        if stopped:
-            break
-        model.train()
-        train = dataset.train_for_epoch(epoch)
-        valid = dataset.valid
-        valid_order = batch_order(len(valid), config.batch_size, config.seed + 7919, epoch)
-        steps = math.ceil(len(train) / config.batch_size)
-        total_w = total_a = 0.0
-        t_epoch = time.perf_counter()
-        with Progress(steps, f"search {epoch + 1}/{config.search_epochs}", enabled=progress) as bar:
-            for p in frozen:  # frozen for the whole epoch; restored after it
-                p.requires_grad_(False)
-            for index in batch_order(len(train), config.batch_size, config.seed, epoch):
-                # weights step on a training batch (α frozen)
-                emb.alpha.requires_grad_(False)
-                for p in weight_params:
-                    p.requires_grad_(True)
-                ids, values, labels = split_batch(train, index, device)
-                loss = loss_fn(model(ids, values), labels)
-                opt_w.zero_grad(set_to_none=True)
-                loss.backward()
-                opt_w.step()
-                total_w = total_w + loss.detach()
-
-                # α step on a validation batch (weights frozen); cycle the validation rows
-                v_index = next(valid_order, None)
-                if v_index is None:
-                    valid_order = batch_order(
-                        len(valid), config.batch_size, config.seed + 7919, epoch + 10**6
-                    )
-                    v_index = next(valid_order)
-                for p in weight_params:
-                    p.requires_grad_(False)
-                emb.alpha.requires_grad_(True)
-                ids, values, labels = split_batch(valid, v_index, device)
-                v_loss = loss_fn(model(ids, values), labels)
-                opt_a.zero_grad(set_to_none=True)
-                v_loss.backward()  # the op adds λ·sign(α) and normalizes per block row
-                opt_a.step()
-                with torch.no_grad():
-                    emb.alpha.clamp_(0.0, 1.0)
-                total_a = total_a + v_loss.detach()
-                if bar.enabled:
-                    bar.update(1, loss=float(loss), val_loss=float(v_loss))
-        for p in model.parameters():
-            p.requires_grad_(True)
-        metrics = evaluate(
-            model, dataset.valid, task, k=config.k, batch_size=config.eval_batch_size, device=device
-        )
-        value = metrics[metric_name]
-        improved = best is None or (value < best if direction == "min" else value > best)
-        if improved:
-            best, best_epoch, bad = value, epoch + 1, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad += 1
-        plateau.step(value)
-        stats = alpha_stats(emb.alpha)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": float(total_w) / steps,
-            "alpha_step_loss": float(total_a) / steps,
-            **{f"valid_{k}": v for k, v in metrics.items()},
-            "alpha_lr": opt_a.param_groups[0]["lr"],
-            "alpha_mean": [s["mean"] for s in stats],
-            "seconds": time.perf_counter() - t_epoch,
-        }
-        history.append(row)
-        log(
-            f"search {epoch + 1:3d}  train_loss {row['train_loss']:.4f}  "
-            f"val_batch_loss {row['alpha_step_loss']:.4f}  "
-            + "  ".join(f"valid_{k} {v:.4f}" for k, v in metrics.items())
-            + "  α mean/block "
-            + " ".join(f"{m:.2f}" for m in row["alpha_mean"])
-            + ("  *" if improved else "")
-        )
-        stopped = bad > config.patience
-        if run_dir is not None:
-            atomic_save(
-                {
-                    "kind": CHECKPOINT_KIND,
-                    "config": asdict(config),
-                    "model": model.state_dict(),
-                    "opt_w": opt_w.state_dict(),
-                    "opt_a": opt_a.state_dict(),
-                    "plateau": plateau.state_dict(),
-                    "epoch": epoch,
-                    "best": best,
-                    "best_epoch": best_epoch,
-                    "bad": bad,
-                    "history": history,
-                    "best_model": best_state,
-                    "rng": torch.get_rng_state(),
-                },
-                run_dir / "search_last.pt",
-            )
-        if stopped:
-            log(f"early stop: no better valid {metric_name} for {bad} epochs")
+    loop = run_epochs(
+        model,
+        dataset,
+        config,
+        hooks,
+        label="search",
+        epochs=config.search_epochs,
+        kind=CHECKPOINT_KIND,
+        last_path=last_path,
+        state=state,
+        log=log,
+        progress=progress,
+    )
     for p in model.parameters():
         p.requires_grad_(True)
-    model.load_state_dict(best_state)
-    valid = evaluate(
-        model, dataset.valid, task, k=config.k, batch_size=config.eval_batch_size, device=device
-    )
     return SearchResult(
-        best_epoch=best_epoch,
-        valid=valid,
-        history=history,
+        best_epoch=loop.best_epoch,
+        valid=loop.valid,
+        history=loop.history,
         warmup_seconds=warmup_seconds,
         search_seconds=time.perf_counter() - t1,
     )

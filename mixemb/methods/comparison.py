@@ -1,57 +1,56 @@
-"""``mixemb compare``: DNIS and the baselines over budgets and seeds, resumable.
+"""``mixemb compare``: methods over budgets and seeds, one result cell each, resumable.
 
 Every finished cell (method, budget, seed) is written to ``results.json`` at once
 (atomically); a rerun skips cells already there, so a killed comparison continues where
-it stopped. Several processes may share one ``--out`` (e.g. one per seed, to use more
-cores): each write merges with the file under an exclusive lock, and a cell another
-process finished is not run again, nor one it is running (its claim in
-``results.json.claims``, dropped once the cell is written or the process has exited).
-``results.md`` (mean ± std over seeds) and, when matplotlib is installed, ``results.png``
-(test metric vs stored bytes) are rewritten from ``results.json``.
+it stopped. A time-matched cell (``random_blocks@dnis_ft``) runs after, and for the wall
+time of, the cell it matches. ``results.md`` (mean ± std over seeds) and, when
+matplotlib is installed, ``results.png`` (test metric vs stored bytes) are rewritten
+from ``results.json``.
+
+Where the cells live is a :class:`ResultsStore`: one process per ``results.json`` by
+default; a store shared by several processes (locking, claims of running cells) plugs
+in through ``compare(..., store=...)``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import socket
 import statistics
-import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from mixemb.data.schema import Dataset
-from mixemb.metrics import primary_metric
-from mixemb.search.methods import (
+from mixemb.methods.base import (
     METHODS,
-    VALID,
     InfeasibleBudget,
-    MethodConfig,
-    clear_cache,
     dnis_wall_seconds,
     parse_method,
     run_method,
     time_reference,
+    valid_names,
 )
+from mixemb.methods.config import MethodConfig
+from mixemb.methods.shared import clear_cache
+from mixemb.metrics import primary_metric
 from mixemb.train.checkpoint import write_json
 
 
 def cell_key(method: str, budget: float, seed: int) -> str:
+    """The key of a cell in ``results.json``'s "cells": ``"method|budget|seed"``."""
     return f"{method}|{budget:g}|{seed}"
 
 
 def plan_cells(
-    methods: Sequence[str], budgets: Sequence[float], seeds: Sequence[int]
+    methods: Iterable[str], budgets: Sequence[float], seeds: Sequence[int]
 ) -> list[tuple[str, float, int]]:
     """The (method, budget, seed) cells a comparison runs, in the order it runs them:
     ``uniform`` at budget 1.0 (the uniform-K reference) for every seed first, then seed by
     seed. Seed-major, so a seed's DNIS search and uniform-K model are trained once and
-    reused by all its budgets and variants (see methods._cached), and a partial run already
-    holds whole curves for its first seeds; time-matched methods (``random…@m``) come after
-    the cells of m whose wall time they take."""
+    reused by all its budgets and variants (see :mod:`mixemb.methods.shared`), and a
+    partial run already holds whole curves for its first seeds; time-matched methods
+    (``random…@m``) come after the cells of m whose wall time they take."""
     plan = [("uniform", 1.0, s) for s in seeds]
     ordered = sorted(methods, key=lambda m: time_reference(m) is not None)
     plan += [
@@ -61,7 +60,8 @@ def plan_cells(
 
 
 def load_results(path: Path, header: dict) -> dict:
-    """Existing results for the same experiment, or a fresh container."""
+    """Existing results for the same experiment (``header``: dataset, model, config), or
+    a fresh container; ValueError when ``path`` holds another experiment."""
     if not path.exists():
         return {**header, "cells": {}}
     try:
@@ -77,100 +77,49 @@ def load_results(path: Path, header: dict) -> dict:
     return data
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (through a ``.lock`` file next to it) while
-    the block runs, so that processes sharing an output folder do not lose each other's
-    cells; no-op where fcntl does not exist."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: one process per output folder
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+class ResultsStore:
+    """The cells of one comparison in ``path`` (``results.json``), for one process.
+
+    A store shared by several processes subclasses it: ``take`` may report a cell
+    another process finished or is running, ``record`` and ``sync`` merge with what is
+    on disk, ``lookup`` reads it too, ``release`` drops this process's hold on a cell.
+    """
+
+    def __init__(self, path: Path, header: dict) -> None:
+        self.path, self.header = Path(path), header
+
+    def load(self) -> dict:
+        """The results so far (``load_results``)."""
+        return load_results(self.path, self.header)
+
+    def take(self, key: str) -> tuple[dict | None, str | None]:
+        """Before cell ``key`` runs: (its cell, None) when it is finished elsewhere,
+        (None, who runs it) when it is left to someone else, (None, None) to run it."""
+        return None, None
+
+    def release(self, key: str) -> None:
+        """After cell ``key`` ran (or failed)."""
+
+    def record(self, results: dict) -> dict:
+        """Write ``results`` (atomically) after a cell finished; returns the results."""
+        write_json(results, self.path)
+        return results
+
+    def lookup(self, results: dict, key: str) -> dict | None:
+        """Cell ``key`` if it has finished (a time-matched cell reads its reference)."""
+        return results["cells"].get(key)
+
+    def sync(self, results: dict) -> dict:
+        """Write the results once every cell of this process ran; returns them."""
+        return self.record(results)
 
 
-def merge_results(path: Path, header: dict, results: dict) -> dict:
-    """Cells on disk (also another process's) ∪ ``results``' cells, written back
-    atomically under the lock; returns the merged results."""
-    with _locked(path):
-        merged = load_results(path, header)
-        merged["cells"].update(results["cells"])
-        write_json(merged, path)
-    return merged
-
-
-def finished_elsewhere(path: Path, header: dict, key: str) -> dict | None:
-    """The cell ``key`` if another process sharing ``path`` has finished it."""
-    with _locked(path):
-        return load_results(path, header)["cells"].get(key)
-
-
-# a claim from another host cannot be checked for a live process: it lapses after this
-CLAIM_TTL_SECONDS = 24 * 3600
-
-
-def _claims_path(path: Path) -> Path:
-    return path.with_name(path.name + ".claims")
-
-
-def _claim_alive(claim: dict) -> bool:
-    if claim.get("host") != socket.gethostname():
-        return time.time() - claim.get("since", 0) < CLAIM_TTL_SECONDS
-    try:
-        os.kill(int(claim["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    return True
-
-
-def claim_cell(path: Path, header: dict, key: str) -> tuple[dict | None, dict | None]:
-    """Take cell ``key`` for this process, unless another process sharing ``path`` has
-    finished it or is running it. Returns (finished cell, None), (None, the live claim of
-    the process running it), or (None, None) when this process now holds the claim (in
-    ``results.json.claims``: pid, host, start time), which :func:`release_cell` drops."""
-    claims_path = _claims_path(path)
-    with _locked(path):
-        done = load_results(path, header)["cells"].get(key)
-        if done is not None:
-            return done, None
-        claims = json.loads(claims_path.read_text()) if claims_path.exists() else {}
-        claim = claims.get(key)
-        mine = {"pid": os.getpid(), "host": socket.gethostname()}
-        if claim and {k: claim.get(k) for k in mine} != mine and _claim_alive(claim):
-            return None, claim
-        claims = {k: c for k, c in claims.items() if _claim_alive(c)}  # drop the dead
-        claims[key] = {**mine, "since": time.time()}
-        write_json(claims, claims_path)
-    return None, None
-
-
-def release_cell(path: Path, key: str) -> None:
-    """Drop this process's claim on ``key`` (see :func:`claim_cell`)."""
-    claims_path = _claims_path(path)
-    with _locked(path):
-        if not claims_path.exists():
-            return
-        claims = json.loads(claims_path.read_text())
-        if claims.pop(key, None) is not None:
-            write_json(claims, claims_path)
-
-
-def _matched_seconds(path, header, results, method, budget, seed) -> float | None:
-    """The wall time a time-matched ``method`` gets at (budget, seed): that of its DNIS
-    cell (:func:`dnis_wall_seconds`), also when another process ran it; None while that
-    cell has not run. Raises InfeasibleBudget when it was skipped."""
+def _matched_seconds(store: ResultsStore, results: dict, method: str, budget, seed):
+    """The wall time a time-matched ``method`` gets at (budget, seed): that of its
+    reference cell (:func:`dnis_wall_seconds`); None while that cell has not run.
+    Raises InfeasibleBudget when it was skipped."""
     ref = time_reference(method)
-    key = cell_key(ref, budget, seed)
-    cell = results["cells"].get(key) or finished_elsewhere(path, header, key)
+    cell = store.lookup(results, cell_key(ref, budget, seed))
     if cell is not None and "skipped" in cell:
         raise InfeasibleBudget(f"the {ref} cell it matches was skipped: {cell['skipped']}")
     return None if cell is None else dnis_wall_seconds(cell)
@@ -182,16 +131,20 @@ def compare(
     model_name: str,
     config: MethodConfig,
     *,
-    methods: Sequence[str] = METHODS,
+    methods: Iterable[str] = METHODS,
     budgets: Sequence[float] = (0.5, 0.2, 0.05),
     seeds: Sequence[int] = (0, 1, 2),
     out: str | Path = "runs/compare",
     log: Callable[[str], None] = print,
+    store: Callable[[Path, dict], ResultsStore] = ResultsStore,
 ) -> dict:
     """Run every missing cell, then write results.json / results.md / results.png in ``out``.
 
-    The uniform-K reference (``uniform`` at budget 1.0) is always included.
+    methods: registered names (default: all), with their ``@`` arguments. The uniform-K
+    reference (``uniform`` at budget 1.0) is always included. store: builds the
+    :class:`ResultsStore` from (``out``/results.json, header).
     """
+    methods = list(methods)
     unknown = []
     for m in methods:
         try:
@@ -199,11 +152,11 @@ def compare(
         except ValueError:
             unknown.append(m)
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; valid: {VALID}")
+        raise ValueError(f"unknown methods {unknown}; valid: {valid_names()}")
     out = Path(out)
-    path = out / "results.json"
     header = {"dataset": spec, "model": model_name, "config": asdict(config)}
-    results = load_results(path, header)
+    cells = store(out / "results.json", header)
+    results = cells.load()
     plan = plan_cells(methods, budgets, seeds)
     todo = [p for p in plan if cell_key(*p) not in results["cells"]]
     log(f"compare: {len(plan)} cells, {len(plan) - len(todo)} already done")
@@ -211,21 +164,19 @@ def compare(
     for i, (method, budget, seed) in enumerate(todo, 1):
         key = cell_key(method, budget, seed)
         step = f"[{i}/{len(todo)}] {method:9s} budget {budget:<5g} seed {seed}:"
-        done, running = claim_cell(path, header, key)
+        done, running = cells.take(key)
         if done is not None:
             results["cells"][key] = done
             log(f"{step} done elsewhere")
             continue
-        if running is not None:  # left to it; the merge at the end picks its cell up
-            log(f"{step} running in process {running['pid']} on {running['host']}, left to it")
+        if running is not None:  # left to it; sync picks its cell up
+            log(f"{step} {running}, left to it")
             continue
-        try:  # released after the cell is written: who sees no claim sees the cell
+        try:  # released after the cell is written: who sees no hold sees the cell
             try:
                 extra = {}
                 if time_reference(method) is not None:  # random_blocks@dnis_ft
-                    extra["time_budget"] = _matched_seconds(
-                        path, header, results, method, budget, seed
-                    )
+                    extra["time_budget"] = _matched_seconds(cells, results, method, budget, seed)
                     if extra["time_budget"] is None:  # not recorded: a rerun will run it
                         ref = time_reference(method)
                         log(f"{step} left for later: the {ref} cell it matches has not run")
@@ -235,9 +186,9 @@ def compare(
                 # recorded, so a rerun does not retry it; left out of the tables
                 cell = {"method": method, "budget": budget, "seed": seed, "skipped": str(exc)}
             results["cells"][key] = cell
-            results = merge_results(path, header, results)
+            results = cells.record(results)
         finally:
-            release_cell(path, key)
+            cells.release(key)
         if "skipped" in cell:
             log(f"{step} skipped: {cell['skipped']}")
         else:
@@ -246,7 +197,7 @@ def compare(
                 f"{cell['stored_bytes'] / 1e6:.2f} MB  {cell['seconds']:.0f}s"
             )
     clear_cache()  # the shared searches / uniform-K models of this comparison
-    results = merge_results(path, header, results)  # what the other processes added since
+    results = cells.sync(results)
     (out / "results.md").write_text(markdown_table(results, dataset.task, config.k))
     plot_results(results, dataset.task, config.k, out / "results.png")
     return results
@@ -272,6 +223,7 @@ def summarize(results: dict, task: str, k: int = 10) -> list[dict]:
 
 
 def markdown_table(results: dict, task: str, k: int = 10) -> str:
+    """results.md: one row per (method, budget), test metrics as mean ± std over seeds."""
     rows = summarize(results, task, k)
     if not rows:
         return "no results yet\n"

@@ -12,13 +12,14 @@ weight must have requires_grad=True (that is what makes autograd call the backwa
 keep it out of the dense optimizer. α's gradient (and values') is computed as usual,
 before the table is touched. Eager mode only: the in-place update is a side effect
 that torch.compile should not trace through.
+
+The op (``mixemb.ops.soft_select_lookup``) reads only ``kind``, ``lr``, ``eps`` and
+``state``; this class is where that state is created, checked, moved and saved.
 """
 
 from __future__ import annotations
 
 import torch
-
-from mixemb.ops import soft_select_triton as ops
 
 KINDS = ("sgd", "rowwise_adagrad")
 
@@ -61,37 +62,3 @@ class FusedOptimizer:
 
     def __repr__(self) -> str:
         return f"FusedOptimizer({self.kind!r}, lr={float(self.lr)}, eps={self.eps})"
-
-
-class FusedSoftSelect(torch.autograd.Function):
-    """Forward = the registered lookup; backward = α/values grads, then the fused update."""
-
-    @staticmethod
-    def forward(ctx, weight, alpha, boundaries, ids, values, normalize, l1, eps, optimizer):
-        out = ops.soft_select(
-            weight, alpha, boundaries, ids, values, normalize, l1, eps, False, True
-        )
-        ctx.save_for_backward(weight, alpha, boundaries, ids, values)
-        ctx.cfg = (normalize, l1, eps, optimizer)
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        weight, alpha, boundaries, ids, values = ctx.saved_tensors
-        normalize, l1, eps, optimizer = ctx.cfg
-        need_w, need_a, _, _, need_v = ctx.needs_input_grad[:5]
-        dalpha = dvalues = None
-        if need_a or need_v:  # before the update: α's gradient sees the forward's table
-            dalpha, dv = ops.soft_select_backward_alpha(
-                dout, weight, alpha, boundaries, ids, values, bool(need_v), normalize, l1, eps
-            )
-            dalpha = dalpha if need_a else None
-            dvalues = dv if need_v else None
-        if need_w:
-            with torch.no_grad():
-                ops.soft_select_fused_update_(
-                    dout, weight.detach(), alpha.detach(), boundaries, ids,
-                    None if values is None else values.detach(),
-                    optimizer.state, optimizer.lr, optimizer.kind, optimizer.eps,
-                )  # fmt: skip
-        return None, dalpha, None, None, dvalues, None, None, None, None

@@ -1,4 +1,5 @@
-"""The Triton lookup × α op (backend="triton") against the reference op.
+"""mixemb.kernels.soft_select: the Triton kernels, through the op (backend="triton") and
+through their launchers, against the reference op.
 
 On this CPU machine the kernels run in Triton's interpreter (conftest sets
 TRITON_INTERPRET=1 before they are imported), so shapes stay tiny; on a GPU the same
@@ -12,15 +13,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mixemb import SoftSelectEmbedding
 from mixemb.kernels import soft_select as kernels
-from mixemb.ops import FusedOptimizer, soft_select_lookup
-from mixemb.ops import soft_select_triton as ops
+from mixemb.nn import FusedOptimizer
+from mixemb.ops import soft_select_lookup
 from mixemb.reference import fused_update_reference
 
 HAS_CUDA = torch.cuda.is_available()
 CUDA_ONLY = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
-DEVICES = ["cpu", pytest.param("cuda", marks=CUDA_ONLY)]
 pytestmark = pytest.mark.skipif(
     not (HAS_CUDA or kernels.INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1"
 )
@@ -80,7 +79,6 @@ def _close(got, want, dtype, what):
     torch.testing.assert_close(got, want, **TOL[dtype], msg=lambda m: f"{what}: {m}")
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize(
     "need,with_values",
@@ -99,7 +97,6 @@ def test_forward_and_backward_variants_match_reference(device, name, need, with_
             _close(g, r, torch.float32, f"{name} {need} {extra} {what}")
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=CUDA_ONLY)])
 def test_half_tables_match_reference_within_dtype_tolerance(device, dtype):
     if dtype == torch.bfloat16 and device == "cpu":
@@ -115,7 +112,6 @@ def test_half_tables_match_reference_within_dtype_tolerance(device, dtype):
         _close(g, r, dtype, what)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("chunk,tile", [(2, 1), (4, 2), (5, 4), (3, 32)])
 def test_runs_across_chunk_edges(device, chunk, tile, monkeypatch):
     """Runs of equal ids that span 1, 2 and many chunks, ending on and off chunk edges;
@@ -133,7 +129,6 @@ def test_runs_across_chunk_edges(device, chunk, tile, monkeypatch):
     _close(got, want, torch.float32, "dweight")
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_deterministic_mode_is_bitwise_reproducible(device, monkeypatch):
     monkeypatch.setattr(kernels, "SEGMENT_CHUNK", 4)
     weight, alpha, boundaries, ids, values, dout = _case(16, 7, 3, (60,), hot=True, device=device)
@@ -145,7 +140,6 @@ def test_deterministic_mode_is_bitwise_reproducible(device, monkeypatch):
         assert torch.equal(x, y)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["sgd", "rowwise_adagrad"])
 @pytest.mark.parametrize("with_values", [False, True])
 def test_fused_optimizer_matches_reference_update(device, kind, with_values, monkeypatch):
@@ -179,79 +173,6 @@ def test_fused_optimizer_matches_reference_update(device, kind, with_values, mon
     _close(a.grad, ref_a, torch.float32, "dalpha")
 
 
-def test_fused_optimizer_rejects_bad_settings():
-    w = torch.zeros(4, 3)
-    with pytest.raises(ValueError, match="kind must be"):
-        FusedOptimizer(w, "adam")
-    with pytest.raises(ValueError, match="lr must be"):
-        FusedOptimizer(w, lr=-1.0)
-    with pytest.raises(ValueError, match="sparse must be False"):
-        soft_select_lookup(
-            w, torch.ones(1, 3), torch.tensor([0, 4]), torch.tensor([1]), sparse=True,
-            fused_optimizer=FusedOptimizer(w),
-        )  # fmt: skip
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck_every_op(device):
-    weight, alpha, boundaries, ids, values, dout = _case(12, 5, 3, (4, 3), hot=True, device=device)
-    for req in (False, True):
-        w, a = weight.clone().requires_grad_(req), alpha.clone().requires_grad_(req)
-        for v in (None, values):
-            for sparse in (False, True):
-                torch.library.opcheck(
-                    ops.soft_select, (w, a, boundaries, ids, v, True, 1e-3, 1e-8, sparse, True)
-                )
-    torch.library.opcheck(
-        ops.soft_select_backward_alpha,
-        (dout, weight, alpha, boundaries, ids, values, True, True, 0.0, 1e-8),
-    )
-    for sparse in (False, True):
-        torch.library.opcheck(
-            ops.soft_select_backward_weight,
-            (dout, weight, alpha, boundaries, ids, values, sparse, True),
-        )
-    state, lr = torch.zeros(12, device=device), torch.tensor([0.1], device=device)
-    torch.library.opcheck(
-        ops.soft_select_fused_update_,
-        (dout, weight.clone(), alpha, boundaries, ids, values, state, lr, "rowwise_adagrad", 1e-8),
-    )
-
-
-def test_gradcheck_float64():
-    weight, alpha, boundaries, ids, values, _ = _case(
-        6, 3, 2, (4, 2), hot=True, dtype=torch.float64
-    )
-    alpha, values = alpha.double(), values.double()
-
-    def fn(w, a, v):
-        return soft_select_lookup(w, a, boundaries, ids, v, normalize=False, backend="triton")
-
-    args = (weight.requires_grad_(), alpha.requires_grad_(), values.requires_grad_())
-    assert torch.autograd.gradcheck(fn, args)
-
-
-def test_torch_compile_fullgraph_and_export():
-    torch._dynamo.reset()
-    emb = SoftSelectEmbedding(20, 6, [0, 5, 20], backend="triton")
-    ids = torch.tensor([[0, 3, 19], [0, 0, 7]])
-
-    def step(ids):
-        return emb(ids).square().sum()
-
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    loss = compiled(ids)
-    loss.backward()
-    want = SoftSelectEmbedding(20, 6, [0, 5, 20], backend="reference")
-    want.load_state_dict(emb.state_dict())
-    want(ids).square().sum().backward()
-    torch.testing.assert_close(loss, want(ids).square().sum())
-    torch.testing.assert_close(emb.alpha.grad, want.alpha.grad)
-    torch.testing.assert_close(emb.weight.grad, want.weight.grad)
-    exported = torch.export.export(emb, (ids,))
-    torch.testing.assert_close(exported.module()(ids), emb(ids))
-
-
 def test_out_of_range_ids_raise_or_read_zero():
     weight, alpha, boundaries, _, _, _ = _case(10, 4, 2, (1,))
     bad = torch.tensor([3, 10, -1])
@@ -276,42 +197,6 @@ def test_launcher_limits_are_named():
         )  # fmt: skip
 
 
-def test_module_fused_optimizer_trains_and_saves_state():
-    torch.manual_seed(0)
-    emb = SoftSelectEmbedding(30, 8, [0, 10, 30], backend="triton")
-    opt = emb.use_fused_optimizer("rowwise_adagrad", lr=0.5)
-    ids = torch.randint(0, 30, (40,))
-    target = torch.randn(40, 8)
-    losses = []
-    for _ in range(5):
-        loss = (emb(ids) - target).square().mean()
-        loss.backward()
-        losses.append(float(loss.detach()))
-        emb.alpha.grad = None
-    assert losses[-1] < losses[0]
-    assert emb.weight.grad is None
-    assert "fused_state" in emb.state_dict() and float(emb.fused_state.sum()) > 0
-    opt.set_lr(0.0)
-    before = emb.weight.detach().clone()
-    emb(ids).sum().backward()
-    assert torch.equal(emb.weight.detach(), before)
-    assert "fused='rowwise_adagrad'" in repr(emb)
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
-def test_auto_backend_uses_triton_on_cuda(monkeypatch):
-    calls = []
-    real = kernels.soft_select_fwd
-    monkeypatch.setattr(
-        kernels, "soft_select_fwd", lambda *a, **k: calls.append(1) or real(*a, **k)
-    )
-    w, a, b, ids, _, _ = _case(10, 4, 2, (3,), device="cuda")
-    soft_select_lookup(w, a, b, ids)
-    assert calls
-
-
-@pytest.mark.parametrize("device", DEVICES)
 def test_unchecked_out_of_range_ids_give_zero_rows_and_a_valid_sparse_grad(device):
     """check_ids=False (the GPU default): bad ids read nothing, and the sparse gradient's
     indices stay inside the table, so accumulating it never indexes past it."""

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """DNIS ablation on VALIDATION data: one warm start, many search / prune / fine-tune variants.
 
 The warm start (α fixed at 1, best-on-validation kept) is trained once per warm-start
@@ -25,7 +24,7 @@ recorded but only printed with ``--show-test`` (for the setting chosen on valida
 
 Example (ML-1M rating, MF, K=64)::
 
-    nice -n 5 .venv/bin/python scripts/dnis_ablation.py --data movielens-1m --task rating \
+    nice -n 5 .venv/bin/python experiments/dnis_ablation.py --data movielens-1m --task rating \
         --model mf --budgets 0.2,0.05 --out runs/ablation/ml1m-rating-mf
 """
 
@@ -44,11 +43,9 @@ from mixemb.data import load_dataset
 from mixemb.metrics import primary_metric
 from mixemb.models import build_model
 from mixemb.nn import MaskedEmbedding
-from mixemb.prune import merge_alpha, prune
-from mixemb.search.dnis import SearchConfig, build_search_model, search
-from mixemb.search.export import aligned_prune, floor_prune, merged_table, rotate_table
-from mixemb.train.checkpoint import write_json
-from mixemb.train.trainer import TrainConfig, evaluate, fit
+from mixemb.prune import aligned_prune, floor_prune, merge_alpha, merged_table, prune, rotate_table
+from mixemb.search import SearchConfig, build_search_model, search
+from mixemb.train import TrainConfig, evaluate, fit, write_json
 
 # search variants: name -> (warm start, SearchConfig overrides); None = no search (α = 1)
 SEARCH_VARIANTS = {

@@ -7,7 +7,8 @@ import torch
 
 from mixemb.models import build_model
 from mixemb.nn import RaggedEmbedding, SoftSelectEmbedding, make_boundaries
-from mixemb.search.export import (
+from mixemb.prune import (
+    InfeasibleBudget,
     load_pruned,
     merge_and_prune,
     ragged_metadata_bytes,
@@ -57,8 +58,9 @@ def test_byte_budget_counts_metadata():
     serving = to_ragged_model(model, pruned)
     assert report.nnz == 100
     assert serving.embedding.nbytes() == budget
-    with pytest.raises(ValueError, match="metadata"):
+    with pytest.raises(InfeasibleBudget, match="metadata"):
         merge_and_prune(model.embedding, nbytes=10)
+    assert merge_and_prune(model.embedding, nbytes=10**6)[1].nnz == 50 * 12 - 10 * 6  # all
 
 
 def test_save_load_round_trip_identical_predictions(tmp_path):

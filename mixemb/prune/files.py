@@ -1,0 +1,52 @@
+"""One file per pruned model: ``save_pruned`` / ``load_pruned``.
+
+The file is ``weights_only``-safe and holds the model config, the dense (non-embedding)
+weights and the ragged table's tensors, plus what the caller adds (encoder state,
+dataset spec, prune report numbers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from mixemb.nn import RaggedEmbedding
+from mixemb.prune.finetune import WeightsMismatch, dense_state, on_embedding
+from mixemb.ragged import RaggedTable
+from mixemb.train.checkpoint import CheckpointError, atomic_save, load_checkpoint
+
+PRUNED_KIND = "mixemb.pruned"
+
+
+def save_pruned(model: nn.Module, path: str | Path, **extra) -> Path:
+    """Write a RaggedEmbedding-backed model to one file (atomic, weights_only-safe).
+
+    extra: JSON/tensor-only entries (encoder state, dataset spec, prune report numbers).
+    """
+    emb = model.embedding
+    if not isinstance(emb, RaggedEmbedding):
+        raise TypeError(f"save_pruned needs a RaggedEmbedding model, got {type(emb).__name__}")
+    return atomic_save(
+        {
+            "kind": PRUNED_KIND,
+            "model_config": dict(model.config),
+            "dense_state": dense_state(model),
+            "table": emb.table.state_dict(),
+            **extra,
+        },
+        path,
+    )
+
+
+def load_pruned(path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild a model saved by :func:`save_pruned`; returns (model in eval mode, file dict)."""
+    obj = load_checkpoint(path, kind=PRUNED_KIND)
+    try:
+        table = RaggedTable.from_state_dict(obj["table"])
+        model = on_embedding(obj["model_config"], RaggedEmbedding(table), obj["dense_state"])
+    except WeightsMismatch:
+        raise CheckpointError(f"{path}: weights do not fit the saved model config") from None
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"{path}: damaged pruned model ({exc})") from exc
+    return model.eval(), obj

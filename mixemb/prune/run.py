@@ -1,0 +1,93 @@
+"""What ``mixemb prune`` does: a searched run → one pruned file on disk.
+
+``prune_run`` merges α, prunes to the budget, optionally fine-tunes, and writes the
+file that ``mixemb evaluate`` and :func:`mixemb.prune.load_pruned` read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from mixemb.prune.files import save_pruned
+from mixemb.prune.finetune import finetune_pruned, to_ragged_model
+from mixemb.prune.pruners import merge_and_prune
+from mixemb.search.run import load_searched
+from mixemb.train import TrainConfig, evaluate
+from mixemb.train.run import load_from_spec
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def prune_run(
+    searched: str | Path,
+    out: str | Path,
+    *,
+    keep: int | None = None,
+    ratio: float | None = None,
+    nbytes: int | None = None,
+    tau: float | None = None,
+    dtype: str = "fp32",
+    finetune_epochs: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Merge α, prune to the budget, (fine-tune), export one pruned file; returns the report."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    t0 = time.perf_counter()
+    model, obj = load_searched(searched)
+    emb = model.embedding
+    pruned, report = merge_and_prune(
+        emb, keep=keep, ratio=ratio, nbytes=nbytes, tau=tau, value_dtype=DTYPES[dtype]
+    )
+    dataset = load_from_spec(obj["dataset_spec"])
+    sc = obj["search_config"]
+    if finetune_epochs > 0:
+        # the search's own batch size, learning rate and patience, on the CPU
+        config = TrainConfig(
+            epochs=finetune_epochs,
+            batch_size=sc["batch_size"],
+            lr=sc["lr"],
+            patience=sc["patience"],
+            seed=sc["seed"],
+            k=sc["k"],
+        )
+        serving = finetune_pruned(dataset, model, pruned, config, log)
+        if DTYPES[dtype] != torch.float32:
+            serving = to_ragged_model(
+                serving, serving.embedding.table.to_dense(), value_dtype=DTYPES[dtype]
+            )
+    else:
+        serving = to_ragged_model(model, pruned, value_dtype=DTYPES[dtype])
+    n, k = pruned.shape
+    k_eval = sc.get("k", 10)
+    metrics = {
+        split: evaluate(serving, getattr(dataset, split), dataset.task, k=k_eval)
+        for split in ("valid", "test")
+    }
+    info = {
+        "nnz": report.nnz,
+        "ratio_of_uniform": report.ratio,
+        "tau": report.tau,
+        "stored_bytes": serving.embedding.nbytes(),
+        "uniform_dense_bytes": n * k * 4,
+        "dim_histogram": report.dim_histogram(),
+        "block_mean_dims": report.block_mean_dims(emb.boundaries),
+        "dtype": dtype,
+        "finetune_epochs": finetune_epochs,
+        "valid": metrics["valid"],
+        "test": metrics["test"],
+        "seconds": time.perf_counter() - t0,
+        "k": k_eval,
+    }
+    save_pruned(
+        serving,
+        out,
+        encoder=obj["encoder"],
+        dataset_spec=obj["dataset_spec"],
+        report={k: v for k, v in info.items() if k != "dim_histogram"},
+    )
+    return info

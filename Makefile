@@ -16,7 +16,7 @@ $(STAMP): $(PY) setup.py pyproject.toml
 	@if ! $(PY) -c "import torch" 2>/dev/null; then \
 	  if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch; \
 	  else $(PY) -m pip install -q torch==2.13.0; fi; fi
-	$(PY) -m pip install -q numpy pytest pytest-benchmark ruff==0.17.6 pybind11 ninja triton wheel setuptools
+	$(PY) -m pip install -q numpy pytest pytest-benchmark hypothesis ruff==0.17.6 pybind11 ninja triton wheel setuptools
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 

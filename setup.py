@@ -133,7 +133,7 @@ setup(
     package_dir={"mixemb.kernels": "kernels"},
     install_requires=install_requires,
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "ruff"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff"],
         "plot": ["matplotlib"],
     },
     entry_points={"console_scripts": ["mixemb = mixemb.cli:main"]},

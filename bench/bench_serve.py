@@ -19,9 +19,13 @@ frequency-sorted ids:
   unpruned table;
 * dot — ``ragged_dot`` of two lookups vs gather + multiply + sum on the unpruned table.
 
+Each mixemb op also runs on the same pruned table stored with fp16 values
+(``mixemb-fp16``) and as an int8 table (``mixemb-int8``: uint8 codes plus a per-row fp16
+scale and bias, dequantized by the kernels into float32 rows).
+
 Reports ms, ideal bytes (``mixemb.reference``), GB/s, % of the copy bandwidth measured in
-the same run, and the bytes of each table. ``--sweep`` adds mean kept dims 2 and 6 and
-other lookup counts.
+the same run, and the bytes of each table, in all and per row. ``--sweep`` adds mean kept
+dims 2 and 6 and other lookup counts.
 
     python bench/bench_serve.py --device cpu            # small shape on this CPU
     python bench/bench_serve.py --device cuda           # DEVELOPERS.md shape
@@ -83,7 +87,11 @@ COLUMNS = [
     ("gbps", "GB/s"),
     ("pct_of_copy", "% of copy"),
     ("table_mb", "table MB"),
+    ("bytes_per_row", "B/row"),
 ]
+# The value formats each mixemb op also runs on (provider suffix → RaggedTable.from_dense's
+# dtype); the default "mixemb" rows are fp32.
+VALUE_FORMATS = {"fp16": torch.float16, "int8": "int8"}
 
 
 def pruned_table(rows: int, dim: int, mean_dim: float, device, seed: int = 0) -> torch.Tensor:
@@ -103,12 +111,13 @@ def pruned_table(rows: int, dim: int, mean_dim: float, device, seed: int = 0) ->
 
 
 def cases(cfg: dict, device: torch.device, variants: dict | None = None):
-    """(provider, op, fn, ideal bytes, table MB) rows of one config; ``variants`` (default:
-    VARIANTS on CUDA, none on CPU, where the kernels ignore them) adds the mixemb ops' kernel
-    variants."""
+    """(provider, op, fn, ideal bytes, table bytes) rows of one config; ``variants``
+    (default: VARIANTS on CUDA, none on CPU, where the kernels ignore them) adds the mixemb
+    ops' kernel variants."""
     n, k = cfg["rows"], cfg["dim"]
     dense = pruned_table(n, k, cfg["mean_dim"], device)
     table = RaggedTable.from_dense(dense)
+    formats = {name: RaggedTable.from_dense(dense, dtype=d) for name, d in VALUE_FORMATS.items()}
     unpruned = torch.randn(n, k, device=device)  # what a padded table stores
     ids = zipf_ids(n, (cfg["batch"], cfg["fields"]), cfg["zipf"], device)
     flat = ids.reshape(-1)
@@ -117,58 +126,62 @@ def cases(cfg: dict, device: torch.device, variants: dict | None = None):
     offsets = torch.arange(0, m, cfg["fields"], device=device)
     ids_b = zipf_ids(n, (m,), cfg["zipf"], device, seed=1)
     kept_pair = kept + int(table.row_dims()[ids_b].sum())
-    ragged_mb, padded_mb = table.nbytes() / 1e6, unpruned.numel() * 4 / 1e6
+    padded_bytes = unpruned.numel() * 4
     g = ragged_gather_bytes(m, k, kept)
-    out_ragged = torch.empty(*ids.shape, k, device=device)
-    out_padded = torch.empty(m, k, device=device)
-    bag_bytes = ragged_bag_bytes(m, cfg["batch"], k, kept)
-    dot_bytes = ragged_dot_bytes(m, k, kept_pair)
 
-    def ours(provider: str, kw: dict, bag_only: bool) -> list:
-        """The mixemb ops run with the kernel variant kw."""
-        bag = [(provider, "bag", lambda: ragged_bag(table, flat, offsets, **kw), bag_bytes)]
+    def ours(provider: str, kw: dict, bag_only: bool, tbl: RaggedTable = table) -> list:
+        """The mixemb ops on ``tbl`` run with the kernel variant kw."""
+        # the byte formulas' dtype: the values' (fp32, fp16) or "int8"
+        dtype = "int8" if tbl.scale_bias is not None else tbl.values.dtype
+        gb = ragged_gather_bytes(m, k, kept, dtype)
+        bag_bytes = ragged_bag_bytes(m, cfg["batch"], k, kept, dtype)
+        dot_bytes = ragged_dot_bytes(m, k, kept_pair, dtype)
+        out = torch.empty(*ids.shape, k, dtype=tbl.rows_dtype, device=device)
+        bag = [(provider, "bag", lambda: ragged_bag(tbl, flat, offsets, **kw), bag_bytes)]
         if bag_only:
-            return [(*row, ragged_mb) for row in bag]
+            return [(*row, tbl.nbytes()) for row in bag]
         rows = [
-            (provider, "gather", lambda: ragged_gather(table, ids, **kw), g),
+            (provider, "gather", lambda: ragged_gather(tbl, ids, **kw), gb),
             # into a reused output buffer: the kernel without allocation and first-touch
             # page faults (most of a big fresh CPU output's cost)
-            (provider, "gather_out", lambda: ragged_gather(table, ids, out=out_ragged, **kw), g),
+            (provider, "gather_out", lambda: ragged_gather(tbl, ids, out=out, **kw), gb),
             *bag,
-            (provider, "dot", lambda: ragged_dot(table, flat, table, ids_b, **kw), dot_bytes),
+            (provider, "dot", lambda: ragged_dot(tbl, flat, tbl, ids_b, **kw), dot_bytes),
         ]
-        return [(*row, ragged_mb) for row in rows]
+        return [(*row, tbl.nbytes()) for row in rows]
 
+    out_padded = torch.empty(m, k, device=device)
     rows = [
         *ours("mixemb", {}, False),
+        *[row for name, t in formats.items() for row in ours(f"mixemb-{name}", {}, False, t)],
         (
             "padded",
             "gather",
             lambda: F.embedding(ids, unpruned),
             padded_gather_bytes(m, k),
-            padded_mb,
+            padded_bytes,
         ),
-        ("reference", "gather", lambda: ragged_gather_reference(table, ids), g, ragged_mb),
+        ("reference", "gather", lambda: ragged_gather_reference(table, ids), g, table.nbytes()),
         (
             "padded",
             "gather_out",
             lambda: torch.index_select(unpruned, 0, flat, out=out_padded),
             padded_gather_bytes(m, k),
-            padded_mb,
+            padded_bytes,
         ),
         (
             "padded",
             "bag",
             lambda: F.embedding_bag(flat, unpruned, offsets, mode="sum"),
             m * k * 4 + m * 8 + cfg["batch"] * k * 4,
-            padded_mb,
+            padded_bytes,
         ),
         (
             "padded",
             "dot",
             lambda: (unpruned[flat] * unpruned[ids_b]).sum(1),
             2 * m * k * 4 + 2 * m * 8 + m * 4,
-            padded_mb,
+            padded_bytes,
         ),
     ]
     ops = ["gather", "gather_out", "bag", "dot"]
@@ -216,7 +229,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for cfg in configs:
         cfg = {**cfg, "lookups": cfg["batch"] * cfg["fields"]}
         variants = None if args.variants is None else (VARIANTS if args.variants else {})
-        for provider, op, fn, nbytes, table_mb in cases(cfg, device, variants):
+        for provider, op, fn, nbytes, table_bytes in cases(cfg, device, variants):
             measure(
                 out,
                 meta,
@@ -230,7 +243,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 device=device,
                 warmup=warmup,
                 repeats=repeats,
-                table_mb=table_mb,
+                table_mb=table_bytes / 1e6,
+                bytes_per_row=round(table_bytes / cfg["rows"], 2),
                 mean_dim=cfg["mean_dim"],
                 lookups=cfg["lookups"],
             )

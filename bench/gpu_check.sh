@@ -119,7 +119,16 @@ step_sanitize_ragged() {
   cs="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
   "$cs" --tool memcheck --error-exitcode 97 --print-limit 20 \
     "$PYTHON" -m pytest tests/test_ops_ragged.py -m cuda -q -p no:cacheprovider \
-    -k "every_row or bag_variants or out_of_range or malformed or alignment"
+    -k "every_row or bag_variants or out_of_range or malformed or alignment or inconsistent"
+}
+
+step_sanitize_fuzz() {
+  # The property test of the serving ops on random and corrupt tables, on the GPU, under
+  # memcheck (its cases run in a child Python, which compute-sanitizer follows)
+  local cs
+  cs="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
+  MIXEMB_FUZZ_DEVICE=cuda "$cs" --tool memcheck --error-exitcode 97 --print-limit 20 \
+    "$PYTHON" -m pytest tests/test_ops_ragged_fuzz.py -q -p no:cacheprovider
 }
 
 step_bench_reference() {
@@ -140,6 +149,7 @@ STEPS=(
   "bench_serve 120"
   "bench_train 120"
   "sanitize_ragged 120"
+  "sanitize_fuzz 120"
   "bench_reference 90"
   "bench_train_sweep 240"
 )

@@ -4,7 +4,14 @@
 //
 // A ragged table is passed as its three tensors (see mixemb/ragged.py):
 //   masks (N, W) int64 presence bits, values (nnz,) fp32/fp16/bf16 kept values row after
-//   row, group_offsets (ceil(N/G)+1,) int64 first value of each group of G rows.
+//   row, group_offsets (ceil(N/G)+1,) int64 first value of each group of G rows;
+//   an int8 table stores values (nnz,) uint8 and passes scale_bias (N, 2) float16 (each
+//   row's scale and bias, csrc/ragged_int8.h), which the kernels dequantize as they read:
+//   its rows, bags and scores are float32. scale_bias is None (the default) for float tables.
+// Every kernel makes an inconsistent table an error, never an out-of-bounds access: each
+// looked-up row must lie inside the values with no mask bit at or past dim (CPU: a
+// ValueError; CUDA: the row reads as zeros, raised with check_bounds), and the CPU kernels
+// check group_offsets' ends (0, nnz) on every call. Full validation is on load (Python).
 //
 // CUDA kernel variants, arguments of every op so that they run side by side (tests, bench);
 // the CPU kernels check their values and otherwise ignore them:
@@ -21,22 +28,22 @@ TORCH_LIBRARY(mixemb, m) {
   m.def(
       "ragged_gather(Tensor masks, Tensor values, Tensor group_offsets, int group_size, "
       "int dim, Tensor ids, bool check_bounds=True, bool one_warp=False, "
-      "int? lookups_at_once=None) -> Tensor");
-  // The same into a caller's contiguous (..., K) buffer of the values' dtype (no allocation).
+      "int? lookups_at_once=None, Tensor? scale_bias=None) -> Tensor");
+  // The same into a caller's contiguous (..., K) buffer of the rows' dtype (no allocation).
   m.def(
       "ragged_gather_out(Tensor masks, Tensor values, Tensor group_offsets, int group_size, "
       "int dim, Tensor ids, Tensor(a!) out, bool check_bounds=True, bool one_warp=False, "
-      "int? lookups_at_once=None) -> ()");
+      "int? lookups_at_once=None, Tensor? scale_bias=None) -> ()");
   // EmbeddingBag over a ragged table: mode 0 = sum, 1 = mean; offsets (B,) or (B+1,).
   m.def(
       "ragged_bag(Tensor masks, Tensor values, Tensor group_offsets, int group_size, int dim, "
       "Tensor ids, Tensor offsets, int mode, Tensor? per_sample_weights, "
       "bool include_last_offset, bool check_bounds=True, str bag_kernel=\"halves\", "
-      "bool one_warp=False, int? lookups_at_once=None) -> Tensor");
+      "bool one_warp=False, int? lookups_at_once=None, Tensor? scale_bias=None) -> Tensor");
   // MF scores (B,) float32: dot products over the dims both rows keep.
   m.def(
       "ragged_dot(Tensor masks_a, Tensor values_a, Tensor group_offsets_a, int group_size_a, "
       "Tensor masks_b, Tensor values_b, Tensor group_offsets_b, int group_size_b, int dim, "
       "Tensor ids_a, Tensor ids_b, bool check_bounds=True, bool one_warp=False, "
-      "int? lookups_at_once=None) -> Tensor");
+      "int? lookups_at_once=None, Tensor? scale_bias_a=None, Tensor? scale_bias_b=None) -> Tensor");
 }

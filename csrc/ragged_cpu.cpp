@@ -2,7 +2,9 @@
 //
 // Locating a row's values: base = group_offsets[row / G] plus the popcounts of the masks of
 // the (at most G-1) rows before it in its group; a kept dim's slot adds the popcount of the
-// row's mask bits below it. Only kept values are read.
+// row's mask bits below it. Only kept values are read. int8 tables (uint8 values plus a
+// per-row scale and bias, csrc/ragged_int8.h) are dequantized as they are read, into float32
+// rows, bags and scores.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -12,6 +14,7 @@
 #include <torch/library.h>
 
 #include "ragged_checks.h"
+#include "ragged_int8.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -40,7 +43,10 @@ struct Table {
   int64_t rows;
   int64_t words;
   int64_t group_size;
-  int shift;  // log2(group_size) when it is a power of two (the default 16), else -1
+  int shift;      // log2(group_size) when it is a power of two (the default 16), else -1
+  int64_t nnz;    // values.numel()
+  uint64_t high;  // the bits of a row's last mask word at or past dim (must be clear)
+  const at::Half* scale_bias;  // (rows, 2) of an int8 table, else null
 };
 
 inline int popcount64(int64_t x) { return __builtin_popcountll(static_cast<uint64_t>(x)); }
@@ -51,42 +57,75 @@ inline int64_t group_prefix16(const int64_t* masks, int64_t rel);
 
 // Index in `values` of the first kept value of `row`. Shifts instead of two 64-bit
 // divisions per lookup when the group size is a power of two; one-word rows of groups of
-// at most 16 take a branch-free vector popcount where the CPU has one.
+// at most 16 take a branch-free vector popcount where the CPU has one. The sum is
+// unsigned so that a corrupt group offset near INT64_MAX wraps (and then fails row_fits)
+// instead of overflowing.
 inline int64_t row_start(const Table& t, int64_t row) {
   if (t.words == 1 && t.shift >= 0 && t.shift <= 4) {
     const int64_t first = row & ~((int64_t{1} << t.shift) - 1);
     const int64_t prefix = group_prefix16(t.masks + first, row - first);
-    if (prefix >= 0) return t.group_offsets[row >> t.shift] + prefix;
+    if (prefix >= 0) {
+      return static_cast<int64_t>(static_cast<uint64_t>(t.group_offsets[row >> t.shift]) +
+                                  static_cast<uint64_t>(prefix));
+    }
   }
   const int64_t group = t.shift >= 0 ? row >> t.shift : row / t.group_size;
-  int64_t start = t.group_offsets[group];
+  uint64_t start = static_cast<uint64_t>(t.group_offsets[group]);
   const int64_t first = t.shift >= 0 ? group << t.shift : group * t.group_size;
   if (t.words == 1) {
     for (int64_t r = first; r < row; ++r) start += popcount64(t.masks[r]);
-    return start;
+    return static_cast<int64_t>(start);
   }
   for (int64_t r = first; r < row; ++r) {
     for (int64_t w = 0; w < t.words; ++w) start += popcount64(t.masks[r * t.words + w]);
   }
-  return start;
+  return static_cast<int64_t>(start);
+}
+
+// Whether row `row` (in range), located at `start` with `count` kept values, lies inside
+// the values and keeps no dim at or past dim. A consistent table always passes; a corrupt
+// one (values replaced, group offsets or masks edited) must fail here before a value is
+// read or an output dim is written: one compare pair and one AND per lookup, on lines
+// the lookup has already loaded.
+inline bool row_fits(const Table& t, int64_t row, int64_t start, int64_t count) {
+  return start >= 0 && start <= t.nnz - count &&
+         (static_cast<uint64_t>(t.masks[(row + 1) * t.words - 1]) & t.high) == 0;
+}
+
+// Raises the error for a row that fails row_fits (out of line: the hot loops only test).
+[[noreturn]] __attribute__((noinline, cold)) void raise_bad_row(const Table& t, int64_t row,
+                                                                 int64_t start, int64_t count,
+                                                                 const char* op) {
+  TORCH_CHECK_VALUE(
+      (static_cast<uint64_t>(t.masks[(row + 1) * t.words - 1]) & t.high) == 0, op,
+      ": inconsistent ragged table: the mask of row ", row, " keeps dims at or past dim");
+  TORCH_CHECK_VALUE(false, op, ": inconsistent ragged table: row ", row, " would read values [",
+                    start, ", ", start, " + ", count, ") but there are ", t.nnz,
+                    " (group_offsets, masks and values do not match)");
 }
 
 // Scatters the kept values of mask word `m` into a zeroed 64-dim slice, a byte (8 dims)
 // at a time: empty bytes (rare rows) and full bytes (hot rows) take one predictable
-// branch each; only mixed bytes walk their bits.
+// branch each; only mixed bytes walk their bits. `dq` reads a value (the row's
+// dequantization for int8; the value itself for float tables, whose full bytes are copied).
 template <typename scalar_t>
-inline void scatter_word(uint64_t m, const scalar_t*& src, scalar_t* dst) {
+inline void scatter_word(uint64_t m, const scalar_t*& src, read_t<scalar_t>* dst,
+                         const Dequant<scalar_t>& dq) {
   for (int j = 0; m; ++j, m >>= 8) {
     uint32_t b = static_cast<uint32_t>(m & 0xFF);
     if (b == 0) continue;
-    scalar_t* d = dst + 8 * j;
+    read_t<scalar_t>* d = dst + 8 * j;
     if (b == 0xFF) {
-      std::memcpy(d, src, 8 * sizeof(scalar_t));
+      if constexpr (std::is_same_v<scalar_t, read_t<scalar_t>>) {
+        std::memcpy(d, src, 8 * sizeof(scalar_t));
+      } else {
+        for (int e = 0; e < 8; ++e) d[e] = dq(src[e]);
+      }
       src += 8;
       continue;
     }
     do {
-      d[__builtin_ctz(b)] = *src++;
+      d[__builtin_ctz(b)] = dq(*src++);
       b &= b - 1;
     } while (b);
   }
@@ -199,6 +238,14 @@ __attribute__((target("avx512f,popcnt"))) void expand_row_avx512(const int64_t* 
   }
 }
 
+// acc[k : k + 16) += x, the lanes at or past dim left alone.
+__attribute__((target("avx512f"))) inline void add16(float* acc, int64_t k, int64_t dim,
+                                                     __m512 x) {
+  const __mmask16 lanes = k + 16 <= dim ? static_cast<__mmask16>(0xFFFF)
+                                        : static_cast<__mmask16>((1u << (dim - k)) - 1);
+  _mm512_mask_storeu_ps(acc + k, lanes, _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, acc + k), x));
+}
+
 // acc[0:dim] += scale * (the row expanded), 16 dims a step as in expand_row_avx512; steps
 // with no kept dim are skipped.
 __attribute__((target("avx512f,popcnt"))) void accumulate_row_avx512(const int64_t* mask_row,
@@ -210,11 +257,7 @@ __attribute__((target("avx512f,popcnt"))) void accumulate_row_avx512(const int64
     const uint32_t bits = mask_bits16(mask_row, k);
     if (bits == 0) continue;
     const __m512 x = _mm512_mul_ps(expand16(bits, src), s);
-    const __mmask16 lanes =
-        k + 16 <= dim ? static_cast<__mmask16>(0xFFFF)
-                      : static_cast<__mmask16>((1u << (dim - k)) - 1);
-    _mm512_mask_storeu_ps(acc + k, lanes,
-                          _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, acc + k), x));
+    add16(acc, k, dim, x);
     src += __builtin_popcount(bits);
   }
 }
@@ -333,8 +376,8 @@ inline void store_fence() {}
 inline int64_t group_prefix16(const int64_t*, int64_t) { return -1; }
 #endif
 
-// Vectorised bag accumulation where there is one (fp32 on an AVX2 / AVX-512 CPU); false
-// otherwise.
+// Vectorised bag accumulation where there is one (fp32 on an AVX2 / AVX-512 CPU; int8 rows
+// have theirs, accumulate_row_int8); false otherwise.
 template <typename scalar_t, typename acc_t>
 inline bool accumulate_row_fast(const int64_t*, int64_t, const scalar_t*, const scalar_t*,
                                 acc_t, acc_t*) {
@@ -358,16 +401,16 @@ inline bool accumulate_row_fast<float, float>(const int64_t* mask_row, int64_t d
   return false;
 }
 
-// The vectorised row expansion where there is one (fp32 on an AVX2 / AVX-512 CPU); false
-// otherwise.
-template <typename scalar_t>
-inline bool expand_row_fast(const int64_t*, int64_t, const scalar_t*, const scalar_t*,
-                            scalar_t*, bool) {
+// The vectorised row expansion where there is one (fp32 on an AVX2 / AVX-512 CPU; int8
+// rows have theirs, expand_row_int8); false otherwise.
+template <typename scalar_t, typename out_t>
+inline bool expand_row_fast(const int64_t*, int64_t, const scalar_t*, const scalar_t*, out_t*,
+                            bool) {
   return false;
 }
 
 template <>
-inline bool expand_row_fast<float>(const int64_t* mask_row, int64_t dim, const float* src,
+inline bool expand_row_fast<float, float>(const int64_t* mask_row, int64_t dim, const float* src,
                                    const float* end, float* dst, bool stream) {
 #ifdef MIXEMB_X86_64
   if (kHasAvx512) {
@@ -382,34 +425,134 @@ inline bool expand_row_fast<float>(const int64_t* mask_row, int64_t dim, const f
   return false;
 }
 
+// int8 rows (uint8 values, csrc/ragged_int8.h): one row dequantized into a float32 output
+// row, or added (times a weight) to a bag's float32 sum. On AVX-512 (with BW for the masked
+// byte load) 16 dims a step as expand16 does for fp32, the bytes widened to floats and
+// dequantized (a multiply, then an add: the reference's rounding) before the expand.
+#ifdef MIXEMB_X86_64
+const bool kHasAvx512Bytes =
+    kHasAvx512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+
+// The next popcount(bits) int8 values from `src`, dequantized, at the set lanes of `bits`,
+// zeros elsewhere (lanes past the kept values are not read).
+__attribute__((target("avx512f,avx512bw,avx512vl,popcnt"))) inline __m512 expand16_int8(
+    uint32_t bits, const uint8_t* src, __m512 scale, __m512 bias) {
+  const int kept = __builtin_popcount(bits);
+  const __m128i q = _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << kept) - 1), src);
+  // the zero-masking conversions: GCC 12's unmasked ones trip -Wuninitialized in its header
+  const __m512 f = _mm512_maskz_cvtepi32_ps(0xFFFF, _mm512_maskz_cvtepu8_epi32(0xFFFF, q));
+  const __m512 x = _mm512_add_ps(bias, _mm512_mul_ps(f, scale));
+  return _mm512_maskz_expand_ps(static_cast<__mmask16>(bits), x);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,popcnt"))) void expand_row_int8_avx512(
+    const int64_t* mask_row, int64_t dim, const uint8_t* src, float scale, float bias,
+    float* dst) {
+  const __m512 s = _mm512_set1_ps(scale), b = _mm512_set1_ps(bias);
+  for (int64_t k = 0; k < dim; k += 16) {
+    const uint32_t bits = mask_bits16(mask_row, k);
+    const __m512 x = expand16_int8(bits, src, s, b);
+    if (k + 16 <= dim) {
+      _mm512_storeu_ps(dst + k, x);
+    } else {
+      _mm512_mask_storeu_ps(dst + k, static_cast<__mmask16>((1u << (dim - k)) - 1), x);
+    }
+    src += __builtin_popcount(bits);
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,popcnt"))) void accumulate_row_int8_avx512(
+    const int64_t* mask_row, int64_t dim, const uint8_t* src, float scale, float bias,
+    float weight, float* acc) {
+  const __m512 s = _mm512_set1_ps(scale), b = _mm512_set1_ps(bias), w = _mm512_set1_ps(weight);
+  for (int64_t k = 0; k < dim; k += 16) {
+    const uint32_t bits = mask_bits16(mask_row, k);
+    if (bits == 0) continue;
+    const __m512 x = _mm512_mul_ps(expand16_int8(bits, src, s, b), w);
+    add16(acc, k, dim, x);
+    src += __builtin_popcount(bits);
+  }
+}
+#endif
+
+// The vectorised int8 row (its values from `src`, dequantized by dq) into dst[0:dim], zeros
+// at pruned dims, where the CPU has one; false otherwise (and for float tables).
+template <typename scalar_t, typename out_t>
+inline bool expand_row_int8(const int64_t*, int64_t, const scalar_t*, const Dequant<scalar_t>&,
+                            out_t*) {
+  return false;
+}
+
+inline bool expand_row_int8(const int64_t* mask_row, int64_t dim, const uint8_t* src,
+                            const Dequant<uint8_t>& dq, float* dst) {
+#ifdef MIXEMB_X86_64
+  if (kHasAvx512Bytes) {
+    expand_row_int8_avx512(mask_row, dim, src, dq.scale, dq.bias, dst);
+    return true;
+  }
+#endif
+  return false;
+}
+
+// acc[0:dim] += weight * (the int8 row), vectorised where the CPU can; false otherwise.
+template <typename scalar_t, typename acc_t>
+inline bool accumulate_row_int8(const int64_t*, int64_t, const scalar_t*,
+                                const Dequant<scalar_t>&, acc_t, acc_t*) {
+  return false;
+}
+
+inline bool accumulate_row_int8(const int64_t* mask_row, int64_t dim, const uint8_t* src,
+                                const Dequant<uint8_t>& dq, float weight, float* acc) {
+#ifdef MIXEMB_X86_64
+  if (kHasAvx512Bytes) {
+    accumulate_row_int8_avx512(mask_row, dim, src, dq.scale, dq.bias, weight, acc);
+    return true;
+  }
+#endif
+  return false;
+}
+
 Table check_table(const at::Tensor& masks, const at::Tensor& values,
                   const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
-                  const char* op) {
+                  const std::optional<at::Tensor>& scale_bias, const char* op) {
   TORCH_CHECK(masks.dim() == 2 && masks.scalar_type() == at::kLong, op,
               ": masks must be (N, W) int64, got ", masks.sizes(), " ", masks.scalar_type());
-  TORCH_CHECK(dim >= 1 && masks.size(1) == (dim + 63) / 64, op, ": dim ", dim,
-              " needs ", (dim + 63) / 64, " mask words per row, masks have ", masks.size(1));
+  TORCH_CHECK(dim >= 1, op, ": dim must be >= 1, got ", dim);
+  const int64_t words = (dim - 1) / 64 + 1;
+  TORCH_CHECK(masks.size(1) == words, op, ": dim ", dim, " needs ", words,
+              " mask words per row, masks have ", masks.size(1));
   TORCH_CHECK(group_size >= 1, op, ": group_size must be >= 1, got ", group_size);
+  const int64_t groups = masks.size(0) == 0 ? 0 : (masks.size(0) - 1) / group_size + 1;
   TORCH_CHECK(group_offsets.dim() == 1 && group_offsets.scalar_type() == at::kLong &&
-                  group_offsets.size(0) == (masks.size(0) + group_size - 1) / group_size + 1,
-              op, ": group_offsets must be (ceil(N/G)+1,) int64, got ", group_offsets.sizes());
+                  group_offsets.size(0) == groups + 1,
+              op, ": group_offsets must be (ceil(N/G)+1,) = (", groups + 1, ",) int64, got ",
+              group_offsets.sizes(), " ", group_offsets.scalar_type());
   TORCH_CHECK(values.dim() == 1, op, ": values must be 1-D, got ", values.sizes());
   TORCH_CHECK(masks.is_contiguous() && group_offsets.is_contiguous() && values.is_contiguous(),
               op, ": table tensors must be contiguous");
+  const at::Half* sb = check_scale_bias(values, scale_bias, masks.size(0), op);
+  const int64_t* offsets = group_offsets.data_ptr<int64_t>();
+  // O(1) ends of the offsets; the rows in between are checked as they are looked up
+  // (row_fits), the whole table on load (mixemb.ragged.RaggedTable.validate).
+  TORCH_CHECK_VALUE(offsets[0] == 0 && offsets[groups] == values.numel(), op,
+                    ": inconsistent ragged table: group_offsets run from ", offsets[0], " to ",
+                    offsets[groups], ", values hold ", values.numel());
   const int shift = (group_size & (group_size - 1)) == 0 ? __builtin_ctzll(group_size) : -1;
-  return Table{masks.data_ptr<int64_t>(), group_offsets.data_ptr<int64_t>(), masks.size(0),
-               masks.size(1), group_size, shift};
+  const uint64_t high = dim % 64 == 0 ? 0 : ~((uint64_t{1} << (dim % 64)) - 1);
+  return Table{masks.data_ptr<int64_t>(), offsets, masks.size(0), masks.size(1), group_size,
+               shift, values.numel(), high, sb};
 }
 
-// out= buffers of the gather: contiguous (*ids.shape, dim) in the values' dtype and device.
+// out= buffers of the gather: contiguous (*ids.shape, dim) in the rows' dtype (the values',
+// float32 for an int8 table) on the values' device.
 void check_gather_out(const at::Tensor& out, const at::Tensor& ids, const at::Tensor& values,
                       int64_t dim, const char* op) {
   std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
   shape.push_back(dim);
   TORCH_CHECK(out.sizes() == at::IntArrayRef(shape), op, ": out must have shape ",
               at::IntArrayRef(shape), " (ids' shape + [dim]), got ", out.sizes());
-  TORCH_CHECK(out.scalar_type() == values.scalar_type(), op, ": out must be ",
-              values.scalar_type(), " like the table's values, got ", out.scalar_type());
+  TORCH_CHECK(out.scalar_type() == output_type(values), op, ": out must be ",
+              output_type(values), " like the table's rows, got ", out.scalar_type());
   TORCH_CHECK(out.device() == values.device(), op, ": out is on ", out.device(),
               ", the table on ", values.device());
   TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous");
@@ -508,6 +651,7 @@ inline void tile_starts(const Table& t, const index_t* ids, int64_t i0, int64_t 
   if (check) {
     for (int64_t j = 0; j < count; ++j) checked_id(ids, i0 + j, t.rows, true, op);
   }
+  bool misfit = false;
   for (int64_t j = 0; j < count; ++j) {
     if (i0 + j + kAheadMeta < stop) {
       const int64_t ahead = static_cast<int64_t>(ids[i0 + j + kAheadMeta]);
@@ -527,6 +671,16 @@ inline void tile_starts(const Table& t, const index_t* ids, int64_t i0, int64_t 
     }
     starts[j] = row_start(t, id);
     counts[j] = row_count(t, id);
+    misfit |= !row_fits(t, id, starts[j], counts[j]);
+  }
+  if (misfit) {  // the tile's first misfit row raises; the loop above stays branch-free
+    for (int64_t j = 0; j < count; ++j) {
+      const int64_t id = static_cast<int64_t>(ids[i0 + j]);
+      const bool located = id >= hot && id < t.rows;  // as above: not hot, not a bad id
+      if (located && !row_fits(t, id, starts[j], counts[j])) {
+        raise_bad_row(t, id, starts[j], counts[j], op);
+      }
+    }
   }
   for (int64_t j = 0; j < std::min(count, kAheadValues); ++j) {
     if (starts[j] >= 0) prefetch_values(vals, starts[j], counts[j]);
@@ -617,7 +771,11 @@ __attribute__((target("avx512f,popcnt"))) void bags_avx512(
         float* row = cache->rows + id * 64;
         if (!(cache->filled[id >> 6] >> (id & 63) & 1)) {  // first use in this chunk
           const uint64_t m = static_cast<uint64_t>(t.masks[id]);
-          const float* src = vals + row_start(t, id);
+          const int64_t start = row_start(t, id);
+          if (!row_fits(t, id, start, popcount64(m))) {
+            raise_bad_row(t, id, start, popcount64(m), "ragged_bag");
+          }
+          const float* src = vals + start;
           for (int k = 0; k < 64; k += 16) {
             const uint32_t bits = static_cast<uint32_t>((m >> k) & 0xFFFF);
             _mm512_store_ps(row + k, expand16(bits, src));
@@ -657,14 +815,14 @@ __attribute__((target("avx512f,popcnt"))) void bags_avx512(
 
 // The register-resident fp32 bags where there are (AVX-512, one mask word per row): bags
 // [begin, end) written to out; false where the caller's generic loop must run instead.
-template <typename scalar_t>
+template <typename scalar_t, typename out_t>
 inline bool bags_fast(const Table&, const int64_t*, const int64_t*, int64_t, int64_t, int64_t,
-                      int64_t, const scalar_t*, const double*, int64_t, bool, bool, scalar_t*) {
+                      int64_t, const scalar_t*, const double*, int64_t, bool, bool, out_t*) {
   return false;
 }
 
 template <>
-inline bool bags_fast<float>(const Table& t, const int64_t* ids, const int64_t* offsets,
+inline bool bags_fast<float, float>(const Table& t, const int64_t* ids, const int64_t* offsets,
                              int64_t n_offsets, int64_t m_ids, int64_t begin, int64_t end,
                              const float* vals, const double* w, int64_t dim, bool mean,
                              bool check, float* out) {
@@ -678,17 +836,18 @@ inline bool bags_fast<float>(const Table& t, const int64_t* ids, const int64_t* 
 }
 
 // Writes the dense rows of ids into out, a contiguous (ids.numel(), dim) buffer of the
-// values' dtype (checked by the callers).
+// rows' dtype (checked by the callers).
 // fresh: out was just allocated here (so a big one is a fresh mmap, see kStreamMaxBytes).
 void gather_into(const Table& t, const at::Tensor& values, const at::Tensor& ids_c,
                  int64_t dim, bool check_bounds, bool fresh, const at::Tensor& out) {
   const int64_t n = ids_c.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(),
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, values.scalar_type(),
                                   "ragged_gather_cpu", [&] {
+    using out_t = read_t<scalar_t>;
     const scalar_t* vals = values.data_ptr<scalar_t>();
     const int64_t nnz = values.numel();
-    scalar_t* dst_all = out.data_ptr<scalar_t>();
-    const int64_t out_bytes = n * dim * static_cast<int64_t>(sizeof(scalar_t));
+    out_t* dst_all = out.data_ptr<out_t>();
+    const int64_t out_bytes = n * dim * static_cast<int64_t>(sizeof(out_t));
     const bool stream = kHasAvx512 && std::is_same_v<scalar_t, float> && dim % 16 == 0 &&
                         reinterpret_cast<uintptr_t>(dst_all) % 64 == 0 &&
                         out_bytes >= kStreamMinBytes && (!fresh || out_bytes < kStreamMaxBytes);
@@ -707,20 +866,23 @@ void gather_into(const Table& t, const at::Tensor& values, const at::Tensor& ids
             }
             const int64_t i = i0 + j;
             const int64_t id = static_cast<int64_t>(idp[i]);
-            scalar_t* dst = dst_all + i * dim;
+            out_t* dst = dst_all + i * dim;
             if (starts[j] < 0) {
-              std::memset(dst, 0, dim * sizeof(scalar_t));
+              std::memset(dst, 0, dim * sizeof(out_t));
               continue;
             }
             const scalar_t* src = vals + starts[j];
-            if (expand_row_fast(t.masks + id * t.words, dim, src, vals + nnz, dst, stream)) {
+            const int64_t* mask_row = t.masks + id * t.words;
+            const Dequant<scalar_t> dq(t.scale_bias, id);
+            if (expand_row_fast(mask_row, dim, src, vals + nnz, dst, stream) ||
+                expand_row_int8(mask_row, dim, src, dq, dst)) {
               continue;
             }
             // Zero the row while it is in cache (all-zero bits are 0.0 in every float
             // type), then scatter the few kept values: d iterations, not K.
-            std::memset(dst, 0, dim * sizeof(scalar_t));
+            std::memset(dst, 0, dim * sizeof(out_t));
             for (int64_t w = 0; w < t.words; ++w) {
-              scatter_word(static_cast<uint64_t>(t.masks[id * t.words + w]), src, dst + w * 64);
+              scatter_word(static_cast<uint64_t>(mask_row[w]), src, dst + w * 64, dq);
             }
           }
         }
@@ -739,13 +901,15 @@ void check_gather_ids(const at::Tensor& ids, const char* op) {
 at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
                              const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
                              const at::Tensor& ids, bool check_bounds, bool /*one_warp*/,
-                             std::optional<int64_t> lookups_at_once) {
-  const Table t = check_table(masks, values, group_offsets, group_size, dim, "ragged_gather");
+                             std::optional<int64_t> lookups_at_once,
+                             const std::optional<at::Tensor>& scale_bias) {
+  const Table t =
+      check_table(masks, values, group_offsets, group_size, dim, scale_bias, "ragged_gather");
   check_gather_ids(ids, "ragged_gather");
   check_lookups_at_once(lookups_at_once, 1, "ragged_gather");
   std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
   shape.push_back(dim);
-  at::Tensor out = at::empty(shape, values.options());
+  at::Tensor out = at::empty(shape, values.options().dtype(output_type(values)));
   advise_huge_pages(out.data_ptr(), static_cast<int64_t>(out.nbytes()));
   gather_into(t, values, ids.contiguous(), dim, check_bounds, /*fresh=*/true, out);
   return out;
@@ -756,8 +920,10 @@ at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
 void ragged_gather_out_cpu(const at::Tensor& masks, const at::Tensor& values,
                            const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
                            const at::Tensor& ids, const at::Tensor& out, bool check_bounds,
-                           bool /*one_warp*/, std::optional<int64_t> lookups_at_once) {
-  const Table t = check_table(masks, values, group_offsets, group_size, dim, "ragged_gather_out");
+                           bool /*one_warp*/, std::optional<int64_t> lookups_at_once,
+                           const std::optional<at::Tensor>& scale_bias) {
+  const Table t = check_table(masks, values, group_offsets, group_size, dim, scale_bias,
+                              "ragged_gather_out");
   check_gather_ids(ids, "ragged_gather_out");
   check_lookups_at_once(lookups_at_once, 1, "ragged_gather_out");
   check_gather_out(out, ids, values, dim, "ragged_gather_out");
@@ -770,8 +936,10 @@ at::Tensor ragged_bag_cpu(const at::Tensor& masks, const at::Tensor& values,
                           const std::optional<at::Tensor>& per_sample_weights,
                           bool include_last_offset, bool check_bounds,
                           c10::string_view bag_kernel, bool /*one_warp*/,
-                          std::optional<int64_t> lookups_at_once) {
-  const Table t = check_table(masks, values, group_offsets, group_size, dim, "ragged_bag");
+                          std::optional<int64_t> lookups_at_once,
+                          const std::optional<at::Tensor>& scale_bias) {
+  const Table t =
+      check_table(masks, values, group_offsets, group_size, dim, scale_bias, "ragged_bag");
   check_bag_kernel(bag_kernel);
   check_lookups_at_once(lookups_at_once, 1, "ragged_bag");
   TORCH_CHECK(ids.dim() == 1 && offsets.dim() == 1, "ragged_bag: ids and offsets must be 1-D");
@@ -789,16 +957,17 @@ at::Tensor ragged_bag_cpu(const at::Tensor& masks, const at::Tensor& values,
   const int64_t* idp = ids_c.data_ptr<int64_t>();
   const int64_t* op = off_c.data_ptr<int64_t>();
   check_bag_offsets(op, off_c.numel(), m_ids);
-  at::Tensor out = at::empty({bags, dim}, values.options());
+  at::Tensor out = at::empty({bags, dim}, values.options().dtype(output_type(values)));
   at::Tensor w_c;
   if (weighted) w_c = per_sample_weights->contiguous().to(at::kDouble);
   const double* wp = weighted ? w_c.data_ptr<double>() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(),
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, values.scalar_type(),
                                   "ragged_bag_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+    using out_t = read_t<scalar_t>;
+    using acc_t = at::opmath_type<out_t>;
     const scalar_t* vals = values.data_ptr<scalar_t>();
     const int64_t nnz = values.numel();
-    scalar_t* outp = out.data_ptr<scalar_t>();
+    out_t* outp = out.data_ptr<out_t>();
     const auto bag_end = [&](int64_t b) {
       return b + 1 < off_c.numel() ? op[b + 1] : m_ids;
     };
@@ -831,20 +1000,23 @@ at::Tensor ragged_bag_cpu(const at::Tensor& masks, const at::Tensor& values,
           if (slot < 0) continue;
           const int64_t id = idp[i];
           const acc_t scale = wp ? static_cast<acc_t>(wp[i]) : acc_t(1);
+          const Dequant<scalar_t> dq(t.scale_bias, id);
           if (accumulate_row_fast(t.masks + id * t.words, dim, vals + slot, vals + nnz, scale,
+                                  acc.data()) ||
+              accumulate_row_int8(t.masks + id * t.words, dim, vals + slot, dq, scale,
                                   acc.data())) {
             continue;
           }
           for (int64_t w = 0; w < t.words; ++w) {
             uint64_t m = static_cast<uint64_t>(t.masks[id * t.words + w]);
             while (m) {
-              acc[w * 64 + __builtin_ctzll(m)] += scale * static_cast<acc_t>(vals[slot++]);
+              acc[w * 64 + __builtin_ctzll(m)] += scale * static_cast<acc_t>(dq(vals[slot++]));
               m &= m - 1;
             }
           }
         }
         for (int64_t k = 0; k < dim; ++k) {
-          outp[b * dim + k] = static_cast<scalar_t>(acc[k] / static_cast<acc_t>(div));
+          outp[b * dim + k] = static_cast<out_t>(acc[k] / static_cast<acc_t>(div));
         }
       }
     });
@@ -857,10 +1029,14 @@ at::Tensor ragged_dot_cpu(const at::Tensor& masks_a, const at::Tensor& values_a,
                           const at::Tensor& masks_b, const at::Tensor& values_b,
                           const at::Tensor& group_offsets_b, int64_t group_size_b, int64_t dim,
                           const at::Tensor& ids_a, const at::Tensor& ids_b, bool check_bounds,
-                          bool /*one_warp*/, std::optional<int64_t> lookups_at_once) {
-  const Table ta = check_table(masks_a, values_a, group_offsets_a, group_size_a, dim, "ragged_dot");
+                          bool /*one_warp*/, std::optional<int64_t> lookups_at_once,
+                          const std::optional<at::Tensor>& scale_bias_a,
+                          const std::optional<at::Tensor>& scale_bias_b) {
+  const Table ta = check_table(masks_a, values_a, group_offsets_a, group_size_a, dim,
+                              scale_bias_a, "ragged_dot (table a)");
   check_lookups_at_once(lookups_at_once, 1, "ragged_dot");
-  const Table tb = check_table(masks_b, values_b, group_offsets_b, group_size_b, dim, "ragged_dot");
+  const Table tb = check_table(masks_b, values_b, group_offsets_b, group_size_b, dim,
+                              scale_bias_b, "ragged_dot (table b)");
   TORCH_CHECK(ids_a.sizes() == ids_b.sizes(), "ragged_dot: ids_a ", ids_a.sizes(),
               " and ids_b ", ids_b.sizes(), " must have the same shape");
   TORCH_CHECK(values_a.scalar_type() == values_b.scalar_type(),
@@ -868,14 +1044,15 @@ at::Tensor ragged_dot_cpu(const at::Tensor& masks_a, const at::Tensor& values_a,
   const at::Tensor ia = ids_a.contiguous().to(at::kLong);
   const at::Tensor ib = ids_b.contiguous().to(at::kLong);
   const int64_t n = ia.numel();
-  // float32 scores (float64 for float64 tables, so gradcheck-grade references work)
+  // float32 scores (float64 for float64 tables, so gradcheck-grade references work; int8
+  // tables dequantize to float32)
   const auto out_type = values_a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor out = at::empty(ids_a.sizes(), values_a.options().dtype(out_type));
   const int64_t* pa = ia.data_ptr<int64_t>();
   const int64_t* pb = ib.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values_a.scalar_type(),
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, values_a.scalar_type(),
                                   "ragged_dot_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+    using acc_t = at::opmath_type<read_t<scalar_t>>;
     const scalar_t* va = values_a.data_ptr<scalar_t>();
     const scalar_t* vb = values_b.data_ptr<scalar_t>();
     acc_t* outp = out.data_ptr<acc_t>();
@@ -893,6 +1070,13 @@ at::Tensor ragged_dot_cpu(const at::Tensor& masks_a, const at::Tensor& values_a,
         }
         int64_t sa = row_start(ta, a);
         int64_t sb = row_start(tb, b);
+        if (!row_fits(ta, a, sa, row_count(ta, a))) {
+          raise_bad_row(ta, a, sa, row_count(ta, a), "ragged_dot (table a)");
+        }
+        if (!row_fits(tb, b, sb, row_count(tb, b))) {
+          raise_bad_row(tb, b, sb, row_count(tb, b), "ragged_dot (table b)");
+        }
+        const Dequant<scalar_t> dqa(ta.scale_bias, a), dqb(tb.scale_bias, b);
         acc_t acc = 0;
         for (int64_t w = 0; w < ta.words; ++w) {
           const uint64_t ma = static_cast<uint64_t>(ta.masks[a * ta.words + w]);
@@ -900,8 +1084,8 @@ at::Tensor ragged_dot_cpu(const at::Tensor& masks_a, const at::Tensor& values_a,
           uint64_t both = ma & mb;
           while (both) {
             const uint64_t below = (both & -both) - 1;  // bits under the lowest shared bit
-            acc += static_cast<acc_t>(va[sa + __builtin_popcountll(ma & below)]) *
-                   static_cast<acc_t>(vb[sb + __builtin_popcountll(mb & below)]);
+            acc += static_cast<acc_t>(dqa(va[sa + __builtin_popcountll(ma & below)])) *
+                   static_cast<acc_t>(dqb(vb[sb + __builtin_popcountll(mb & below)]));
             both &= both - 1;
           }
           sa += __builtin_popcountll(ma);

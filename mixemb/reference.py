@@ -51,6 +51,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mixemb.quant import INT8_ROW_BYTES, dequantize_rows_int8
 from mixemb.ragged import RaggedTable, expand_bits, popcount64
 
 __all__ = [
@@ -420,16 +421,28 @@ def padded_gather_bytes(
 # The masks of the ≤ G-1 rows before a row in its group share its cache lines and are not
 # counted. A padded gather of the unpruned table moves 2·M·K·v + I (padded_gather_bytes).
 # A bag writes B·K·v instead of M·K·v; a dot reads both rows' kept values and writes M·4.
+# An int8 table (dtype "int8") reads v = 1 B per kept value plus its row's fp16 scale and
+# bias (4 B per lookup) and writes float32 rows and bags (4 B per output value).
+
+
+def _ragged_sizes(dtype) -> tuple[int, int, int]:
+    """(bytes per kept value, bytes per looked-up row beside them, bytes per output value)
+    of a table of ``dtype``: a torch float dtype or "int8"."""
+    if dtype == "int8":
+        return 1, INT8_ROW_BYTES, 4
+    v = torch.empty((), dtype=dtype).element_size()
+    return v, 0, v
 
 
 def ragged_gather_bytes(
     num_lookups: int, dim: int, kept_values: int, dtype=torch.float32, ids_dtype=torch.int64
 ) -> int:
-    """Ideal bytes of ``ragged_gather`` (see the formula above); kept_values = D."""
-    v = torch.empty((), dtype=dtype).element_size()
+    """Ideal bytes of ``ragged_gather`` (see the formula above); kept_values = D; dtype a
+    float dtype or "int8"."""
+    v, row, out = _ragged_sizes(dtype)
     i = torch.empty((), dtype=ids_dtype).element_size()
     words = -(-dim // 64)
-    return num_lookups * (i + 8 * words + 8 + dim * v) + kept_values * v
+    return num_lookups * (i + 8 * words + 8 + row + dim * out) + kept_values * v
 
 
 def ragged_bag_bytes(
@@ -441,27 +454,59 @@ def ragged_bag_bytes(
     ids_dtype=torch.int64,
 ) -> int:
     """Ideal bytes of ``ragged_bag``: the gather's reads, B·K output values."""
-    v = torch.empty((), dtype=dtype).element_size()
+    v, row, out = _ragged_sizes(dtype)
     i = torch.empty((), dtype=ids_dtype).element_size()
     words = -(-dim // 64)
-    return num_lookups * (i + 8 * words + 8) + kept_values * v + num_bags * dim * v + num_bags * 8
+    reads = num_lookups * (i + 8 * words + 8 + row) + kept_values * v
+    return reads + num_bags * dim * out + num_bags * 8
 
 
 def ragged_dot_bytes(
     num_pairs: int, dim: int, kept_values: int, dtype=torch.float32, ids_dtype=torch.int64
 ) -> int:
     """Ideal bytes of ``ragged_dot``: both rows' metadata and kept values, 4 B per score."""
-    v = torch.empty((), dtype=dtype).element_size()
+    v, row, _ = _ragged_sizes(dtype)
     i = torch.empty((), dtype=ids_dtype).element_size()
     words = -(-dim // 64)
-    return num_pairs * 2 * (i + 8 * words + 8) + kept_values * v + num_pairs * 4
+    return num_pairs * 2 * (i + 8 * words + 8 + row) + kept_values * v + num_pairs * 4
 
 
 # The references of the ragged serving ops (mixemb.ops.ragged), over a RaggedTable. They
 # locate rows as the kernels do (group offset plus in-group popcounts), so they check the
-# format as well as the kernels.
+# format as well as the kernels, and they reject an inconsistent table where the kernels
+# do: the O(1) checks of every call (shapes, dtypes, group_offsets from 0 to nnz), then
+# each looked-up row inside the values with no mask bit at or past K. An int8 table's
+# looked-up codes are dequantized with mixemb.quant, as the kernels do on the fly.
+def _check_serving_table(table: RaggedTable) -> None:
+    """The checks every serving op makes before any lookup (csrc/ragged_cpu.cpp
+    check_table, csrc/ragged_int8.h check_scale_bias); raises ValueError."""
+    masks, values, offsets = table.masks, table.values, table.group_offsets
+    n, k, g = masks.shape[0] if masks.dim() else 0, table.embedding_dim, table.group_size
+    words = (k - 1) // 64 + 1 if k >= 1 else 0
+    groups = (n - 1) // g + 1 if n and g >= 1 else 0
+    if masks.dim() != 2 or masks.dtype != torch.int64 or k < 1 or masks.shape[1] != words:
+        raise ValueError(f"masks must be (N, {words}) int64, got {tuple(masks.shape)}")
+    if g < 1 or offsets.dim() != 1 or offsets.dtype != torch.int64 or len(offsets) != groups + 1:
+        raise ValueError(f"group_offsets must be ({groups + 1},) int64, got {tuple(offsets.shape)}")
+    sb = table.scale_bias
+    if values.dim() != 1 or not (values.is_floating_point() or values.dtype == torch.uint8):
+        raise ValueError(
+            f"values must be 1-D float (uint8: int8), got {tuple(values.shape)} {values.dtype}"
+        )
+    if (values.dtype == torch.uint8) != (sb is not None):
+        raise ValueError("uint8 values (an int8 table) need a scale_bias; float values none")
+    if sb is not None and (sb.shape != (n, 2) or sb.dtype != torch.float16):
+        raise ValueError(f"scale_bias must be ({n}, 2) float16, got {tuple(sb.shape)} {sb.dtype}")
+    if int(offsets[0]) != 0 or int(offsets[-1]) != values.numel():
+        raise ValueError(
+            f"inconsistent ragged table: group_offsets run from {int(offsets[0])} to "
+            f"{int(offsets[-1])}, values hold {values.numel()}"
+        )
+
+
 def ragged_gather_reference(table: RaggedTable, ids: torch.Tensor) -> torch.Tensor:
     """Torch-ops reference gather: ids (...) int32/int64 → (..., K) with zeros at pruned dims."""
+    _check_serving_table(table)
     flat = ids.reshape(-1).long()
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= table.num_embeddings):
         bad = flat[(flat < 0) | (flat >= table.num_embeddings)][0]
@@ -470,15 +515,26 @@ def ragged_gather_reference(table: RaggedTable, ids: torch.Tensor) -> torch.Tens
     # the group (at most group_size - 1 of them), as a serving kernel computes it.
     g = table.group_size
     group_start = flat - flat % g
-    prior = group_start.unsqueeze(1) + torch.arange(g - 1, device=flat.device)
+    span = min(g - 1, max(table.num_embeddings - 1, 0))  # rows that can precede one
+    prior = group_start.unsqueeze(1) + torch.arange(span, device=flat.device)
     before = prior < flat.unsqueeze(1)
     prior_masks = table.masks[prior.clamp(max=max(table.num_embeddings - 1, 0))]
     counts = (popcount64(prior_masks).sum(-1) * before).sum(1)
     starts = table.group_offsets[flat // g] + counts
     present = expand_bits(table.masks[flat], table.embedding_dim)
+    k = table.embedding_dim
+    high = (
+        (table.masks[flat, -1] >> (k % 64)) != 0 if k % 64 else torch.zeros_like(flat, dtype=bool)
+    )
+    outside = (starts < 0) | (starts > table.nnz - present.sum(1)) | high
+    if bool(outside.any()):
+        row = int(flat[outside.nonzero()[0]])
+        raise ValueError(f"inconsistent ragged table: row {row} lies outside the values")
     slots = starts.unsqueeze(1) + present.long().cumsum(1) - 1
     gathered = table.values[slots.clamp(min=0, max=max(table.nnz - 1, 0))] if table.nnz else None
-    out = torch.zeros(present.shape, dtype=table.values.dtype, device=table.values.device)
+    if gathered is not None and table.scale_bias is not None:
+        gathered = dequantize_rows_int8(gathered, table.scale_bias[flat])
+    out = torch.zeros(present.shape, dtype=table.rows_dtype, device=table.values.device)
     if gathered is not None:
         out = torch.where(present, gathered, out)
     return out.reshape(*ids.shape, table.embedding_dim)

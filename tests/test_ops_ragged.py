@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,9 +71,12 @@ def no_bag(variant: dict) -> dict:
     return {k: v for k, v in variant.items() if k != "bag_kernel"}
 
 
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-# Reordered fp accumulation (bags, dots) vs the reference: tolerances per dtype.
+# "int8": an int8 table (uint8 codes, a per-row scale and bias), served as float32 rows.
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, "int8"]
+# Reordered fp accumulation (bags, dots) vs the reference: tolerances per dtype (int8
+# tables accumulate their dequantized values in float32).
 TOL = {
+    "int8": dict(rtol=1e-5, atol=1e-5),
     torch.float32: dict(rtol=1e-5, atol=1e-5),
     torch.float64: dict(rtol=1e-12, atol=1e-12),
     torch.float16: dict(rtol=2e-3, atol=2e-3),
@@ -87,8 +91,16 @@ def _table(n, k, keep=0.3, seed=0, dtype=torch.float32, group_size=16, device="c
     if n > 2:
         x[0] = 0  # a row with no kept dims
         x[1] = torch.randn(k, generator=g, dtype=torch.float64).abs() + 0.5  # all kept
+    if dtype == "int8":  # the dense table as served: its kept values dequantized
+        table = RaggedTable.from_dense(x.float(), group_size=group_size, dtype="int8")
+        return table.to_dense().to(device), table.to(device)
     x = x.to(dtype)
     return x.to(device), RaggedTable.from_dense(x, group_size=group_size).to(device)
+
+
+def _rows(dtype) -> torch.dtype:
+    """The dtype of the rows a table of `dtype` serves (float32 for int8)."""
+    return torch.float32 if dtype == "int8" else dtype
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -111,7 +123,7 @@ def test_gather_matches_reference_exactly(dtype, k, ids_dtype, device, gather_va
 def test_gather_into_a_reused_out_buffer_matches_reference(dtype, k, device, gather_variant):
     """out= writes every element (zeros at pruned dims over NaN garbage) and returns out."""
     x, table = _table(40, k, dtype=dtype, device=device)
-    out = torch.full((9, 4, k), float("nan"), dtype=dtype, device=device)
+    out = torch.full((9, 4, k), float("nan"), dtype=_rows(dtype), device=device)
     for seed in (0, 1):  # the same buffer twice
         ids = torch.randint(0, 40, (9, 4), generator=torch.Generator().manual_seed(seed))
         ids[0] = 1
@@ -120,7 +132,7 @@ def test_gather_into_a_reused_out_buffer_matches_reference(dtype, k, device, gat
         got = ragged_gather(table, ids, out=out, backend="extension", **gather_variant)
         assert got is out
         assert torch.equal(out, x[ids])
-    empty = torch.empty(0, 4, k, dtype=dtype, device=device)
+    empty = torch.empty(0, 4, k, dtype=_rows(dtype), device=device)
     assert ragged_gather(table, ids[:0], out=empty, backend="extension") is empty
     ref_out = torch.full_like(out, float("nan"))
     assert torch.equal(ragged_gather(table, ids, out=ref_out, backend="reference"), x[ids])
@@ -163,12 +175,14 @@ def test_bad_out_buffers_are_refused_with_what_was_expected():
         ragged_gather(table, torch.tensor([1, 10]), out=torch.empty(2, 8))
 
 
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
 @pytest.mark.parametrize("k", [7, 64, 100, 128, 160])
-def test_every_row_density_path(k, device, variant):
+def test_every_row_density_path(k, int8, device, variant):
     """The CPU kernels write a 64-dim word one of three ways — a copy when every dim is
     kept, zeros plus a scatter when at most 16 are, 8-dim permutes otherwise — and a word
     may be narrower than 64 (the last one when K % 64 != 0): rows keeping 0, 1, 16, 17,
-    40, 63 and all dims of every word, gathered and pooled against the reference."""
+    40, 63 and all dims of every word, gathered and pooled against the reference (int8
+    rows: 16 dims a step on AVX-512, the scatter elsewhere)."""
     g = torch.Generator().manual_seed(k)
     kept_counts = [0, 1, 16, 17, 40, 63, 64, 0, 64, 1]
     x = torch.zeros(len(kept_counts) * 3, k)
@@ -178,7 +192,8 @@ def test_every_row_density_path(k, device, variant):
             c = min(kept_counts[(r + base // 64) % len(kept_counts)], width)
             cols = base + torch.randperm(width, generator=g)[:c]
             x[r, cols] = torch.randn(c, generator=g).abs() + 0.1
-    x, table = x.to(device), RaggedTable.from_dense(x).to(device)
+    table = RaggedTable.from_dense(x, dtype="int8" if int8 else None)
+    x, table = table.to_dense().to(device), table.to(device)
     ids = torch.randperm(x.shape[0], generator=g).repeat(3).to(device)
     assert torch.equal(ragged_gather(table, ids, backend="extension", **no_bag(variant)), x[ids])
     offsets = torch.arange(0, ids.numel(), 4, device=device)
@@ -481,12 +496,12 @@ def test_out_of_range_id_is_named_on_every_device(device, variant):
     assert dot[2] == 0 and dot[1] > 0
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, "int8"], ids=str)
 def test_gather_into_an_out_buffer_that_starts_off_alignment(dtype, device, gather_variant):
     """A contiguous out= view one element into its storage (K % 4 == 0, so the CUDA kernel's
     4-dim vector stores would be misaligned if it assumed an aligned base)."""
     x, table = _table(30, 8, dtype=dtype, device=device)
-    storage = torch.full((6 * 8 + 1,), float("nan"), dtype=dtype, device=device)
+    storage = torch.full((6 * 8 + 1,), float("nan"), dtype=_rows(dtype), device=device)
     out = storage[1:].view(6, 8)
     ids = torch.tensor([0, 3, 3, 29, 1, 7], device=device)
     assert ragged_gather(table, ids, out=out, backend="extension", **gather_variant) is out
@@ -589,7 +604,7 @@ def test_bag_variants_match_float64_sums(dtype, index_dtype, device, variant):
     lengths = torch.tensor([0, 1, 31, 32, 33, 70, 0])
     ids = torch.randint(0, 50, (int(lengths.sum()),), generator=g) ** 2 // 50  # hot low ids
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    weights = torch.rand(ids.numel(), generator=g, dtype=torch.float64).to(dtype)
+    weights = torch.rand(ids.numel(), generator=g, dtype=torch.float64).to(_rows(dtype))
     bag_of = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
     for mode, w, last in (("sum", None, False), ("mean", None, True), ("sum", weights, True)):
         rows = x[ids] * (1.0 if w is None else w.double().unsqueeze(1))
@@ -649,6 +664,106 @@ def test_opcheck_every_op(device):
     torch.library.opcheck(
         torch.ops.mixemb.ragged_dot.default, (*t[:4], *t[:4], 10, flat, flat, True, True, 4)
     )
+
+
+def test_opcheck_every_op_on_an_int8_table(device):
+    """The scale_bias arguments through the schema, the fake kernels (float32 outputs) and
+    ragged_bag's autograd (its backward gathers the int8 rows)."""
+    _, table = _table(20, 10, dtype="int8", device=device)
+    t = (table.masks, table.values, table.group_offsets, table.group_size, 10)
+    sb = {"scale_bias": table.scale_bias}
+    ids = torch.tensor([[1, 3], [19, 0]], device=device)
+    ops = torch.ops.mixemb
+    torch.library.opcheck(ops.ragged_gather.default, (*t, ids, True), sb)
+    out = torch.empty(2, 2, 10, device=device)
+    torch.library.opcheck(ops.ragged_gather_out.default, (*t, ids, out, True), sb)
+    w = torch.rand(4, device=device, requires_grad=True)
+    flat, offsets = ids.reshape(-1), torch.tensor([0, 1], device=device)
+    torch.library.opcheck(ops.ragged_bag.default, (*t, flat, offsets, 0, w, False, True), sb)
+    torch.library.opcheck(ops.ragged_bag.default, (*t, flat, offsets, 1, None, False, True), sb)
+    both = {"scale_bias_a": table.scale_bias, "scale_bias_b": table.scale_bias}
+    torch.library.opcheck(ops.ragged_dot.default, (*t[:4], *t[:4], 10, flat, flat, True), both)
+
+
+def test_int8_bag_weight_gradient_matches_reference(device):
+    _, table = _table(20, 10, dtype="int8", device=device)
+    ids = torch.tensor([1, 3, 19, 0, 3], device=device)
+    offsets = torch.tensor([0, 2], device=device)
+    w = torch.rand(5, device=device, requires_grad=True)
+    w_ref = w.detach().clone().requires_grad_(True)
+    got = ragged_bag(table, ids, offsets, per_sample_weights=w, backend="extension")
+    want = ragged_bag_reference(table, ids, offsets, per_sample_weights=w_ref)
+    grad = torch.randn_like(got)
+    got.backward(grad)
+    want.backward(grad)
+    torch.testing.assert_close(w.grad, w_ref.grad, **TOL["int8"])
+
+
+@pytest.mark.parametrize("k", [1, 7, 64, 100])
+def test_int8_edge_tables_match_reference(k, device, variant):
+    """One row; no kept value at all; a constant row (scale 0); rows of fp16-edge values;
+    every op, every kernel variant, against the reference and quant's dequantization."""
+    from mixemb.quant import round_segments
+
+    g = torch.Generator().manual_seed(k)
+    one = torch.randn(1, k, generator=g)
+    edge = torch.randn(6, k, generator=g)
+    edge[0] = 0  # no kept dim
+    edge[1] = 3.0  # constant: scale 0, bias 3
+    edge[2, : (k + 1) // 2] = 60000.0  # near fp16's max, with the rest far below
+    edge[3] = -1e-6 * torch.arange(1, k + 1)
+    for dense in (one, torch.zeros(3, k), edge):
+        table = RaggedTable.from_dense(dense, dtype="int8")
+        present = dense != 0
+        served = torch.zeros_like(dense)
+        served[present] = round_segments(dense[present], present.sum(1), "int8")
+        n = dense.shape[0]
+        table = table.to(device)
+        ids = (torch.arange(3 * n) % n).flip(0).to(device)
+        rows = ragged_gather(table, ids, backend="extension", **no_bag(variant))
+        assert rows.dtype == torch.float32
+        assert torch.equal(rows.cpu(), served[ids.cpu()])
+        assert torch.equal(rows, ragged_gather_reference(table, ids))
+        offsets = torch.tensor([0, 0, 2], device=device)  # an empty bag first
+        got = ragged_bag(table, ids, offsets, mode="mean", backend="extension", **variant)
+        want = ragged_bag_reference(table, ids, offsets, mode="mean")
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-2 if n == 6 else 1e-5)
+        got = ragged_dot(table, ids, table, ids.flip(0), backend="extension", **no_bag(variant))
+        want = ragged_dot_reference(table, ids, table, ids.flip(0))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert ragged_gather(table, ids[:0], backend="extension").shape == (0, k)
+        assert ragged_bag(table, ids[:0], offsets[:0], backend="extension").shape == (0, k)
+
+
+def test_int8_scale_bias_is_checked_by_kernels_and_reference(device):
+    """uint8 values need their (N, 2) float16 scale_bias and float values must have none:
+    a one-line error from every op and the reference, never a read past the tensor."""
+    _, table = _table(10, 8, dtype="int8", device=device)
+    _, float_table = _table(10, 8, device=device)
+    ids = torch.tensor([0, 9], device=device)
+    t = (table.masks, table.values, table.group_offsets, 16, 8)
+    ops = torch.ops.mixemb
+    bad = {
+        "None": (None, "needs its \\(N, 2\\) float16 scale_bias"),
+        "short": (table.scale_bias[:9], r"scale_bias must be \(10, 2\) float16"),
+        "float32": (table.scale_bias.float(), r"scale_bias must be \(10, 2\) float16"),
+        "strided": (table.scale_bias.t().contiguous().t(), "scale_bias must be contiguous"),
+    }
+    for sb, message in bad.values():
+        with pytest.raises(RuntimeError, match=message):
+            ops.ragged_gather(*t, ids, True, scale_bias=sb)
+        with pytest.raises(RuntimeError, match=message):
+            ops.ragged_bag(*t, ids, ids[:1] * 0, 0, None, False, True, scale_bias=sb)
+        with pytest.raises(RuntimeError, match=message):
+            ops.ragged_dot(*t[:4], *t[:4], 8, ids, ids, True, scale_bias_a=sb, scale_bias_b=sb)
+    f = (float_table.masks, float_table.values, float_table.group_offsets, 16, 8)
+    with pytest.raises(RuntimeError, match="scale_bias is for int8 tables"):
+        ops.ragged_gather(*f, ids, True, scale_bias=table.scale_bias)
+    with pytest.raises(RuntimeError, match="same value dtype"):
+        ragged_dot(table, ids, float_table, ids, backend="extension")
+    table.scale_bias = table.scale_bias[:9]
+    with pytest.raises(ValueError, match=r"scale_bias must be \(10, 2\) float16"):
+        ragged_gather_reference(table, ids)
 
 
 @pytest.mark.slow
@@ -712,3 +827,170 @@ def test_without_the_extension_ops_fall_back_with_one_warning(monkeypatch):
     assert torch.equal(first, ragged_gather_reference(table, ids))
     with pytest.raises(RuntimeError, match="not available"):
         ragged_gather(table, ids, backend="extension")
+
+
+# ---- inconsistent tables: an error, never a crash ----------------------------------------
+# Each case once crashed the process (SIGSEGV) or read heap memory: a corrupt table (its
+# values replaced, group_offsets or masks edited, behind the RaggedTable's back or in a
+# loaded state) served by an op. They run in one child process, so that a crash is seen
+# as the child's signal (failing the case it happened in) instead of killing pytest.
+_CORRUPT_SETUP = """
+import json, sys, traceback
+import torch
+from mixemb.nn import RaggedEmbedding
+from mixemb.ops import ragged_bag, ragged_dot, ragged_gather
+from mixemb.ragged import RaggedTable
+
+def good(k=10, n=50):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, k, generator=g) * (torch.rand(n, k, generator=g) < 0.5)
+    return RaggedTable.from_dense(x)
+
+def edit(name, index, value, k=10):
+    t = good(k)
+    getattr(t, name)[index] = value
+    return t
+
+def loaded(name, index, value):
+    emb = RaggedEmbedding(good())
+    state = {key: v.clone() for key, v in emb.state_dict().items()}
+    state[name][index] = value
+    emb.load_state_dict(state)
+    return emb
+
+ids = torch.arange(50)
+bags = torch.tensor([0, 10, 30])
+raw = torch.ops.mixemb
+"""
+CORRUPT_CASES = {
+    # name: (the statement that once crashed, the error it must raise instead)
+    "values_replaced_gather": (
+        "t = good(); t.values = torch.ones(1); ragged_gather(t, ids)",
+        "group_offsets run from 0 to .*, values hold 1",
+    ),
+    "values_replaced_bag": (
+        "t = good(); t.values = torch.ones(1); ragged_bag(t, ids, bags)",
+        "values hold 1",
+    ),
+    "values_replaced_dot": (
+        "t = good(); t.values = torch.ones(1); ragged_dot(good(), ids, t, ids)",
+        "values hold 1",
+    ),
+    "group_offset_2e40_gather": (
+        "ragged_gather(edit('group_offsets', 1, 2**40), ids)",
+        r"row 16 would read values \[1099511627776",
+    ),
+    "group_offset_negative_bag": (
+        "ragged_bag(edit('group_offsets', 2, -7), ids, bags)",
+        r"row 32 would read values \[-7",
+    ),
+    "group_offset_int64_max_dot": (
+        "ragged_dot(edit('group_offsets', 1, 2**63 - 1), ids, good(), ids)",
+        "would read values",
+    ),
+    "masks_all_ones_gather": (
+        "ragged_gather(edit('masks', 3, -1), ids)",
+        "mask of row 3 keeps dims at or past dim",
+    ),
+    "masks_all_ones_bag": (
+        "ragged_bag(edit('masks', 3, -1), ids, bags)",
+        "mask of row 3 keeps dims",
+    ),
+    "masks_all_ones_k64_dot": (  # the last row: its 64 values would run past the end
+        "ragged_dot(edit('masks', 49, -1, k=64), ids, good(64), ids)",
+        "row 49 would read values",
+    ),
+    "raw_op_bad_offsets": (
+        "t = edit('group_offsets', 1, 2**40); "
+        "raw.ragged_gather(t.masks, t.values, t.group_offsets, 16, 10, ids)",
+        "would read values",
+    ),
+    "raw_op_bad_offsets_out": (
+        "t = edit('group_offsets', 3, -(2**40)); out = torch.empty(50, 10); "
+        "raw.ragged_gather_out(t.masks, t.values, t.group_offsets, 16, 10, ids, out, False)",
+        "would read values",
+    ),
+    "raw_op_huge_group_size": (
+        "t = good(); raw.ragged_gather(t.masks, t.values, t.group_offsets[:2], 2**62 + 1, 10, ids)",
+        "values hold",
+    ),
+    "load_state_dict_bad_group_offsets": (
+        "loaded('group_offsets', 1, 2**40)(ids)",
+        "invalid ragged table in the module's state: group_offsets do not match",
+    ),
+    "load_state_dict_masks_minus_one": (
+        "loaded('masks', 0, -1)(ids)",
+        "masks of row 0 keep dims at or past embedding_dim=10",
+    ),
+    "from_state_dict_masks_minus_one": (
+        "s = good().state_dict(); s['masks'][5] = -1; RaggedTable.from_state_dict(s)",
+        "masks of row 5 keep dims",
+    ),
+}
+_CORRUPT_RUN = """
+for name, stmt in CASES.items():
+    print(json.dumps({"start": name}), flush=True)
+    try:
+        exec(stmt)
+        print(json.dumps({"name": name, "error": None}), flush=True)
+    except Exception as e:
+        print(json.dumps({"name": name, "error": f"{type(e).__name__}: {e}"}), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def corrupt_outcomes() -> dict:
+    """name → the error the case raised (None: no error), or the child's death."""
+    import json
+
+    cases = {name: stmt for name, (stmt, _) in CORRUPT_CASES.items()}
+    script = _CORRUPT_SETUP + f"CASES = {cases!r}\n" + _CORRUPT_RUN
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env
+    )
+    outcomes, started = {}, None
+    for line in run.stdout.splitlines():
+        row = json.loads(line)
+        if "start" in row:
+            started = row["start"]
+        else:
+            outcomes[row["name"]] = row["error"]
+    if run.returncode != 0:  # a signal is a negative return code
+        outcomes[started] = f"CHILD DIED (returncode {run.returncode}): {run.stderr[-1500:]}"
+    return outcomes
+
+
+@pytest.mark.parametrize("case", list(CORRUPT_CASES))
+def test_inconsistent_table_is_an_error_not_a_crash(case, corrupt_outcomes):
+    assert case in corrupt_outcomes, "not run: the child process died at an earlier case"
+    error = corrupt_outcomes[case]
+    assert error is not None, "no error: the corrupt table was served"
+    assert error.startswith("ValueError: "), error
+    assert re.search(CORRUPT_CASES[case][1], error), error
+
+
+def test_inconsistent_table_rows_read_nothing_and_raise_when_checked(device, variant):
+    """Every kernel variant: a looked-up row outside the values (here a group offset moved
+    past nnz) raises with check_bounds; on the GPU without it (no host sync), that row
+    reads nothing: zeros, the other rows intact. gpu_check.sh runs it under memcheck."""
+    for k in (10, 64, 100):
+        x, table = _table(40, k, device=device)
+        table.group_offsets[1] = table.group_offsets[1] + 10**6
+        ids = torch.tensor([0, 1, 17, 2, 17], device=device)
+        kw = {"backend": "extension", "check_bounds": True}
+        with pytest.raises(ValueError, match="inconsistent ragged table"):
+            ragged_gather(table, ids, **kw, **no_bag(variant))
+        with pytest.raises(ValueError, match="inconsistent ragged table"):
+            ragged_bag(table, ids, torch.tensor([0, 2], device=device), **kw, **variant)
+        with pytest.raises(ValueError, match="inconsistent ragged table"):
+            ragged_dot(table, ids, table, ids.flip(0), **kw, **no_bag(variant))
+        if device == "cpu":
+            continue  # the CPU kernels always check (above)
+        kw["check_bounds"] = False
+        rows = ragged_gather(table, ids, **kw, **no_bag(variant))
+        assert rows[[2, 4]].eq(0).all() and torch.equal(rows[[0, 1, 3]], x[[0, 1, 2]])
+        bag = ragged_bag(table, ids, torch.tensor([0, 2], device=device), **kw, **variant)
+        torch.testing.assert_close(bag, torch.stack([x[0] + x[1], x[2]]))
+        dot = ragged_dot(table, ids, table, ids.flip(0), **kw, **no_bag(variant))
+        assert dot[[0, 2, 4]].eq(0).all()

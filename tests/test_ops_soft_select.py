@@ -246,6 +246,11 @@ def test_auto_backend_uses_triton_on_cuda(monkeypatch):
         (dict(alpha=torch.ones(2, 5)), "alpha must be"),
         (dict(boundaries=torch.tensor([0, 10])), "boundaries must be"),
         (dict(boundaries=torch.tensor([0, 5, 10], dtype=torch.int32)), "int64"),
+        # once silently put ids in the wrong block
+        (dict(boundaries=torch.tensor([0, 11, 10])), "strictly increasing, got \\[0, 11, 10\\]"),
+        (dict(boundaries=torch.tensor([0, 5, 12])), "run from 0 to N=10, got"),
+        (dict(boundaries=torch.tensor([-1, 5, 10])), "run from 0 to N=10"),
+        (dict(boundaries=torch.tensor([0, 0, 10])), "strictly increasing"),
         (dict(ids=torch.zeros(3)), "ids must be int32 or int64"),
         (dict(values=torch.ones(4)), "values must match"),
         (dict(backend="cuda-magic"), "backend must be"),
@@ -267,3 +272,18 @@ def test_bad_arguments_are_named(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         soft_select_lookup(**args, backend=backend)
+
+
+def test_embedding_rejects_bad_boundaries_at_construction_and_load():
+    """SoftSelectEmbedding checks its boundaries where they are set, so the CUDA forward
+    (which cannot read them without a host sync) never sees an unchecked one."""
+    with pytest.raises(ValueError, match="strictly increasing"):
+        SoftSelectEmbedding(10, 4, [0, 6, 3, 10])
+    emb = SoftSelectEmbedding(10, 4, [0, 3, 10])
+    state = emb.state_dict()
+    for bad, match in (([0, 11, 10], "strictly increasing"), ([0, 3, 9], "run from 0 to N=10")):
+        with pytest.raises(ValueError, match=f"boundaries in the state: .*{match}"):
+            emb.load_state_dict({**state, "boundaries": torch.tensor(bad)})
+    assert emb.boundaries.tolist() == [0, 3, 10]  # nothing was copied in
+    emb.load_state_dict({**state, "boundaries": torch.tensor([0, 4, 10])})
+    assert emb.boundaries.tolist() == [0, 4, 10]

@@ -12,6 +12,10 @@
 // Pruned dims are written as zeros by the same pass, so the output needs no memset. Only
 // kept values are read. The variants are op arguments (csrc/ops.cpp); bench/bench_serve.py
 // times them side by side and bench/README.md has the figures behind the defaults.
+// int8 tables (uint8 values with a per-row fp16 scale and bias, csrc/ragged_int8.h) are
+// dequantized as each value is read (Dequant, built per located row) into float32 rows,
+// bags and scores; every kernel is a template over the stored type, so the variants all
+// serve them.
 //
 // Lean includes only (no ATen/cuda/CUDAContext.h): this file compiles with nvcc against
 // the CPU torch wheel's headers, and takes the current stream from the AOTI C shim.
@@ -27,6 +31,7 @@
 #include <cuda_runtime.h>
 
 #include "../ragged_checks.h"
+#include "../ragged_int8.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -59,8 +64,34 @@ struct TableView {
   int64_t rows;
   int64_t words;
   int64_t group_size;
-  int group_shift;  // log2(group_size) when a power of two, else -1
+  int group_shift;          // log2(group_size) when a power of two, else -1
+  int64_t nnz;              // values.numel()
+  unsigned long long high;  // the bits of a row's last mask word at or past dim
+  const at::Half* scale_bias;  // (rows, 2) of an int8 table, else null
 };
+
+// Whether a located row (start, its kept-value count, its last mask word) lies inside the
+// values and keeps no dim at or past dim. A consistent table always passes; a row of a
+// corrupt one (values replaced, offsets or masks edited) that fails is read as empty
+// (zeros) and recorded, never read out of bounds: on the GPU the host cannot afford the
+// whole-table check per call, so each lookup clamps its own row.
+__device__ __forceinline__ bool row_fits(const TableView& t, int64_t start, int64_t count,
+                                         unsigned long long last_word) {
+  return start >= 0 && start <= t.nnz - count && (last_word & t.high) == 0;
+}
+
+// Records the smallest position whose row failed row_fits (bad[1]; bad[0] holds the
+// smallest bad id's). Raised by the host after the launch when check_bounds is on.
+__device__ __forceinline__ void record_bad_row(unsigned long long* bad, int64_t pos, int lane) {
+  if (bad != nullptr && lane == 0) atomicMin(bad + 1, static_cast<unsigned long long>(pos));
+}
+
+// a + b in unsigned arithmetic: a corrupt group offset near INT64_MAX wraps (and then
+// fails row_fits) instead of overflowing.
+__device__ __forceinline__ int64_t wrap_add(int64_t a, int64_t b) {
+  return static_cast<int64_t>(static_cast<unsigned long long>(a) +
+                              static_cast<unsigned long long>(b));
+}
 
 // The group of `row`: a shift for power-of-two group sizes (the default 16), else a 64-bit
 // division (a called routine on the GPU).
@@ -88,7 +119,18 @@ __device__ __forceinline__ int64_t row_start(const TableView& t, int64_t row, in
       count += __popcll(static_cast<unsigned long long>(t.masks[r * t.words + w]));
     }
   }
-  return t.group_offsets[group] + warp_sum(count);
+  return wrap_add(t.group_offsets[group], warp_sum(count));
+}
+
+// Kept values of row `row` over all its mask words, and its last mask word.
+__device__ __forceinline__ int64_t row_kept(const TableView& t, int64_t row,
+                                            unsigned long long& last_word) {
+  int64_t kept = 0;
+  for (int64_t w = 0; w < t.words; ++w) {
+    last_word = static_cast<unsigned long long>(t.masks[row * t.words + w]);
+    kept += __popcll(last_word);
+  }
+  return kept;
 }
 
 // Ids [lo, hi) of `bag`, clamped into [0, num_ids] so that malformed offsets (checked on
@@ -113,18 +155,27 @@ __device__ __forceinline__ bool valid_id(int64_t id, int64_t rows, int64_t pos,
 template <typename scalar_t, typename index_t>
 __global__ void ragged_gather_kernel(TableView t, const scalar_t* __restrict__ values,
                                      const index_t* __restrict__ ids, int64_t n, int64_t dim,
-                                     scalar_t* __restrict__ out, unsigned long long* bad) {
+                                     read_t<scalar_t>* __restrict__ out,
+                                     unsigned long long* bad) {
+  using out_t = read_t<scalar_t>;
   const int lane = threadIdx.x % kWarp;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
        i < n; i += warps) {
     const int64_t id = static_cast<int64_t>(ids[i]);
-    scalar_t* dst = out + i * dim;
+    out_t* dst = out + i * dim;
     if (!valid_id(id, t.rows, i, bad, lane)) {
-      for (int64_t k = lane; k < dim; k += kWarp) dst[k] = scalar_t(0);
+      for (int64_t k = lane; k < dim; k += kWarp) dst[k] = out_t(0);
       continue;
     }
     int64_t start = row_start(t, id, lane);
+    unsigned long long last_word = 0;
+    if (!row_fits(t, start, row_kept(t, id, last_word), last_word)) {
+      record_bad_row(bad, i, lane);
+      for (int64_t k = lane; k < dim; k += kWarp) dst[k] = out_t(0);
+      continue;
+    }
+    const Dequant<scalar_t> dq(t.scale_bias, id);
     for (int64_t w = 0; w < t.words; ++w) {
       const unsigned long long m = static_cast<unsigned long long>(t.masks[id * t.words + w]);
       for (int b = lane; b < 64; b += kWarp) {
@@ -132,7 +183,7 @@ __global__ void ragged_gather_kernel(TableView t, const scalar_t* __restrict__ v
         if (k < dim) {
           const bool kept = (m >> b) & 1ull;
           const int64_t slot = start + __popcll(m & ((1ull << b) - 1ull));
-          dst[k] = kept ? values[slot] : scalar_t(0);
+          dst[k] = kept ? dq(values[slot]) : out_t(0);
         }
       }
       start += __popcll(m);
@@ -206,11 +257,13 @@ __device__ __forceinline__ void issue_word_rows(const TableView& t, const int64_
 }
 
 // Stage 2: the kept values of the earlier rows of each row's group (the rest of a group
-// of > 16 rows, then 4 shuffles), so slot[u] becomes the row's first value; skipped rows
-// get mask 0. Every lane of the 16 runs the shuffles.
+// of > 16 rows, then 4 shuffles), so slot[u] becomes the row's first value; skipped rows,
+// and rows of lookups i0 + u that fail row_fits (recorded in bad), get mask 0. Every lane
+// of the 16 runs the shuffles.
 template <int U>
 __device__ __forceinline__ void locate_word_rows(const TableView& t, const bool (&ok)[U],
-                                                 int sub, unsigned lanes, WordRows<U>& w) {
+                                                 int sub, unsigned lanes, int64_t i0,
+                                                 unsigned long long* bad, WordRows<U>& w) {
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     const int64_t row = w.row[u];
@@ -222,15 +275,21 @@ __device__ __forceinline__ void locate_word_rows(const TableView& t, const bool 
     for (int off = kLanesPerRow / 2; off > 0; off >>= 1) {
       count += __shfl_xor_sync(lanes, count, off, kLanesPerRow);
     }
-    w.slot[u] += count;
+    w.slot[u] = wrap_add(w.slot[u], count);
+    if (ok[u] && !row_fits(t, w.slot[u], __popcll(w.mask[u]), w.mask[u])) {
+      record_bad_row(bad, i0 + u, sub);
+      w.mask[u] = 0;
+    }
     if (!ok[u]) w.mask[u] = 0;
   }
 }
 
 // Stage 3: this lane's 4 dims (sub * 4 + j) of every row, as out_t, zeros where pruned,
-// and which of the 4 are kept (bit j). Bits at or past dim are 0 in a mask.
+// and which of the 4 are kept (bit j). Bits at or past dim are 0 in a mask. An int8 row's
+// scale and bias are read only for a row with a kept value (a skipped row has mask 0).
 template <int U, typename scalar_t, typename out_t>
-__device__ __forceinline__ void read_word_rows(const scalar_t* __restrict__ values, int sub,
+__device__ __forceinline__ void read_word_rows(const TableView& t,
+                                               const scalar_t* __restrict__ values, int sub,
                                                const WordRows<U>& w,
                                                out_t (&vals)[U][kDimsPerLane],
                                                unsigned (&kept)[U]) {
@@ -239,10 +298,12 @@ __device__ __forceinline__ void read_word_rows(const scalar_t* __restrict__ valu
   for (int u = 0; u < U; ++u) {
     int64_t slot = w.slot[u] + __popcll(w.mask[u] & ((1ull << k0) - 1ull));  // k0 <= 60
     kept[u] = static_cast<unsigned>(w.mask[u] >> k0) & 0xfu;
+    const Dequant<scalar_t> dq =
+        w.mask[u] != 0 ? Dequant<scalar_t>(t.scale_bias, w.row[u]) : Dequant<scalar_t>();
 #pragma unroll
     for (int j = 0; j < kDimsPerLane; ++j) {
       const bool keep = (kept[u] >> j) & 1u;
-      vals[u][j] = keep ? static_cast<out_t>(values[slot]) : out_t(0);
+      vals[u][j] = keep ? static_cast<out_t>(dq(values[slot])) : out_t(0);
       slot += keep;
     }
   }
@@ -251,8 +312,9 @@ __device__ __forceinline__ void read_word_rows(const scalar_t* __restrict__ valu
 template <int U, typename scalar_t, typename index_t>
 __global__ void ragged_gather_word_kernel(TableView t, const scalar_t* __restrict__ values,
                                           const index_t* __restrict__ ids, int64_t n,
-                                          int64_t dim, scalar_t* __restrict__ out,
+                                          int64_t dim, read_t<scalar_t>* __restrict__ out,
                                           unsigned long long* bad, bool vector_store) {
+  using out_t = read_t<scalar_t>;
   const int sub = threadIdx.x % kLanesPerRow;
   // the 16 lanes of these lookups: the shuffles name only them, so the two halves of a
   // warp may leave the loop at different iterations
@@ -268,19 +330,19 @@ __global__ void ragged_gather_word_kernel(TableView t, const scalar_t* __restric
     load_ids<U>(ids, i0, n, t.rows, bad, sub, id, ok);
     WordRows<U> w;
     issue_word_rows<U>(t, id, ok, sub, w);
-    locate_word_rows<U>(t, ok, sub, lanes, w);
-    scalar_t vals[U][kDimsPerLane];
+    locate_word_rows<U>(t, ok, sub, lanes, i0, bad, w);
+    out_t vals[U][kDimsPerLane];
     unsigned kept[U];
-    read_word_rows<U>(values, sub, w, vals, kept);
+    read_word_rows<U>(t, values, sub, w, vals, kept);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (i0 + u >= n) break;
-      scalar_t* dst = out + (i0 + u) * dim;
+      out_t* dst = out + (i0 + u) * dim;
       if (vector_store) {
-        Dims4<scalar_t> v;
+        Dims4<out_t> v;
 #pragma unroll
         for (int j = 0; j < kDimsPerLane; ++j) v.v[j] = vals[u][j];
-        if (k0 < dim) *reinterpret_cast<Dims4<scalar_t>*>(dst + k0) = v;
+        if (k0 < dim) *reinterpret_cast<Dims4<out_t>*>(dst + k0) = v;
       } else {
 #pragma unroll
         for (int j = 0; j < kDimsPerLane; ++j) {
@@ -293,12 +355,13 @@ __global__ void ragged_gather_word_kernel(TableView t, const scalar_t* __restric
 
 // acc[j] += scale[u] * (dim sub * 4 + j of row u) over U located rows (stage 3 of a bag).
 template <int U, typename scalar_t, typename acc_t>
-__device__ __forceinline__ void add_word_rows(const scalar_t* __restrict__ values, int sub,
+__device__ __forceinline__ void add_word_rows(const TableView& t,
+                                              const scalar_t* __restrict__ values, int sub,
                                               const WordRows<U>& w, const acc_t (&scale)[U],
                                               acc_t (&acc)[kDimsPerLane]) {
   acc_t vals[U][kDimsPerLane];
   unsigned kept[U];
-  read_word_rows<U>(values, sub, w, vals, kept);
+  read_word_rows<U>(t, values, sub, w, vals, kept);
 #pragma unroll
   for (int u = 0; u < U; ++u) {
 #pragma unroll
@@ -310,19 +373,18 @@ __device__ __forceinline__ void add_word_rows(const scalar_t* __restrict__ value
 
 // A bag's sum (mean) of one-word rows out of the 4 accumulators of each lane of its warp:
 // the two halves add up, the first writes dims sub * 4 + j.
-template <typename scalar_t>
-__device__ __forceinline__ void write_word_bag(at::opmath_type<scalar_t> (&acc)[kDimsPerLane],
+template <typename out_t>
+__device__ __forceinline__ void write_word_bag(at::opmath_type<out_t> (&acc)[kDimsPerLane],
                                                int64_t bag, int64_t lo, int64_t hi,
-                                               int64_t dim, int mean,
-                                               scalar_t* __restrict__ out) {
-  using acc_t = at::opmath_type<scalar_t>;
+                                               int64_t dim, int mean, out_t* __restrict__ out) {
+  using acc_t = at::opmath_type<out_t>;
   const int half = (threadIdx.x % kWarp) / kLanesPerRow;
   const int k0 = (threadIdx.x % kLanesPerRow) * kDimsPerLane;
   const acc_t div = (mean && hi > lo) ? static_cast<acc_t>(hi - lo) : acc_t(1);
 #pragma unroll
   for (int j = 0; j < kDimsPerLane; ++j) {
     acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], kLanesPerRow);
-    if (half == 0 && k0 + j < dim) out[bag * dim + k0 + j] = static_cast<scalar_t>(acc[j] / div);
+    if (half == 0 && k0 + j < dim) out[bag * dim + k0 + j] = static_cast<out_t>(acc[j] / div);
   }
 }
 
@@ -335,8 +397,9 @@ __global__ void ragged_bag_word_kernel(TableView t, const scalar_t* __restrict__
                                        const int64_t* __restrict__ offsets,
                                        int64_t num_offsets, int64_t num_ids, int64_t bags,
                                        int64_t dim, int mean, const double* __restrict__ weights,
-                                       scalar_t* __restrict__ out, unsigned long long* bad) {
-  using acc_t = at::opmath_type<scalar_t>;
+                                       read_t<scalar_t>* __restrict__ out,
+                                       unsigned long long* bad) {
+  using acc_t = at::opmath_type<read_t<scalar_t>>;
   const int half = (threadIdx.x % kWarp) / kLanesPerRow;
   const int sub = threadIdx.x % kLanesPerRow;
   const unsigned lanes = half_warp_lanes();
@@ -359,10 +422,10 @@ __global__ void ragged_bag_word_kernel(TableView t, const scalar_t* __restrict__
       }
       WordRows<U> w;
       issue_word_rows<U>(t, id, ok, sub, w);
-      locate_word_rows<U>(t, ok, sub, lanes, w);
-      add_word_rows<U>(values, sub, w, scale, acc);
+      locate_word_rows<U>(t, ok, sub, lanes, i0, bad, w);
+      add_word_rows<U>(t, values, sub, w, scale, acc);
     }
-    write_word_bag<scalar_t>(acc, bag, lo, hi, dim, mean, out);
+    write_word_bag(acc, bag, lo, hi, dim, mean, out);
   }
 }
 
@@ -379,8 +442,9 @@ __global__ void ragged_bag_lanes_kernel(TableView t, const scalar_t* __restrict_
                                         const int64_t* __restrict__ offsets,
                                         int64_t num_offsets, int64_t num_ids, int64_t bags,
                                         int64_t dim, int mean, const double* __restrict__ weights,
-                                        scalar_t* __restrict__ out, unsigned long long* bad) {
-  using acc_t = at::opmath_type<scalar_t>;
+                                        read_t<scalar_t>* __restrict__ out,
+                                        unsigned long long* bad) {
+  using acc_t = at::opmath_type<read_t<scalar_t>>;
   const int lane = threadIdx.x % kWarp;
   const int half = lane / kLanesPerRow;
   const int sub = lane % kLanesPerRow;
@@ -410,7 +474,11 @@ __global__ void ragged_bag_lanes_kernel(TableView t, const scalar_t* __restrict_
           if (r0 + r < row) count += __popcll(static_cast<unsigned long long>(t.masks[r0 + r]));
         }
       }
-      slot += count;
+      slot = wrap_add(slot, count);
+      if (ok && !row_fits(t, slot, __popcll(mask), mask)) {
+        record_bad_row(bad, i, 0);
+        mask = 0;
+      }
       if (!ok) mask = 0;
       // the chunk's lookups j = 2u + half (+ 2U per step), U per half at once
       const int m = static_cast<int>(hi - c < kWarp ? hi - c : kWarp);
@@ -424,12 +492,16 @@ __global__ void ragged_bag_lanes_kernel(TableView t, const scalar_t* __restrict_
           w.mask[u] = __shfl_sync(0xffffffffu, mask, src);
           w.slot[u] = __shfl_sync(0xffffffffu, slot, src);
           sc[u] = __shfl_sync(0xffffffffu, scale, src);
+          // an int8 row's scale and bias are found by its row (float rows need no row)
+          if constexpr (std::is_same_v<scalar_t, uint8_t>) {
+            w.row[u] = __shfl_sync(0xffffffffu, row, src);
+          }
           if (j >= m) w.mask[u] = 0;
         }
-        add_word_rows<U>(values, sub, w, sc, acc);
+        add_word_rows<U>(t, values, sub, w, sc, acc);
       }
     }
-    write_word_bag<scalar_t>(acc, bag, lo, hi, dim, mean, out);
+    write_word_bag(acc, bag, lo, hi, dim, mean, out);
   }
 }
 
@@ -440,9 +512,9 @@ __global__ void ragged_dot_word_kernel(TableView ta, const scalar_t* __restrict_
                                        TableView tb, const scalar_t* __restrict__ vb,
                                        const int64_t* __restrict__ ids_a,
                                        const int64_t* __restrict__ ids_b, int64_t n,
-                                       at::opmath_type<scalar_t>* __restrict__ out,
+                                       at::opmath_type<read_t<scalar_t>>* __restrict__ out,
                                        unsigned long long* bad) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = at::opmath_type<read_t<scalar_t>>;
   const int sub = threadIdx.x % kLanesPerRow;
   const unsigned lanes = half_warp_lanes();
   const int64_t per_block = blockDim.x / kLanesPerRow;
@@ -459,12 +531,12 @@ __global__ void ragged_dot_word_kernel(TableView ta, const scalar_t* __restrict_
     WordRows<U> wa, wb;
     issue_word_rows<U>(ta, a, ok, sub, wa);
     issue_word_rows<U>(tb, b, ok, sub, wb);
-    locate_word_rows<U>(ta, ok, sub, lanes, wa);
-    locate_word_rows<U>(tb, ok, sub, lanes, wb);
+    locate_word_rows<U>(ta, ok, sub, lanes, i0, bad, wa);
+    locate_word_rows<U>(tb, ok, sub, lanes, i0, bad, wb);
     acc_t ra[U][kDimsPerLane], rb[U][kDimsPerLane];
     unsigned ka[U], kb[U];
-    read_word_rows<U>(va, sub, wa, ra, ka);
-    read_word_rows<U>(vb, sub, wb, rb, kb);
+    read_word_rows<U>(ta, va, sub, wa, ra, ka);
+    read_word_rows<U>(tb, vb, sub, wb, rb, kb);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       acc_t acc = acc_t(0);
@@ -486,8 +558,8 @@ __global__ void ragged_bag_kernel(TableView t, const scalar_t* __restrict__ valu
                                   const int64_t* __restrict__ offsets, int64_t num_offsets,
                                   int64_t num_ids, int64_t bags, int64_t dim, int mean,
                                   const double* __restrict__ weights,
-                                  scalar_t* __restrict__ out, unsigned long long* bad) {
-  using acc_t = at::opmath_type<scalar_t>;
+                                  read_t<scalar_t>* __restrict__ out, unsigned long long* bad) {
+  using acc_t = at::opmath_type<read_t<scalar_t>>;
   const int lane = threadIdx.x % kWarp;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
   for (int64_t bag = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
@@ -502,14 +574,20 @@ __global__ void ragged_bag_kernel(TableView t, const scalar_t* __restrict__ valu
       if (!valid_id(id, t.rows, i, bad, lane)) continue;
       const acc_t scale = weights ? static_cast<acc_t>(weights[i]) : acc_t(1);
       int64_t start = row_start(t, id, lane);
+      unsigned long long last_word = 0;
+      if (!row_fits(t, start, row_kept(t, id, last_word), last_word)) {
+        record_bad_row(bad, i, lane);
+        continue;
+      }
+      const Dequant<scalar_t> dq(t.scale_bias, id);
       for (int64_t w = 0; w < t.words; ++w) {
         const unsigned long long m = static_cast<unsigned long long>(t.masks[id * t.words + w]);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int b = lane + h * kWarp;
           if ((m >> b) & 1ull) {
-            acc[2 * w + h] += scale * static_cast<acc_t>(
-                                          values[start + __popcll(m & ((1ull << b) - 1ull))]);
+            acc[2 * w + h] += scale * static_cast<acc_t>(dq(
+                                          values[start + __popcll(m & ((1ull << b) - 1ull))]));
           }
         }
         start += __popcll(m);
@@ -520,7 +598,7 @@ __global__ void ragged_bag_kernel(TableView t, const scalar_t* __restrict__ valu
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int64_t k = w * 64 + lane + h * kWarp;
-        if (k < dim) out[bag * dim + k] = static_cast<scalar_t>(acc[2 * w + h] / div);
+        if (k < dim) out[bag * dim + k] = static_cast<read_t<scalar_t>>(acc[2 * w + h] / div);
       }
     }
   }
@@ -531,9 +609,9 @@ __global__ void ragged_dot_kernel(TableView ta, const scalar_t* __restrict__ va,
                                   const scalar_t* __restrict__ vb,
                                   const int64_t* __restrict__ ids_a,
                                   const int64_t* __restrict__ ids_b, int64_t n,
-                                  at::opmath_type<scalar_t>* __restrict__ out,
+                                  at::opmath_type<read_t<scalar_t>>* __restrict__ out,
                                   unsigned long long* bad) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = at::opmath_type<read_t<scalar_t>>;
   const int lane = threadIdx.x % kWarp;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
@@ -548,6 +626,14 @@ __global__ void ragged_dot_kernel(TableView ta, const scalar_t* __restrict__ va,
     }
     int64_t sa = row_start(ta, a, lane);
     int64_t sb = row_start(tb, b, lane);
+    unsigned long long last_a = 0, last_b = 0;
+    if (!row_fits(ta, sa, row_kept(ta, a, last_a), last_a) ||
+        !row_fits(tb, sb, row_kept(tb, b, last_b), last_b)) {
+      record_bad_row(bad, i, lane);
+      if (lane == 0) out[i] = acc_t(0);
+      continue;
+    }
+    const Dequant<scalar_t> dqa(ta.scale_bias, a), dqb(tb.scale_bias, b);
     acc_t acc = 0;
     for (int64_t w = 0; w < ta.words; ++w) {
       const unsigned long long ma = static_cast<unsigned long long>(ta.masks[a * ta.words + w]);
@@ -557,8 +643,8 @@ __global__ void ragged_dot_kernel(TableView ta, const scalar_t* __restrict__ va,
         const int bit = lane + h * kWarp;
         if (((ma & mb) >> bit) & 1ull) {
           const unsigned long long below = (1ull << bit) - 1ull;
-          acc += static_cast<acc_t>(va[sa + __popcll(ma & below)]) *
-                 static_cast<acc_t>(vb[sb + __popcll(mb & below)]);
+          acc += static_cast<acc_t>(dqa(va[sa + __popcll(ma & below)])) *
+                 static_cast<acc_t>(dqb(vb[sb + __popcll(mb & below)]));
         }
       }
       sa += __popcll(ma);
@@ -570,7 +656,8 @@ __global__ void ragged_dot_kernel(TableView ta, const scalar_t* __restrict__ va,
 }
 
 TableView view(const at::Tensor& masks, const at::Tensor& group_offsets, int64_t group_size,
-               int64_t dim, const at::Tensor& values, const char* op) {
+               int64_t dim, const at::Tensor& values,
+               const std::optional<at::Tensor>& scale_bias, const char* op) {
   TORCH_CHECK(masks.is_cuda() && values.is_cuda() && group_offsets.is_cuda(), op,
               ": table tensors must be on the GPU");
   TORCH_CHECK(masks.device() == values.device() && group_offsets.device() == values.device(),
@@ -580,9 +667,10 @@ TableView view(const at::Tensor& masks, const at::Tensor& group_offsets, int64_t
               op, ": masks must be (N, ceil(dim/64)) int64, got ", masks.sizes());
   TORCH_CHECK(dim >= 1 && dim <= kMaxDim, op, ": dim must be in [1, ", kMaxDim, "], got ", dim);
   TORCH_CHECK(group_size >= 1, op, ": group_size must be >= 1");
-  TORCH_CHECK(group_offsets.scalar_type() == at::kLong &&
-                  group_offsets.numel() == (masks.size(0) + group_size - 1) / group_size + 1,
+  const int64_t groups = masks.size(0) == 0 ? 0 : (masks.size(0) - 1) / group_size + 1;
+  TORCH_CHECK(group_offsets.scalar_type() == at::kLong && group_offsets.numel() == groups + 1,
               op, ": group_offsets must be (ceil(N/G)+1,) int64");
+  TORCH_CHECK(values.dim() == 1, op, ": values must be 1-D, got ", values.sizes());
   TORCH_CHECK(masks.is_contiguous() && values.is_contiguous() && group_offsets.is_contiguous(),
               op, ": table tensors must be contiguous");
   int shift = -1;
@@ -590,8 +678,10 @@ TableView view(const at::Tensor& masks, const at::Tensor& group_offsets, int64_t
     shift = 0;
     while ((int64_t{1} << shift) < group_size) ++shift;
   }
+  const unsigned long long high = dim % 64 == 0 ? 0ull : ~((1ull << (dim % 64)) - 1ull);
+  const at::Half* sb = check_scale_bias(values, scale_bias, masks.size(0), op);
   return TableView{masks.data_ptr<int64_t>(), group_offsets.data_ptr<int64_t>(), masks.size(0),
-                   masks.size(1), group_size, shift};
+                   masks.size(1), group_size, shift, values.numel(), high, sb};
 }
 
 void check_device(const at::Tensor& t, const at::Tensor& values, const char* op,
@@ -635,11 +725,17 @@ void with_lookups_at_once(int u, const F& f) {
   }
 }
 
-// Raises naming the first bad position and its id(s); reading the flag is a host sync,
-// paid only when check_bounds is on.
+// Raises naming the first bad position and its id(s), or the first lookup whose row lies
+// outside the values (an inconsistent table); reading the flags is a host sync, paid only
+// when check_bounds is on (without it such lookups read nothing: zero rows, zero scores).
 void raise_if_bad(const at::Tensor& bad, const at::Tensor& ids, const char* op,
                   const at::Tensor* other_ids = nullptr) {
-  const int64_t pos = bad.cpu().data_ptr<int64_t>()[0];
+  const at::Tensor flags = bad.cpu();
+  const int64_t pos = flags.data_ptr<int64_t>()[0];
+  const int64_t row_pos = flags.data_ptr<int64_t>()[1];
+  TORCH_CHECK_VALUE(pos != INT64_MAX || row_pos == INT64_MAX, op,
+                    ": inconsistent ragged table: the row looked up at position ", row_pos,
+                    " lies outside the values or keeps dims at or past dim");
   if (pos == INT64_MAX) return;
   auto id_at = [pos](const at::Tensor& t) {
     return t.reshape(-1)[pos].cpu().to(at::kLong).data_ptr<int64_t>()[0];
@@ -652,7 +748,7 @@ void raise_if_bad(const at::Tensor& bad, const at::Tensor& ids, const char* op,
 }
 
 // Writes the dense rows of ids into out, a contiguous (ids.numel(), dim) buffer of the
-// values' dtype on the GPU (checked by the callers).
+// rows' dtype (the values', float32 for int8) on the GPU (checked by the callers).
 // one_warp, u: the kernel variant (csrc/ops.cpp), u already checked.
 void gather_into(const TableView& t, const at::Tensor& values, const at::Tensor& ids,
                  int64_t dim, bool check_bounds, bool one_warp, int u, const at::Tensor& out) {
@@ -663,14 +759,14 @@ void gather_into(const TableView& t, const at::Tensor& values, const at::Tensor&
   const int64_t n = ids_c.numel();
   if (n == 0) return;
   at::Tensor bad;
-  if (check_bounds) bad = at::full({1}, INT64_MAX, ids.options().dtype(at::kLong));
+  if (check_bounds) bad = at::full({2}, INT64_MAX, ids.options().dtype(at::kLong));
   // 4-dim vector stores need dst + k0 aligned: dim % 4 == 0 and an aligned base (a
   // caller's out= buffer may start at any element)
   const bool vector_store =
       dim % kDimsPerLane == 0 &&
       reinterpret_cast<uintptr_t>(out.data_ptr()) % (kDimsPerLane * out.element_size()) == 0;
   const cudaStream_t stream = current_stream(values);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(),
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, values.scalar_type(),
                                   "ragged_gather_cuda", [&] {
     AT_DISPATCH_INDEX_TYPES(ids_c.scalar_type(), "ragged_gather_cuda_ids", [&] {
       auto* bad_ptr =
@@ -682,13 +778,13 @@ void gather_into(const TableView& t, const at::Tensor& values, const at::Tensor&
               <<<blocks_for(n, kWarp * kWarpsPerBlock / kLanesPerRow * U),
                  kWarp * kWarpsPerBlock, 0, stream>>>(
                   t, values.data_ptr<scalar_t>(), ids_c.data_ptr<index_t>(), n, dim,
-                  out.data_ptr<scalar_t>(), bad_ptr, vector_store);
+                  out.data_ptr<read_t<scalar_t>>(), bad_ptr, vector_store);
         });
       } else {
         ragged_gather_kernel<scalar_t, index_t>
             <<<blocks_for(n), kWarp * kWarpsPerBlock, 0, stream>>>(
                 t, values.data_ptr<scalar_t>(), ids_c.data_ptr<index_t>(), n, dim,
-                out.data_ptr<scalar_t>(), bad_ptr);
+                out.data_ptr<read_t<scalar_t>>(), bad_ptr);
       }
     });
   });
@@ -699,12 +795,14 @@ void gather_into(const TableView& t, const at::Tensor& values, const at::Tensor&
 at::Tensor ragged_gather_cuda(const at::Tensor& masks, const at::Tensor& values,
                               const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
                               const at::Tensor& ids, bool check_bounds, bool one_warp,
-                              std::optional<int64_t> lookups_at_once) {
-  const TableView t = view(masks, group_offsets, group_size, dim, values, "ragged_gather");
+                              std::optional<int64_t> lookups_at_once,
+                              const std::optional<at::Tensor>& scale_bias) {
+  const TableView t =
+      view(masks, group_offsets, group_size, dim, values, scale_bias, "ragged_gather");
   const int u = check_lookups_at_once(lookups_at_once, kGatherLookupsAtOnce, "ragged_gather");
   std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
   shape.push_back(dim);
-  at::Tensor out = at::empty(shape, values.options());
+  at::Tensor out = at::empty(shape, values.options().dtype(output_type(values)));
   gather_into(t, values, ids, dim, check_bounds, one_warp, u, out);
   return out;
 }
@@ -714,14 +812,16 @@ at::Tensor ragged_gather_cuda(const at::Tensor& masks, const at::Tensor& values,
 void ragged_gather_out_cuda(const at::Tensor& masks, const at::Tensor& values,
                             const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
                             const at::Tensor& ids, const at::Tensor& out, bool check_bounds,
-                            bool one_warp, std::optional<int64_t> lookups_at_once) {
-  const TableView t = view(masks, group_offsets, group_size, dim, values, "ragged_gather_out");
+                            bool one_warp, std::optional<int64_t> lookups_at_once,
+                            const std::optional<at::Tensor>& scale_bias) {
+  const TableView t =
+      view(masks, group_offsets, group_size, dim, values, scale_bias, "ragged_gather_out");
   const int u =
       check_lookups_at_once(lookups_at_once, kGatherLookupsAtOnce, "ragged_gather_out");
   TORCH_CHECK(out.is_cuda() && out.is_contiguous() &&
-                  out.scalar_type() == values.scalar_type() &&
+                  out.scalar_type() == output_type(values) &&
                   out.numel() == ids.numel() * dim,
-              "ragged_gather_out: out must be a contiguous GPU tensor of ", values.scalar_type(),
+              "ragged_gather_out: out must be a contiguous GPU tensor of ", output_type(values),
               " with ids.numel() * dim = ", ids.numel() * dim, " elements, got ", out.sizes(),
               " ", out.scalar_type(), " on ", out.device());
   gather_into(t, values, ids, dim, check_bounds, one_warp, u, out);
@@ -733,8 +833,10 @@ at::Tensor ragged_bag_cuda(const at::Tensor& masks, const at::Tensor& values,
                            const std::optional<at::Tensor>& per_sample_weights,
                            bool include_last_offset, bool check_bounds,
                            c10::string_view bag_kernel, bool one_warp,
-                           std::optional<int64_t> lookups_at_once) {
-  const TableView t = view(masks, group_offsets, group_size, dim, values, "ragged_bag");
+                           std::optional<int64_t> lookups_at_once,
+                           const std::optional<at::Tensor>& scale_bias) {
+  const TableView t =
+      view(masks, group_offsets, group_size, dim, values, scale_bias, "ragged_bag");
   const bool lanes = check_bag_kernel(bag_kernel);
   const int u = check_lookups_at_once(
       lookups_at_once, lanes ? kBagLanesLookupsAtOnce : kBagLookupsAtOnce, "ragged_bag");
@@ -756,14 +858,14 @@ at::Tensor ragged_bag_cuda(const at::Tensor& masks, const at::Tensor& values,
     const at::Tensor off_h = off_c.cpu();
     check_bag_offsets(off_h.data_ptr<int64_t>(), off_h.numel(), ids_c.numel());
   }
-  at::Tensor out = at::empty({bags, dim}, values.options());
+  at::Tensor out = at::empty({bags, dim}, values.options().dtype(output_type(values)));
   if (bags == 0) return out;
   at::Tensor bad;
-  if (check_bounds) bad = at::full({1}, INT64_MAX, ids_c.options());
+  if (check_bounds) bad = at::full({2}, INT64_MAX, ids_c.options());
   at::Tensor w_c;
   if (weighted) w_c = per_sample_weights->contiguous().to(at::kDouble);
   const cudaStream_t stream = current_stream(values);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(),
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, values.scalar_type(),
                                   "ragged_bag_cuda", [&] {
     const double* w_ptr = weighted ? w_c.data_ptr<double>() : nullptr;
     auto* bad_ptr =
@@ -777,13 +879,13 @@ at::Tensor ragged_bag_cuda(const at::Tensor& masks, const at::Tensor& values,
         kernel<<<blocks_for(bags), kWarp * kWarpsPerBlock, 0, stream>>>(
                 t, values.data_ptr<scalar_t>(), ids_c.data_ptr<int64_t>(),
                 off_c.data_ptr<int64_t>(), off_c.numel(), ids_c.numel(), bags, dim,
-                static_cast<int>(mode), w_ptr, out.data_ptr<scalar_t>(), bad_ptr);
+                static_cast<int>(mode), w_ptr, out.data_ptr<read_t<scalar_t>>(), bad_ptr);
       });
     } else {
       ragged_bag_kernel<scalar_t><<<blocks_for(bags), kWarp * kWarpsPerBlock, 0, stream>>>(
           t, values.data_ptr<scalar_t>(), ids_c.data_ptr<int64_t>(), off_c.data_ptr<int64_t>(),
           off_c.numel(), ids_c.numel(), bags, dim, static_cast<int>(mode), w_ptr,
-          out.data_ptr<scalar_t>(), bad_ptr);
+          out.data_ptr<read_t<scalar_t>>(), bad_ptr);
     }
   });
   check_launch("ragged_bag");
@@ -796,10 +898,14 @@ at::Tensor ragged_dot_cuda(const at::Tensor& masks_a, const at::Tensor& values_a
                            const at::Tensor& masks_b, const at::Tensor& values_b,
                            const at::Tensor& group_offsets_b, int64_t group_size_b, int64_t dim,
                            const at::Tensor& ids_a, const at::Tensor& ids_b, bool check_bounds,
-                           bool one_warp, std::optional<int64_t> lookups_at_once) {
-  const TableView ta = view(masks_a, group_offsets_a, group_size_a, dim, values_a, "ragged_dot");
+                           bool one_warp, std::optional<int64_t> lookups_at_once,
+                           const std::optional<at::Tensor>& scale_bias_a,
+                           const std::optional<at::Tensor>& scale_bias_b) {
+  const TableView ta = view(masks_a, group_offsets_a, group_size_a, dim, values_a, scale_bias_a,
+                            "ragged_dot (table a)");
   const int u = check_lookups_at_once(lookups_at_once, kDotLookupsAtOnce, "ragged_dot");
-  const TableView tb = view(masks_b, group_offsets_b, group_size_b, dim, values_b, "ragged_dot");
+  const TableView tb = view(masks_b, group_offsets_b, group_size_b, dim, values_b, scale_bias_b,
+                            "ragged_dot (table b)");
   TORCH_CHECK(ids_a.sizes() == ids_b.sizes(), "ragged_dot: ids_a and ids_b shapes differ");
   TORCH_CHECK(values_a.scalar_type() == values_b.scalar_type(),
               "ragged_dot: both tables must have the same value dtype");
@@ -814,13 +920,13 @@ at::Tensor ragged_dot_cuda(const at::Tensor& masks_a, const at::Tensor& values_a
   const int64_t n = ia.numel();
   if (n == 0) return out;
   at::Tensor bad;
-  if (check_bounds) bad = at::full({1}, INT64_MAX, ia.options());
+  if (check_bounds) bad = at::full({2}, INT64_MAX, ia.options());
   const cudaStream_t stream = current_stream(values_a);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values_a.scalar_type(),
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, values_a.scalar_type(),
                                   "ragged_dot_cuda", [&] {
     auto* bad_ptr =
         check_bounds ? reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()) : nullptr;
-    auto* out_ptr = out.data_ptr<at::opmath_type<scalar_t>>();
+    auto* out_ptr = out.data_ptr<at::opmath_type<read_t<scalar_t>>>();
     if (ta.words == 1 && tb.words == 1 && !one_warp) {
       with_lookups_at_once(u, [&](auto rows) {
         constexpr int U = decltype(rows)::value;

@@ -58,9 +58,12 @@ int main() {
                     .findSchemaOrThrow("mixemb::ragged_gather", "")
                     .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                       int64_t, int64_t, const at::Tensor&, bool, bool,
-                                      std::optional<int64_t>)>();
-  // the kernel variant arguments at their defaults (one_warp, lookups_at_once)
-  auto rows = gather.call(masks, values, offsets, g, k, ids, true, false, std::nullopt);
+                                      std::optional<int64_t>,
+                                      const std::optional<at::Tensor>&)>();
+  // the kernel variant arguments at their defaults (one_warp, lookups_at_once); no
+  // scale_bias (a float table)
+  auto rows =
+      gather.call(masks, values, offsets, g, k, ids, true, false, std::nullopt, std::nullopt);
   expect(torch::equal(rows, dense.index_select(0, ids)), "ragged_gather equals dense rows");
 
   // a serving loop's reused output buffer
@@ -68,11 +71,14 @@ int main() {
                         .findSchemaOrThrow("mixemb::ragged_gather_out", "")
                         .typed<void(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                     int64_t, int64_t, const at::Tensor&, const at::Tensor&,
-                                    bool, bool, std::optional<int64_t>)>();
+                                    bool, bool, std::optional<int64_t>,
+                                    const std::optional<at::Tensor>&)>();
   auto buffer = torch::full({ids.size(0), k}, std::nan(""));
-  gather_out.call(masks, values, offsets, g, k, ids, buffer, true, false, std::nullopt);
+  gather_out.call(masks, values, offsets, g, k, ids, buffer, true, false, std::nullopt,
+                  std::nullopt);
   expect(torch::equal(buffer, dense.index_select(0, ids)), "ragged_gather_out fills out");
-  gather_out.call(masks, values, offsets, g, k, ids.flip(0), buffer, true, false, 2);
+  gather_out.call(masks, values, offsets, g, k, ids.flip(0), buffer, true, false, 2,
+                  std::nullopt);
   expect(torch::equal(buffer, dense.index_select(0, ids.flip(0))),
          "ragged_gather_out overwrites a reused buffer");
 
@@ -81,17 +87,19 @@ int main() {
                  .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                    int64_t, const at::Tensor&, const at::Tensor&,
                                    const at::Tensor&, int64_t, int64_t, const at::Tensor&,
-                                   const at::Tensor&, bool, bool, std::optional<int64_t>)>();
+                                   const at::Tensor&, bool, bool, std::optional<int64_t>,
+                                   const std::optional<at::Tensor>&,
+                                   const std::optional<at::Tensor>&)>();
   auto other = ids.flip(0);
   auto scores = dot.call(masks, values, offsets, g, masks, values, offsets, g, k, ids, other,
-                         true, false, std::nullopt);
+                         true, false, std::nullopt, std::nullopt, std::nullopt);
   auto expected = (dense.index_select(0, ids) * dense.index_select(0, other)).sum(1);
   expect(torch::allclose(scores, expected, 1e-5, 1e-5), "ragged_dot equals dense dot");
 
   bool threw = false;
   try {
     gather.call(masks, values, offsets, g, k, torch::tensor({n}, torch::kLong), true, false,
-                std::nullopt);
+                std::nullopt, std::nullopt);
   } catch (const c10::Error& e) {
     threw = std::string(e.what()).find("out of range") != std::string::npos;
   }
@@ -99,7 +107,7 @@ int main() {
 
   threw = false;
   try {
-    gather.call(masks, values, offsets, g, k, ids, true, false, 3);
+    gather.call(masks, values, offsets, g, k, ids, true, false, 3, std::nullopt);
   } catch (const c10::Error& e) {
     threw = std::string(e.what()).find("lookups_at_once must be 1, 2, 4 or 8") !=
             std::string::npos;

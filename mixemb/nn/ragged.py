@@ -12,10 +12,11 @@ from mixemb.ragged import RaggedTable
 
 class RaggedEmbedding(nn.Module):
     """Embedding layer over a :class:`RaggedTable`: ``forward(ids (...) int32/int64,
-    values (...) float or None) -> (..., K)`` in the table's value dtype, each row times its
-    value when ``values`` is given.
+    values (...) float or None) -> (..., K)`` in the table's value dtype (float32 for an
+    int8 table, dequantized by the op), each row times its value when ``values`` is given.
 
-    The table's tensors are buffers, so ``.to(device)`` and ``state_dict()`` carry them.
+    The table's tensors are buffers (an int8 table's ``scale_bias`` too), so
+    ``.to(device)`` and ``state_dict()`` carry them.
 
     table: the RaggedTable served (N rows, maximum dimension K).
     one_warp: default False; the CUDA gather kernel variant (``mixemb.ops.ragged_gather``),
@@ -49,11 +50,12 @@ class RaggedEmbedding(nn.Module):
         pruned: torch.Tensor,
         *,
         group_size: int = 16,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         **kwargs,
     ) -> RaggedEmbedding:
         """From a pruned (N, K) table (zeros are pruned entries); group_size and dtype go to
-        ``RaggedTable.from_dense``, the other keywords to the constructor."""
+        ``RaggedTable.from_dense`` (dtype ``"int8"``: an int8 table), the other keywords to
+        the constructor."""
         return cls(RaggedTable.from_dense(pruned, group_size=group_size, dtype=dtype), **kwargs)
 
     @property
@@ -64,12 +66,31 @@ class RaggedEmbedding(nn.Module):
             self.group_offsets,
             self.embedding_dim,
             self.group_size,
+            scale_bias=self._buffers.get("scale_bias"),
             validate=False,
         )
 
     @property
     def num_embeddings(self) -> int:
         return self.masks.shape[0]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # The incoming buffers are validated as one table before any is copied in: a
+        # file's group_offsets or masks must not reach the kernels unchecked (a buffer
+        # copy only checks shapes). A missing key keeps the current buffer (strict=False).
+        incoming = {
+            name: state_dict.get(prefix + name, current)
+            for name, current in self.table.tensors().items()
+        }
+        if all(isinstance(t, torch.Tensor) for t in incoming.values()):
+            try:
+                RaggedTable(
+                    **incoming, embedding_dim=self.embedding_dim, group_size=self.group_size
+                )
+            except ValueError as err:
+                where = prefix.rstrip(".") or "the module"
+                raise ValueError(f"invalid ragged table in {where}'s state: {err}") from None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def nbytes(self) -> int:
         """Bytes of the stored table (values + metadata); equals the sum of its buffers."""
@@ -88,7 +109,8 @@ class RaggedEmbedding(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_embeddings}, {self.embedding_dim}, nnz={self.values.numel()}, "
-            f"dtype={self.values.dtype}, nbytes={self.nbytes()}"
+            f"dtype={'int8' if 'scale_bias' in self._buffers else self.values.dtype}, "
+            f"nbytes={self.nbytes()}"
             + (", one_warp=True" if self.one_warp else "")
             + (f", lookups_at_once={self.lookups_at_once}" if self.lookups_at_once else "")
         )

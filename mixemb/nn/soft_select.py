@@ -13,6 +13,7 @@ from torch import nn
 
 from mixemb.nn.fused_optimizer import FusedOptimizer
 from mixemb.ops import soft_select_lookup
+from mixemb.ops.soft_select import check_boundaries
 from mixemb.reference import equal_boundaries
 
 
@@ -99,12 +100,9 @@ class SoftSelectEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         b = torch.as_tensor(boundaries, dtype=torch.int64)
-        if b.dim() != 1 or b.numel() < 2 or b[0] != 0 or b[-1] != num_embeddings:
-            raise ValueError(
-                f"boundaries must run from 0 to num_embeddings={num_embeddings}, got {b.tolist()}"
-            )
-        if not bool((b[1:] > b[:-1]).all()):
-            raise ValueError(f"boundaries must be strictly increasing, got {b.tolist()}")
+        if b.dim() != 1:
+            raise ValueError(f"boundaries must be (L+1,), got shape {tuple(b.shape)}")
+        check_boundaries(b, num_embeddings)
         self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
         nn.init.xavier_normal_(self.weight)
         self.alpha = nn.Parameter(torch.ones(b.numel() - 1, embedding_dim))
@@ -112,6 +110,16 @@ class SoftSelectEmbedding(nn.Module):
         self.normalize, self.l1, self.eps = normalize, l1, eps
         self.sparse, self.backend, self.deterministic = sparse, backend, deterministic
         self.fused_optimizer = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # checked here, once, since the CUDA forward cannot check them without a host sync
+        b = state_dict.get(prefix + "boundaries")
+        if isinstance(b, torch.Tensor) and b.dim() == 1 and not b.is_floating_point():
+            try:
+                check_boundaries(b, self.num_embeddings)
+            except ValueError as err:
+                raise ValueError(f"{prefix}boundaries in the state: {err}") from None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def use_fused_optimizer(self, kind: str = "sgd", lr: float = 0.01, eps: float = 1e-8):
         """Update the table inside the backward from now on; returns the optimizer

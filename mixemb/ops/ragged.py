@@ -6,6 +6,10 @@ The kernels are ``torch.ops.mixemb.ragged_{gather,bag,dot}`` from the compiled e
 ``ragged_bag`` with respect to ``per_sample_weights``. Without the extension every op runs
 its pure-PyTorch reference (``mixemb.reference``) after a one-time warning.
 
+An int8 table (``RaggedTable.from_dense(..., dtype="int8")``) passes its (N, 2) float16
+``scale_bias`` to the kernels, which dequantize each value as they read it (bias + q·scale):
+its rows, bags and scores are float32. Float tables pass None.
+
 The CUDA kernel variants are keyword arguments of every op, so that they are selected per
 call and tested and benchmarked side by side (bench/bench_serve.py). The CPU kernels check
 their values and otherwise ignore them:
@@ -74,8 +78,8 @@ def _check_out(out: torch.Tensor, table: RaggedTable, ids: torch.Tensor) -> None
     shape = (*ids.shape, table.embedding_dim)
     if tuple(out.shape) != shape:
         raise ValueError(f"out must have shape {shape} (ids' shape + [K]), got {tuple(out.shape)}")
-    if out.dtype != table.values.dtype:
-        raise ValueError(f"out must be {table.values.dtype} like the table, got {out.dtype}")
+    if out.dtype != table.rows_dtype:
+        raise ValueError(f"out must be {table.rows_dtype} like the table's rows, got {out.dtype}")
     if out.device != table.values.device:
         raise ValueError(f"out is on {out.device}, the table on {table.values.device}")
     if not out.is_contiguous():
@@ -94,18 +98,23 @@ def ragged_gather(
     lookups_at_once: int | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Dense rows of a ragged table → (..., K) in the table's value dtype, zeros at pruned
-    dimensions (``out`` when given).
+    """Dense rows of a ragged table → (..., K) in the table's value dtype (float32 for an
+    int8 table), zeros at pruned dimensions (``out`` when given).
 
     table: RaggedTable with N rows of maximum dimension K.
     ids: (...) int32/int64 in [0, N).
-    out: default None; a contiguous (..., K) buffer of the table's value dtype and device
+    out: default None; a contiguous (..., K) buffer of the rows' dtype and the table's device
         to write the rows into and return. A serving loop that reuses one skips the
         allocation and, on the CPU, the first-touch page faults of a fresh output (most of
         a big gather's time; bench/README.md).
     check_bounds: default None = on for CPU tensors, off on the GPU (the check costs a host
         sync there; without it a bad id reads nothing and yields a zero row — never an
         illegal memory access); True raises an error naming the first out-of-range id.
+        An inconsistent table (tensors edited behind the RaggedTable's back) is a
+        ValueError on the CPU whatever check_bounds says (O(1) checks of group_offsets'
+        ends per call, each looked-up row inside the values); on the GPU such a row reads
+        nothing (zeros) and is an error only with check_bounds. ``RaggedTable`` and
+        ``RaggedEmbedding`` validate a whole table when built or loaded.
     one_warp: default False; CUDA kernel variant (module docstring), ignored on CPU.
     lookups_at_once: default None; CUDA kernel variant (module docstring), 1, 2, 4 or 8,
         checked but ignored on CPU.
@@ -120,7 +129,7 @@ def ragged_gather(
         rows = ragged_gather_reference(table, ids)
         return rows if out is None else out.copy_(rows)
     t = (table.masks, table.values, table.group_offsets, table.group_size, table.embedding_dim)
-    variant = (bool(one_warp), lookups_at_once)
+    variant = (bool(one_warp), lookups_at_once, table.scale_bias)
     if out is not None:
         torch.ops.mixemb.ragged_gather_out(*t, ids, out, _bounds(check_bounds, ids), *variant)
         return out
@@ -141,8 +150,8 @@ def ragged_bag(
     lookups_at_once: int | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Pooled bags with ``nn.EmbeddingBag`` semantics → (B, K) in the table's value dtype;
-    an empty bag gives zeros.
+    """Pooled bags with ``nn.EmbeddingBag`` semantics → (B, K) in the table's value dtype
+    (float32 for an int8 table); an empty bag gives zeros.
 
     table: RaggedTable with N rows of maximum dimension K.
     ids: (M,) int32/int64 in [0, N).
@@ -189,6 +198,7 @@ def ragged_bag(
         bag_kernel,
         bool(one_warp),
         lookups_at_once,
+        table.scale_bias,
     )
 
 
@@ -206,7 +216,8 @@ def ragged_dot(
     """MF-style scores (...,) float32 (float64 for float64 tables): Σ over the dims both
     rows keep of a·b, never materialising a padded row.
 
-    table_a, table_b: RaggedTables of the same maximum dimension K, value dtypes alike.
+    table_a, table_b: RaggedTables of the same maximum dimension K, value dtypes alike
+        (both int8, or the same float dtype).
     ids_a: (...) int32/int64 rows of table_a; ids_b: the same shape, rows of table_b.
     check_bounds: default None = on for CPU tensors, off on the GPU (as ``ragged_gather``;
         a pair with a bad id scores 0 unchecked).
@@ -239,16 +250,22 @@ def ragged_dot(
         _bounds(check_bounds, ids_a),
         bool(one_warp),
         lookups_at_once,
+        table_a.scale_bias,
+        table_b.scale_bias,
     )
 
 
 # ---- fake kernels and autograd (only when the extension defined the ops) ----------------
 if _ext.HAS_EXT:
-    # The output depends on the shapes only: the flags after them (check_bounds and the
-    # kernel variant) are taken and ignored, whether passed by position or by name.
+    # The output depends on the shapes and the values' dtype only: the flags after them
+    # (check_bounds, the kernel variant, scale_bias) are taken and ignored, whether passed
+    # by position or by name. uint8 values (an int8 table) give float32 rows.
+    def _rows_dtype(values: torch.Tensor) -> torch.dtype:
+        return torch.float32 if values.dtype == torch.uint8 else values.dtype
+
     @torch.library.register_fake("mixemb::ragged_gather")
     def _gather_fake(masks, values, group_offsets, group_size, dim, ids, *flags, **named):
-        return values.new_empty((*ids.shape, dim))
+        return values.new_empty((*ids.shape, dim), dtype=_rows_dtype(values))
 
     @torch.library.register_fake("mixemb::ragged_gather_out")
     def _gather_out_fake(masks, values, group_offsets, group_size, dim, ids, out, *flags, **named):
@@ -270,7 +287,7 @@ if _ext.HAS_EXT:
         **named,
     ):
         bags = offsets.shape[0] - 1 if include_last_offset else offsets.shape[0]
-        return values.new_empty((bags, dim))
+        return values.new_empty((bags, dim), dtype=_rows_dtype(values))
 
     @torch.library.register_fake("mixemb::ragged_dot")
     def _dot_fake(
@@ -294,6 +311,7 @@ if _ext.HAS_EXT:
     def _bag_setup(ctx, inputs, output):
         masks, values, group_offsets, group_size, dim, ids, offsets, mode, psw, last = inputs[:10]
         ctx.table = (masks, values, group_offsets, group_size, dim)
+        ctx.scale_bias = inputs[14] if len(inputs) > 14 else None
         ctx.include_last = last
         ctx.save_for_backward(ids, offsets)
         ctx.weights_dtype = None if psw is None else psw.dtype
@@ -303,7 +321,7 @@ if _ext.HAS_EXT:
         grad_w = None
         if ctx.weights_dtype is not None and ctx.needs_input_grad[8]:
             # d out[b] / d w[i] = row(ids[i]) for i in bag b: dot the row with grad[b].
-            rows = torch.ops.mixemb.ragged_gather(*ctx.table, ids, False)
+            rows = torch.ops.mixemb.ragged_gather(*ctx.table, ids, False, scale_bias=ctx.scale_bias)
             starts = offsets[:-1] if ctx.include_last else offsets
             ends = (
                 offsets[1:]
@@ -317,6 +335,6 @@ if _ext.HAS_EXT:
             )
             grad_w = (rows.to(grad.dtype) * grad[bag_of]).sum(1).to(ctx.weights_dtype)
         # one gradient per schema argument: only per_sample_weights (the 9th) has one
-        return (*[None] * 8, grad_w, *[None] * 5)
+        return (*[None] * 8, grad_w, *[None] * 6)
 
     torch.library.register_autograd("mixemb::ragged_bag", _bag_backward, setup_context=_bag_setup)

@@ -451,10 +451,24 @@ def _check(weight, alpha, boundaries, ids, values) -> None:
         )
     if boundaries.dtype != torch.int64:
         raise ValueError(f"boundaries must be int64, got {boundaries.dtype}")
+    # A CUDA tensor's values cost a host sync to read: checked where they are set
+    # (SoftSelectEmbedding's constructor and load) instead.
+    if not boundaries.is_cuda and not torch.compiler.is_compiling():
+        check_boundaries(boundaries, weight.shape[0])
     if ids.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"ids must be int32 or int64, got {ids.dtype}")
     if values is not None and values.shape != ids.shape:
         raise ValueError(f"values must match ids {tuple(ids.shape)}, got {tuple(values.shape)}")
+
+
+def check_boundaries(boundaries: Tensor, num_rows: int) -> None:
+    """Raise ValueError unless boundaries (L+1,) int64 run from 0 to num_rows, increasing
+    (an unsorted or out-of-range one would silently put ids in the wrong block)."""
+    b = boundaries.tolist()
+    if len(b) < 2 or b[0] != 0 or b[-1] != num_rows:
+        raise ValueError(f"boundaries must run from 0 to N={num_rows}, got {b[:8]}")
+    if any(hi <= lo for lo, hi in zip(b, b[1:])):
+        raise ValueError(f"boundaries must be strictly increasing, got {b[:8]}")
 
 
 def _check_ids_in_range(ids: Tensor, num_rows: int) -> None:

@@ -26,6 +26,7 @@ from mixemb.search.run import SEARCHED_KIND, load_searched
 from mixemb.train import evaluate, predict
 from mixemb.train.checkpoint import CheckpointError, load_checkpoint
 from mixemb.train.run import load_from_spec
+from mixemb.train.saved import check_model_config, saved_dataset_spec
 
 SPLITS = ("train", "valid", "test")
 
@@ -42,18 +43,23 @@ def _model_file(path: str | Path) -> Path:
 
 def load_run(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the best model of a train run folder (or its ``best.pt``); returns
-    (model in eval mode, checkpoint dict)."""
+    (model in eval mode, checkpoint dict). A file whose config and weights disagree raises
+    CheckpointError."""
     file = _model_file(path)
     ckpt = load_checkpoint(file, kind="mixemb.model")
     for key in ("model_name", "model_config", "dataset_spec", "encoder"):
         if key not in ckpt:
             raise CheckpointError(f"{file}: missing {key!r}; not written by mixemb train")
-    cfg = dict(ckpt["model_config"])
-    name = cfg.pop("name", ckpt["model_name"])
-    model = build_model(name, **cfg)
+    state = ckpt.get("model")
+    weight = state.get("embedding.weight") if isinstance(state, dict) else None
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise CheckpointError(f"{file}: no embedding table; not written by mixemb train")
+    cfg = check_model_config(file, ckpt["model_config"], state, tuple(weight.shape))
+    name = cfg.pop("name")
     try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
+        model = build_model(name, **cfg)
+        model.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{file}: weights do not fit the saved model config: {exc}") from exc
     model.eval()
     return model, ckpt
@@ -68,25 +74,58 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict, int]:
     kind = load_checkpoint(file).get("kind")
     if kind == "mixemb.pruned":
         model, ckpt = load_pruned(file)
-        return model, ckpt, ckpt.get("report", {}).get("k", 10)
+        return model, ckpt, _saved_k(file, ckpt, "report")
     if kind == SEARCHED_KIND:
         model, ckpt = load_searched(file)
-        return model, ckpt, ckpt.get("search_config", {}).get("k", 10)
+        return model, ckpt, _saved_k(file, ckpt, "search_config")
     model, ckpt = load_run(file)
-    return model, ckpt, ckpt.get("train_config", {}).get("k", 10)
+    return model, ckpt, _saved_k(file, ckpt, "train_config")
+
+
+def _saved_k(file: Path, ckpt: dict, section: str) -> int:
+    """The top-k cut-off saved in ``ckpt[section]["k"]`` (10 when absent)."""
+    k = ckpt.get(section, {})
+    k = k.get("k", 10) if isinstance(k, dict) else None
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise CheckpointError(f"{file}: damaged {section} (k={str(k)[:40]})")
+    return k
+
+
+def _encoder_frequencies(file: Path, ckpt: dict) -> torch.Tensor:
+    try:
+        freq = torch.as_tensor(ckpt["encoder"]["frequencies"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{file}: damaged encoder state ({type(exc).__name__})") from exc
+    if freq.dim() != 1:
+        raise CheckpointError(f"{file}: damaged encoder state (frequencies of shape {freq.shape})")
+    return freq
 
 
 def evaluate_run(
-    path: str | Path, split: str = "test", *, k: int | None = None, device: str = "cpu"
+    path: str | Path,
+    split: str = "test",
+    *,
+    k: int | None = None,
+    device: str = "cpu",
+    data_file: str | Path | None = None,
 ) -> dict[str, float]:
     """Metrics on ``split`` ("train", "valid" or "test") of a saved model (see
     :func:`load_model`); the data is reloaded from the saved spec and must still encode
-    as it did when the model was trained."""
+    as it did when the model was trained.
+
+    data_file: the data file a model trained on a file of yours was trained on (a path
+        stored in the model file is never opened; see
+        :func:`mixemb.train.saved.saved_dataset_spec`).
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be train, valid or test, got {split!r}")
+    if k is not None and k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
     model, ckpt, default_k = load_model(path)
-    dataset = load_from_spec(ckpt["dataset_spec"])
-    saved_freq = torch.as_tensor(ckpt["encoder"]["frequencies"])
+    file = _model_file(path)
+    spec = saved_dataset_spec(file, ckpt.get("dataset_spec"), data_file)
+    saved_freq = _encoder_frequencies(file, ckpt)
+    dataset = load_from_spec(spec)
     if dataset.num_features != saved_freq.numel() or not torch.equal(
         torch.as_tensor(dataset.encoder.frequencies), saved_freq
     ):
@@ -108,7 +147,12 @@ def score_raw(path: str | Path, columns: dict, *, device: str = "cpu") -> torch.
     Returns (n,) float32 scores (ratings, or logits for ctr / top-k).
     """
     model, ckpt, _ = load_model(path)
-    encoder = FeatureEncoder.from_state_dict(ckpt["encoder"])
+    try:
+        encoder = FeatureEncoder.from_state_dict(ckpt["encoder"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{_model_file(path)}: damaged encoder state ({type(exc).__name__})"
+        ) from exc
     ids, values = encoder.transform({k: np.asarray(v) for k, v in columns.items()})
     split = Split(
         torch.from_numpy(ids),

@@ -27,13 +27,45 @@ into $MIXEMB_DATA (default ~/.cache/mixemb), checked by sha256, and read from th
 """
 
 
+DATA_FILE_HELP = (
+    "the data file a model trained on your own file was trained on (a path stored in a "
+    "model file is never opened)"
+)
+
+
+def _check_device(name: str) -> None:
+    """Refuse a --device this torch cannot use, before any work."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: not a device (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
+        raise ValueError(f"--device {name}: CUDA is not available (torch is {why})")
+
+
+def _fractions(text: str, flag: str) -> list[float]:
+    """Comma-separated finite fractions in (0, 1]."""
+    try:
+        values = [float(b) for b in text.split(",") if b]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated numbers, got {text[:80]!r}") from None
+    bad = [v for v in values if not 0 < v <= 1]  # also refuses nan and inf
+    if bad:
+        raise ValueError(f"{flag}: each budget must lie in (0, 1], got {bad[0]}")
+    return values
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     src = g.add_mutually_exclusive_group()
     src.add_argument(
         "--data",
         default=None,
-        help="named dataset: movielens-100k, movielens-1m or synthetic (see `mixemb fetch --list`)",
+        help="named dataset: movielens-100k, movielens-1m, synthetic or planted (ctr only; "
+        "see `mixemb fetch --list`)",
     )
     src.add_argument("--data-file", type=Path, help="a file you bring (see --format)")
     g.add_argument(
@@ -221,6 +253,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         tau=args.tau,
         dtype=args.dtype,
         finetune_epochs=args.finetune_epochs,
+        data_file=args.data_file,
     )
     hist = info["dim_histogram"]
     print(
@@ -248,6 +281,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     config = config_from(
         MethodConfig, vars(args), num_blocks=args.blocks, model_kwargs=_model_kwargs(args)
     )
+    budgets = _fractions(args.budgets, "--budgets")
     dataset = load_from_spec(spec)
     compare(
         dataset,
@@ -255,7 +289,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.model,
         config,
         methods=[m for m in args.methods.split(",") if m],
-        budgets=[float(b) for b in args.budgets.split(",") if b],
+        budgets=budgets,
         seeds=[int(s) for s in args.seeds.split(",") if s],
         out=args.out,
     )
@@ -264,13 +298,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import shutil
-
     from mixemb.demo import run_demo
 
-    if Path(args.out).exists():
-        shutil.rmtree(args.out)
-    run_demo(
+    run_demo(  # refuses an --out it did not make (see mixemb.demo.prepare_out)
         data=args.data or "movielens-100k",
         task=args.task,
         model=args.model,
@@ -278,6 +308,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ratio=args.ratio,
         out=args.out,
         seed=args.seed,
+        dtype=args.dtype,
     )
     return 0
 
@@ -285,7 +316,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mixemb.artifacts import evaluate_run
 
-    metrics = evaluate_run(args.run, args.split, k=args.k, device=args.device)
+    metrics = evaluate_run(
+        args.run, args.split, k=args.k, device=args.device, data_file=args.data_file
+    )
     print(f"{args.run} [{args.split}]: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return 0
 
@@ -354,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--finetune-epochs", type=int, default=0, help="retrain with the mask fixed")
     p.add_argument("--out", help="pruned model file (default RUN/pruned.pt)")
+    p.add_argument("--data-file", type=Path, help=DATA_FILE_HELP)
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser(
@@ -405,7 +439,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--ratio", type=float, default=0.2, help="budget: fraction of uniform params")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/demo", help="replaced if it exists")
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=["fp32", "fp16", "bf16"],
+        help="value dtype of the pruned table and of the same-bytes uniform table",
+    )
+    p.add_argument(
+        "--out",
+        default="runs/demo",
+        help="output folder: a previous demo's folder (marked .mixemb-demo) is replaced; "
+        "any other non-empty folder is refused",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("evaluate", help="score a trained, searched or pruned model on a split")
@@ -418,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
     p.add_argument("--k", type=int, default=None, help="cut-off for top-k metrics")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--data-file", type=Path, help=DATA_FILE_HELP)
     p.set_defaults(func=cmd_evaluate)
     return parser
 
@@ -432,10 +478,15 @@ def main(argv: list[str] | None = None) -> int:
     from mixemb.train import CheckpointError
 
     try:
+        if getattr(args, "device", None) is not None:
+            _check_device(args.device)
         return args.func(args)
     except (DataError, CheckpointError, ValueError, FileNotFoundError, OSError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"mixemb: error: {msg}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("mixemb: error: out of memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mixemb: interrupted (continue with --resume)", file=sys.stderr)

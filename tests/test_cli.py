@@ -186,10 +186,18 @@ def test_demo_pipeline_on_synthetic_data(tmp_path):
         finetune_epochs=1,
         log=lines.append,
     )
-    assert [r["method"] for r in rows] == ["uniform K=8", "DNIS unpruned", "DNIS 25%"]
-    assert rows[2]["params"] == round(0.25 * rows[0]["params"])
-    assert rows[2]["bytes"] < rows[0]["bytes"]
+    uniform, _, dnis, same = rows
+    assert [r["method"] for r in rows[:3]] == ["uniform K=8", "DNIS unpruned", "DNIS 25%"]
+    assert dnis["params"] == round(0.25 * uniform["params"])
+    assert dnis["bytes"] < uniform["bytes"]
+    # the plain table of the same bytes: the widest fp32 table within the pruned one's bytes
+    n = uniform["params"] // 8
+    d = dnis["bytes"] // (4 * n)
+    assert same["method"] == f"uniform d={d}" and same["bytes"] == 4 * n * d <= dnis["bytes"]
+    assert same["bytes"] + 4 * n > dnis["bytes"] and same["dtype"] == dnis["dtype"] == "fp32"
     assert (tmp_path / "dnis" / "pruned.pt").exists()
+    assert (tmp_path / "uniform_same_bytes" / "best.pt").exists()
+    assert any(line.startswith("at equal stored bytes: DNIS 25%") for line in lines)
     assert any(line.startswith("mean kept dim per frequency block") for line in lines)
 
 

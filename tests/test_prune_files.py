@@ -99,3 +99,28 @@ def test_half_precision_values():
     ids = torch.randint(0, 50, (8, 3))
     ref = to_ragged_model(model, pruned)(ids)
     torch.testing.assert_close(serving(ids).float(), ref, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [("embedding.group_offsets", torch.tensor([2**40])), ("embedding.masks", None)],
+)
+def test_dense_weights_may_not_overwrite_the_table(tmp_path, key, value):
+    model = _searched()
+    serving = to_ragged_model(model, merge_and_prune(model.embedding, ratio=0.3)[0])
+    obj = torch.load(save_pruned(serving, tmp_path / "m.pt"), weights_only=True)
+    masks = obj["table"]["masks"]
+    obj["dense_state"][key] = value if value is not None else torch.full_like(masks, -1)
+    torch.save(obj, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="would overwrite the ragged table"):
+        load_pruned(tmp_path / "bad.pt")
+
+
+def test_model_config_must_match_the_table(tmp_path):
+    model = _searched("fm")
+    serving = to_ragged_model(model, merge_and_prune(model.embedding, ratio=0.3)[0])
+    obj = torch.load(save_pruned(serving, tmp_path / "m.pt"), weights_only=True)
+    obj["model_config"]["num_features"] = 10**15
+    torch.save(obj, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="model config says"):
+        load_pruned(tmp_path / "bad.pt")

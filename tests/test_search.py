@@ -116,9 +116,21 @@ def test_search_needs_soft_select_embedding():
         search(model, ds, SearchConfig(**CFG), log=lambda s: 0)
 
 
-@pytest.mark.parametrize("bad", [dict(alpha_lr=0), dict(num_blocks=0), dict(search_epochs=-1)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(alpha_lr=0),
+        dict(num_blocks=0),
+        dict(search_epochs=-1),
+        dict(alpha_lr=float("nan")),
+        dict(lr=float("inf")),
+        dict(l1=float("inf")),
+        dict(l1=-1.0),
+        dict(eps=float("nan")),
+    ],
+)
 def test_bad_search_config(bad):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=next(iter(bad))):
         SearchConfig(**bad)
 
 

@@ -45,6 +45,20 @@ def _planted_dataset(task: str = "rating", n: int = 1200, users: int = 40, items
     return Dataset("planted", task, encoder, *parts)
 
 
+class Kill(Exception):
+    """Raised by :func:`kill_at`'s logger: a kill at a known point of a run."""
+
+
+def kill_at(prefix: str):
+    """A log function that raises Kill at the first line starting with ``prefix``."""
+
+    def log(line: str) -> None:
+        if line.startswith(prefix):
+            raise Kill
+
+    return log
+
+
 def _model(name: str, ds: Dataset, **kw):
     torch.manual_seed(0)
     return build_model(name, ds.num_features, ds.num_fields, 8, **kw)
@@ -101,16 +115,10 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, name, kw):
     full = _model(name, ds, **kw)
     ref = fit(full, ds, cfg, run_dir=tmp_path / "full", log=lambda s: None)
 
-    class Kill(Exception):
-        pass
-
-    def killer(line: str) -> None:
-        if line.startswith("epoch   3"):
-            raise Kill
-
     with pytest.raises(Kill):
-        fit(_model(name, ds, **kw), ds, cfg, run_dir=tmp_path / "cut", log=killer)
-    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1  # epochs 1 and 2 saved
+        fit(_model(name, ds, **kw), ds, cfg, run_dir=tmp_path / "cut", log=kill_at("epoch   3"))
+    # an epoch is logged once its checkpoint is written: killed at epoch 3's line, 1-3 are saved
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
 
     resumed = _model(name, ds, **kw)  # fresh weights: everything must come from the checkpoint
     out = fit(resumed, ds, cfg, run_dir=tmp_path / "cut", resume=True, log=lambda s: None)
@@ -252,3 +260,107 @@ def test_epoch_loop_calls_hooks_in_order_and_builds_rows(tmp_path):
     assert (
         saved["hook_state"] == len(calls) and saved["epoch"] == 1 and saved["bad_epochs"] in (0, 1)
     )
+
+
+@pytest.mark.parametrize(
+    "bad", [dict(lr=math.inf), dict(lr=math.nan), dict(weight_decay=math.nan), dict(lr=0.0)]
+)
+def test_non_finite_settings_are_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        TrainConfig(**bad)
+
+
+def test_diverged_training_stops_and_saves_nothing(tmp_path):
+    from mixemb.train.loop import TrainingDiverged
+
+    ds = _planted_dataset("rating")
+    with pytest.raises(TrainingDiverged, match=r"epoch 1: .* is (nan|inf); training diverged"):
+        fit(
+            _model("mf", ds),
+            ds,
+            TrainConfig(epochs=3, lr=1e30),
+            run_dir=tmp_path,
+            log=lambda s: None,
+        )
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_resume_without_a_checkpoint_starts_fresh(tmp_path):
+    ds = _planted_dataset("rating")
+    cfg = TrainConfig(epochs=2, batch_size=100, seed=1)
+    ref = fit(_model("mf", ds), ds, cfg, log=lambda s: None)
+    lines: list[str] = []
+    out = fit(_model("mf", ds), ds, cfg, run_dir=tmp_path, resume=True, log=lines.append)
+    assert out.test == ref.test and any("starting fresh" in line for line in lines)
+
+
+def test_resume_log_counts_the_saved_epochs(tmp_path):
+    ds = _planted_dataset("rating")
+    cfg = TrainConfig(epochs=4, batch_size=100, patience=10)
+    with pytest.raises(Kill):
+        fit(_model("mf", ds), ds, cfg, run_dir=tmp_path, log=kill_at("epoch   2"))
+    lines: list[str] = []
+    fit(_model("mf", ds), ds, cfg, run_dir=tmp_path, resume=True, log=lines.append)
+    assert "2 epoch(s) done, continuing with epoch 3" in lines[0]
+    assert lines[1].startswith("epoch   3")
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_checkpoints_get_the_umask_mode(tmp_path, umask, mode):
+    import os
+
+    old = os.umask(umask)
+    try:
+        path = atomic_save({"kind": "x"}, tmp_path / "c.pt")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
+
+
+def test_a_refused_pickle_is_not_called_corrupted(tmp_path):
+    import os
+
+    class Payload:
+        def __reduce__(self):
+            return (os.getcwd, ())
+
+    torch.save({"kind": "x", "p": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="not a mixemb file") as exc:
+        load_checkpoint(tmp_path / "evil.pt")
+    assert "weights_only" not in str(exc.value) and "corrupted" not in str(exc.value)
+
+
+def test_saved_model_config_must_describe_the_weights():
+    from mixemb.train.saved import check_model_config
+
+    model = build_model("deepfm", 30, 2, 4, hidden=[8])
+    state, shape = model.state_dict(), (30, 4)
+    assert check_model_config("f", model.config, state, shape) == model.config
+    cases = [
+        ({**model.config, "num_features": 10**15}, state, "embedding table"),
+        ({**model.config, "hidden": [10**12]}, state, "do not fit"),
+        ({**model.config, "num_fields": "2"}, state, "bad model config"),
+        ({**model.config, "name": "nope"}, state, "bad model config"),
+        ([1, 2], state, "not a mixemb model config"),
+        (model.config, {**state, "extra": torch.zeros(1)}, "extra"),
+    ]
+    for config, weights, match in cases:
+        with pytest.raises(CheckpointError, match=match):
+            check_model_config("f", config, weights, shape)
+
+
+def test_saved_dataset_spec_opens_no_stored_path(tmp_path):
+    from mixemb.train.saved import saved_dataset_spec
+
+    spec = {"name": "synthetic", "task": "rating", "seed": 0}
+    assert saved_dataset_spec("f", spec) == spec
+    mine = {"name": "r.dat", "path": "/etc/passwd", "fmt": "movielens", "task": "rating"}
+    with pytest.raises(CheckpointError, match="--data-file"):
+        saved_dataset_spec("f", mine)
+    given = saved_dataset_spec("f", mine, tmp_path / "r.dat")
+    assert given["path"] == str((tmp_path / "r.dat").resolve())
+    for bad in ({"name": "/etc/passwd"}, {**spec, "open": "x"}, "spec"):
+        with pytest.raises(CheckpointError):
+            saved_dataset_spec("f", bad)
+    with pytest.raises(ValueError, match="registry dataset"):
+        saved_dataset_spec("f", spec, tmp_path / "r.dat")

@@ -51,6 +51,10 @@ class MethodConfig:
     def __post_init__(self) -> None:
         if self.budget_unit not in UNITS:
             raise ValueError(f"budget_unit must be 'params' or 'bytes', got {self.budget_unit!r}")
+        self.train_config(0)  # its checks (finite lr, ...)
+        self.search_config(0)  # its checks (finite alpha_lr, l1, ...)
+        if not abs(self.mde_exponent) < float("inf"):  # also refuses nan
+            raise ValueError(f"mde_exponent must be finite, got {self.mde_exponent}")
 
     def train_config(self, seed: int, epochs: int | None = None) -> TrainConfig:
         """The plain trainer's config (the fields both share), for ``epochs`` (default

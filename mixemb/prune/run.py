@@ -6,6 +6,7 @@ file that ``mixemb evaluate`` and :func:`mixemb.prune.load_pruned` read.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,9 @@ from mixemb.prune.finetune import finetune_pruned, to_ragged_model
 from mixemb.prune.pruners import merge_and_prune
 from mixemb.search.run import load_searched
 from mixemb.train import TrainConfig, evaluate
+from mixemb.train.checkpoint import check_writable
 from mixemb.train.run import load_from_spec
+from mixemb.train.saved import saved_dataset_spec
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -32,18 +35,31 @@ def prune_run(
     tau: float | None = None,
     dtype: str = "fp32",
     finetune_epochs: int = 0,
+    data_file: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Merge α, prune to the budget, (fine-tune), export one pruned file; returns the report."""
+    """Merge α, prune to the budget, (fine-tune), export one pruned file; returns the report.
+
+    data_file: the data file of a search run on a file of yours (a path stored in the
+        searched file is never opened). Raises ValueError when the pruned model's metrics
+        are not finite (nothing is written then).
+    """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if tau is not None and not (math.isfinite(tau) and tau >= 0):
+        raise ValueError(f"tau must be a finite number >= 0, got {tau}")
+    if finetune_epochs < 0:
+        raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
     t0 = time.perf_counter()
+    out = Path(out)
+    check_writable(out.parent)
     model, obj = load_searched(searched)
+    spec = saved_dataset_spec(searched, obj.get("dataset_spec"), data_file)
     emb = model.embedding
     pruned, report = merge_and_prune(
         emb, keep=keep, ratio=ratio, nbytes=nbytes, tau=tau, value_dtype=DTYPES[dtype]
     )
-    dataset = load_from_spec(obj["dataset_spec"])
+    dataset = load_from_spec(spec)
     sc = obj["search_config"]
     if finetune_epochs > 0:
         # the search's own batch size, learning rate and patience, on the CPU
@@ -68,6 +84,11 @@ def prune_run(
         split: evaluate(serving, getattr(dataset, split), dataset.task, k=k_eval)
         for split in ("valid", "test")
     }
+    bad = [
+        f"{s} {m} {v}" for s, row in metrics.items() for m, v in row.items() if not math.isfinite(v)
+    ]
+    if bad:
+        raise ValueError(f"the pruned model's {bad[0]} is not finite; nothing saved to {out}")
     info = {
         "nnz": report.nnz,
         "ratio_of_uniform": report.ratio,

@@ -18,6 +18,7 @@ supplies the alternating steps, the plateau schedule and their checkpoint state,
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from mixemb.metrics import primary_metric
 from mixemb.models import build_model
 from mixemb.nn import SoftSelectEmbedding, make_boundaries
 from mixemb.train import EpochHooks, TrainConfig, batch_order, config_from, fit, run_epochs
+from mixemb.train.checkpoint import check_writable
 from mixemb.train.loop import load_resume_state, optimizer_step
 from mixemb.train.trainer import init_output_bias, loss_function
 
@@ -80,9 +82,11 @@ class SearchConfig:
         for name in ("warmup_epochs", "search_epochs", "patience"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("lr", "alpha_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name, positive in (("lr", True), ("alpha_lr", True), ("l1", False), ("eps", False)):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (positive and value == 0):
+                bound = "> 0" if positive else ">= 0"
+                raise ValueError(f"{name} must be a finite number {bound}, got {value}")
 
     def warmup_config(self) -> TrainConfig:
         """The warm start's :class:`TrainConfig`: the shared fields, at least one epoch."""
@@ -248,6 +252,8 @@ def search(
         raise TypeError(f"search needs a SoftSelectEmbedding, got {type(emb).__name__}")
     model.to(torch.device(config.device))
     run_dir = Path(run_dir) if run_dir is not None else None
+    if run_dir is not None:
+        check_writable(run_dir)
     last_path = None if run_dir is None else run_dir / "search_last.pt"
 
     # ---- warm start: α fixed at 1 -----------------------------------------------------

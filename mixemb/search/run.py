@@ -11,14 +11,22 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from mixemb.data.schema import Dataset
 from mixemb.models import build_model
 from mixemb.nn import SoftSelectEmbedding
 from mixemb.search.dnis import SearchConfig, alpha_stats, build_search_model, search
-from mixemb.train.checkpoint import CheckpointError, atomic_save, load_checkpoint, write_json
+from mixemb.train.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    first_line,
+    load_checkpoint,
+    write_json,
+)
 from mixemb.train.run import load_from_spec
+from mixemb.train.saved import check_model_config
 
 SEARCHED_KIND = "mixemb.searched"
 
@@ -80,23 +88,27 @@ def search_run(
 
 
 def load_searched(path: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild a searched model from a run folder or its ``searched.pt``."""
+    """Rebuild a searched model from a run folder or its ``searched.pt``; a file whose
+    config, embedding settings and weights disagree raises CheckpointError."""
     path = Path(path)
     file = path / "searched.pt" if path.is_dir() else path
     obj = load_checkpoint(file, kind=SEARCHED_KIND)
-    cfg = dict(obj["model_config"])
-    e = obj["embedding"]
-    emb = SoftSelectEmbedding(
-        cfg["num_features"],
-        cfg["embedding_dim"],
-        e["boundaries"],
-        normalize=e["normalize"],
-        l1=e["l1"],
-        eps=e["eps"],
-    )
-    model = build_model(cfg.pop("name"), embedding=emb, **cfg)
+    state, e = obj.get("model"), obj.get("embedding")
+    weight = state.get("embedding.weight") if isinstance(state, dict) else None
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not isinstance(e, dict):
+        raise CheckpointError(f"{file}: no embedding table; not written by mixemb search")
+    cfg = check_model_config(file, obj.get("model_config"), state, tuple(weight.shape))
     try:
-        model.load_state_dict(obj["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{file}: weights do not fit the saved model config") from exc
+        emb = SoftSelectEmbedding(
+            cfg["num_features"],
+            cfg["embedding_dim"],
+            e["boundaries"],
+            normalize=bool(e["normalize"]),
+            l1=float(e["l1"]),
+            eps=float(e["eps"]),
+        )
+        model = build_model(cfg.pop("name"), embedding=emb, **cfg)
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{file}: damaged searched model ({first_line(exc)})") from exc
     return model.eval(), obj

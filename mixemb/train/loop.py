@@ -2,9 +2,12 @@
 
 Per epoch: a train pass over a seeded batch order (the caller's :class:`EpochHooks` does
 the optimizer steps), the validation metric, best-state tracking, early stopping with
-patience, a history row and a log line, then an atomic checkpoint. A run resumed from its
-checkpoint (model, the hooks' optimizers, the global torch RNG state) equals the
-uninterrupted run bit for bit on the same machine.
+patience, a history row, an atomic checkpoint, then the log line (a logged epoch is a saved
+one). A loss or validation metric that turns nan or inf stops the run with
+:class:`TrainingDiverged` before that epoch is saved; the check reads the figures the epoch
+already brought to the host, so it adds no device sync. A run resumed from its checkpoint
+(model, the hooks' optimizers, the global torch RNG state) equals the uninterrupted run bit
+for bit on the same machine.
 """
 
 from __future__ import annotations
@@ -142,6 +145,20 @@ def load_resume_state(path: Path, kind: str, config: Any) -> dict:
     return state
 
 
+class TrainingDiverged(ValueError):
+    """A loss or the validation metric turned non-finite; the epoch was not saved."""
+
+
+def _stop_if_not_finite(where: str, figures: dict[str, Any]) -> None:
+    """Raise TrainingDiverged when a float in ``figures`` (host numbers) is nan or inf."""
+    for name, value in figures.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TrainingDiverged(
+                f"{where}: {name} is {value}; training diverged (lower the learning rate or "
+                "check the data for extreme values); this epoch was not saved"
+            )
+
+
 def _format_row(label: str, row: dict, improved: bool) -> str:
     parts = [f"{label} {row['epoch']:3d}"]
     for key, value in row.items():
@@ -192,7 +209,7 @@ def run_epochs(
         start, best, best_epoch = state["epoch"] + 1, state["best"], state["best_epoch"]
         bad, history, best_state = state["bad_epochs"], state["history"], state["best_model"]
         torch.set_rng_state(state["rng"])
-        log(f"resumed from {last_path} at epoch {start + 1}")
+        log(f"resumed from {last_path}: {start} epoch(s) done, continuing with epoch {start + 1}")
 
     t0 = time.perf_counter()
     stopped = bad > config.patience
@@ -209,11 +226,12 @@ def run_epochs(
                 losses = hooks.step(train, index)
                 if bar.enabled:
                     bar.update(1, **{k: float(v) for k, v in losses.items()})
-        train_row = hooks.end_epoch(steps)
+        train_row = hooks.end_epoch(steps)  # the epoch's losses, synced once here
         valid = evaluate(
             model, dataset.valid, task, k=config.k, batch_size=config.eval_batch_size, device=device
         )
         value = valid[metric_name]
+        _stop_if_not_finite(f"{label} {epoch + 1}", {**train_row, f"valid {metric_name}": value})
         improved = best is None or (value < best if direction == "min" else value > best)
         if improved:
             best, best_epoch, bad = value, epoch, 0
@@ -229,7 +247,6 @@ def run_epochs(
             "seconds": time.perf_counter() - t_epoch,
         }
         history.append(row)
-        log(_format_row(label, row, improved))
         stopped = bad > config.patience
         if best_path is not None and improved:
             atomic_save(
@@ -260,6 +277,7 @@ def run_epochs(
                 },
                 last_path,
             )
+        log(_format_row(label, row, improved))  # after the checkpoints: a logged epoch is saved
         if stopped:
             log(f"early stop: no better valid {metric_name} for {bad} epochs")
 

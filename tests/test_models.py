@@ -243,3 +243,22 @@ def test_errors():
         build_model("fm", N, F, 0)
     with pytest.raises(ValueError, match=r"ids must be \(B, 4\)"):
         build_model("fm", N, F, K)(torch.zeros(3, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", ["mf", "fm", "mlp", "wide_deep", "deepfm", "neumf"])
+def test_absorbing_a_rotation_keeps_the_outputs_on_the_rotated_table(name):
+    torch.manual_seed(0)
+    model = build_model(name, 50, 3, 8).double().eval()
+    ids = torch.randint(0, 50, (16, 3))
+    values = torch.rand(16, 3, dtype=torch.float64)
+    v = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64)).Q
+    if not model.absorbs_rotation:
+        with pytest.raises(ValueError, match="not exact"):
+            model.absorb_rotation(v)
+        return
+    before = model(ids, values)
+    with torch.no_grad():
+        model.embedding.weight.copy_(model.embedding.weight @ v)
+    assert not torch.allclose(model(ids, values), before) or name in ("mf", "fm")
+    model.absorb_rotation(v)
+    torch.testing.assert_close(model(ids, values), before)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mixemb.nn import MaskedEmbedding, RaggedEmbedding
 from mixemb.prune import (
     PRUNERS,
     InfeasibleBudget,
@@ -23,6 +24,15 @@ from mixemb.prune import (
     topk_mask,
     uniform_dim,
 )
+from mixemb.prune.budget import dense_bytes, ragged_bytes
+from mixemb.prune.finetune import round_stored_values
+from mixemb.prune.pruners import (
+    allocate_block_mask,
+    block_column_scores,
+    block_mask_prune,
+    expand_block_mask,
+)
+from mixemb.quant import VALUE_DTYPES, round_rows, round_segments
 
 
 def test_merge_alpha_scales_each_row_by_its_block():
@@ -193,3 +203,105 @@ def test_every_pruner_keeps_exactly_the_budget_behind_one_dispatch(pruner):
         assert torch.equal(table[table != 0], merged[table != 0])
     with pytest.raises(ValueError, match="pruner"):
         prune_table(merged, 100, "random")
+
+
+def test_stored_bytes_per_format_and_value_dtype():
+    assert dense_bytes(10, 6, "fp16") == 10 * 6 * 2
+    assert dense_bytes(10, 6, "int8") == 10 * (6 + 4)  # fp16 scale and bias a row
+    assert dense_bytes(10, 6) == 4 * 60
+    assert block_tables_bytes([10, 20], [4, 2], "fp16") == 2 * 80 + 8 * 3
+    assert block_tables_bytes([10, 20], [4, 0], "int8") == 40 + 4 * 10 + 8 * 3  # no row, no scale
+    # blockmask: plus ceil(K/8) mask bytes a block
+    assert block_tables_bytes([10, 20], [4, 2], "bf16", mask_dim=64) == 2 * 80 + 8 * 3 + 2 * 8
+    assert metadata_bytes("blockmask", 30, 12, num_blocks=2, value_dtype="int8") == 24 + 4 + 120
+    assert ragged_bytes(100, 64, 50, "fp16") == ragged_metadata_bytes(100, 64) + 100
+    # int8 ragged rows: 1 B a value plus every row's fp16 scale and bias (RaggedTable.nbytes)
+    assert ragged_bytes(100, 64, 50, "int8") == ragged_metadata_bytes(100, 64) + 50 + 4 * 100
+    assert metadata_bytes("ragged", 100, 64, value_dtype="int8") == (
+        ragged_metadata_bytes(100, 64) + 4 * 100
+    )
+    with pytest.raises(ValueError, match="ragged tables store .* got value_dtype='int4'"):
+        ragged_bytes(100, 64, 50, "int4")
+
+
+@pytest.mark.parametrize("value_dtype", ["fp32", "fp16", "bf16", "int8"])
+@pytest.mark.parametrize("storage", ["blocks", "blockmask", "dense"])
+def test_a_byte_budget_buys_more_values_at_a_lower_precision(storage, value_dtype):
+    n, k, budget = 1000, 64, 0.05
+    size = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}[value_dtype]
+    meta = metadata_bytes(storage, n, k, num_blocks=10, value_dtype=value_dtype)
+    keep = budget_keep(budget, n, k, unit="bytes", storage=storage, num_blocks=10,
+                       value_dtype=value_dtype)  # fmt: skip
+    assert size * keep + meta <= budget * 4 * n * k < size * (keep + 1) + meta
+
+
+def test_uniform_dim_at_a_value_dtype_is_what_a_row_affords():
+    # 5 % of a K = 64 fp32 row is 12.8 B: 3 fp32, 6 fp16 / bf16, 8 int8 (4 B of scale and bias)
+    dims = [uniform_dim(0.05, 64, unit="bytes", value_dtype=d) for d in VALUE_DTYPES]
+    assert dims == [3, 6, 6, 8]
+    assert uniform_dim(0.1, 64, unit="bytes", value_dtype="int8") == 21
+    assert uniform_dim(1.0, 64, unit="bytes", value_dtype="fp16") == 64  # at most K
+    assert uniform_dim(0.05, 64, unit="params", value_dtype="fp16") == 3  # params: no bytes
+    with pytest.raises(InfeasibleBudget, match="int8"):
+        uniform_dim(0.01, 64, unit="bytes", value_dtype="int8")  # 2.56 B < 1 value + 4 B
+
+
+def test_block_column_scores_are_the_rms_of_each_blocks_columns():
+    g = torch.Generator().manual_seed(4)
+    merged = torch.randn(9, 5, generator=g)
+    bounds = torch.tensor([0, 2, 5, 9])
+    scores = block_column_scores(merged, bounds)
+    for block, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        rms = merged[a:b].double().square().mean(0).sqrt()
+        torch.testing.assert_close(scores[block], rms)
+    with pytest.raises(ValueError, match="block sizes"):
+        block_column_scores(merged, torch.tensor([0, 0, 9]))
+
+
+def test_block_mask_gives_every_block_a_column_then_spends_the_budget_by_score():
+    scores = torch.tensor([[5.0, 4.0, 0.1], [0.2, 0.3, 3.0], [0.5, 0.4, 0.6]])
+    sizes = [2, 3, 4]
+    # forced: (0,0), (1,2), (2,2) = 9 entries; then (0,1) (2 entries), then the next that fit
+    mask = allocate_block_mask(scores, sizes, keep=9 + 2 + 4)
+    assert mask.tolist() == [[True, True, False], [False, False, True], [True, False, True]]
+    # (2,0) does not fit 3 more entries; (2,1) neither; (1,1) (3 rows) does
+    mask = allocate_block_mask(scores, sizes, keep=9 + 2 + 3)
+    assert mask.tolist() == [[True, True, False], [False, True, True], [False, False, True]]
+    with pytest.raises(InfeasibleBudget, match="one dimension"):
+        allocate_block_mask(scores, sizes, keep=8)
+
+
+def test_block_mask_prune_keeps_the_table_on_its_blocks_columns_within_the_budget():
+    g = torch.Generator().manual_seed(5)
+    merged = torch.randn(40, 8, generator=g) * torch.linspace(3, 0.1, 8)
+    bounds = torch.tensor([0, 5, 15, 40])
+    sizes = [5, 10, 25]
+    for keep in (40, 77, 200, 320, 1000):
+        pruned, block_mask = block_mask_prune(merged, bounds, keep)
+        rows = expand_block_mask(block_mask, bounds)
+        used = sum(s * int(d) for s, d in zip(sizes, block_mask.sum(1)))
+        assert bool((block_mask.sum(1) >= 1).all()) and used <= keep
+        left = [s for s, d in zip(sizes, block_mask.sum(1)) if d < 8]
+        assert not left or keep - used < min(left)  # nothing more fits
+        assert torch.equal(pruned[rows], merged[rows]) and not pruned[~rows].any()
+
+
+def test_stored_values_are_rounded_per_format_and_the_mask_is_kept():
+    g = torch.Generator().manual_seed(6)
+    table = torch.randn(6, 4, generator=g)
+    emb = torch.nn.Embedding(6, 4)
+    emb.weight.data.copy_(table)
+    round_stored_values(emb, "int8")
+    assert torch.equal(emb.weight.detach(), round_rows(table, "int8"))
+    mask = torch.rand(6, 4, generator=g) > 0.4
+    masked = MaskedEmbedding(table * 100, mask)  # the pruned zeros set no int8 range
+    round_stored_values(masked, "int8")
+    want = round_segments((table * 100)[mask], mask.sum(1), "int8")
+    assert torch.equal(masked.weight.detach()[mask], want) and not masked.weight[~mask].any()
+    pruned = table * mask
+    ragged = RaggedEmbedding.from_dense(pruned)
+    assert ragged.nbytes() == ragged_bytes(6, 4, int(mask.sum()))  # the one count, fp32
+    round_stored_values(ragged, "bf16")
+    assert torch.equal(ragged.table.to_dense(), pruned.bfloat16().float())
+    with pytest.raises(TypeError, match="Linear"):
+        round_stored_values(torch.nn.Linear(2, 2), "fp16")

@@ -3,6 +3,7 @@ features by training frequency, and build rating / CTR / top-k splits."""
 
 from mixemb.data.encoder import FeatureEncoder
 from mixemb.data.fetch import PINS, cache_dir, fetch_wheel, read_member
+from mixemb.data.planted import PlantedDataset, make_planted, recovery, spearman
 from mixemb.data.readers import (
     Chunk,
     concat_chunks,
@@ -26,6 +27,7 @@ __all__ = [
     "Dataset",
     "FeatureEncoder",
     "FieldSpec",
+    "PlantedDataset",
     "Split",
     "cache_dir",
     "concat_chunks",
@@ -33,6 +35,7 @@ __all__ = [
     "fetch_dataset_files",
     "fetch_wheel",
     "load_dataset",
+    "make_planted",
     "make_synthetic",
     "random_split",
     "read_criteo",
@@ -41,4 +44,6 @@ __all__ = [
     "read_member",
     "read_movielens",
     "read_recbole",
+    "recovery",
+    "spearman",
 ]

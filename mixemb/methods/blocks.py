@@ -2,9 +2,9 @@
 
 A block-dims model trains a MaskedEmbedding whose block l keeps its first d_l
 dimensions. It is reported either exported ragged (prefix masks, ``storage="ragged"``)
-or as it would be deployed, one dense (rows_l, d_l) fp32 table per block plus the L+1
-block boundaries (``storage="blocks"``): no per-row metadata, so at a byte budget it
-keeps more dimensions.
+or as it would be deployed, one dense (rows_l, d_l) table per block plus the L+1 block
+boundaries (``storage="blocks"``): no per-row metadata (but an int8 row's scale and
+bias), so at a byte budget it keeps more dimensions.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from mixemb.methods.config import MethodConfig
 from mixemb.models import build_model
 from mixemb.nn import MaskedEmbedding, make_boundaries
 from mixemb.prune import block_tables_bytes, to_ragged_model
+from mixemb.prune.budget import ragged_bytes
 from mixemb.train import TrainResult, fit
 
 
@@ -79,18 +80,23 @@ def block_dims_cell(
     sizes: list[int],
     dims: list[int],
     storage: str,
+    value_dtype: str = "fp32",
     **extra,
 ) -> dict:
-    """Report a trained block-dims model: exported ragged (prefix masks) and counted by
-    its nbytes(), or (``storage="blocks"``) counted as per-block dense tables — the
+    """Report a trained block-dims model with ``value_dtype`` values: exported ragged
+    (prefix masks), or (``storage="blocks"``) counted as per-block dense tables — the
     masked model's outputs are exactly those of the per-block tables."""
     kept = sum(s * d for s, d in zip(sizes, dims))
     if storage == "blocks":
-        nbytes = block_tables_bytes(sizes, dims)
+        nbytes = block_tables_bytes(sizes, dims, value_dtype)
         serving = model
     else:
         serving = to_ragged_model(model, model.embedding.masked_weight())
-        nbytes = serving.embedding.nbytes()
+        emb = serving.embedding
+        nbytes = ragged_bytes(
+            emb.num_embeddings, emb.embedding_dim, emb.values.numel(), value_dtype
+        )
     return make_cell(
-        method, ds, serving, cfg, budget, seed, t0, kept, nbytes, block_dims=dims, **extra
-    )
+        method, ds, serving, cfg, budget, seed, t0, kept, nbytes, value_dtype,
+        block_dims=dims, **extra,
+    )  # fmt: skip

@@ -2,7 +2,9 @@
 
 A cell reports a method's validation and test metrics, the parameters it keeps, the
 bytes it stores (ragged tables count their metadata; block and dense tables their own
-layout) and its wall time; extra keys are the method's own.
+layout; all at their value dtype, :mod:`mixemb.prune.budget`) and its wall time; extra
+keys are the method's own. A model is trained in fp32 and evaluated with its stored
+values rounded to the cell's value dtype (:func:`mixemb.prune.finetune.stored_model`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from mixemb.prune import (
     prune_table,
     to_ragged_model,
 )
+from mixemb.prune.budget import STORAGE_DTYPES, ragged_bytes
+from mixemb.prune.finetune import stored_model
 from mixemb.train import evaluate
 
 ROTATION_MODELS = ("mf", "fm")  # embeddings only meet in dot products: E·V is exact
@@ -42,11 +46,13 @@ def make_cell(
     t0: float,
     kept: int,
     stored: int,
+    value_dtype: str = "fp32",
     **extra,
 ) -> dict:
-    """The cell of ``model`` (evaluated on valid and test), started at ``t0``
-    (``time.perf_counter()``)."""
+    """The cell of ``model`` (evaluated on valid and test with its stored values in
+    ``value_dtype``), started at ``t0`` (``time.perf_counter()``)."""
     kw = dict(k=cfg.k, device=cfg.device)
+    model = stored_model(model, value_dtype)
     return {
         "method": method,
         "budget": budget,
@@ -60,9 +66,11 @@ def make_cell(
     }
 
 
-def keep_entries(ds: Dataset, cfg: MethodConfig, budget: float, storage: str = "ragged") -> int:
-    """Entries a (N, K) table may keep at ``budget`` in ``storage`` (see
-    :func:`mixemb.prune.budget_keep`)."""
+def keep_entries(
+    ds: Dataset, cfg: MethodConfig, budget: float, storage="ragged", dtype="fp32"
+) -> int:
+    """Entries a (N, K) table may keep at ``budget`` in ``storage`` (str) with ``dtype``
+    values (str, a value dtype; see :func:`mixemb.prune.budget_keep`)."""
     return budget_keep(
         budget,
         ds.num_features,
@@ -70,6 +78,7 @@ def keep_entries(ds: Dataset, cfg: MethodConfig, budget: float, storage: str = "
         unit=cfg.budget_unit,
         storage=storage,
         num_blocks=cfg.num_blocks,
+        value_dtype=dtype,
     )
 
 
@@ -110,6 +119,7 @@ def run_pruned(
     budget: float,
     seed: int,
     log: Callable[[str], None],
+    value_dtype: str = "fp32",
     *,
     name: str,
     finetune: bool,
@@ -119,18 +129,20 @@ def run_pruned(
 ) -> dict:
     """The runner of a pruning method: the shared ``trained(ds, model_name, cfg, seed,
     log)`` model ({"model", "seconds"}) pruned to the budget with ``pruner``, fine-tuned
-    when ``finetune``, served ragged. ``describe(ds, cfg, model, report, trained,
-    own_seconds)`` gives the cell's own keys (own_seconds: prune + fine-tune, the shared
-    training not counted)."""
+    when ``finetune``, served ragged with ``value_dtype`` values. ``describe(ds, cfg,
+    model, report, trained, own_seconds)`` gives the cell's own keys (own_seconds: prune
+    + fine-tune, the shared training not counted)."""
     t0 = time.perf_counter()
     check_pruner(model_name, pruner)  # before training anything
-    keep = keep_entries(ds, cfg, budget)
+    keep = keep_entries(ds, cfg, budget, "ragged", value_dtype)
     shared = trained(ds, model_name, cfg, seed, log)
     t_own = time.perf_counter()  # this budget's own time starts: the training is shared
     model = shared["model"]
     pruned, report = prune_embedding(model_name, model.embedding, keep, pruner)
     serving = serve_pruned(ds, model, pruned, cfg, seed, log, finetune)
     own = time.perf_counter() - t_own  # measured here, so evaluation is not in it
+    emb = serving.embedding
+    stored = ragged_bytes(emb.num_embeddings, emb.embedding_dim, emb.values.numel(), value_dtype)
     return make_cell(
         name,
         ds,
@@ -140,7 +152,8 @@ def run_pruned(
         seed,
         t0,
         report.nnz,
-        serving.embedding.nbytes(),
+        stored,
+        value_dtype,
         **describe(ds, cfg, model, report, shared, own),
     )
 
@@ -163,5 +176,5 @@ def pruner_variants(
                 run_pruned, name=name, finetune=finetune, pruner=pruner, trained=trained,
                 describe=describe,
             )  # fmt: skip
-            out.append(Method(name, runner, **method))
+            out.append(Method(name, runner, value_dtypes=STORAGE_DTYPES["ragged"], **method))
     return out

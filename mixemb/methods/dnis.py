@@ -37,6 +37,7 @@ from mixemb.methods.base import Method
 from mixemb.methods.blocks import block_dims_cell, block_sizes, scaled_block_dims, train_block_dims
 from mixemb.methods.cells import keep_entries, prune_embedding, pruner_variants, run_pruned
 from mixemb.methods.shared import searched
+from mixemb.prune.budget import STORAGE_DTYPES
 
 
 def describe_dnis(ds, cfg, model, report, shared, own_seconds) -> dict:
@@ -49,7 +50,7 @@ def describe_dnis(ds, cfg, model, report, shared, own_seconds) -> dict:
     )
 
 
-def run_dnis_blocks(ds, model_name, cfg, budget, seed, log) -> dict:
+def run_dnis_blocks(ds, model_name, cfg, budget, seed, log, value_dtype="fp32") -> dict:
     """DNIS as a block-dimension search: its element-wise pruning at the budget gives a
     mean kept dimension per frequency block; those, scaled to fit the budget
     (:func:`scaled_block_dims`), are trained from scratch and stored like ``mde_blocks``
@@ -57,7 +58,7 @@ def run_dnis_blocks(ds, model_name, cfg, budget, seed, log) -> dict:
     α instead of a frequency power law."""
     t0 = time.perf_counter()
     boundaries, sizes = block_sizes(ds, cfg)
-    budget_params = keep_entries(ds, cfg, budget, storage="blocks")
+    budget_params = keep_entries(ds, cfg, budget, "blocks", value_dtype)
     shared = searched(ds, model_name, cfg, seed, log)
     t_own = time.perf_counter()  # this budget's own time starts: the search is shared
     _, report = prune_embedding(model_name, shared["model"].embedding, budget_params, "elem")
@@ -65,7 +66,7 @@ def run_dnis_blocks(ds, model_name, cfg, budget, seed, log) -> dict:
     dims = scaled_block_dims(means, sizes, cfg.dim, budget_params)
     model, _ = train_block_dims(ds, model_name, cfg, boundaries, dims, seed, log)
     return block_dims_cell(
-        "dnis_blocks", ds, model, cfg, budget, seed, t0, sizes, dims, "blocks",
+        "dnis_blocks", ds, model, cfg, budget, seed, t0, sizes, dims, "blocks", value_dtype,
         block_mean_dims=means, search_seconds=shared["seconds"],
         prune_seconds=time.perf_counter() - t_own,  # prune + train: dnis_wall_seconds
     )  # fmt: skip
@@ -91,8 +92,9 @@ METHODS = (
             ),  # fmt: skip
             searches=True,
             configure=_full_warm_start,
+            value_dtypes=STORAGE_DTYPES["ragged"],
         )
         for ft in ("", "_ft")
     ),
-    Method("dnis_blocks", run_dnis_blocks, searches=True),
+    Method("dnis_blocks", run_dnis_blocks, searches=True, value_dtypes=STORAGE_DTYPES["blocks"]),
 )

@@ -23,6 +23,7 @@ from mixemb.methods.blocks import block_dims_cell, block_sizes, train_block_dims
 from mixemb.methods.cells import keep_entries
 from mixemb.metrics import primary_metric
 from mixemb.prune import InfeasibleBudget
+from mixemb.prune.budget import STORAGE_DTYPES
 
 MAX_TIMED_TRIALS = 1000  # a time-matched random search stops here whatever time is left
 
@@ -69,12 +70,15 @@ def another_trial(
     return len(durations) < MAX_TIMED_TRIALS and elapsed + mean <= time_budget
 
 
-def run_random(ds, model_name, cfg, budget, seed, log, time_budget=None, *, name, storage) -> dict:
+def run_random(
+    ds, model_name, cfg, budget, seed, log, time_budget=None, value_dtype="fp32", *, name, storage
+) -> dict:
     """Random search over block dims: ``cfg.random_trials`` trials, or as many as fit
-    ``time_budget`` seconds (see :func:`another_trial`); the best on validation."""
+    ``time_budget`` seconds (see :func:`another_trial`); the best on validation (of the
+    fp32 model: every trial is stored in the same dtype)."""
     t0 = time.perf_counter()
     boundaries, sizes = block_sizes(ds, cfg)
-    budget_params = keep_entries(ds, cfg, budget, storage)
+    budget_params = keep_entries(ds, cfg, budget, storage, value_dtype)
     min_dim = max(1, min(cfg.min_block_dim, budget_params // ds.num_features))
     if sum(sizes) * min_dim > budget_params:
         raise InfeasibleBudget(
@@ -94,7 +98,7 @@ def run_random(ds, model_name, cfg, budget, seed, log, time_budget=None, *, name
     _, model, dims = best
     extra = {} if time_budget is None else {"time_budget_seconds": time_budget}
     return block_dims_cell(
-        name, ds, model, cfg, budget, seed, t0, sizes, dims, storage,
+        name, ds, model, cfg, budget, seed, t0, sizes, dims, storage, value_dtype,
         trials=len(durations), **extra,
     )  # fmt: skip
 
@@ -105,6 +109,7 @@ METHODS = tuple(
         functools.partial(run_random, name=name, storage=storage),
         argument="m",
         time_matched=True,
+        value_dtypes=STORAGE_DTYPES[storage],
     )
     for name, storage in (("random", "ragged"), ("random_blocks", "blocks"))
 )

@@ -89,6 +89,10 @@ class MLPTower(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.out_features = width
 
+    def first_layer(self) -> nn.Linear | None:
+        """The linear layer that reads the tower's input (None for an identity tower)."""
+        return self.layers[0] if len(self.layers) else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
 
@@ -105,6 +109,9 @@ class RecModel(nn.Module):
 
     name: ClassVar[str] = "base"
     min_fields: ClassVar[int] = 1
+    # whether :meth:`absorb_rotation` keeps the outputs exact (embeddings that meet only
+    # in dot products, or enter a linear layer first)
+    absorbs_rotation: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -165,6 +172,35 @@ class RecModel(nn.Module):
         if values is not None:
             w = w * values.to(w.dtype)
         return w.sum(1)
+
+    # ---- rotations of the embedding space ----------------------------------------------
+    def absorb_rotation(self, v: torch.Tensor) -> None:
+        """Make the model's outputs on a table E·V equal its outputs on E, for V (K, K)
+        orthogonal: dot products between embeddings are unchanged by V; a linear layer
+        reading the concatenated field embeddings takes W_f·V for each field's block of
+        columns. Raises ValueError for a model where no such change is exact."""
+        if not self.absorbs_rotation:
+            raise ValueError(f"{self.name}: a rotation of its embeddings is not exact")
+        layer = self.first_concat_layer()
+        if layer is None:
+            return
+        with torch.no_grad():
+            w = layer.weight.double().reshape(layer.out_features, self.num_fields, -1)
+            layer.weight.copy_((w @ v.double()).reshape(layer.out_features, -1))
+
+    def first_concat_layer(self) -> nn.Linear | None:
+        """The linear layer that reads the concatenated field embeddings (F·K inputs):
+        the tower's first layer (the output layer when the tower has none), None for a
+        model without a tower."""
+        tower = getattr(self, "tower", None)
+        return None if tower is None else tower.first_layer() or self.out
+
+    def add_tower(self, hidden: Sequence[int], dropout: float, out_extra: int = 0) -> None:
+        """``self.tower``: an MLPTower over the concatenated field embeddings (F·K inputs),
+        and ``self.out``: a bias-free linear layer from ``out_extra`` + its outputs to one
+        score (Xavier-normal, created in that order)."""
+        self.tower = MLPTower(self.num_fields * self.embedding_dim, hidden, dropout)
+        self.out = xavier_linear(out_extra + self.tower.out_features, 1, bias=False)
 
     # ---- parameter groups ---------------------------------------------------------------
     def embedding_parameters(self) -> list[nn.Parameter]:

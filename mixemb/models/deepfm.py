@@ -8,12 +8,10 @@ import torch
 from torch import nn
 
 from mixemb.models.base import (
-    MLPTower,
     RecModel,
     check_dropout,
     check_hidden,
     make_first_order,
-    xavier_linear,
 )
 from mixemb.models.fm import check_reduce, fm_pairwise
 
@@ -22,6 +20,7 @@ class DeepFM(RecModel):
     """``bias + Σ_f w[id_f]·v_f + Σ_{f<g} <e_f, e_g> + w_out · MLP(concat_f e_f)``."""
 
     name = "deepfm"
+    absorbs_rotation = True
 
     def __init__(
         self,
@@ -42,8 +41,7 @@ class DeepFM(RecModel):
         )
         self.pairwise_reduce = pairwise_reduce
         self.first_order = make_first_order(self.num_features)
-        self.tower = MLPTower(self.num_fields * self.embedding_dim, hidden, dropout)
-        self.out = xavier_linear(self.tower.out_features, 1, bias=False)
+        self.add_tower(hidden, dropout)
 
     def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
         self.check_input(ids, values)

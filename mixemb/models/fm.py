@@ -32,6 +32,7 @@ class FM(RecModel):
     """``bias + Σ_f w[id_f]·v_f + Σ_{f<g} <e_f, e_g>`` (embeddings already times values)."""
 
     name = "fm"
+    absorbs_rotation = True
 
     def __init__(
         self,

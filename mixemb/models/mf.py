@@ -13,6 +13,7 @@ class MF(RecModel):
     first-order terms. Only the first two fields are passed to the embedding layer."""
 
     name = "mf"
+    absorbs_rotation = True
     min_fields = 2
 
     def __init__(self, embedding: nn.Module, *sizes: int):

@@ -7,13 +7,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mixemb.models.base import MLPTower, RecModel, check_dropout, check_hidden, xavier_linear
+from mixemb.models.base import RecModel, check_dropout, check_hidden
 
 
 class MLP(RecModel):
     """``bias + w · MLP(concat_f e_f)``; ReLU hidden layers with dropout."""
 
     name = "mlp"
+    absorbs_rotation = True
 
     def __init__(
         self,
@@ -24,8 +25,7 @@ class MLP(RecModel):
     ):
         hidden, dropout = check_hidden(hidden), check_dropout(dropout)
         super().__init__(embedding, *sizes, hidden=hidden, dropout=dropout)
-        self.tower = MLPTower(self.num_fields * self.embedding_dim, hidden, dropout)
-        self.out = xavier_linear(self.tower.out_features, 1, bias=False)
+        self.add_tower(hidden, dropout)
 
     def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
         self.check_input(ids, values)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mixemb.models.base import MLPTower, RecModel, check_dropout, check_hidden, xavier_linear
+from mixemb.models.base import RecModel, check_dropout, check_hidden
 
 
 class NeuMF(RecModel):
@@ -29,8 +29,7 @@ class NeuMF(RecModel):
     ):
         hidden, dropout = check_hidden(hidden), check_dropout(dropout)
         super().__init__(embedding, *sizes, hidden=hidden, dropout=dropout)
-        self.tower = MLPTower(self.num_fields * self.embedding_dim, hidden, dropout)
-        self.out = xavier_linear(self.embedding_dim + self.tower.out_features, 1, bias=False)
+        self.add_tower(hidden, dropout, out_extra=self.embedding_dim)
 
     def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
         self.check_input(ids, values)

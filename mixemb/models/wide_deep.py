@@ -8,12 +8,10 @@ import torch
 from torch import nn
 
 from mixemb.models.base import (
-    MLPTower,
     RecModel,
     check_dropout,
     check_hidden,
     make_first_order,
-    xavier_linear,
 )
 
 
@@ -21,6 +19,7 @@ class WideDeep(RecModel):
     """``bias + Σ_f w[id_f]·v_f + w_out · MLP(concat_f e_f)``."""
 
     name = "wide_deep"
+    absorbs_rotation = True
 
     def __init__(
         self,
@@ -32,8 +31,7 @@ class WideDeep(RecModel):
         hidden, dropout = check_hidden(hidden), check_dropout(dropout)
         super().__init__(embedding, *sizes, hidden=hidden, dropout=dropout)
         self.first_order = make_first_order(self.num_features)
-        self.tower = MLPTower(self.num_fields * self.embedding_dim, hidden, dropout)
-        self.out = xavier_linear(self.tower.out_features, 1, bias=False)
+        self.add_tower(hidden, dropout)
 
     def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
         self.check_input(ids, values)

@@ -13,6 +13,10 @@ of Ê and zeroes the rest. Each pruner is one function behind one dispatch by na
   (:func:`floor_prune`);
 * ``"rot"``: Ê rotated onto its right singular vectors, then element-wise
   (:func:`rotate_table`; exact only for models whose embeddings meet in dot products).
+
+Outside that dispatch, because its result is stored as one dense table per block rather
+than ragged: :func:`block_mask_prune` keeps one set of dimensions per frequency block (an
+L×K mask for the whole table), chosen by the energy of Ê's columns in each block.
 """
 
 from __future__ import annotations
@@ -184,8 +188,13 @@ def rotate_table(merged: torch.Tensor) -> torch.Tensor:
     table, while the energy of Ê moves into the leading columns, where magnitude pruning
     then keeps it.
     """
-    v = torch.linalg.svd(merged.double(), full_matrices=False).Vh.T
-    return (merged.double() @ v).to(merged.dtype)
+    return (merged.double() @ singular_vectors(merged)).to(merged.dtype)
+
+
+def singular_vectors(merged: torch.Tensor) -> torch.Tensor:
+    """V (K, K) float64: the right singular vectors of ``merged`` (N, K) as columns,
+    largest singular value first (the rotation of :func:`rotate_table`)."""
+    return torch.linalg.svd(merged.double(), full_matrices=False).Vh.T
 
 
 def prune_table(
@@ -204,6 +213,67 @@ def prune_table(
     else:
         raise ValueError(f"pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
     return table, PruneReport.from_mask(mask)
+
+
+def block_column_scores(merged: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
+    """s (L, K) float64: the RMS over block l's rows of Ê[:, k] (merged (N, K), blocks
+    from boundaries (L+1,)); for Ê = E ⊙ α, s_lk = α_lk · RMS of E[:, k] over the block."""
+    counts = (boundaries[1:] - boundaries[:-1]).to(merged.device)
+    if bool((counts <= 0).any()):
+        raise ValueError(f"every block needs a row, got block sizes {counts.tolist()}")
+    block = torch.repeat_interleave(torch.arange(counts.numel(), device=merged.device), counts)
+    energy = torch.zeros(counts.numel(), merged.shape[1], dtype=torch.float64, device=merged.device)
+    energy.index_add_(0, block, merged.double().square())
+    return (energy / counts.unsqueeze(1).double()).sqrt()
+
+
+def allocate_block_mask(scores: torch.Tensor, sizes: list[int], keep: int) -> torch.Tensor:
+    """(L, K) bool: the dimensions each block keeps, at most ``keep`` entries in all.
+
+    scores: (L, K) float, a column's energy per row in its block (see
+    :func:`block_column_scores`); sizes: rows per block. Every block first keeps its
+    best column (so no feature is left without a dimension); then columns go greedily by
+    score² per stored byte — a column of block l adds sizes[l]·s_lk² of Ê's energy for
+    sizes[l] values, so by s_lk² — skipping those that no longer fit, until no column
+    fits what is left (ties: lower block, then lower column). Raises InfeasibleBudget
+    when ``keep`` is below one dimension a row.
+    """
+    num_blocks, dim = scores.shape
+    if len(sizes) != num_blocks:
+        raise ValueError(f"need {num_blocks} block sizes, got {len(sizes)}")
+    if sum(sizes) > keep:
+        raise InfeasibleBudget(
+            f"keep={keep:,} is below one dimension for each of {sum(sizes):,} rows"
+        )
+    mask = torch.zeros(num_blocks, dim, dtype=torch.bool)
+    s = scores.detach().double().cpu()
+    mask[torch.arange(num_blocks), s.argmax(1)] = True
+    rest = keep - sum(sizes)
+    order = torch.sort(s.masked_fill(mask, -1.0).flatten(), descending=True, stable=True).indices
+    for flat in order.tolist():
+        block, column = divmod(flat, dim)
+        if not mask[block, column] and sizes[block] <= rest:
+            mask[block, column] = True
+            rest -= sizes[block]
+    return mask
+
+
+def expand_block_mask(block_mask: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
+    """block_mask (L, K) bool, boundaries (L+1,) → (N, K) bool: each row its block's row."""
+    counts = (boundaries[1:] - boundaries[:-1]).to(block_mask.device)
+    return torch.repeat_interleave(block_mask, counts, dim=0)
+
+
+def block_mask_prune(
+    merged: torch.Tensor, boundaries: torch.Tensor, keep: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ê (N, K) pruned to one dimension set per frequency block, at most ``keep`` entries
+    (:func:`allocate_block_mask` of :func:`block_column_scores`). Returns (pruned (N, K)
+    with Ê's values on the kept columns of each row's block, block mask (L, K) bool)."""
+    sizes = (boundaries[1:] - boundaries[:-1]).tolist()
+    block_mask = allocate_block_mask(block_column_scores(merged, boundaries), sizes, keep)
+    rows = expand_block_mask(block_mask.to(merged.device), boundaries)
+    return _where(rows, merged), block_mask
 
 
 def merge_and_prune(

@@ -1,0 +1,134 @@
+"""One set of dimensions per frequency block: searched or trained weights, no per-row metadata.
+
+A table pruned to an L×K block mask keeps, for every row of block l, the same columns; it
+is stored as one dense (rows_l, d_l) table per block plus the L×K mask bits and the L+1
+boundaries (storage ``"blockmask"``, :mod:`mixemb.prune.budget`). The weights are kept,
+not retrained from scratch: Ê of the source model on the mask, optionally fine-tuned with
+the mask fixed (``_ft``, early stopping on validation).
+
+* ``dnis_blockmask`` (``_ft``): the source is the DNIS search (shared with ``dnis``),
+  Ê = E ⊙ α[block]; each block's columns are scored by s_lk = RMS of Ê[:, k] over the
+  block's rows (= α_lk · RMS of E[:, k]); every block first keeps its best column, then
+  columns go greedily by s_lk² per stored byte until the byte budget is spent
+  (:func:`mixemb.prune.pruners.block_mask_prune`);
+* ``dnis_blockmask_rot`` (``_ft``): Ê is first rotated onto its right singular vectors
+  (Ê·V, V orthogonal; :func:`mixemb.prune.rotate_table`), so its energy sits in the leading
+  columns and the blocks' column sets nest: two features of different blocks then share
+  min(d_l, d_m) dimensions in a dot product instead of a chance overlap;
+* ``magnitude_blockmask_ft`` / ``magnitude_blockmask_rot_ft``: the same allocation on the
+  trained uniform-K model's table (no α): what the block layout gives without the search;
+* ``svd_ft``: the trained uniform-K table rotated onto its singular vectors and truncated
+  to the d leading columns a dense (N, d) table affords at the budget and dtype, then
+  fine-tuned: the dense truncated-SVD baseline.
+
+Rotation is exact for models whose embeddings meet only in dot products (MF, FM) or enter
+a linear layer first (MLP, Wide&Deep, DeepFM: that layer absorbs V, see
+:meth:`mixemb.models.RecModel.absorb_rotation`); NeuMF's element-wise GMF is not, and is
+skipped. Every feature keeps at least one dimension. At a value dtype
+(``dnis_blockmask_rot_ft:int8``) the budget buys that many more values; training stays
+fp32 and the stored values are rounded at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import time
+
+import torch
+
+from mixemb.methods.base import Method, NotApplicable
+from mixemb.methods.blocks import block_sizes
+from mixemb.methods.cells import keep_entries, make_cell
+from mixemb.methods.shared import searched, uniform_k
+from mixemb.models import MODELS
+from mixemb.prune import merged_table, uniform_dim
+from mixemb.prune.budget import STORAGE_DTYPES, block_tables_bytes, dense_bytes
+from mixemb.prune.finetune import finetune_masked, masked_model
+from mixemb.prune.pruners import block_mask_prune, expand_block_mask, singular_vectors
+
+
+def run_blockmask(
+    ds, model_name, cfg, budget, seed, log, value_dtype="fp32", *,
+    name, source, rotate, finetune, prefix=False,
+) -> dict:  # fmt: skip
+    """One cell of a block-mask method: ``source`` "dnis" (the search) or "magnitude"
+    (uniform-K); ``prefix``: every block keeps the same d leading columns, stored dense."""
+    t0 = time.perf_counter()
+    if rotate and not MODELS[model_name].absorbs_rotation:  # before training anything
+        raise NotApplicable(f"a rotation of {model_name}'s embeddings is not exact")
+    boundaries, sizes = block_sizes(ds, cfg)
+    if prefix:
+        d = uniform_dim(budget, cfg.dim, unit=cfg.budget_unit, value_dtype=value_dtype)
+    else:
+        keep = keep_entries(ds, cfg, budget, "blockmask", value_dtype)
+    shared = (searched if source == "dnis" else uniform_k)(ds, model_name, cfg, seed, log)
+    t_own = time.perf_counter()  # this budget's own time starts: the source is shared
+    model = shared["model"]
+    merged = merged_table(model.embedding)
+    if rotate:  # the shared model stays as it is: the rotation goes into a copy
+        v = singular_vectors(merged)
+        merged = (merged.double() @ v).to(merged.dtype)
+        model = copy.deepcopy(model)
+        model.absorb_rotation(v)
+    if prefix:
+        block_mask = torch.zeros(len(sizes), cfg.dim, dtype=torch.bool)
+        block_mask[:, :d] = True
+        rows = expand_block_mask(block_mask, boundaries)
+        pruned = merged * rows
+    else:
+        pruned, block_mask = block_mask_prune(merged, boundaries, keep)
+        rows = expand_block_mask(block_mask, boundaries)
+    if finetune and cfg.finetune_epochs > 0:
+        tcfg = cfg.train_config(seed, cfg.finetune_epochs)
+        serving = finetune_masked(ds, model, pruned, rows, tcfg, log)
+    else:
+        serving = masked_model(model, pruned, rows)
+    serving.eval()
+    own = time.perf_counter() - t_own  # measured here, so evaluation is not in it
+    dims = block_mask.sum(1).tolist()
+    kept = sum(s * d for s, d in zip(sizes, dims))
+    if prefix:
+        stored = dense_bytes(ds.num_features, dims[0], value_dtype)
+    else:
+        stored = block_tables_bytes(sizes, dims, value_dtype, mask_dim=cfg.dim)
+    if source == "dnis":
+        extra = {
+            "alpha_mean": model.embedding.alpha.detach().mean(1).tolist(),
+            "search_seconds": shared["seconds"],
+            "prune_seconds": own,  # prune (+ fine-tune) of this budget: dnis_wall_seconds
+        }
+    else:
+        extra = {"train_seconds": shared["seconds"], "prune_seconds": own}
+    return make_cell(
+        name, ds, serving, cfg, budget, seed, t0, kept, stored, value_dtype,
+        block_dims=dims,
+        block_columns=[row.nonzero().flatten().tolist() for row in block_mask],
+        **extra,
+    )  # fmt: skip
+
+
+def _method(name: str, source: str, prefix: bool = False) -> Method:
+    runner = functools.partial(
+        run_blockmask,
+        name=name,
+        source=source,
+        rotate="_rot" in name or prefix,
+        finetune=name.endswith("_ft"),
+        prefix=prefix,
+    )
+    storage = "dense" if prefix else "blockmask"
+    return Method(name, runner, searches=source == "dnis", value_dtypes=STORAGE_DTYPES[storage])
+
+
+METHODS = (
+    *(
+        _method(name, "dnis")
+        for name in (
+            "dnis_blockmask", "dnis_blockmask_ft", "dnis_blockmask_rot", "dnis_blockmask_rot_ft"
+        )
+    ),
+    _method("magnitude_blockmask_ft", "magnitude"),
+    _method("magnitude_blockmask_rot_ft", "magnitude"),
+    _method("svd_ft", "magnitude", prefix=True),
+)  # fmt: skip

@@ -1,0 +1,110 @@
+"""The block-mask methods: one dimension set per frequency block (from α, or from the
+uniform-K table), kept on Ê (rotated or not), stored as dense per-block tables within the
+byte budget at every value dtype; svd_ft, the dense truncated-SVD baseline."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from test_methods import CFG, _dataset, record_models
+
+import mixemb.methods.blockmask as family
+from mixemb.methods import NotApplicable, run_method
+from mixemb.methods.shared import searched, uniform_k
+from mixemb.nn import make_boundaries
+from mixemb.prune import merged_table, rotate_table, uniform_dim
+from mixemb.prune.budget import dense_bytes
+from mixemb.prune.pruners import expand_block_mask
+
+BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+
+
+@pytest.fixture
+def served(monkeypatch):
+    return record_models(monkeypatch, family)
+
+
+@pytest.mark.parametrize("value_dtype", ["fp32", "fp16", "int8"])
+def test_the_byte_budget_is_spent_exactly_and_every_block_keeps_a_dimension(value_dtype):
+    ds = _dataset(n=400)
+    cfg = replace(CFG, budget_unit="bytes")
+    suffix = "" if value_dtype == "fp32" else f":{value_dtype}"
+    cell = run_method("dnis_blockmask" + suffix, ds, "mf", cfg, 0.3, 0)
+    n, k, blocks = ds.num_features, cfg.dim, cfg.num_blocks
+    sizes = make_boundaries(n, num_blocks=blocks).diff().tolist()
+    dims = cell["block_dims"]
+    assert dims == [len(c) for c in cell["block_columns"]] and min(dims) >= 1
+    kept = sum(s * d for s, d in zip(sizes, dims))
+    scale_bias = 4 * n if value_dtype == "int8" else 0
+    meta = 8 * (blocks + 1) + blocks * 1 + scale_bias  # boundaries, K = 8 mask bits a block
+    assert cell["kept_params"] == kept
+    assert cell["stored_bytes"] == BYTES[value_dtype] * kept + meta
+    budget = int(0.3 * 4 * n * k)
+    room = [s for s, d in zip(sizes, dims) if d < k]
+    assert cell["stored_bytes"] <= budget
+    assert not room or budget - cell["stored_bytes"] < BYTES[value_dtype] * min(room)
+    assert cell["value_dtype"] == value_dtype and cell["search_seconds"] > 0
+
+
+def test_it_keeps_the_searched_weights_and_fine_tuning_keeps_the_mask(served):
+    ds = _dataset(n=400)
+    cfg = replace(CFG, budget_unit="bytes", finetune_epochs=2)
+    plain = run_method("dnis_blockmask", ds, "mf", cfg, 0.3, 0)
+    tuned = run_method("dnis_blockmask_ft", ds, "mf", cfg, 0.3, 0)
+    assert plain["block_columns"] == tuned["block_columns"]
+    bounds = make_boundaries(ds.num_features, num_blocks=cfg.num_blocks)
+    block_mask = torch.zeros(cfg.num_blocks, cfg.dim, dtype=torch.bool)
+    for block, columns in enumerate(plain["block_columns"]):
+        block_mask[block, columns] = True
+    rows = expand_block_mask(block_mask, bounds)
+    merged = merged_table(searched(ds, "mf", cfg, 0, print)["model"].embedding)
+    before, after = (m.embedding.masked_weight() for m in served)
+    assert torch.equal(served[0].embedding.mask, rows) and torch.equal(
+        served[1].embedding.mask, rows
+    )
+    assert torch.equal(before[rows], merged[rows])  # Ê itself on the mask, not retrained
+    assert not after[~rows].any() and not torch.equal(after, before)  # tuned, mask fixed
+    assert plain["valid"] != tuned["valid"]
+
+
+def test_the_rotated_variant_keeps_the_rotated_table_and_only_where_rotation_is_exact(served):
+    ds = _dataset(n=400)
+    cfg = replace(CFG, budget_unit="bytes")
+    cell = run_method("dnis_blockmask_rot", ds, "mf", cfg, 0.3, 0)
+    merged = rotate_table(merged_table(searched(ds, "mf", cfg, 0, print)["model"].embedding))
+    mask = served[0].embedding.mask
+    assert torch.equal(served[0].embedding.masked_weight()[mask], merged[mask])
+    assert sum(cell["block_dims"]) > 0
+    with pytest.raises(NotApplicable):
+        run_method("dnis_blockmask_rot_ft", ds, "neumf", cfg, 0.3, 0)
+    # a model whose embeddings enter a linear layer takes the rotation into that layer
+    unpruned = replace(cfg, budget_unit="params")
+    run_method("dnis_blockmask_rot", ds, "deepfm", unpruned, 1.0, 0)
+    source = searched(ds, "deepfm", unpruned, 0, print)["model"].eval()
+    ids = ds.test.ids[:32]
+    torch.testing.assert_close(served[-1].eval()(ids), source(ids), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("value_dtype", ["fp32", "int8"])
+def test_svd_keeps_the_leading_singular_columns_of_uniform_k_stored_dense(served, value_dtype):
+    ds = _dataset(n=400)
+    cfg = replace(CFG, budget_unit="bytes", finetune_epochs=1)
+    suffix = "" if value_dtype == "fp32" else f":{value_dtype}"
+    cell = run_method("svd_ft" + suffix, ds, "mf", cfg, 0.3, 0)
+    d = uniform_dim(0.3, cfg.dim, unit="bytes", value_dtype=value_dtype)
+    assert cell["block_dims"] == [d] * cfg.num_blocks
+    assert all(c == list(range(d)) for c in cell["block_columns"])
+    assert cell["stored_bytes"] == dense_bytes(ds.num_features, d, value_dtype)
+    assert "train_seconds" in cell and "search_seconds" not in cell
+
+
+def test_the_magnitude_variant_allocates_on_the_uniform_k_table(served):
+    ds = _dataset(n=400)
+    cfg = replace(CFG, budget_unit="bytes", finetune_epochs=0)
+    cell = run_method("magnitude_blockmask_ft", ds, "mf", cfg, 0.3, 0)
+    table = uniform_k(ds, "mf", cfg, 0, print)["model"].embedding.weight.detach()
+    mask = served[0].embedding.mask
+    assert torch.equal(served[0].embedding.masked_weight()[mask], table[mask])
+    assert "train_seconds" in cell and min(cell["block_dims"]) >= 1

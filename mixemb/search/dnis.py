@@ -279,14 +279,14 @@ def search(
     # ---- alternating search ------------------------------------------------------------
     _, direction = primary_metric(dataset.task, config.k)
     hooks = _AlternatingSteps(model, dataset, config, direction)
+    t1 = time.perf_counter()
     if state is None and config.warmup_epochs == 0 and init_bias:
         init_output_bias(model, dataset.task, dataset.train.labels)
-    t1 = time.perf_counter()
     loop = run_epochs(
         model,
         dataset,
         config,
-        hooks,
+        hooks=hooks,
         label="search",
         epochs=config.search_epochs,
         kind=CHECKPOINT_KIND,

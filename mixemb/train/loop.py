@@ -12,6 +12,7 @@ for bit on the same machine.
 
 from __future__ import annotations
 
+import abc
 import copy
 import math
 import time
@@ -85,8 +86,9 @@ def evaluate(
     return compute_metrics(task, scores, split.labels.float(), group_size=split.group_size, k=k)
 
 
-class EpochHooks:
-    """What a training procedure plugs into :func:`run_epochs`; the defaults do nothing.
+class EpochHooks(abc.ABC):
+    """What a training procedure plugs into :func:`run_epochs`: ``step`` is its own, the
+    other hooks default to doing nothing.
 
     Called per epoch in this order: ``begin_epoch``, ``step`` once per training batch,
     ``end_epoch``, the validation pass, ``after_validation``.
@@ -94,11 +96,12 @@ class EpochHooks:
 
     def begin_epoch(self, epoch: int) -> None:
         """Before the first batch of ``epoch`` (0-based)."""
+        return None
 
+    @abc.abstractmethod
     def step(self, train: Split, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """Train on rows ``index`` (int64) of ``train``; returns 0-d losses for the progress
         bar (read only when the bar is drawn, so no host sync otherwise)."""
-        raise NotImplementedError
 
     def end_epoch(self, steps: int) -> dict[str, float]:
         """After the last of ``steps`` batches; returns the history row's training figures."""
@@ -114,6 +117,7 @@ class EpochHooks:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` stored (``state`` is the whole checkpoint)."""
+        return None
 
 
 @dataclass

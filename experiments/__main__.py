@@ -22,6 +22,20 @@ def _names(text: str | None) -> list[str]:
     return [x for x in (text or "").split(",") if x]
 
 
+def _budgets(text: str) -> list[float]:
+    """``--budgets`` as fractions in (0, 1]; ValueError (one line) naming a bad one."""
+    out = []
+    for b in _names(text):
+        try:
+            value = float(b)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value <= 1:
+            raise ValueError(f"--budgets: {b!r} is not a fraction in (0, 1]")
+        out.append(value)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -37,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--only", help="comma-separated experiment names")
     run.add_argument("--seeds", help="override the preset's seeds, e.g. 0,1")
     run.add_argument("--methods", help="override every experiment's methods")
+    run.add_argument("--budgets", help="override the preset's budgets, e.g. 0.1,0.05")
     run.add_argument("--no-report", action="store_true", help="do not write the page")
     return p
 
@@ -52,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             part = preset.only(_names(args.only))
             if args.seeds:
                 part = replace(part, seeds=[int(s) for s in _names(args.seeds)])
+            if args.budgets:
+                part = replace(part, budgets=_budgets(args.budgets))
             if args.methods:
                 part = part.with_methods(_names(args.methods))
             run_preset(part, args.out)

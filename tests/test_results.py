@@ -75,6 +75,19 @@ def _run(out: Path, *args: str) -> subprocess.Popen:
     )
 
 
+def test_run_budgets_override_runs_only_those_budgets_and_rejects_bad_ones(tmp_path):
+    out = tmp_path / "cells"
+    bad = _run(out, "--budgets", "0.5,2")
+    _, err = bad.communicate(timeout=120)
+    assert bad.returncode == 2 and "--budgets: '2' is not a fraction in (0, 1]" in err
+    assert not out.exists()
+    run = _run(out, "--budgets", "0.5", "--seeds", "0", "--methods", "uniform")
+    _, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err
+    cells = json.loads((out / "synthetic-rating-mf" / "results.json").read_text())["cells"]
+    assert sorted(cells) == ["uniform|0.5|0", "uniform|1|0"]
+
+
 @pytest.mark.slow
 def test_two_processes_share_an_out_and_each_cell_runs_once(tmp_path):
     out = tmp_path / "cells"

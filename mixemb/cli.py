@@ -27,6 +27,8 @@ into $MIXEMB_DATA (default ~/.cache/mixemb), checked by sha256, and read from th
 """
 
 
+# mixemb.quant.VALUE_DTYPES, spelled out so that `mixemb --help` does not import torch
+VALUE_DTYPES = ("fp32", "fp16", "bf16", "int8")
 DATA_FILE_HELP = (
     "the data file a model trained on your own file was trained on (a path stored in a "
     "model file is never opened)"
@@ -384,7 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--keep", type=int, help="keep this many entries")
     b.add_argument("--bytes", type=int, help="total stored bytes, metadata included")
     b.add_argument("--tau", type=float, help="keep entries with |Ê| >= tau")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=VALUE_DTYPES,
+        help="stored value dtype (int8: row-wise, an fp16 scale and bias a row)",
+    )
     p.add_argument("--finetune-epochs", type=int, default=0, help="retrain with the mask fixed")
     p.add_argument("--out", help="pruned model file (default RUN/pruned.pt)")
     p.add_argument("--data-file", type=Path, help=DATA_FILE_HELP)
@@ -442,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype",
         default="fp32",
-        choices=["fp32", "fp16", "bf16"],
+        choices=VALUE_DTYPES,
         help="value dtype of the pruned table and of the same-bytes uniform table",
     )
     p.add_argument(

@@ -19,7 +19,9 @@ import torch
 
 from mixemb.metrics import primary_metric
 from mixemb.prune import load_pruned
-from mixemb.prune.run import DTYPES, prune_run
+from mixemb.prune.budget import dense_bytes
+from mixemb.prune.run import prune_run
+from mixemb.quant import VALUE_DTYPES, round_rows, row_bytes, value_bytes
 from mixemb.search import SearchConfig
 from mixemb.search.run import search_run
 from mixemb.train import TrainConfig, evaluate
@@ -52,12 +54,12 @@ def prepare_out(out: str | Path) -> Path:
     return out
 
 
-def _stored_at(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """``model`` with its embedding table rounded to ``dtype`` (stored at that precision,
-    computed in float32), in place."""
+def _stored_at(model: torch.nn.Module, value_dtype: str) -> torch.nn.Module:
+    """``model`` with its embedding table's rows rounded to ``value_dtype`` (stored at that
+    precision, computed in float32), in place."""
     with torch.no_grad():
         w = model.embedding.weight
-        w.copy_(w.to(dtype).to(w.dtype))
+        w.copy_(round_rows(w, value_dtype))
     return model
 
 
@@ -79,11 +81,11 @@ def run_demo(
     """Run the pipeline into ``out`` (uniform/, dnis/, dnis/pruned.pt, uniform_same_bytes/);
     returns the table rows (method, dtype, params, bytes, the task's metric, seconds).
 
-    dtype: value dtype of the pruned table ("fp32", "fp16", "bf16"); the same-bytes uniform
-        table is stored at the same dtype.
+    dtype: value dtype of the pruned table (:data:`mixemb.quant.VALUE_DTYPES`: "fp32",
+        "fp16", "bf16", "int8"); the same-bytes uniform table is stored at the same dtype.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype not in VALUE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(VALUE_DTYPES)}, got {dtype!r}")
     out = prepare_out(out)
     spec = {"name": data, "task": task, "seed": seed}
     t0 = time.perf_counter()
@@ -97,12 +99,12 @@ def run_demo(
         t = time.perf_counter()
         _, trained, _ = train_run(spec, model, d, cfg, out / folder, dataset=dataset, log=log)
         n = n_rows * d
-        stored = _stored_at(trained, DTYPES[value_dtype])
+        stored = _stored_at(trained, value_dtype)
         return {
             "method": label,
             "dtype": value_dtype,
             "params": n,
-            "bytes": n * DTYPES[value_dtype].itemsize,
+            "bytes": dense_bytes(n_rows, d, value_dtype),
             metric: evaluate(stored, dataset.test, task)[metric],
             "seconds": time.perf_counter() - t,
         }
@@ -153,7 +155,7 @@ def run_demo(
     rows.append(dnis)
 
     # the widest dense table that fits the pruned table's bytes (at least one dimension)
-    same_d = max(1, dnis["bytes"] // (n_rows * DTYPES[dtype].itemsize))
+    same_d = max(1, (dnis["bytes"] // n_rows - row_bytes(dtype)) // value_bytes(dtype))
     log(f"== 4/4 uniform d={same_d} at {dtype}: the plain table of the pruned one's bytes")
     same = uniform(f"uniform d={same_d}", same_d, "uniform_same_bytes", dtype)
     rows.append(same)

@@ -25,7 +25,7 @@ import torch
 
 VALUE_DTYPES = ("fp32", "fp16", "bf16", "int8")
 _VALUE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
-_CASTS = {"fp16": torch.float16, "bf16": torch.bfloat16}
+_FLOATS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 INT8_ROW_BYTES = 4  # an int8 row's fp16 scale and fp16 bias
 INT8_LEVELS = 255
 FP16_MAX = 65504.0  # an int8 row's bias must be an fp16
@@ -43,6 +43,15 @@ def check_value_dtype(value_dtype: str) -> str:
 def value_bytes(value_dtype: str) -> int:
     """Bytes of one stored value in ``value_dtype``."""
     return _VALUE_BYTES[check_value_dtype(value_dtype)]
+
+
+def float_dtype(value_dtype: str) -> torch.dtype:
+    """The torch dtype of a float value dtype ("fp32", "fp16" or "bf16"); ValueError for
+    "int8" (no torch dtype holds its rows) or an unknown name."""
+    if value_dtype not in _FLOATS:
+        floats = ", ".join(_FLOATS)
+        raise ValueError(f"value_dtype must be one of {floats} here, got {value_dtype!r}")
+    return _FLOATS[value_dtype]
 
 
 def row_bytes(value_dtype: str) -> int:
@@ -144,7 +153,7 @@ def round_segments(values: torch.Tensor, lengths: torch.Tensor, value_dtype: str
     if value_dtype == "int8":
         q, scale_bias = quantize_segments_int8(values, lengths)
         return dequantize_segments_int8(q, lengths, scale_bias).to(values.dtype)
-    return values.to(_CASTS[value_dtype]).to(values.dtype)
+    return values.to(_FLOATS[value_dtype]).to(values.dtype)
 
 
 def round_rows(x: torch.Tensor, value_dtype: str) -> torch.Tensor:
@@ -154,4 +163,4 @@ def round_rows(x: torch.Tensor, value_dtype: str) -> torch.Tensor:
         return x
     if value_dtype == "int8":
         return dequantize_rows_int8(*quantize_rows_int8(x)).to(x.dtype)
-    return x.to(_CASTS[value_dtype]).to(x.dtype)
+    return x.to(_FLOATS[value_dtype]).to(x.dtype)

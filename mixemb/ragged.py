@@ -32,7 +32,7 @@ import math
 
 import torch
 
-from mixemb.quant import dequantize_segments_int8, quantize_segments_int8
+from mixemb.quant import dequantize_segments_int8, float_dtype, quantize_segments_int8
 
 FORMAT_VERSION = 1
 _BITS = torch.arange(64, dtype=torch.int64)
@@ -102,10 +102,13 @@ class RaggedTable:
     ) -> RaggedTable:
         """Store the non-zero entries of ``pruned`` (N, K) float.
 
-        dtype: default None (pruned's dtype); a float dtype of :data:`VALUE_DTYPES` casts
-            the values; the string ``"int8"`` quantizes each row's kept values to uint8
-            codes with an fp16 scale and bias (:func:`mixemb.quant.quantize_segments_int8`).
+        dtype: default None (pruned's dtype); a float dtype of :data:`VALUE_DTYPES` (or
+            its name "fp32", "fp16", "bf16") casts the values; ``"int8"`` quantizes each
+            row's kept values to uint8 codes with an fp16 scale and bias
+            (:func:`mixemb.quant.quantize_segments_int8`).
         """
+        if isinstance(dtype, str) and dtype != INT8:
+            dtype = float_dtype(dtype)
         if pruned.dim() != 2:
             raise ValueError(f"pruned must be (N, K), got shape {tuple(pruned.shape)}")
         if group_size < 1:

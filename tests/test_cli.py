@@ -133,6 +133,21 @@ def test_search_prune_evaluate_pipeline(tmp_path, capsys):
     test_line = [line for line in out.splitlines() if line.startswith("test:")][0]
     assert main(["evaluate", str(run / "pruned.pt")]) == 0
     assert test_line.split("test: ")[1] in capsys.readouterr().out  # reload predicts the same
+    # int8 values: the same budget in bytes holds more entries; the file reloads as int8
+    int8_file = tmp_path / "pruned_int8.pt"
+    budget = ["--bytes", "15000", "--out", str(int8_file)]
+    assert main(["prune", str(run), *budget, "--dtype", "int8"]) == 0
+    int8_out = capsys.readouterr().out
+    assert main(["prune", str(run), *budget, "--out", str(tmp_path / "fp32.pt")]) == 0
+    fp32_out = capsys.readouterr().out
+    from mixemb.prune import load_pruned
+
+    int8_model, _ = load_pruned(int8_file)
+    fp32_model, _ = load_pruned(tmp_path / "fp32.pt")
+    assert int8_model.embedding.table.value_format == "int8"
+    assert int8_model.embedding.nbytes() <= 15000 >= fp32_model.embedding.nbytes()
+    assert int8_model.embedding.table.nnz > 2 * fp32_model.embedding.table.nnz
+    assert "int8" in int8_out and fp32_out != int8_out
     with pytest.raises(SystemExit) as exc:  # one budget only: argparse refuses two
         main(["prune", str(run), "--ratio", "0.25", "--keep", "3"])
     assert exc.value.code == 2
@@ -171,6 +186,12 @@ def test_compare_command_writes_results(tmp_path, capsys):
     assert (out / "results.json").exists() and (out / "results.md").exists()
 
 
+def test_cli_value_dtypes_are_the_packages():
+    from mixemb import cli, quant
+
+    assert cli.VALUE_DTYPES == quant.VALUE_DTYPES
+
+
 def test_demo_pipeline_on_synthetic_data(tmp_path):
     from mixemb.demo import run_demo
 
@@ -199,6 +220,23 @@ def test_demo_pipeline_on_synthetic_data(tmp_path):
     assert (tmp_path / "uniform_same_bytes" / "best.pt").exists()
     assert any(line.startswith("at equal stored bytes: DNIS 25%") for line in lines)
     assert any(line.startswith("mean kept dim per frequency block") for line in lines)
+
+
+def test_demo_at_int8_compares_with_the_int8_table_of_the_same_bytes(tmp_path):
+    from mixemb.demo import run_demo
+    from mixemb.prune.budget import dense_bytes
+
+    rows = run_demo(
+        data="synthetic", dim=8, ratio=0.25, out=tmp_path, epochs=1, warmup_epochs=1,
+        search_epochs=1, finetune_epochs=0, dtype="int8", log=lambda s: None,
+    )  # fmt: skip
+    uniform, _, dnis, same = rows
+    n = uniform["params"] // 8
+    d = int(same["method"].split("=")[1])
+    assert same["dtype"] == dnis["dtype"] == "int8"
+    assert (
+        same["bytes"] == dense_bytes(n, d, "int8") <= dnis["bytes"] < dense_bytes(n, d + 1, "int8")
+    )
 
 
 @pytest.mark.parametrize(

@@ -203,6 +203,18 @@ def test_from_dense_rejects_non_float_tables_and_dtypes(dtype):
         RaggedTable.from_dense(torch.ones(3, 4), dtype=dtype)
 
 
+@pytest.mark.parametrize(
+    "name,dtype", [("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)]
+)
+def test_from_dense_takes_value_dtype_names(name, dtype):
+    x = _pruned(20, 7, 0.5)
+    assert RaggedTable.from_dense(x, dtype=name).values.dtype == dtype
+    with pytest.raises(
+        ValueError, match="value_dtype must be one of fp32, fp16, bf16 here, got 'fp8'"
+    ):
+        RaggedTable.from_dense(x, dtype="fp8")
+
+
 def test_loaded_state_is_validated_in_full():
     """What RaggedTable.from_state_dict (a model file from anywhere) rejects before any op
     sees it, each with a one-line ValueError naming the problem."""

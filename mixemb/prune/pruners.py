@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from mixemb.nn import MaskedEmbedding, SoftSelectEmbedding
-from mixemb.prune.budget import InfeasibleBudget, keep_count, ragged_metadata_bytes
+from mixemb.prune.budget import InfeasibleBudget, check_storage_dtype, keep_count, metadata_bytes
+from mixemb.quant import value_bytes
 
 PRUNERS = ("elem", "aligned", "floor", "rot")
 
@@ -283,24 +284,25 @@ def merge_and_prune(
     ratio: float | None = None,
     nbytes: int | None = None,
     tau: float | None = None,
-    value_dtype: torch.dtype = torch.float32,
+    value_dtype: str = "fp32",
 ) -> tuple[torch.Tensor, PruneReport]:
     """Merged and element-wise pruned table (N, K) of ``embedding``, plus the report.
 
     Exactly one budget: keep (entries), ratio (of N·K, the uniform-K table), nbytes (total
-    stored bytes of the ragged table, metadata included, values in ``value_dtype``), or tau.
+    stored bytes of the ragged table, metadata included, values in ``value_dtype``: one of
+    :data:`mixemb.quant.VALUE_DTYPES`, int8 rows paying their scale and bias), or tau.
     """
+    check_storage_dtype("ragged", value_dtype)
     merged = merged_table(embedding)
     if nbytes is not None:
         if keep is not None or ratio is not None or tau is not None:
             raise ValueError("give exactly one budget: keep, ratio, nbytes or tau")
         n, k = merged.shape
-        size = torch.empty((), dtype=value_dtype).element_size()
         keep = keep_count(
             merged.numel(),
             nbytes=nbytes,
-            bytes_per_entry=size,
-            metadata=ragged_metadata_bytes(n, k),
+            bytes_per_entry=value_bytes(value_dtype),
+            metadata=metadata_bytes("ragged", n, k, value_dtype=value_dtype),
         )
     if tau is not None:
         return prune(merged, tau=tau)

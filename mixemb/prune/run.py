@@ -11,18 +11,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from mixemb.prune.files import save_pruned
 from mixemb.prune.finetune import finetune_pruned, to_ragged_model
 from mixemb.prune.pruners import merge_and_prune
+from mixemb.quant import VALUE_DTYPES
 from mixemb.search.run import load_searched
 from mixemb.train import TrainConfig, evaluate
 from mixemb.train.checkpoint import check_writable
 from mixemb.train.run import load_from_spec
 from mixemb.train.saved import saved_dataset_spec
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def prune_run(
@@ -44,8 +41,8 @@ def prune_run(
         searched file is never opened). Raises ValueError when the pruned model's metrics
         are not finite (nothing is written then).
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype not in VALUE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(VALUE_DTYPES)}, got {dtype!r}")
     if tau is not None and not (math.isfinite(tau) and tau >= 0):
         raise ValueError(f"tau must be a finite number >= 0, got {tau}")
     if finetune_epochs < 0:
@@ -57,7 +54,7 @@ def prune_run(
     spec = saved_dataset_spec(searched, obj.get("dataset_spec"), data_file)
     emb = model.embedding
     pruned, report = merge_and_prune(
-        emb, keep=keep, ratio=ratio, nbytes=nbytes, tau=tau, value_dtype=DTYPES[dtype]
+        emb, keep=keep, ratio=ratio, nbytes=nbytes, tau=tau, value_dtype=dtype
     )
     dataset = load_from_spec(spec)
     sc = obj["search_config"]
@@ -72,12 +69,12 @@ def prune_run(
             k=sc["k"],
         )
         serving = finetune_pruned(dataset, model, pruned, config, log)
-        if DTYPES[dtype] != torch.float32:
+        if dtype != "fp32":
             serving = to_ragged_model(
-                serving, serving.embedding.table.to_dense(), value_dtype=DTYPES[dtype]
+                serving, serving.embedding.table.to_dense(), value_dtype=dtype
             )
     else:
-        serving = to_ragged_model(model, pruned, value_dtype=DTYPES[dtype])
+        serving = to_ragged_model(model, pruned, value_dtype=dtype)
     n, k = pruned.shape
     k_eval = sc.get("k", 10)
     metrics = {

@@ -4,6 +4,9 @@ Side by side in one process, on one batch of Zipf ids over frequency-sorted rows
 
 providers
 * launcher   the bare Triton launchers of ``mixemb.kernels.soft_select`` (CUDA only)
+* launcher+map, op+map   the same with the blocks read from a per-id block map (what
+             ``mixemb.searchable`` twins use) instead of the boundaries; the map puts
+             every id in its boundaries' block, so only the block lookup differs
 * op         ``soft_select_lookup(backend="triton")`` in eager mode: one autograd.Function
              straight onto the launchers (on CPU the reference math); the registered
              torch.library ops are what torch.compile / torch.export see, and their
@@ -47,6 +50,7 @@ from common import DEFAULT_ITERS, measure, report, start_run  # noqa: E402
 from mixemb.nn import FusedOptimizer  # noqa: E402
 from mixemb.ops import soft_select_lookup  # noqa: E402
 from mixemb.reference import (  # noqa: E402
+    block_of,
     equal_boundaries,
     normalize_alpha_grad,
     soft_select_alpha_grad_bytes,
@@ -100,15 +104,17 @@ def make_inputs(cfg: dict, device: torch.device) -> dict:
     ids = ids.to(getattr(torch, cfg.get("ids_dtype", "int64")))
     cfg["unique_ids"] = int(torch.unique(ids).numel())
     dout = torch.randn(*shape, k, generator=gen, device=device)
+    boundaries = equal_boundaries(n, num_blocks).to(device)
+    block_map = block_of(torch.arange(n, device=device), boundaries)
     return dict(
-        weight=weight, alpha=alpha, boundaries=equal_boundaries(n, num_blocks).to(device),
-        ids=ids, dout=dout,
+        weight=weight, alpha=alpha, boundaries=boundaries, block_map=block_map, ids=ids,
+        dout=dout,
     )  # fmt: skip
 
 
-def ideal_bytes(cfg: dict, op: str) -> int:
+def ideal_bytes(cfg: dict, op: str, block_map: bool = False) -> int:
     args = (cfg["batch"] * cfg["fields"], cfg["dim"], cfg["blocks"])
-    kw = dict(ids_dtype=getattr(torch, cfg.get("ids_dtype", "int64")))
+    kw = dict(ids_dtype=getattr(torch, cfg.get("ids_dtype", "int64")), block_map=block_map)
     fwd = soft_select_lookup_bytes(*args, **kw)
     if op == "fwd":
         return fwd
@@ -129,13 +135,19 @@ def ideal_bytes(cfg: dict, op: str) -> int:
     raise ValueError(op)
 
 
-def lookup_cases(x: dict, backend: str) -> dict:
+def _blocks(x: dict, by_map: bool) -> tuple:
+    """(boundaries or None, {"block_map": map} or {}) for a provider."""
+    return (None, dict(block_map=x["block_map"])) if by_map else (x["boundaries"], {})
+
+
+def lookup_cases(x: dict, backend: str, by_map: bool = False) -> dict:
     """op → callable for soft_select_lookup with ``backend`` ("triton" or "reference")."""
     w_frozen, a_frozen = x["weight"], x["alpha"]
     w_train = x["weight"].clone().requires_grad_()
     a_train = x["alpha"].clone().requires_grad_()
-    b, ids, dout = x["boundaries"], x["ids"], x["dout"]
-    kw = dict(l1=L1, backend=backend, check_ids=False)
+    ids, dout = x["ids"], x["dout"]
+    b, bm = _blocks(x, by_map)
+    kw = dict(l1=L1, backend=backend, check_ids=False, **bm)
 
     def step(w, a, **extra):
         def run():
@@ -162,11 +174,12 @@ def lookup_cases(x: dict, backend: str) -> dict:
     return cases
 
 
-def launcher_cases(x: dict) -> dict:
+def launcher_cases(x: dict, by_map: bool = False) -> dict:
     """op → callable on the bare launchers (no dispatcher, no autograd)."""
     from mixemb.kernels import soft_select as K
 
-    w, a, b, dout = x["weight"], x["alpha"], x["boundaries"], x["dout"]
+    w, a, dout = x["weight"], x["alpha"], x["dout"]
+    b, bm = _blocks(x, by_map)
     flat = x["ids"].reshape(-1)
     d = dout.reshape(-1, w.shape[1])
     w_upd = w.clone()
@@ -174,23 +187,23 @@ def launcher_cases(x: dict) -> dict:
     state = torch.zeros(w.shape[0], device=w.device)
 
     def fwd():
-        return K.soft_select_fwd(w, a, b, flat)
+        return K.soft_select_fwd(w, a, b, flat, **bm)
 
     def alpha_step():
-        K.soft_select_fwd(w, a, b, flat)
-        return K.soft_select_bwd_alpha(d, w, a, b, flat, l1=L1)
+        K.soft_select_fwd(w, a, b, flat, **bm)
+        return K.soft_select_bwd_alpha(d, w, a, b, flat, l1=L1, **bm)
 
     def weights(**kw):
         def run():
-            K.soft_select_fwd(w_upd, a, b, flat)
-            return K.soft_select_bwd_weight(d, w_upd, a, b, flat, **kw)
+            K.soft_select_fwd(w_upd, a, b, flat, **bm)
+            return K.soft_select_bwd_weight(d, w_upd, a, b, flat, **kw, **bm)
 
         return run
 
     def both_step():
-        K.soft_select_fwd(w, a, b, flat)
-        K.soft_select_bwd_alpha(d, w, a, b, flat, l1=L1)
-        return K.soft_select_bwd_weight(d, w, a, b, flat)
+        K.soft_select_fwd(w, a, b, flat, **bm)
+        K.soft_select_bwd_alpha(d, w, a, b, flat, l1=L1, **bm)
+        return K.soft_select_bwd_weight(d, w, a, b, flat, **bm)
 
     return {
         "fwd": fwd,
@@ -240,7 +253,9 @@ def providers(x: dict, device: torch.device, args) -> list[tuple[str, dict]]:
     out = []
     if device.type == "cuda":
         out.append(("launcher", launcher_cases(x)))
+        out.append(("launcher+map", launcher_cases(x, by_map=True)))
     out.append(("op", lookup_cases(x, "triton")))
+    out.append(("op+map", lookup_cases(x, "triton", by_map=True)))
     if not args.sweep_only_fused:
         out.append(("reference", lookup_cases(x, "reference")))
         out.append(("eager", eager_cases(x, compile_=False)))
@@ -274,7 +289,8 @@ def run_config(cfg, device, args, warmup, repeats, copy_bytes, ops) -> list[dict
                 continue
             measure(
                 out, meta, bench=BENCH, shape=cfg, provider=provider, op=op, fn=cases[op],
-                nbytes=ideal_bytes(cfg, op), copy_gbps=copy_rate, device=device,
+                nbytes=ideal_bytes(cfg, op, provider.endswith("+map")), copy_gbps=copy_rate,
+                device=device,
                 warmup=warmup, repeats=repeats,
             )  # fmt: skip
     del x

@@ -2,7 +2,9 @@
 
 Notation: B lookups (flattened ids), table E (N, K), soft selection α (L, K), block
 boundaries (L+1,) int64. block(id) is computed in-kernel by comparing the id with the
-L-1 inner boundaries (L ≤ 64): no per-row block array is ever stored or read.
+L-1 inner boundaries (L ≤ 64): no per-row block array is stored or read. Every launcher
+also takes ``block_map`` (N,) int64 instead (boundaries None): block(id) is then one
+load of block_map[id] (the BY_MAP flag), for ids that are not frequency-sorted.
 
 Kernels (all accumulate in fp32, mask the K tail, never synchronise with the host):
 
@@ -58,8 +60,13 @@ def _and(vec_mask, flag):
 
 
 @triton.jit
-def _block_of(ids, bounds_ptr, num_blocks, L_PAD: tl.constexpr):
-    """Block index of every id: the number of inner boundaries b_1..b_{L-1} ≤ id."""
+def _block_of(ids, valid, bounds_ptr, num_blocks, L_PAD: tl.constexpr, BY_MAP: tl.constexpr):
+    """Block index of every id: with BY_MAP, block_map[id] (bounds_ptr is the map; ids
+    not ``valid`` read block 0, and a value outside [0, L) is clamped, so α is never read
+    out of bounds); else the number of inner boundaries b_1..b_{L-1} ≤ id."""
+    if BY_MAP:
+        blocks = tl.load(bounds_ptr + ids, mask=valid, other=0)
+        return tl.minimum(tl.maximum(blocks, 0), num_blocks - 1).to(tl.int64)
     offs = tl.arange(0, L_PAD)
     live = offs < num_blocks - 1
     inner = tl.load(bounds_ptr + 1 + offs, mask=live, other=0)
@@ -87,6 +94,7 @@ def _scale_rows_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_K: tl.constexpr,
     L_PAD: tl.constexpr,
+    BY_MAP: tl.constexpr,
     ACC: tl.constexpr,
 ):
     pid_b = tl.program_id(0).to(tl.int64)
@@ -97,7 +105,7 @@ def _scale_rows_kernel(
     ids = tl.load(ids_ptr + lookups, mask=live, other=0).to(tl.int64)
     # an out-of-range id reads nothing and yields a zero row (the launcher checks on request)
     valid = live & (ids >= 0) & (ids < num_rows)
-    blocks = _block_of(ids, bounds_ptr, num_blocks, L_PAD)
+    blocks = _block_of(ids, valid, bounds_ptr, num_blocks, L_PAD, BY_MAP)
     mask = valid[:, None] & (cols < dim)[None, :]
     rows = ids if GATHER else lookups
     src = tl.load(src_ptr + rows[:, None] * stride_src + cols[None, :], mask=mask, other=0.0)
@@ -143,6 +151,7 @@ def _alpha_grad_partial_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_K: tl.constexpr,
     L_PAD: tl.constexpr,
+    BY_MAP: tl.constexpr,
     ACC: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -157,7 +166,7 @@ def _alpha_grad_partial_kernel(
         live = lookups < num_lookups
         ids = tl.load(ids_ptr + lookups, mask=live, other=0).to(tl.int64)
         valid = live & (ids >= 0) & (ids < num_rows)
-        blocks = _block_of(ids, bounds_ptr, num_blocks, L_PAD)
+        blocks = _block_of(ids, valid, bounds_ptr, num_blocks, L_PAD, BY_MAP)
         mask = valid[:, None] & cmask[None, :]
         e = tl.load(weight_ptr + ids[:, None] * stride_w + cols[None, :], mask=mask, other=0.0)
         d = tl.load(dout_ptr + lookups[:, None] * dim + cols[None, :], mask=mask, other=0.0)
@@ -229,10 +238,13 @@ def _finish_row(
     opt_eps,
     OPTIMIZER: tl.constexpr,
     L_PAD: tl.constexpr,
+    BY_MAP: tl.constexpr,
     ACC: tl.constexpr,
 ):
     """Scale a row's summed output gradient by α[block(row)] and write or apply it."""
-    block = tl.sum(_block_of(tl.zeros([1], tl.int64) + row_id, bounds_ptr, num_blocks, L_PAD))
+    one = _and(tl.full([1], 1, tl.int1), do_it)
+    row = tl.zeros([1], tl.int64) + row_id
+    block = tl.sum(_block_of(row, one, bounds_ptr, num_blocks, L_PAD, BY_MAP))
     mask = _and(cmask, do_it)
     a = tl.load(alpha_ptr + block * stride_alpha + cols, mask=mask, other=0.0)
     grad = g * a.to(ACC)
@@ -246,7 +258,6 @@ def _finish_row(
             w = w - lr * grad
         else:
             # row-wise Adagrad (FBGEMM's): one accumulator per row, mean of g² over K
-            one = _and(tl.full([1], 1, tl.int1), do_it)
             m_old = tl.load(state_ptr + row_id + tl.zeros([1], tl.int64), mask=one, other=0.0)
             m = tl.sum(m_old, axis=0) + tl.sum(tl.where(cmask, grad * grad, 0.0), axis=0) / dim
             tl.store(
@@ -287,6 +298,7 @@ def _segment_rows_kernel(
     CHUNK: tl.constexpr,
     K_PAD: tl.constexpr,
     L_PAD: tl.constexpr,
+    BY_MAP: tl.constexpr,
     ACC: tl.constexpr,
 ):
     chunk = tl.program_id(0).to(tl.int64)
@@ -321,7 +333,8 @@ def _segment_rows_kernel(
         done = run_ends & (~cont_prev) & (~cont_next) & valid
         _finish_row(
             row_id, acc, cols, cmask, dim, done, alpha_ptr, bounds_ptr, num_blocks,
-            stride_alpha, out_ptr, stride_out, state_ptr, lr_ptr, opt_eps, OPTIMIZER, L_PAD, ACC,
+            stride_alpha, out_ptr, stride_out, state_ptr, lr_ptr, opt_eps, OPTIMIZER, L_PAD,
+            BY_MAP, ACC,
         )  # fmt: skip
         acc = tl.where(run_ends, 0.0, acc)
         cont_prev = cont_prev & (~run_ends)
@@ -349,6 +362,7 @@ def _segment_carry_kernel(
     TILE: tl.constexpr,
     K_PAD: tl.constexpr,
     L_PAD: tl.constexpr,
+    BY_MAP: tl.constexpr,
     ACC: tl.constexpr,
 ):
     chunk = tl.program_id(0).to(tl.int64)
@@ -387,7 +401,8 @@ def _segment_carry_kernel(
     valid = (last_id >= 0) & (last_id < num_rows)
     _finish_row(
         last_id, acc, cols, cmask, dim, owner & valid, alpha_ptr, bounds_ptr, num_blocks,
-        stride_alpha, out_ptr, stride_out, state_ptr, lr_ptr, opt_eps, OPTIMIZER, L_PAD, ACC,
+        stride_alpha, out_ptr, stride_out, state_ptr, lr_ptr, opt_eps, OPTIMIZER, L_PAD,
+        BY_MAP, ACC,
     )  # fmt: skip
 
 
@@ -433,7 +448,12 @@ def _check_dout(dout: torch.Tensor, ids: torch.Tensor, dim: int, device: torch.d
         )
 
 
-def check_inputs(weight, alpha, boundaries, ids, values) -> None:
+def _blocks(boundaries, block_map):
+    """(the tensor the kernels read blocks from, BY_MAP)."""
+    return (boundaries, False) if block_map is None else (block_map, True)
+
+
+def check_inputs(weight, alpha, boundaries, ids, values, block_map=None) -> None:
     """Shape/dtype/device checks of every launcher (cheap, no device reads)."""
     if weight.dim() != 2 or not weight.is_contiguous():
         raise ValueError(f"weight must be a contiguous (N, K) tensor, got {tuple(weight.shape)}")
@@ -446,7 +466,15 @@ def check_inputs(weight, alpha, boundaries, ids, values) -> None:
         )
     if not 1 <= dim <= MAX_DIM:
         raise ValueError(f"the Triton backend supports 1 ≤ K ≤ {MAX_DIM}, got {dim}")
-    if (
+    if (boundaries is None) == (block_map is None):
+        raise ValueError("give exactly one of boundaries and block_map (the other None)")
+    if block_map is not None and (
+        block_map.dtype != torch.int64
+        or block_map.shape != (weight.shape[0],)
+        or not block_map.is_contiguous()
+    ):
+        raise ValueError(f"block_map must be contiguous int64 (N,) = ({weight.shape[0]},)")
+    if boundaries is not None and (
         boundaries.dtype != torch.int64
         or boundaries.numel() != num_blocks + 1
         or not boundaries.is_contiguous()
@@ -454,28 +482,38 @@ def check_inputs(weight, alpha, boundaries, ids, values) -> None:
         raise ValueError(f"boundaries must be contiguous int64 (L+1,) = ({num_blocks + 1},)")
     if ids.dtype not in (torch.int32, torch.int64) or not ids.is_contiguous():
         raise ValueError(f"ids must be contiguous int32/int64, got {ids.dtype}")
-    for name, t in (("alpha", alpha), ("boundaries", boundaries), ("ids", ids), ("values", values)):
+    named = (
+        ("alpha", alpha), ("boundaries", boundaries), ("block_map", block_map), ("ids", ids),
+        ("values", values),
+    )  # fmt: skip
+    for name, t in named:
         if t is not None and t.device != weight.device:
             raise ValueError(f"{name} is on {t.device}, weight on {weight.device}")
     if values is not None and (values.shape != ids.shape or not values.is_contiguous()):
         raise ValueError(f"values must be contiguous with the shape of ids {tuple(ids.shape)}")
 
 
-def soft_select_fwd(weight, alpha, boundaries, ids, values=None, *, out_dtype=None):
+def soft_select_fwd(weight, alpha, boundaries, ids, values=None, *, block_map=None,
+                    out_dtype=None):  # fmt: skip
     """out (B, K) = weight[ids] ⊙ alpha[block(ids)] (⊙ values[:, None]).
 
     weight: (N, K) float32/float16/bfloat16, contiguous. alpha: (L, K), L ≤ 64.
-    boundaries: (L+1,) int64. ids: (B,) int32/int64. values: (B,) or None.
+    boundaries: (L+1,) int64, or None with block_map (N,) int64 in [0, L).
+    ids: (B,) int32/int64. values: (B,) or None.
     out_dtype: default torch.promote_types(weight.dtype, alpha.dtype).
     """
-    check_inputs(weight, alpha, boundaries, ids, values)
+    check_inputs(weight, alpha, boundaries, ids, values, block_map)
     out_dtype = out_dtype or torch.promote_types(weight.dtype, alpha.dtype)
-    return scale_rows(weight, alpha, boundaries, ids, values, gather=True, out_dtype=out_dtype)
+    return scale_rows(
+        weight, alpha, boundaries, ids, values, gather=True, out_dtype=out_dtype,
+        block_map=block_map,
+    )  # fmt: skip
 
 
 def scale_rows(
-    src, alpha, boundaries, ids, values, *, gather, out_dtype, num_rows=None, scatter_into=None
-):
+    src, alpha, boundaries, ids, values, *, gather, out_dtype, num_rows=None, scatter_into=None,
+    block_map=None,
+):  # fmt: skip
     """The shared launcher of the forward (gather=True), of per-lookup row grads
     (gather=False) and, with ``scatter_into`` (num_rows, K) in the accumulation dtype, of
     the atomic dense weight gradient (rows added at their ids; returns scatter_into)."""
@@ -489,13 +527,14 @@ def scale_rows(
         return out
     block_b, block_k = _tile(dim)
     grid = (triton.cdiv(num_lookups, block_b), triton.cdiv(dim, block_k))
+    blocks, by_map = _blocks(boundaries, block_map)
     with _on_device(src):
         _scale_rows_kernel[grid](
-            src, alpha, boundaries, ids, values if values is not None else src, out,
+            src, alpha, blocks, ids, values if values is not None else src, out,
             num_lookups, num_rows if num_rows is not None else src.shape[0], dim,
             alpha.shape[0], src.stride(0), alpha.stride(0),
             GATHER=gather, SCATTER_ADD=scatter_into is not None, HAS_VALUES=values is not None,
-            BLOCK_B=block_b, BLOCK_K=block_k, L_PAD=_l_pad(alpha.shape[0]),
+            BLOCK_B=block_b, BLOCK_K=block_k, L_PAD=_l_pad(alpha.shape[0]), BY_MAP=by_map,
             ACC=_acc(out.dtype if scatter_into is not None else src.dtype)[0],
         )  # fmt: skip
     return out
@@ -503,7 +542,7 @@ def scale_rows(
 
 def soft_select_bwd_alpha(
     dout, weight, alpha, boundaries, ids, values=None, *,
-    need_alpha=True, need_values=False, normalize=True, l1=0.0, eps=1e-8,
+    need_alpha=True, need_values=False, normalize=True, l1=0.0, eps=1e-8, block_map=None,
 ):  # fmt: skip
     """The α step's backward: (dalpha (L, K) in alpha's dtype or None, dvalues (B,) or None).
 
@@ -511,7 +550,8 @@ def soft_select_bwd_alpha(
     + l1·sign(alpha)); dvalues[b] = Σ_k weight[id] ⊙ alpha[block] ⊙ dout.
     Deterministic: fixed partition of lookups into programs and a fixed-order sum.
     """
-    check_inputs(weight, alpha, boundaries, ids, values)
+    check_inputs(weight, alpha, boundaries, ids, values, block_map)
+    blocks, by_map = _blocks(boundaries, block_map)
     num_lookups = ids.numel()
     num_blocks, dim = alpha.shape
     device = weight.device
@@ -532,12 +572,13 @@ def soft_select_bwd_alpha(
     with _on_device(weight):
         if num_lookups and (need_alpha or need_values):
             _alpha_grad_partial_kernel[(programs, num_k_tiles)](
-                weight, alpha, boundaries, ids, values if values is not None else weight,
+                weight, alpha, blocks, ids, values if values is not None else weight,
                 dout, partial, dv,
                 num_lookups, weight.shape[0], dim, num_blocks, weight.stride(0), alpha.stride(0),
                 tiles_per_program,
                 HAS_VALUES=values is not None, NEED_ALPHA=need_alpha, NEED_VALUES=need_values,
-                BLOCK_B=block_b, BLOCK_K=block_k, L_PAD=_l_pad(num_blocks), ACC=acc_tl,
+                BLOCK_B=block_b, BLOCK_K=block_k, L_PAD=_l_pad(num_blocks), BY_MAP=by_map,
+                ACC=acc_tl,
             )  # fmt: skip
         dalpha = dvalues = None
         if need_alpha:
@@ -552,22 +593,23 @@ def soft_select_bwd_alpha(
     return dalpha, dvalues
 
 
-def soft_select_bwd_rows(dout, weight, alpha, boundaries, ids, values=None):
+def soft_select_bwd_rows(dout, weight, alpha, boundaries, ids, values=None, *, block_map=None):
     """Per-lookup weight gradients (B, K) in weight's dtype: dout ⊙ alpha[block] (⊙ v).
 
     With ids they form nn.Embedding(sparse=True)'s uncoalesced sparse gradient.
     """
-    check_inputs(weight, alpha, boundaries, ids, values)
+    check_inputs(weight, alpha, boundaries, ids, values, block_map)
     _check_dout(dout, ids, weight.shape[1], weight.device)
     return scale_rows(
         dout, alpha, boundaries, ids, values,
-        gather=False, out_dtype=weight.dtype, num_rows=weight.shape[0],
+        gather=False, out_dtype=weight.dtype, num_rows=weight.shape[0], block_map=block_map,
     )  # fmt: skip
 
 
 def soft_select_bwd_weight(
     dout, weight, alpha, boundaries, ids, values=None, *,
     deterministic=True, optimizer="none", lr=None, state=None, optimizer_eps=1e-8,
+    block_map=None,
 ):  # fmt: skip
     """The weights step's backward: a dense (N, K) gradient, or an in-place update.
 
@@ -579,7 +621,8 @@ def soft_select_bwd_weight(
     row-wise Adagrad accumulator) in place with lr, a 1-element float32 tensor on the
     weight's device (a runtime value: changing it does not recompile); returns None.
     """
-    check_inputs(weight, alpha, boundaries, ids, values)
+    check_inputs(weight, alpha, boundaries, ids, values, block_map)
+    blocks, by_map = _blocks(boundaries, block_map)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {optimizer!r}")
     num_lookups = ids.numel()
@@ -599,8 +642,8 @@ def soft_select_bwd_weight(
     if not fused and not deterministic:
         acc = torch.zeros((num_rows, dim), dtype=acc_torch, device=device)
         scale_rows(
-            dout, alpha, boundaries, ids, values,
-            gather=False, out_dtype=acc_torch, num_rows=num_rows, scatter_into=acc,
+            dout, alpha, boundaries, ids, values, gather=False, out_dtype=acc_torch,
+            num_rows=num_rows, scatter_into=acc, block_map=block_map,
         )  # fmt: skip
         return acc if weight.dtype == acc_torch else acc.to(weight.dtype)
     out = weight if fused else torch.zeros_like(weight)
@@ -617,10 +660,10 @@ def soft_select_bwd_weight(
         common = dict(
             num_warps=max(1, min(4, _pow2(dim) // 128)),
             OPTIMIZER=OPTIMIZERS[optimizer], CHUNK=SEGMENT_CHUNK, K_PAD=_pow2(dim, 16),
-            L_PAD=_l_pad(num_blocks), ACC=acc_tl,
+            L_PAD=_l_pad(num_blocks), BY_MAP=by_map, ACC=acc_tl,
         )  # fmt: skip
         _segment_rows_kernel[(num_chunks,)](
-            sorted_ids, perm, dout, values if values is not None else dout, alpha, boundaries,
+            sorted_ids, perm, dout, values if values is not None else dout, alpha, blocks,
             out, state_t, lr_t, carry_first, carry_last,
             num_lookups, num_rows, dim, num_blocks, alpha.stride(0), out.stride(0),
             float(optimizer_eps), HAS_VALUES=values is not None, **common,
@@ -628,7 +671,7 @@ def soft_select_bwd_weight(
         # a (TILE, K_PAD) tile of carries per step, at most 2048 values per program
         tile = max(1, min(CARRY_TILE, 2048 // common["K_PAD"]))
         _segment_carry_kernel[(num_chunks,)](
-            sorted_ids, alpha, boundaries, out, state_t, lr_t, carry_first, carry_last,
+            sorted_ids, alpha, blocks, out, state_t, lr_t, carry_first, carry_last,
             num_lookups, num_rows, dim, num_blocks, alpha.stride(0), out.stride(0),
             float(optimizer_eps), TILE=tile, **common,
         )  # fmt: skip

@@ -17,7 +17,8 @@ Notation for the formulas (M lookups, U distinct ids among them, K dims, L block
     I = M * itemsize(ids_dtype)          the ids
     V = M * itemsize(dtype)              the values (numeric fields), 0 without values
     A = L * K * itemsize(dtype)          alpha (or its gradient)
-    B = (L + 1) * 8                      the int64 boundaries
+    B = (L + 1) * 8                      the int64 boundaries; U * 8 with a per-id block
+                                         map (block_map=True): each looked-up id's block
 
     forward                 = R + P + I + V + A + B   table rows + ids (+ values) + α + bounds
                                                       in, outputs out
@@ -55,7 +56,10 @@ from mixemb.quant import INT8_ROW_BYTES, dequantize_rows_int8
 from mixemb.ragged import RaggedTable, expand_bits, popcount64
 
 __all__ = [
+    "block_gather_bytes",
+    "block_gather_reference",
     "block_of",
+    "blocks_of",
     "equal_boundaries",
     "fused_update_reference",
     "normalize_alpha_grad",
@@ -109,27 +113,40 @@ def block_of(ids: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(boundaries[1:-1], ids.to(torch.int64), right=True)
 
 
+def blocks_of(
+    ids: torch.Tensor, boundaries: torch.Tensor | None, block_map: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(...) int64 block of each id of ids (...) int32/int64: block_map[ids] where the
+    block map (N,) int64 is given, else block_of(ids, boundaries (L+1,) int64)."""
+    if block_map is not None:
+        return block_map[ids.to(torch.int64)]
+    return block_of(ids, boundaries)
+
+
 def soft_select_lookup_reference(
     weight: torch.Tensor,
     alpha: torch.Tensor,
-    boundaries: torch.Tensor,
+    boundaries: torch.Tensor | None,
     ids: torch.Tensor,
     values: torch.Tensor | None = None,
+    *,
+    block_map: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DNIS lookup x alpha, unfused and in eager autograd: weight[ids] * alpha[block(ids)].
 
     weight: (N, K) float embedding table E.
     alpha: (L, K) float soft selection layer α.
-    boundaries: (L+1,) int64 block boundaries (see ``block_of``).
+    boundaries: (L+1,) int64 block boundaries (see ``block_of``), or None with block_map.
     ids: (...) int32/int64 feature ids in [0, N).
     values: (...) float per-lookup multipliers (numeric fields) or None.
+    block_map: (N,) int64 block of every id (ids need not be frequency-sorted), or None.
     Returns (..., K): out[..., k] = weight[id, k] * alpha[block(id), k] (* values[...]).
     Gradients are whatever autograd gives: a dense (N, K) weight gradient that accumulates
     duplicate ids, and alpha's gradient summed per block (not normalized; see
     ``normalize_alpha_grad``).
     """
     idx = ids.to(torch.int64)
-    out = weight[idx] * alpha[block_of(idx, boundaries)]
+    out = weight[idx] * alpha[blocks_of(idx, boundaries, block_map)]
     if values is not None:
         out = out * values.unsqueeze(-1)
     return out
@@ -152,17 +169,18 @@ def normalize_alpha_grad(
 
 # ---- the hand-written backward of soft_select_lookup ----------------------------------
 # The math of mixemb.ops.soft_select's CPU path (and of its reference backend): ids, values
-# and dout arrive flat, flat (B,) int64, values (B,) or None, dout (B, K). The op keeps
+# and dout arrive flat, flat (B,) int64, values (B,) or None, dout (B, K); the block of an
+# id comes from boundaries (L+1,) or, when given, block_map (N,) int64. The op keeps
 # the gathered rows / α rows of its forward and passes them back in, so its backward does
 # not gather again; passing None recomputes them (same values).
 
 
 def reference_gather(
-    weight: torch.Tensor, alpha: torch.Tensor, boundaries: torch.Tensor, flat: torch.Tensor
+    weight: torch.Tensor, alpha: torch.Tensor, boundaries, flat: torch.Tensor, block_map=None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rows, scale, blocks): weight[flat] (B, K), alpha[block(flat)] (B, K), block(flat) (B,)
     int64, for flat (B,) int64 ids."""
-    blocks = block_of(flat, boundaries)
+    blocks = blocks_of(flat, boundaries, block_map)
     return weight.index_select(0, flat), alpha.index_select(0, blocks), blocks
 
 
@@ -176,35 +194,39 @@ def reference_scale(
     return out
 
 
-def reference_forward(weight, alpha, boundaries, flat, values):
+def reference_forward(weight, alpha, boundaries, flat, values, block_map=None):
     """(B, K) = weight[flat] * alpha[block(flat)] (* values[:, None]); flat (B,) int64."""
-    rows, scale, _ = reference_gather(weight, alpha, boundaries, flat)
+    rows, scale, _ = reference_gather(weight, alpha, boundaries, flat, block_map)
     return reference_scale(rows, scale, values)
 
 
-def reference_row_grads(dout, weight, alpha, boundaries, flat, values, scale=None):
+def reference_row_grads(
+    dout, weight, alpha, boundaries, flat, values, scale=None, block_map=None
+):  # fmt: skip
     """(B, K) per-lookup weight gradients dout * alpha[block] (* v) in weight's dtype.
 
     scale: alpha[block(flat)] (B, K) when the caller kept it from the forward.
     """
     if scale is None:
-        scale = alpha.index_select(0, block_of(flat, boundaries))
+        scale = alpha.index_select(0, blocks_of(flat, boundaries, block_map))
     g_rows = dout * scale.to(dout.dtype)
     if values is not None:
         g_rows = g_rows * values.reshape(-1, 1).to(dout.dtype)
     return g_rows.to(weight.dtype)
 
 
-def reference_weight_grad(dout, weight, alpha, boundaries, flat, values, scale=None):
+def reference_weight_grad(
+    dout, weight, alpha, boundaries, flat, values, scale=None, block_map=None
+):  # fmt: skip
     """(N, K) dense weight gradient in weight's dtype: the row grads summed per id."""
-    rows = reference_row_grads(dout, weight, alpha, boundaries, flat, values, scale)
+    rows = reference_row_grads(dout, weight, alpha, boundaries, flat, values, scale, block_map)
     # index_put_(accumulate) is ~3x faster than index_add_ on CPU for many repeated ids
     return torch.zeros_like(weight).index_put_((flat,), rows, accumulate=True)
 
 
 def reference_alpha_values_grad(
     dout, weight, alpha, boundaries, flat, values, need_alpha, need_values, normalize, l1, eps,
-    rows=None, blocks=None,
+    rows=None, blocks=None, block_map=None,
 ):  # fmt: skip
     """(dalpha (L, K) in alpha's dtype or None, dvalues (B,) in values' dtype or None).
 
@@ -214,7 +236,7 @@ def reference_alpha_values_grad(
     block(flat) when the caller kept them from the forward.
     """
     if blocks is None:
-        blocks = block_of(flat, boundaries)
+        blocks = blocks_of(flat, boundaries, block_map)
     if rows is None:
         rows = weight.index_select(0, flat)
     prod = rows.to(dout.dtype) * dout
@@ -247,11 +269,13 @@ def fused_update_reference(
     lr: torch.Tensor,
     optimizer: str,
     eps: float = 1e-8,
+    block_map: torch.Tensor | None = None,
 ) -> None:
     """The weights step with its optimizer applied in place, as the fused kernel does.
 
     dout: (B, K) output gradient; weight: (N, K), updated in place; alpha (L, K);
-    boundaries (L+1,) int64; ids (B,) int32/int64; values (B,) or None.
+    boundaries (L+1,) int64, or None with block_map (N,) int64; ids (B,) int32/int64;
+    values (B,) or None.
     state: (N,) float32 row-wise Adagrad accumulator (updated in place; ignored by SGD).
     lr: (1,) float32 tensor. optimizer: "sgd" or "rowwise_adagrad"; eps: Adagrad's.
     Each looked-up row's gradient is g = Σ_lookups dout ⊙ alpha[block] (⊙ v), in fp32;
@@ -263,7 +287,7 @@ def fused_update_reference(
     flat = ids.reshape(-1).long()
     if flat.numel() == 0:
         return
-    rows = dout.float() * alpha.float()[block_of(flat, boundaries)]
+    rows = dout.float() * alpha.float()[blocks_of(flat, boundaries, block_map)]
     if values is not None:
         rows = rows * values.reshape(-1, 1).float()
     unique, inverse = torch.unique(flat, return_inverse=True)
@@ -289,7 +313,7 @@ def padded_gather_reference(weight: torch.Tensor, ids: torch.Tensor) -> torch.Te
     return F.embedding(ids, weight)
 
 
-def _terms(num_lookups, dim, num_blocks, dtype, ids_dtype, with_values, unique_rows):
+def _terms(num_lookups, dim, num_blocks, dtype, ids_dtype, with_values, unique_rows, by_map=False):
     if unique_rows is None:
         unique_rows = num_lookups
     if not 0 <= unique_rows <= num_lookups:
@@ -300,7 +324,7 @@ def _terms(num_lookups, dim, num_blocks, dtype, ids_dtype, with_values, unique_r
     ids = num_lookups * ids_dtype.itemsize
     vals = num_lookups * item if with_values else 0
     alpha = num_blocks * dim * item
-    bounds = (num_blocks + 1) * 8
+    bounds = unique_rows * 8 if by_map else (num_blocks + 1) * 8
     return outs, rows, ids, vals, alpha, bounds
 
 
@@ -312,15 +336,17 @@ def soft_select_lookup_bytes(
     ids_dtype: torch.dtype = torch.int64,
     with_values: bool = False,
     unique_rows: int | None = None,
+    block_map: bool = False,
 ) -> int:
     """Ideal forward bytes of lookup x α: R + P + I + V + A + B (module docstring).
 
     num_lookups: M; dim: K; num_blocks: L; dtype: weight/alpha/output dtype (default
     float32); ids_dtype: default int64; with_values: numeric-field multipliers (default
-    False); unique_rows: U distinct ids, default None = M (the upper bound the benches use).
+    False); unique_rows: U distinct ids, default None = M (the upper bound the benches use);
+    block_map: blocks read from a per-id block map (U·8 bytes) instead of boundaries.
     """
     p, r, i, v, a, b = _terms(
-        num_lookups, dim, num_blocks, dtype, ids_dtype, with_values, unique_rows
+        num_lookups, dim, num_blocks, dtype, ids_dtype, with_values, unique_rows, block_map
     )
     return r + p + i + v + a + b
 
@@ -333,13 +359,14 @@ def soft_select_alpha_grad_bytes(
     ids_dtype: torch.dtype = torch.int64,
     with_values: bool = False,
     unique_rows: int | None = None,
+    block_map: bool = False,
 ) -> int:
     """Ideal bytes of the α step's backward: R + P + I + V + 2A + B (rows + dout in, dα out).
 
     Arguments as in ``soft_select_lookup_bytes``.
     """
     p, r, i, v, a, b = _terms(
-        num_lookups, dim, num_blocks, dtype, ids_dtype, with_values, unique_rows
+        num_lookups, dim, num_blocks, dtype, ids_dtype, with_values, unique_rows, block_map
     )
     return r + p + i + v + 2 * a + b
 
@@ -352,13 +379,14 @@ def soft_select_weight_grad_bytes(
     ids_dtype: torch.dtype = torch.int64,
     with_values: bool = False,
     unique_rows: int | None = None,
+    block_map: bool = False,
 ) -> int:
     """Ideal bytes of the weights step's backward: P + R + I + V + A + B (dout in, rows out).
 
     Arguments as in ``soft_select_lookup_bytes``.
     """
     p, r, i, v, a, b = _terms(
-        num_lookups, dim, num_blocks, dtype, ids_dtype, with_values, unique_rows
+        num_lookups, dim, num_blocks, dtype, ids_dtype, with_values, unique_rows, block_map
     )
     return p + r + i + v + a + b
 
@@ -371,10 +399,12 @@ def soft_select_lookup_backward_bytes(
     ids_dtype: torch.dtype = torch.int64,
     with_values: bool = False,
     unique_rows: int | None = None,
+    block_map: bool = False,
 ) -> int:
     """Ideal bytes of both backward steps (α step + weights step); arguments as above."""
     args = (num_lookups, dim, num_blocks, dtype, ids_dtype, with_values, unique_rows)
-    return soft_select_alpha_grad_bytes(*args) + soft_select_weight_grad_bytes(*args)
+    kw = dict(block_map=block_map)
+    return soft_select_alpha_grad_bytes(*args, **kw) + soft_select_weight_grad_bytes(*args, **kw)
 
 
 def soft_select_fused_update_bytes(
@@ -386,13 +416,14 @@ def soft_select_fused_update_bytes(
     with_values: bool = False,
     unique_rows: int | None = None,
     optimizer: str = "sgd",
+    block_map: bool = False,
 ) -> int:
     """Ideal bytes of the weights step with its optimizer fused: P + 2R + I + V + A + B
     (dout in, each distinct row read and written back), + 8U for row-wise Adagrad's fp32
     accumulator (read and written). Other arguments as in ``soft_select_lookup_bytes``.
     """
     p, r, i, v, a, b = _terms(
-        num_lookups, dim, num_blocks, dtype, ids_dtype, with_values, unique_rows
+        num_lookups, dim, num_blocks, dtype, ids_dtype, with_values, unique_rows, block_map
     )
     u = num_lookups if unique_rows is None else unique_rows
     state = 8 * u if optimizer == "rowwise_adagrad" else 0
@@ -589,3 +620,29 @@ def ragged_dot_reference(
     b = ragged_gather_reference(table_b, ids_b)
     acc = torch.float64 if a.dtype == torch.float64 else torch.float32
     return (a.to(acc) * b.to(acc)).sum(-1)
+
+
+# ---- serving (block tables) ------------------------------------------------------------
+# M lookups, L blocks, D = Σ d_l over the lookups' blocks, v, out as for ragged tables:
+#     block gather = I + D·v + M·4 (int8 scale and bias) + M·K·out + (L+1)·8 + L·(24 + 4K)
+# the last two terms: the boundaries and the serving index (layout, rank), read once.
+def block_gather_bytes(num_lookups, num_blocks, dim, kept_values, dtype=torch.float32) -> int:
+    """Ideal bytes of ``block_gather`` with int64 ids; dtype a float dtype or "int8"."""
+    v, row, out = _ragged_sizes(dtype)
+    index = (num_blocks + 1) * 8 + num_blocks * (24 + 4 * dim)
+    return num_lookups * (8 + row + dim * out) + kept_values * v + index
+
+
+def block_gather_reference(table, ids: torch.Tensor) -> torch.Tensor:
+    """ids (...) int32/int64 in [0, N) of a BlockTable → (..., K) in its rows_dtype, zeros
+    at the columns a row's block drops: block by block, from each block's dense table."""
+    flat, n = ids.reshape(-1).long(), table.num_embeddings
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= n):
+        raise ValueError(f"ids must be in [0, {n}), got {int(flat.min())}…{int(flat.max())}")
+    out = flat.new_zeros(flat.numel(), table.embedding_dim, dtype=table.rows_dtype)
+    bounds, mask = table.boundaries.tolist(), table.block_mask()
+    for block, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        hit = ((flat >= lo) & (flat < hi)).nonzero().flatten()
+        cols = mask[block].nonzero().flatten()
+        out[hit[:, None], cols] = table.block_values(block)[flat[hit] - lo]
+    return out.reshape(*ids.shape, table.embedding_dim)

@@ -234,3 +234,86 @@ def test_launchers_refuse_a_mis_shaped_dout_and_strided_boundaries():
     strided = torch.tensor([0, 0, 3, 3, 6, 6, 10, 10])[::2]
     with pytest.raises(ValueError, match="boundaries must be contiguous"):
         kernels.soft_select_fwd(weight, alpha, strided, ids)
+
+
+# ------------------------------------------------------------------ per-id block map
+
+
+def _with_map(weight, alpha, boundaries, ids, values, dout, *, seed=3):
+    """The case with a random (unsorted) block map in place of the boundaries."""
+    g = torch.Generator().manual_seed(seed)
+    block_map = torch.randint(0, alpha.shape[0], (weight.shape[0],), generator=g)
+    return weight, alpha, block_map.to(weight.device), ids, values, dout
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("need,with_values", [("a", False), ("av", True), ("wav", True)])
+def test_block_map_variants_match_reference(device, name, need, with_values):
+    weight, alpha, block_map, ids, values, dout = _with_map(*_case(**CASES[name], device=device))
+    values = values if with_values else None
+    kw = dict(l1=1e-3, normalize=True, need=need, block_map=block_map)
+    want = _run_lookup("reference", weight, alpha, ids, values, dout, **kw)
+    variants = [dict(deterministic=True), dict(deterministic=False), dict(sparse=True)]
+    for extra in variants if "w" in need else variants[:1]:
+        got = _run_lookup("triton", weight, alpha, ids, values, dout, **kw, **extra)
+        for g, r, what in zip(got, want, ("out", "dweight", "dalpha", "dvalues")):
+            _close(g, r, torch.float32, f"{name} {need} {extra} {what}")
+
+
+def _run_lookup(backend, weight, alpha, ids, values, dout, *, need, block_map, **kw):
+    w = weight.clone().requires_grad_("w" in need)
+    a = alpha.clone().requires_grad_("a" in need)
+    v = None if values is None else values.clone().requires_grad_("v" in need)
+    out = soft_select_lookup(w, a, None, ids, v, block_map=block_map, backend=backend, **kw)
+    out.backward(dout.to(out.dtype))
+    grad = w.grad.to_dense() if w.grad is not None and w.grad.is_sparse else w.grad
+    return out, grad, a.grad, None if v is None else v.grad
+
+
+def test_block_map_half_table_and_fused_update(device, monkeypatch):
+    monkeypatch.setattr(kernels, "SEGMENT_CHUNK", 4)
+    case = _with_map(*_case(30, 12, 3, (16,), hot=True, dtype=torch.float16, device=device))
+    weight, alpha, block_map, ids, values, dout = case
+    want = _run_lookup("reference", weight, alpha, ids, values, dout, need="wav",
+                       block_map=block_map)  # fmt: skip
+    got = _run_lookup("triton", weight, alpha, ids, values, dout, need="wav", block_map=block_map)
+    for g, r, what in zip(got, want, ("out", "dweight", "dalpha", "dvalues")):
+        _close(g, r, torch.float16, what)
+    weight = weight.float()
+    for kind in ("sgd", "rowwise_adagrad"):
+        w = weight.clone().requires_grad_()
+        opt = FusedOptimizer(w, kind, lr=0.3)
+        want_w, want_state = weight.clone(), opt.state.clone()
+        soft_select_lookup(w, alpha, None, ids, values, block_map=block_map, backend="triton",
+                           fused_optimizer=opt).backward(dout)  # fmt: skip
+        fused_update_reference(dout, want_w, alpha, None, ids, values, want_state, opt.lr, kind,
+                               block_map=block_map)  # fmt: skip
+        _close(w.detach(), want_w, torch.float32, f"{kind} weight")
+        _close(opt.state, want_state, torch.float32, f"{kind} state")
+
+
+def test_unchecked_block_map_values_are_clamped_never_read_out_of_bounds(device):
+    """The launchers do not read the map's values (a host sync on a GPU): a corrupt entry
+    is clamped into [0, L) in-kernel, so α is never read out of bounds."""
+    weight, alpha = torch.randn(6, 4, device=device), torch.rand(2, 4, device=device)
+    corrupt = torch.tensor([0, 7, -3, 1, 0, 1], device=device)
+    ids = torch.tensor([1, 2, 3, 1], device=device)
+    out = kernels.soft_select_fwd(weight, alpha, None, ids, block_map=corrupt)
+    clamped = corrupt.clamp(0, 1)
+    torch.testing.assert_close(out, weight[ids] * alpha[clamped[ids]])
+
+
+def test_launchers_name_a_bad_block_map():
+    weight, alpha, ids = torch.randn(6, 4), torch.rand(2, 4), torch.tensor([1, 2])
+    bounds, block_map = torch.tensor([0, 3, 6]), torch.zeros(6, dtype=torch.long)
+    for b, m, match in (
+        (bounds, block_map, "exactly one of boundaries and block_map"),
+        (None, None, "exactly one of boundaries and block_map"),
+        (None, block_map[:5], r"block_map must be contiguous int64 \(N,\) = \(6,\)"),
+        (None, block_map.int(), "block_map must be contiguous int64"),
+        (None, torch.zeros(12, dtype=torch.long)[::2], "block_map must be contiguous int64"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            kernels.soft_select_fwd(weight, alpha, b, ids, block_map=m)
+    with pytest.raises(ValueError, match="exactly one of boundaries and block_map"):
+        kernels.soft_select_bwd_weight(torch.ones(2, 4), weight, alpha, None, ids)

@@ -12,11 +12,15 @@ from test_methods import CFG, _dataset, record_models
 
 import mixemb.methods.blockmask as family
 from mixemb.methods import NotApplicable, run_method
+from mixemb.methods.blocks import block_sizes
+from mixemb.methods.cells import keep_entries
 from mixemb.methods.shared import searched, uniform_k
 from mixemb.nn import make_boundaries
 from mixemb.prune import merged_table, rotate_table, uniform_dim
-from mixemb.prune.budget import dense_bytes
-from mixemb.prune.pruners import expand_block_mask
+from mixemb.prune.budget import block_tables_bytes, dense_bytes
+from mixemb.prune.finetune import masked_model, stored_model
+from mixemb.prune.pruners import block_mask_prune, expand_block_mask
+from mixemb.train import evaluate
 
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 
@@ -24,6 +28,12 @@ BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 @pytest.fixture
 def served(monkeypatch):
     return record_models(monkeypatch, family)
+
+
+def stored(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values (N, K) as served, mask (N, K) bool) of a model on a BlockTableEmbedding."""
+    table = model.embedding.table
+    return table.to_dense(), expand_block_mask(table.block_mask(), table.boundaries)
 
 
 @pytest.mark.parametrize("value_dtype", ["fp32", "fp16", "int8"])
@@ -60,10 +70,8 @@ def test_it_keeps_the_searched_weights_and_fine_tuning_keeps_the_mask(served):
         block_mask[block, columns] = True
     rows = expand_block_mask(block_mask, bounds)
     merged = merged_table(searched(ds, "mf", cfg, 0, print)["model"].embedding)
-    before, after = (m.embedding.masked_weight() for m in served)
-    assert torch.equal(served[0].embedding.mask, rows) and torch.equal(
-        served[1].embedding.mask, rows
-    )
+    (before, mask_before), (after, mask_after) = (stored(m) for m in served)
+    assert torch.equal(mask_before, rows) and torch.equal(mask_after, rows)
     assert torch.equal(before[rows], merged[rows])  # Ê itself on the mask, not retrained
     assert not after[~rows].any() and not torch.equal(after, before)  # tuned, mask fixed
     assert plain["valid"] != tuned["valid"]
@@ -74,8 +82,8 @@ def test_the_rotated_variant_keeps_the_rotated_table_and_only_where_rotation_is_
     cfg = replace(CFG, budget_unit="bytes")
     cell = run_method("dnis_blockmask_rot", ds, "mf", cfg, 0.3, 0)
     merged = rotate_table(merged_table(searched(ds, "mf", cfg, 0, print)["model"].embedding))
-    mask = served[0].embedding.mask
-    assert torch.equal(served[0].embedding.masked_weight()[mask], merged[mask])
+    values, mask = stored(served[0])
+    assert torch.equal(values[mask], merged[mask])
     assert sum(cell["block_dims"]) > 0
     with pytest.raises(NotApplicable):
         run_method("dnis_blockmask_rot_ft", ds, "neumf", cfg, 0.3, 0)
@@ -105,6 +113,31 @@ def test_the_magnitude_variant_allocates_on_the_uniform_k_table(served):
     cfg = replace(CFG, budget_unit="bytes", finetune_epochs=0)
     cell = run_method("magnitude_blockmask_ft", ds, "mf", cfg, 0.3, 0)
     table = uniform_k(ds, "mf", cfg, 0, print)["model"].embedding.weight.detach()
-    mask = served[0].embedding.mask
-    assert torch.equal(served[0].embedding.masked_weight()[mask], table[mask])
+    values, mask = stored(served[0])
+    assert torch.equal(values[mask], table[mask])
     assert "train_seconds" in cell and min(cell["block_dims"]) >= 1
+
+
+@pytest.mark.parametrize(
+    "model_name, value_dtype",
+    [("mf", "fp32"), ("mf", "fp16"), ("mf", "bf16"), ("mf", "int8"), ("deepfm", "int8")],
+)
+def test_the_block_table_model_predicts_what_the_masked_model_with_rounded_values_did(
+    model_name, value_dtype
+):
+    ds = _dataset(n=400)
+    cfg = replace(CFG, budget_unit="bytes")
+    model = searched(ds, model_name, cfg, 0, print)["model"]
+    bounds, sizes = block_sizes(ds, cfg)
+    keep = keep_entries(ds, cfg, 0.3, "blockmask", value_dtype)
+    pruned, block_mask = block_mask_prune(merged_table(model.embedding), bounds, keep)
+    masked = masked_model(model, pruned, expand_block_mask(block_mask, bounds)).eval()
+    before = stored_model(masked, value_dtype)  # how the cells were evaluated before
+    served = family.block_table_model(masked, bounds, block_mask, value_dtype)
+    ids = ds.test.ids
+    with torch.no_grad():
+        torch.testing.assert_close(served(ids), before(ids), rtol=1e-6, atol=1e-6)
+    assert evaluate(served, ds.test, ds.task) == pytest.approx(evaluate(before, ds.test, ds.task))
+    dims = block_mask.sum(1).tolist()
+    nbytes = block_tables_bytes(sizes, dims, value_dtype, mask_dim=cfg.dim)
+    assert served.embedding.nbytes() == nbytes and served.embedding.table.value_dtype == value_dtype

@@ -14,7 +14,7 @@ from mixemb import SoftSelectEmbedding
 from mixemb.nn import FusedOptimizer
 from mixemb.ops import soft_select as ops
 from mixemb.ops import soft_select_lookup
-from mixemb.reference import normalize_alpha_grad, soft_select_lookup_reference
+from mixemb.reference import block_of, normalize_alpha_grad, soft_select_lookup_reference
 
 
 def _case(n, k, num_blocks, shape, *, hot=False, seed=0, dtype=torch.float64, device="cpu"):
@@ -150,9 +150,13 @@ def test_gradcheck_float64_registered_op():
     assert torch.autograd.gradcheck(fn, args)
 
 
-def test_opcheck_every_op(device):
-    weight, alpha, boundaries, ids = _case(12, 5, 3, (4, 3), hot=True, dtype=torch.float32,
-                                           device=device)  # fmt: skip
+@pytest.mark.parametrize("by_map", [False, True])
+def test_opcheck_every_op(device, by_map):
+    make = _map_case if by_map else _case
+    weight, alpha, blocks, ids = make(12, 5, 3, (4, 3), hot=True, dtype=torch.float32,
+                                      device=device)  # fmt: skip
+    # the block of an id from boundaries, or from the trailing block_map argument
+    boundaries, bm = (None, (blocks,)) if by_map else (blocks, ())
     values = torch.rand(ids.shape, device=device)
     dout = torch.randn(*ids.shape, 5, device=device)
     for req in (False, True):
@@ -160,22 +164,24 @@ def test_opcheck_every_op(device):
         for v in (None, values):
             for sparse in (False, True):
                 torch.library.opcheck(
-                    ops.soft_select, (w, a, boundaries, ids, v, True, 1e-3, 1e-8, sparse, True)
+                    ops.soft_select,
+                    (w, a, boundaries, ids, v, True, 1e-3, 1e-8, sparse, True, *bm),
                 )
     torch.library.opcheck(
         ops.soft_select_backward_alpha,
-        (dout, weight, alpha, boundaries, ids, values, True, True, 0.0, 1e-8),
+        (dout, weight, alpha, boundaries, ids, values, True, True, 0.0, 1e-8, *bm),
     )
     for sparse in (False, True):
         torch.library.opcheck(
             ops.soft_select_backward_weight,
-            (dout, weight, alpha, boundaries, ids, values, sparse, True),
+            (dout, weight, alpha, boundaries, ids, values, sparse, True, *bm),
         )
     state, lr = torch.zeros(12, device=device), torch.tensor([0.1], device=device)
     torch.library.opcheck(
         ops.soft_select_fused_update_,
-        (dout, weight.clone(), alpha, boundaries, ids, values, state, lr, "rowwise_adagrad", 1e-8),
-    )
+        (dout, weight.clone(), alpha, boundaries, ids, values, state, lr, "rowwise_adagrad",
+         1e-8, *bm),
+    )  # fmt: skip
 
 
 def test_normalized_rows_have_unit_mean_magnitude():
@@ -287,3 +293,112 @@ def test_embedding_rejects_bad_boundaries_at_construction_and_load():
     assert emb.boundaries.tolist() == [0, 3, 10]  # nothing was copied in
     emb.load_state_dict({**state, "boundaries": torch.tensor([0, 4, 10])})
     assert emb.boundaries.tolist() == [0, 4, 10]
+
+
+# ------------------------------------------------------------------ per-id block map
+
+
+def _map_case(n, k, num_blocks, shape, *, hot=False, seed=0, dtype=torch.float64, device="cpu"):
+    """_case with a random per-id block map instead of boundaries; with L > 1 the last
+    block gets no ids (a block no lookup touches)."""
+    weight, alpha, _, ids = _case(n, k, num_blocks, shape, hot=hot, seed=seed, dtype=dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    block_map = torch.randint(0, max(num_blocks - 1, 1), (n,), generator=g)
+    return [t.to(device) for t in (weight, alpha, block_map, ids)]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("with_values", [False, True])
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_block_map_forward_and_grads_match_unfused(device, name, with_values, backend):
+    weight, alpha, block_map, ids = _map_case(**CASES[name], device=device)
+    values = torch.rand(ids.shape, dtype=weight.dtype, device=device) if with_values else None
+    dout = torch.randn(*ids.shape, weight.shape[1], dtype=weight.dtype, device=device)
+    l1, eps = 1e-3, 1e-8
+
+    def lookup(w, a, _, ids, v):
+        return soft_select_lookup(w, a, None, ids, v, block_map=block_map, l1=l1, backend=backend)
+
+    def unfused(w, a, _, ids, v):
+        return soft_select_lookup_reference(w, a, None, ids, v, block_map=block_map)
+
+    got = _step(lookup, weight, alpha, None, ids, values, dout)
+    want = _step(unfused, weight, alpha, None, ids, values, dout)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    torch.testing.assert_close(got[2], normalize_alpha_grad(want[2], alpha, l1, eps))
+    if with_values:
+        torch.testing.assert_close(got[3], want[3])
+    if alpha.shape[0] > 1:  # the block no id maps to: zero gradient, then only the L1 term
+        h = l1 * torch.sign(alpha[-1])
+        torch.testing.assert_close(got[2][-1], h / (h.abs().mean() + eps))
+
+
+@pytest.mark.parametrize("name", ["dup", "hot-row", "empty", "K3-one-block"])
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_block_map_of_the_boundaries_gives_the_same_results_bitwise(device, name, backend, sparse):
+    """A block map that puts every id in its boundaries' block is the same op."""
+    weight, alpha, boundaries, ids = _case(**CASES[name], dtype=torch.float32, device=device)
+    block_map = block_of(torch.arange(weight.shape[0], device=device), boundaries)
+    values = torch.rand(ids.shape, device=device)
+    dout = torch.randn(*ids.shape, weight.shape[1], device=device)
+    kw = dict(l1=1e-3, sparse=sparse, backend=backend)
+
+    def by_map(w, a, _, ids, v, **kw):
+        return soft_select_lookup(w, a, None, ids, v, block_map=block_map, **kw)
+
+    got = _step(by_map, weight, alpha, None, ids, values, dout, **kw)
+    want = _step(soft_select_lookup, weight, alpha, boundaries, ids, values, dout, **kw)
+    for x, y, what in zip(got, want, ("out", "dweight", "dalpha", "dvalues")):
+        assert torch.equal(x, y), what
+    w1, w2 = weight.clone(), weight.clone()
+    opt1, opt2 = FusedOptimizer(w1, "rowwise_adagrad"), FusedOptimizer(w2, "rowwise_adagrad")
+    if not sparse:
+        by_map(w1.requires_grad_(), alpha, None, ids, values, fused_optimizer=opt1,
+               backend=backend).backward(dout)  # fmt: skip
+        soft_select_lookup(w2.requires_grad_(), alpha, boundaries, ids, values,
+                           fused_optimizer=opt2, backend=backend).backward(dout)  # fmt: skip
+        assert torch.equal(w1, w2) and torch.equal(opt1.state, opt2.state)
+
+
+def test_block_map_registered_op_gradcheck_and_compile():
+    weight, alpha, block_map, ids = _map_case(6, 3, 3, (4, 2), hot=True)
+    values = torch.rand(4, 2, dtype=torch.float64)
+
+    def fn(w, a, v):
+        return torch.ops.mixemb.soft_select(
+            w, a, None, ids, v, False, 0.0, 1e-8, False, True, block_map
+        )
+
+    args = (weight.requires_grad_(), alpha.requires_grad_(), values.requires_grad_())
+    assert torch.autograd.gradcheck(fn, args)
+    torch._dynamo.reset()
+
+    def step(w, a):
+        return soft_select_lookup(w, a, None, ids, block_map=block_map, backend="triton").sum()
+
+    w1, a1 = weight.detach().clone().requires_grad_(), alpha.detach().clone().requires_grad_()
+    torch.compile(step, fullgraph=True, backend="aot_eager")(w1, a1).backward()
+    w2, a2 = weight.detach().clone().requires_grad_(), alpha.detach().clone().requires_grad_()
+    step(w2, a2).backward()
+    torch.testing.assert_close(a1.grad, a2.grad)
+    torch.testing.assert_close(w1.grad, w2.grad)
+
+
+@pytest.mark.parametrize(
+    "block_map,boundaries,match",
+    [
+        (torch.tensor([0, 1, 2, 0, 1]), None, r"block_map\[2\] = 2 is outside the blocks \[0, 2\)"),
+        (torch.tensor([0, 1, -1, 0, 1]), None, r"block_map\[2\] = -1 is outside"),
+        (torch.tensor([0, 1, 1, 0]), None, r"block_map must be \(N,\) = \(5,\), got \(4,\)"),
+        (torch.tensor([0.0, 1, 1, 0, 1]), None, "block_map must be int64, got torch.float32"),
+        (torch.tensor([0, 1, 1, 0, 1], dtype=torch.int32), None, "block_map must be int64"),
+        (torch.tensor([0, 1, 1, 0, 1]), torch.tensor([0, 2, 5]), "exactly one of boundaries"),
+        (None, None, "exactly one of boundaries"),
+    ],
+)
+def test_bad_block_map_is_named(block_map, boundaries, match):
+    with pytest.raises(ValueError, match=match):
+        soft_select_lookup(torch.ones(5, 3), torch.ones(2, 3), boundaries, torch.tensor([0, 1]),
+                           block_map=block_map)  # fmt: skip

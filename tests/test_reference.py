@@ -8,6 +8,7 @@ import torch
 
 from mixemb.reference import (
     block_of,
+    blocks_of,
     equal_boundaries,
     fused_update_reference,
     normalize_alpha_grad,
@@ -275,3 +276,46 @@ def test_bytes_grow_with_lookups_dim_and_unique_rows(fn):
 def test_bytes_reject_unique_rows_outside_range(unique_rows):
     with pytest.raises(ValueError, match="unique_rows"):
         soft_select_lookup_bytes(10, 4, 2, unique_rows=unique_rows)
+
+
+def test_blocks_of_reads_the_block_map_or_the_boundaries():
+    b = equal_boundaries(6, 3)
+    block_map = torch.tensor([2, 0, 1, 1, 0, 2])
+    ids = torch.tensor([[5, 0], [3, 3]], dtype=torch.int32)
+    assert blocks_of(ids, None, block_map).tolist() == [[2, 2], [1, 1]]
+    assert torch.equal(blocks_of(ids, b), block_of(ids, b))
+    assert blocks_of(torch.empty(0, 2, dtype=torch.long), None, block_map).shape == (0, 2)
+
+
+@pytest.mark.parametrize("with_values", [False, True])
+def test_block_map_reference_and_hand_written_backward(with_values):
+    """Blocks from an unsorted per-id map: the scalar loop, autograd of the reference and
+    the hand-written backward agree."""
+    weight, alpha, _, _, values = _tiny(3, (9,), torch.int64, seed=4)
+    n, num_blocks = weight.shape[0], alpha.shape[0]
+    block_map = torch.randperm(n, generator=torch.Generator().manual_seed(5)) % num_blocks
+    ids = torch.tensor([4, 4, 4, 0, n - 1, 2, 4, 1, 0])  # 4 is hot
+    values = values.reshape(-1) if with_values else None
+    w, a = weight.clone().requires_grad_(), alpha.clone().requires_grad_()
+    v = None if values is None else values.clone().requires_grad_()
+    out = soft_select_lookup_reference(w, a, None, ids, v, block_map=block_map)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    for j, i in enumerate(ids.tolist()):
+        scale = 1.0 if values is None else float(values[j])
+        torch.testing.assert_close(out[j], weight[i] * alpha[block_map[i]] * scale)
+    kw = dict(block_map=block_map)
+    torch.testing.assert_close(reference_forward(weight, alpha, None, ids, values, **kw), out)
+    dw = reference_weight_grad(dout, weight, alpha, None, ids, values, **kw)
+    torch.testing.assert_close(dw, w.grad)
+    dalpha, dvalues = reference_alpha_values_grad(
+        dout, weight, alpha, None, ids, values, True, with_values, False, 0.0, 1e-8, **kw
+    )
+    torch.testing.assert_close(dalpha, a.grad)
+    if with_values:
+        torch.testing.assert_close(dvalues, v.grad)
+    state, lr = torch.zeros(n), torch.tensor([0.5])
+    got, want = weight.clone(), weight.clone()
+    fused_update_reference(dout, got, alpha, None, ids, values, state, lr, "sgd", **kw)
+    want -= 0.5 * dw
+    torch.testing.assert_close(got, want)

@@ -66,31 +66,37 @@ def _signature(fn, args, kwargs):
 def record_launches() -> None:
     """Call every launcher variant the op can take, on CPU tensors, recording launches."""
     g = torch.Generator().manual_seed(0)
-    for dim, dtype, ids_dtype, with_values in [
-        (64, torch.float32, torch.int64, False),
-        (64, torch.float32, torch.int32, True),
-        (1, torch.float32, torch.int64, False),
-        (160, torch.float16, torch.int64, True),
-        (1024, torch.bfloat16, torch.int32, False),
-        (8, torch.float64, torch.int64, True),
+    # by_map: blocks from a per-id block map (boundaries None), the BY_MAP kernels
+    for dim, dtype, ids_dtype, with_values, by_map in [
+        (64, torch.float32, torch.int64, False, False),
+        (64, torch.float32, torch.int32, True, False),
+        (1, torch.float32, torch.int64, False, False),
+        (160, torch.float16, torch.int64, True, False),
+        (1024, torch.bfloat16, torch.int32, False, False),
+        (8, torch.float64, torch.int64, True, False),
+        (64, torch.float32, torch.int64, True, True),
+        (160, torch.float16, torch.int32, False, True),
     ]:
         n, num_blocks, m = 50, 10, 100
         w = torch.randn(n, dim, generator=g).to(dtype)
         a = torch.rand(num_blocks, dim, generator=g)
         b = torch.linspace(0, n, num_blocks + 1).long()
+        bm = {}
+        if by_map:
+            b, bm = None, dict(block_map=torch.randint(0, num_blocks, (n,), generator=g))
         ids = torch.randint(0, n, (m,), generator=g).to(ids_dtype)
         v = torch.rand(m, generator=g) if with_values else None
         d = torch.randn(m, dim, generator=g).to(dtype)
         lr, state = torch.tensor([0.1]), torch.zeros(n)
-        K.soft_select_fwd(w, a, b, ids, v)
-        K.soft_select_bwd_alpha(d, w, a, b, ids, v, need_values=with_values, l1=1e-5)
-        K.soft_select_bwd_alpha(d, w, a, b, ids, v, need_values=True, normalize=False)
-        K.soft_select_bwd_rows(d, w, a, b, ids, v)
-        K.soft_select_bwd_weight(d, w, a, b, ids, v)
-        K.soft_select_bwd_weight(d, w, a, b, ids, v, deterministic=False)
-        K.soft_select_bwd_weight(d, w, a, b, ids, v, optimizer="sgd", lr=lr)
+        K.soft_select_fwd(w, a, b, ids, v, **bm)
+        K.soft_select_bwd_alpha(d, w, a, b, ids, v, need_values=with_values, l1=1e-5, **bm)
+        K.soft_select_bwd_alpha(d, w, a, b, ids, v, need_values=True, normalize=False, **bm)
+        K.soft_select_bwd_rows(d, w, a, b, ids, v, **bm)
+        K.soft_select_bwd_weight(d, w, a, b, ids, v, **bm)
+        K.soft_select_bwd_weight(d, w, a, b, ids, v, deterministic=False, **bm)
+        K.soft_select_bwd_weight(d, w, a, b, ids, v, optimizer="sgd", lr=lr, **bm)
         K.soft_select_bwd_weight(
-            d, w, a, b, ids, v, optimizer="rowwise_adagrad", lr=lr, state=state
+            d, w, a, b, ids, v, optimizer="rowwise_adagrad", lr=lr, state=state, **bm
         )
 
 

@@ -26,7 +26,9 @@ a linear layer first (MLP, Wide&Deep, DeepFM: that layer absorbs V, see
 :meth:`mixemb.models.RecModel.absorb_rotation`); NeuMF's element-wise GMF is not, and is
 skipped. Every feature keeps at least one dimension. At a value dtype
 (``dnis_blockmask_rot_ft:int8``) the budget buys that many more values; training stays
-fp32 and the stored values are rounded at the end.
+fp32 and the tuned table is then served as it is stored, a :class:`BlockTable` of that
+dtype (:func:`block_table_model`; its ``nbytes()`` is the cell's stored bytes). ``svd_ft``
+is evaluated on its dense table's values rounded to the dtype.
 """
 
 from __future__ import annotations
@@ -36,15 +38,18 @@ import functools
 import time
 
 import torch
+from torch import nn
 
+from mixemb.block_table import BlockTable
 from mixemb.methods.base import Method, NotApplicable
 from mixemb.methods.blocks import block_sizes
 from mixemb.methods.cells import keep_entries, make_cell
 from mixemb.methods.shared import searched, uniform_k
 from mixemb.models import MODELS
+from mixemb.nn.block_table import BlockTableEmbedding
 from mixemb.prune import merged_table, uniform_dim
-from mixemb.prune.budget import STORAGE_DTYPES, block_tables_bytes, dense_bytes
-from mixemb.prune.finetune import finetune_masked, masked_model
+from mixemb.prune.budget import STORAGE_DTYPES, dense_bytes
+from mixemb.prune.finetune import dense_state, finetune_masked, masked_model, on_embedding
 from mixemb.prune.pruners import block_mask_prune, expand_block_mask, singular_vectors
 
 
@@ -88,10 +93,12 @@ def run_blockmask(
     own = time.perf_counter() - t_own  # measured here, so evaluation is not in it
     dims = block_mask.sum(1).tolist()
     kept = sum(s * d for s, d in zip(sizes, dims))
+    rounded = value_dtype  # what make_cell rounds the served table's values to
     if prefix:
         stored = dense_bytes(ds.num_features, dims[0], value_dtype)
     else:
-        stored = block_tables_bytes(sizes, dims, value_dtype, mask_dim=cfg.dim)
+        serving = block_table_model(serving, boundaries, block_mask, value_dtype)
+        stored, rounded = serving.embedding.nbytes(), "fp32"  # stored at value_dtype
     if source == "dnis":
         extra = {
             "alpha_mean": model.embedding.alpha.detach().mean(1).tolist(),
@@ -101,11 +108,23 @@ def run_blockmask(
     else:
         extra = {"train_seconds": shared["seconds"], "prune_seconds": own}
     return make_cell(
-        name, ds, serving, cfg, budget, seed, t0, kept, stored, value_dtype,
+        name, ds, serving, cfg, budget, seed, t0, kept, stored, rounded,
         block_dims=dims,
         block_columns=[row.nonzero().flatten().tolist() for row in block_mask],
         **extra,
     )  # fmt: skip
+
+
+def block_table_model(
+    model: nn.Module, boundaries: torch.Tensor, block_mask: torch.Tensor, value_dtype: str
+) -> nn.Module:
+    """``model`` (eval mode) served from the :class:`BlockTable` of its MaskedEmbedding's
+    table (N, K), zero outside ``block_mask`` (L, K) bool of the blocks ``boundaries``
+    (L+1,) int64, stored in ``value_dtype``; rows come out float32 like its other weights."""
+    pruned = model.embedding.masked_weight().cpu()
+    table = BlockTable.from_block_mask(pruned, boundaries.cpu(), block_mask.cpu(), value_dtype)
+    embedding = BlockTableEmbedding(table, out_dtype=torch.float32)
+    return on_embedding(model.config, embedding, dense_state(model)).eval()
 
 
 def _method(name: str, source: str, prefix: bool = False) -> Method:

@@ -12,8 +12,9 @@ from mixemb.ragged import RaggedTable
 
 class RaggedEmbedding(nn.Module):
     """Embedding layer over a :class:`RaggedTable`: ``forward(ids (...) int32/int64,
-    values (...) float or None) -> (..., K)`` in the table's value dtype (float32 for an
-    int8 table, dequantized by the op), each row times its value when ``values`` is given.
+    values (...) float or None) -> (..., K)`` in ``out_dtype`` (default: the table's value
+    dtype, float32 for an int8 table, dequantized by the op), each row times its value when
+    ``values`` is given.
 
     The table's tensors are buffers (an int8 table's ``scale_bias`` too), so
     ``.to(device)`` and ``state_dict()`` carry them.
@@ -24,18 +25,26 @@ class RaggedEmbedding(nn.Module):
     lookups_at_once: default None (the kernel's own); 1, 2, 4 or 8, the CUDA gather kernel
         variant, ignored on CPU.
     backend: default "auto"; or "extension", "reference" (``mixemb.ops.ragged_gather``).
+    out_dtype: default None; a float dtype the rows are cast to (an fp16 table serving an
+        fp32 model: float32).
     """
 
     def __init__(
         self,
         table: RaggedTable,
         *,
+        out_dtype: torch.dtype | None = None,
         one_warp: bool = False,
         lookups_at_once: int | None = None,
         backend: str = "auto",
     ) -> None:
         super().__init__()
         check_kernel_variant(lookups_at_once)
+        if out_dtype is not None and not (
+            isinstance(out_dtype, torch.dtype) and out_dtype.is_floating_point
+        ):
+            raise ValueError(f"out_dtype must be a float torch dtype or None, got {out_dtype!r}")
+        self.out_dtype = out_dtype
         for name, tensor in table.tensors().items():
             self.register_buffer(name, tensor)
         self.embedding_dim = table.embedding_dim
@@ -104,6 +113,8 @@ class RaggedEmbedding(nn.Module):
             lookups_at_once=self.lookups_at_once,
             backend=self.backend,
         )
+        if self.out_dtype is not None:
+            out = out.to(self.out_dtype)
         return out if values is None else out * values.unsqueeze(-1).to(out.dtype)
 
     def extra_repr(self) -> str:
@@ -111,6 +122,7 @@ class RaggedEmbedding(nn.Module):
             f"{self.num_embeddings}, {self.embedding_dim}, nnz={self.values.numel()}, "
             f"dtype={'int8' if 'scale_bias' in self._buffers else self.values.dtype}, "
             f"nbytes={self.nbytes()}"
+            + ("" if self.out_dtype is None else f", out_dtype={self.out_dtype}")
             + (", one_warp=True" if self.one_warp else "")
             + (f", lookups_at_once={self.lookups_at_once}" if self.lookups_at_once else "")
         )

@@ -71,7 +71,23 @@ def make_boundaries(
     return torch.tensor(edges, dtype=torch.int64)
 
 
-class SoftSelectEmbedding(nn.Module):
+class TableShape:
+    """The sizes of a module with ``weight`` (N, K) and ``alpha`` (L, K)."""
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def num_blocks(self) -> int:
+        return self.alpha.shape[0]
+
+
+class SoftSelectEmbedding(TableShape, nn.Module):
     """E[ids] ⊙ α[block(ids)] — the DNIS search-time embedding layer.
 
     weight: (N, K) parameter, Xavier-normal init; alpha: (L, K) parameter, init 1;
@@ -136,18 +152,6 @@ class SoftSelectEmbedding(nn.Module):
         if self.fused_optimizer is not None:  # keep the optimizer on the moved buffers
             self.fused_optimizer.lr, self.fused_optimizer.state = self.fused_lr, self.fused_state
         return out
-
-    @property
-    def num_embeddings(self) -> int:
-        return self.weight.shape[0]
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.weight.shape[1]
-
-    @property
-    def num_blocks(self) -> int:
-        return self.alpha.shape[0]
 
     def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
         return soft_select_lookup(

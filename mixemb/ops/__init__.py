@@ -1,6 +1,7 @@
-"""Ops: the DNIS lookup × α (training) and the ragged gathers (serving)."""
+"""Ops: the DNIS lookup × α (training) and the ragged and block-table gathers (serving)."""
 
+from mixemb.ops.block_table import block_gather
 from mixemb.ops.ragged import ragged_bag, ragged_dot, ragged_gather
 from mixemb.ops.soft_select import soft_select_lookup
 
-__all__ = ["ragged_bag", "ragged_dot", "ragged_gather", "soft_select_lookup"]
+__all__ = ["block_gather", "ragged_bag", "ragged_dot", "ragged_gather", "soft_select_lookup"]

@@ -98,19 +98,21 @@ def _flat(ids: Tensor, values: Tensor | None, dout: Tensor | None, dim: int, imp
     return False, flat.long(), vals, d
 
 
-def _forward(weight, alpha, boundaries, ids, values, impl: str) -> Tensor:
+def _forward(weight, alpha, boundaries, block_map, ids, values, impl: str) -> Tensor:
     """(*ids.shape, K) in promote_types(weight, alpha)."""
     kernels, flat, vals, _ = _flat(ids, values, None, 0, impl)
     if kernels:
-        out = _kernels.soft_select_fwd(weight.contiguous(), alpha, boundaries, flat, vals)
+        out = _kernels.soft_select_fwd(
+            weight.contiguous(), alpha, boundaries, flat, vals, block_map=block_map
+        )
     else:
-        out = ref.reference_forward(weight, alpha, boundaries, flat, vals)
+        out = ref.reference_forward(weight, alpha, boundaries, flat, vals, block_map)
     return out.reshape(*ids.shape, weight.shape[1])
 
 
 def _alpha_values_grad(
-    dout, weight, alpha, boundaries, ids, values, need_alpha, need_values, normalize, l1, eps,
-    impl: str, rows=None, blocks=None,
+    dout, weight, alpha, boundaries, block_map, ids, values, need_alpha, need_values,
+    normalize, l1, eps, impl: str, rows=None, blocks=None,
 ):  # fmt: skip
     """(dalpha (L, K) or None, dvalues (*ids.shape) or None); rows, blocks: see
     ``mixemb.reference.reference_alpha_values_grad``."""
@@ -118,92 +120,95 @@ def _alpha_values_grad(
     if kernels:
         dalpha, dvalues = _kernels.soft_select_bwd_alpha(
             d, weight.contiguous(), alpha, boundaries, flat, vals, need_alpha=need_alpha,
-            need_values=need_values, normalize=normalize, l1=l1, eps=eps,
+            need_values=need_values, normalize=normalize, l1=l1, eps=eps, block_map=block_map,
         )  # fmt: skip
     else:
         dalpha, dvalues = ref.reference_alpha_values_grad(
             d, weight, alpha, boundaries, flat, vals, need_alpha, need_values, normalize, l1,
-            eps, rows=rows, blocks=blocks,
+            eps, rows=rows, blocks=blocks, block_map=block_map,
         )  # fmt: skip
     return dalpha, None if dvalues is None else dvalues.reshape(ids.shape)
 
 
 def _weight_grad(
-    dout, weight, alpha, boundaries, ids, values, sparse, deterministic, impl: str, scale=None
-) -> Tensor:
+    dout, weight, alpha, boundaries, block_map, ids, values, sparse, deterministic, impl: str,
+    scale=None,
+) -> Tensor:  # fmt: skip
     """Dense (N, K) in weight's dtype, or the (B, K) per-lookup rows when sparse."""
     kernels, flat, vals, d = _flat(ids, values, dout, weight.shape[1], impl)
     if kernels:
         w = weight.contiguous()
         if sparse:
-            return _kernels.soft_select_bwd_rows(d, w, alpha, boundaries, flat, vals)
+            return _kernels.soft_select_bwd_rows(
+                d, w, alpha, boundaries, flat, vals, block_map=block_map
+            )
         return _kernels.soft_select_bwd_weight(
-            d, w, alpha, boundaries, flat, vals, deterministic=deterministic
+            d, w, alpha, boundaries, flat, vals, deterministic=deterministic, block_map=block_map
         )
     if sparse:
-        return ref.reference_row_grads(d, weight, alpha, boundaries, flat, vals, scale)
-    return ref.reference_weight_grad(d, weight, alpha, boundaries, flat, vals, scale)
+        return ref.reference_row_grads(d, weight, alpha, boundaries, flat, vals, scale, block_map)
+    return ref.reference_weight_grad(d, weight, alpha, boundaries, flat, vals, scale, block_map)
 
 
 def _fused_update(
-    dout, weight, alpha, boundaries, ids, values, state, lr, optimizer, optimizer_eps,
-    impl: str,
+    dout, weight, alpha, boundaries, block_map, ids, values, state, lr, optimizer,
+    optimizer_eps, impl: str,
 ) -> None:  # fmt: skip
     kernels, flat, vals, d = _flat(ids, values, dout, weight.shape[1], impl)
     if kernels:
         _kernels.soft_select_bwd_weight(
-            d, weight, alpha, boundaries, flat, vals,
+            d, weight, alpha, boundaries, flat, vals, block_map=block_map,
             optimizer=optimizer, lr=lr, state=state, optimizer_eps=optimizer_eps,
         )  # fmt: skip
     else:
         ref.fused_update_reference(
-            d, weight, alpha, boundaries, flat, vals, state, lr, optimizer, optimizer_eps
-        )
+            d, weight, alpha, boundaries, flat, vals, state, lr, optimizer, optimizer_eps,
+            block_map=block_map,
+        )  # fmt: skip
 
 
 def _backward(saved, needs, cfg, impl, dout):
     """(dweight, dalpha, dvalues), each None where not needed: the one backward.
 
-    saved: (weight, alpha, boundaries, ids, values, rows, scale, blocks), the last three
-    kept by the reference forward or None. needs: (weight, alpha, values) need grad.
-    cfg: (normalize, l1, eps, sparse, deterministic, optimizer or None).
+    saved: (weight, alpha, boundaries, block_map, ids, values, rows, scale, blocks), the
+    last three kept by the reference forward or None. needs: (weight, alpha, values) need
+    grad. cfg: (normalize, l1, eps, sparse, deterministic, optimizer or None).
     """
-    weight, alpha, boundaries, ids, values, rows, scale, blocks = saved
+    weight, alpha, boundaries, block_map, ids, values, rows, scale, blocks = saved
     need_w, need_a, need_v = needs
     normalize, l1, eps, sparse, deterministic, optimizer = cfg
     dweight = dalpha = dvalues = None
     if need_a or need_v:  # before a fused update: α's gradient sees the forward's table
         if impl == "ops":
             dalpha, dv = soft_select_backward_alpha(
-                dout, weight, alpha, boundaries, ids, values, bool(need_v), normalize, l1, eps
-            )
+                dout, weight, alpha, boundaries, ids, values, bool(need_v), normalize, l1, eps,
+                block_map,
+            )  # fmt: skip
         else:
             dalpha, dv = _alpha_values_grad(
-                dout, weight, alpha, boundaries, ids, values, need_a, need_v, normalize, l1,
-                eps, impl, rows=rows, blocks=blocks,
+                dout, weight, alpha, boundaries, block_map, ids, values, need_a, need_v,
+                normalize, l1, eps, impl, rows=rows, blocks=blocks,
             )  # fmt: skip
         dalpha = dalpha if need_a else None
         dvalues = dv if need_v else None
     if need_w and optimizer is not None:
-        args = (
-            dout, weight.detach(), alpha.detach(), boundaries, ids,
-            None if values is None else values.detach(),
-            optimizer.state, optimizer.lr, optimizer.kind, optimizer.eps,
-        )  # fmt: skip
+        vals = None if values is None else values.detach()
+        opt = (optimizer.state, optimizer.lr, optimizer.kind, optimizer.eps)
+        w, a = weight.detach(), alpha.detach()
         with torch.no_grad():
             if impl == "ops":
-                soft_select_fused_update_(*args)
+                soft_select_fused_update_(dout, w, a, boundaries, ids, vals, *opt, block_map)
             else:
-                _fused_update(*args, impl)
+                _fused_update(dout, w, a, boundaries, block_map, ids, vals, *opt, impl)
     elif need_w:
         if impl == "ops":
             dweight = soft_select_backward_weight(
-                dout, weight, alpha, boundaries, ids, values, sparse, deterministic
+                dout, weight, alpha, boundaries, ids, values, sparse, deterministic, block_map
             )
         else:
             dweight = _weight_grad(
-                dout, weight, alpha, boundaries, ids, values, sparse, deterministic, impl,
-                scale=scale,
+                dout, weight, alpha, boundaries, block_map, ids, values, sparse, deterministic,
+                impl, scale=scale,
             )  # fmt: skip
         if sparse:
             # out-of-range ids (unchecked on the GPU) have zero rows; clamped, they stay a
@@ -221,44 +226,51 @@ class _SoftSelect(torch.autograd.Function):
     that need grad use is kept."""
 
     @staticmethod
-    def forward(ctx, weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse,
-                deterministic, impl, optimizer):  # fmt: skip
-        need_w, need_a, _, _, need_v = ctx.needs_input_grad[:5]
+    def forward(ctx, weight, alpha, boundaries, block_map, ids, values, normalize, l1, eps,
+                sparse, deterministic, impl, optimizer):  # fmt: skip
+        need_w, need_a, _, _, _, need_v = ctx.needs_input_grad[:6]
         rows = scale = blocks = None
         if impl == "reference":
             flat = ids.reshape(-1).long()
             vals = None if values is None else values.reshape(-1)
-            rows, scale, blocks = ref.reference_gather(weight, alpha, boundaries, flat)
+            rows, scale, blocks = ref.reference_gather(weight, alpha, boundaries, flat, block_map)
             out = ref.reference_scale(rows, scale, vals).reshape(*ids.shape, weight.shape[1])
             rows = rows if (need_a or need_v) else None
             scale = scale if need_w else None
         elif impl == "triton":
-            out = _forward(weight, alpha, boundaries, ids, values, impl)
+            out = _forward(weight, alpha, boundaries, block_map, ids, values, impl)
         else:
             out = soft_select(
-                weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse, deterministic
-            )
-        ctx.save_for_backward(weight, alpha, boundaries, ids, values, rows, scale, blocks)
+                weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse,
+                deterministic, block_map,
+            )  # fmt: skip
+        ctx.save_for_backward(
+            weight, alpha, boundaries, block_map, ids, values, rows, scale, blocks
+        )
         ctx.cfg = (normalize, l1, eps, sparse, deterministic, optimizer)
         ctx.impl = impl
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        need_w, need_a, _, _, need_v = ctx.needs_input_grad[:5]
+        need_w, need_a, _, _, _, need_v = ctx.needs_input_grad[:6]
         grads = _backward(ctx.saved_tensors, (need_w, need_a, need_v), ctx.cfg, ctx.impl, dout)
         dweight, dalpha, dvalues = grads
-        return dweight, dalpha, None, None, dvalues, None, None, None, None, None, None, None
+        return (dweight, dalpha, None, None, None, dvalues) + (None,) * 7
 
 
 # ------------------------------------------------------------------------ registered ops
+
+
+# Every op takes the block of an id from boundaries (L+1,) or, when given, from the
+# trailing block_map (N,) int64 (then boundaries is None).
 
 
 @torch.library.custom_op("mixemb::soft_select", mutates_args=())
 def soft_select(
     weight: Tensor,
     alpha: Tensor,
-    boundaries: Tensor,
+    boundaries: Tensor | None,
     ids: Tensor,
     values: Tensor | None,
     normalize: bool,
@@ -266,20 +278,23 @@ def soft_select(
     eps: float,
     sparse: bool,
     deterministic: bool,
+    block_map: Tensor | None = None,
 ) -> Tensor:
     """(*ids.shape, K) = weight[ids] ⊙ alpha[block(ids)] (⊙ values); see soft_select_lookup."""
-    return _forward(weight, alpha, boundaries, ids, values, "triton")
+    return _forward(weight, alpha, boundaries, block_map, ids, values, "triton")
 
 
 @soft_select.register_fake
-def _(weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse, deterministic):
+def _(weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse, deterministic,
+      block_map=None):  # fmt: skip
     dtype = torch.promote_types(weight.dtype, alpha.dtype)
     return weight.new_empty((*ids.shape, weight.shape[1]), dtype=dtype)
 
 
 def _setup_context(ctx, inputs, output):
-    weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse, deterministic = inputs
-    ctx.save_for_backward(weight, alpha, boundaries, ids, values)
+    weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse, deterministic = inputs[:10]
+    block_map = inputs[10] if len(inputs) > 10 else None
+    ctx.save_for_backward(weight, alpha, boundaries, block_map, ids, values)
     ctx.cfg = (normalize, l1, eps, sparse, deterministic, None)
 
 
@@ -287,7 +302,7 @@ def _registered_backward(ctx, dout):
     need_w, need_a, _, _, need_v = ctx.needs_input_grad[:5]
     saved = (*ctx.saved_tensors, None, None, None)
     dweight, dalpha, dvalues = _backward(saved, (need_w, need_a, need_v), ctx.cfg, "ops", dout)
-    return dweight, dalpha, None, None, dvalues, None, None, None, None, None
+    return (dweight, dalpha, None, None, dvalues) + (None,) * 6
 
 
 soft_select.register_autograd(_registered_backward, setup_context=_setup_context)
@@ -305,18 +320,20 @@ def soft_select_backward_alpha(
     normalize: bool,
     l1: float,
     eps: float,
+    block_map: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """dalpha (L, K) in alpha's dtype (normalized per row if asked, L1 inside) and
     dvalues (*ids.shape) in values' dtype, or an empty (0,) tensor when not asked."""
     dalpha, dvalues = _alpha_values_grad(
-        dout, weight, alpha, boundaries, ids, values, True, need_values, normalize, l1, eps,
-        "triton",
+        dout, weight, alpha, boundaries, block_map, ids, values, True, need_values, normalize,
+        l1, eps, "triton",
     )  # fmt: skip
     return dalpha, weight.new_empty((0,)) if dvalues is None else dvalues
 
 
 @soft_select_backward_alpha.register_fake
-def _(dout, weight, alpha, boundaries, ids, values, need_values, normalize, l1, eps):
+def _(dout, weight, alpha, boundaries, ids, values, need_values, normalize, l1, eps,
+      block_map=None):  # fmt: skip
     dvalues = values.new_empty(ids.shape) if need_values else weight.new_empty((0,))
     return alpha.new_empty(alpha.shape), dvalues
 
@@ -331,17 +348,18 @@ def soft_select_backward_weight(
     values: Tensor | None,
     sparse: bool,
     deterministic: bool,
+    block_map: Tensor | None = None,
 ) -> Tensor:
     """sparse=False: dense (N, K) gradient in weight's dtype; sparse=True: the (B, K)
     per-lookup rows of nn.Embedding(sparse=True)'s uncoalesced gradient."""
     return _weight_grad(
-        dout, weight, alpha, boundaries, ids, values, sparse, deterministic,
+        dout, weight, alpha, boundaries, block_map, ids, values, sparse, deterministic,
         "triton",
     )  # fmt: skip
 
 
 @soft_select_backward_weight.register_fake
-def _(dout, weight, alpha, boundaries, ids, values, sparse, deterministic):
+def _(dout, weight, alpha, boundaries, ids, values, sparse, deterministic, block_map=None):
     if sparse:
         return weight.new_empty((ids.numel(), weight.shape[1]))
     return weight.new_empty(weight.shape)
@@ -359,6 +377,7 @@ def soft_select_fused_update_(
     lr: Tensor,
     optimizer: str,
     optimizer_eps: float,
+    block_map: Tensor | None = None,
 ) -> None:
     """Update the looked-up rows of weight in place with the weights-step gradient.
 
@@ -366,13 +385,14 @@ def soft_select_fused_update_(
     with state m (N,) float32. g is each row's α[block] ⊙ Σ dout (⊙ v). lr: (1,) float32.
     """
     _fused_update(
-        dout, weight, alpha, boundaries, ids, values, state, lr, optimizer, optimizer_eps,
-        "triton",
+        dout, weight, alpha, boundaries, block_map, ids, values, state, lr, optimizer,
+        optimizer_eps, "triton",
     )  # fmt: skip
 
 
 @soft_select_fused_update_.register_fake
-def _(dout, weight, alpha, boundaries, ids, values, state, lr, optimizer, optimizer_eps):
+def _(dout, weight, alpha, boundaries, ids, values, state, lr, optimizer, optimizer_eps,
+      block_map=None):  # fmt: skip
     return None
 
 
@@ -382,10 +402,11 @@ def _(dout, weight, alpha, boundaries, ids, values, state, lr, optimizer, optimi
 def soft_select_lookup(
     weight: Tensor,
     alpha: Tensor,
-    boundaries: Tensor,
+    boundaries: Tensor | None,
     ids: Tensor,
     values: Tensor | None = None,
     *,
+    block_map: Tensor | None = None,
     normalize: bool = True,
     l1: float = 0.0,
     eps: float = 1e-8,
@@ -400,9 +421,11 @@ def soft_select_lookup(
     weight: (N, K) float32/float16/bfloat16 embedding table E.
     alpha: (L, K) soft selection layer α (same device as weight).
     boundaries: (L+1,) int64, boundaries[0] = 0 < … < boundaries[L] = N; block l holds
-        the ids in [boundaries[l], boundaries[l+1]).
+        the ids in [boundaries[l], boundaries[l+1]). None when block_map is given.
     ids: (...) int32/int64 feature ids in [0, N).
     values: (...) optional per-lookup multipliers (numeric fields).
+    block_map: (N,) int64 block of every id, in [0, L): blocks need not be id ranges (ids
+        need not be renumbered by frequency). Give exactly one of boundaries, block_map.
     normalize: return α's gradient normalized per block row (see module docstring).
     l1: λ of the L1 term λ·Σ|α|, added to α's gradient before normalization.
     eps: the normalization's stabilizer (default 1e-8, the authors' value).
@@ -423,7 +446,7 @@ def soft_select_lookup(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    _check(weight, alpha, boundaries, ids, values)
+    _check(weight, alpha, boundaries, block_map, ids, values)
     if check_ids if check_ids is not None else not ids.is_cuda:
         _check_ids_in_range(ids, weight.shape[0])
     if fused_optimizer is not None and sparse:
@@ -432,33 +455,70 @@ def soft_select_lookup(
     impl = _implementation(weight, backend, torch.compiler.is_compiling())
     if impl == "ops" and fused_optimizer is None:  # the registered op and its autograd
         return soft_select(
-            weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse, deterministic
-        )
+            weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse, deterministic,
+            block_map,
+        )  # fmt: skip
     return _SoftSelect.apply(
-        weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse, deterministic,
-        impl, fused_optimizer,
+        weight, alpha, boundaries, block_map, ids, values, normalize, l1, eps, sparse,
+        deterministic, impl, fused_optimizer,
     )  # fmt: skip
 
 
-def _check(weight, alpha, boundaries, ids, values) -> None:
+def _check(weight, alpha, boundaries, block_map, ids, values) -> None:
     if weight.dim() != 2:
         raise ValueError(f"weight must be (N, K), got shape {tuple(weight.shape)}")
     if alpha.dim() != 2 or alpha.shape[1] != weight.shape[1]:
         raise ValueError(f"alpha must be (L, K={weight.shape[1]}), got shape {tuple(alpha.shape)}")
-    if boundaries.dim() != 1 or boundaries.numel() != alpha.shape[0] + 1:
+    if (boundaries is None) == (block_map is None):
+        raise ValueError("give exactly one of boundaries and block_map (the other None)")
+    if block_map is not None:
+        _check_block_map(block_map, weight.shape[0], alpha.shape[0])
+    else:
+        _check_boundaries_arg(boundaries, alpha.shape[0], weight.shape[0])
+    if ids.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"ids must be int32 or int64, got {ids.dtype}")
+    if values is not None and values.shape != ids.shape:
+        raise ValueError(f"values must match ids {tuple(ids.shape)}, got {tuple(values.shape)}")
+
+
+def _check_block_map(block_map: Tensor, num_rows: int, num_blocks: int) -> None:
+    if block_map.dtype != torch.int64:
+        raise ValueError(f"block_map must be int64, got {block_map.dtype}")
+    if block_map.shape != (num_rows,):
+        raise ValueError(f"block_map must be (N,) = ({num_rows},), got {tuple(block_map.shape)}")
+    # as for boundaries: a CUDA block map is checked where it is made (SearchableEmbedding)
+    if not block_map.is_cuda and not torch.compiler.is_compiling():
+        check_block_map(block_map, num_rows, num_blocks)
+
+
+def check_block_map(block_map: Tensor, num_rows: int, num_blocks: int) -> None:
+    """Raise ValueError unless block_map is (num_rows,) int64 with every value in
+    [0, num_blocks) (an out-of-range block would index past α)."""
+    if block_map.dtype != torch.int64 or block_map.shape != (num_rows,):
         raise ValueError(
-            f"boundaries must be (L+1,) = ({alpha.shape[0] + 1},), got {tuple(boundaries.shape)}"
+            f"block_map must be ({num_rows},) int64, got {tuple(block_map.shape)} {block_map.dtype}"
+        )
+    if num_rows == 0:
+        return
+    lo, hi = torch.aminmax(block_map)
+    if int(lo) < 0 or int(hi) >= num_blocks:
+        bad = int(((block_map < 0) | (block_map >= num_blocks)).nonzero()[0])
+        raise ValueError(
+            f"block_map[{bad}] = {int(block_map[bad])} is outside the blocks [0, {num_blocks})"
+        )
+
+
+def _check_boundaries_arg(boundaries: Tensor, num_blocks: int, num_rows: int) -> None:
+    if boundaries.dim() != 1 or boundaries.numel() != num_blocks + 1:
+        raise ValueError(
+            f"boundaries must be (L+1,) = ({num_blocks + 1},), got {tuple(boundaries.shape)}"
         )
     if boundaries.dtype != torch.int64:
         raise ValueError(f"boundaries must be int64, got {boundaries.dtype}")
     # A CUDA tensor's values cost a host sync to read: checked where they are set
     # (SoftSelectEmbedding's constructor and load) instead.
     if not boundaries.is_cuda and not torch.compiler.is_compiling():
-        check_boundaries(boundaries, weight.shape[0])
-    if ids.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"ids must be int32 or int64, got {ids.dtype}")
-    if values is not None and values.shape != ids.shape:
-        raise ValueError(f"values must match ids {tuple(ids.shape)}, got {tuple(values.shape)}")
+        check_boundaries(boundaries, num_rows)
 
 
 def check_boundaries(boundaries: Tensor, num_rows: int) -> None:

@@ -4,6 +4,8 @@
 keep, per storage format; ``pruners``: merge α into the table and prune it (element-wise,
 aligned, floor, rotated), one dispatch by name; ``finetune``: fine-tune with the mask
 fixed and swap in a ragged table; ``files``: one pruned file; ``run``: ``mixemb prune``.
+For any user model: ``to_ragged`` prunes every searchable table to one budget and swaps
+in the ragged serving twins; ``model_file``: ``save`` / ``load`` of such a model.
 """
 
 from mixemb.prune.budget import (
@@ -21,6 +23,7 @@ from mixemb.prune.budget import (
 )
 from mixemb.prune.files import PRUNED_KIND, load_pruned, save_pruned
 from mixemb.prune.finetune import finetune_pruned, to_ragged_model
+from mixemb.prune.model_file import MODEL_KIND, load, ragged_modules, save
 from mixemb.prune.pruners import (
     PRUNERS,
     PruneReport,
@@ -34,8 +37,10 @@ from mixemb.prune.pruners import (
     rotate_table,
     topk_mask,
 )
+from mixemb.prune.to_ragged import RaggedReport, TableReport, to_ragged
 
 __all__ = [
+    "MODEL_KIND",
     "PRUNED_KIND",
     "PRUNERS",
     "REFERENCE_VALUE_BYTES",
@@ -43,6 +48,8 @@ __all__ = [
     "UNITS",
     "InfeasibleBudget",
     "PruneReport",
+    "RaggedReport",
+    "TableReport",
     "aligned_prune",
     "block_boundaries_bytes",
     "block_tables_bytes",
@@ -50,6 +57,7 @@ __all__ = [
     "finetune_pruned",
     "floor_prune",
     "keep_count",
+    "load",
     "load_pruned",
     "merge_alpha",
     "merge_and_prune",
@@ -58,8 +66,11 @@ __all__ = [
     "prune",
     "prune_table",
     "ragged_metadata_bytes",
+    "ragged_modules",
     "rotate_table",
+    "save",
     "save_pruned",
+    "to_ragged",
     "to_ragged_model",
     "topk_mask",
     "uniform_dim",

@@ -17,7 +17,7 @@ from torch import nn
 from mixemb.data.schema import Dataset
 from mixemb.models import build_model
 from mixemb.nn import SoftSelectEmbedding
-from mixemb.search.dnis import SearchConfig, alpha_stats, build_search_model, search
+from mixemb.search.on_dataset import SearchConfig, alpha_stats, build_search_model, search
 from mixemb.train.checkpoint import (
     CheckpointError,
     atomic_save,

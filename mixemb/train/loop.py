@@ -153,7 +153,7 @@ class TrainingDiverged(ValueError):
     """A loss or the validation metric turned non-finite; the epoch was not saved."""
 
 
-def _stop_if_not_finite(where: str, figures: dict[str, Any]) -> None:
+def stop_if_not_finite(where: str, figures: dict[str, Any]) -> None:
     """Raise TrainingDiverged when a float in ``figures`` (host numbers) is nan or inf."""
     for name, value in figures.items():
         if isinstance(value, float) and not math.isfinite(value):
@@ -235,7 +235,7 @@ def run_epochs(
             model, dataset.valid, task, k=config.k, batch_size=config.eval_batch_size, device=device
         )
         value = valid[metric_name]
-        _stop_if_not_finite(f"{label} {epoch + 1}", {**train_row, f"valid {metric_name}": value})
+        stop_if_not_finite(f"{label} {epoch + 1}", {**train_row, f"valid {metric_name}": value})
         improved = best is None or (value < best if direction == "min" else value > best)
         if improved:
             best, best_epoch, bad = value, epoch, 0

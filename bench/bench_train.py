@@ -24,6 +24,10 @@ ops (every step is forward + backward, as one training step runs them)
 * weights_step_sgd       α frozen, the table updated in the backward (fused SGD)
 * weights_step_adagrad   same, row-wise Adagrad
 * both_step              dE and dα (the warm start)
+* bag_fwd, bag_alpha_step, bag_weights_step   the same on bags (one bag of F lookups per
+                         sample, mode sum): ``soft_select_bag`` fuses lookup × α and the
+                         pooling; provider lookup+pool is the unfused path (the lookup op,
+                         then ``mixemb.nn.searchable.pool``), eager/compile its reference
 
 Ideal bytes come from ``mixemb.reference`` (one read of inputs, one write of outputs per
 pass, every lookup reading its row); the sort of the deterministic weights step is extra
@@ -39,6 +43,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -48,12 +53,16 @@ from bench_reference import TABLE_COLUMNS, zipf_ids  # noqa: E402
 from common import DEFAULT_ITERS, measure, report, start_run  # noqa: E402
 
 from mixemb.nn import FusedOptimizer  # noqa: E402
+from mixemb.nn.searchable import pool  # noqa: E402
 from mixemb.ops import soft_select_lookup  # noqa: E402
+from mixemb.ops.soft_select_pooled import soft_select_bag  # noqa: E402
 from mixemb.reference import (  # noqa: E402
     block_of,
     equal_boundaries,
     normalize_alpha_grad,
     soft_select_alpha_grad_bytes,
+    soft_select_bag_bytes,
+    soft_select_bag_reference,
     soft_select_fused_update_bytes,
     soft_select_lookup_bytes,
     soft_select_lookup_reference,
@@ -84,6 +93,9 @@ OPS = [
     "weights_step_sgd",
     "weights_step_adagrad",
     "both_step",
+    "bag_fwd",
+    "bag_alpha_step",
+    "bag_weights_step",
 ]
 
 
@@ -106,15 +118,23 @@ def make_inputs(cfg: dict, device: torch.device) -> dict:
     dout = torch.randn(*shape, k, generator=gen, device=device)
     boundaries = equal_boundaries(n, num_blocks).to(device)
     block_map = block_of(torch.arange(n, device=device), boundaries)
+    num_bags, fields = shape
+    offsets = torch.arange(num_bags + 1, device=device) * fields  # one bag per sample
+    dout_bag = torch.randn(num_bags, k, generator=gen, device=device)
     return dict(
         weight=weight, alpha=alpha, boundaries=boundaries, block_map=block_map, ids=ids,
-        dout=dout,
+        dout=dout, offsets=offsets, dout_bag=dout_bag,
     )  # fmt: skip
 
 
 def ideal_bytes(cfg: dict, op: str, block_map: bool = False) -> int:
     args = (cfg["batch"] * cfg["fields"], cfg["dim"], cfg["blocks"])
     kw = dict(ids_dtype=getattr(torch, cfg.get("ids_dtype", "int64")), block_map=block_map)
+    if op.startswith("bag_"):
+        bag = (args[0], cfg["batch"], *args[1:])
+        fwd = soft_select_bag_bytes(*bag, **kw)
+        step = {"bag_alpha_step": "alpha", "bag_weights_step": "weights"}.get(op)
+        return fwd + (soft_select_bag_bytes(*bag, **kw, step=step) if step else 0)
     fwd = soft_select_lookup_bytes(*args, **kw)
     if op == "fwd":
         return fwd
@@ -249,18 +269,87 @@ def eager_cases(x: dict, compile_: bool) -> dict:
     }
 
 
+def bag_cases(x: dict, provider: str, by_map: bool = False) -> dict:
+    """bag op → callable: provider "triton" / "reference" (soft_select_bag's backends),
+    "lookup+pool" (soft_select_lookup(backend="triton"), then pool), "eager" / "compile"
+    (soft_select_bag_reference + autograd + normalize_alpha_grad)."""
+    w_train = x["weight"].clone().requires_grad_()
+    a_train = x["alpha"].clone().requires_grad_()
+    ids, offsets, dout = x["ids"].reshape(-1), x["offsets"], x["dout_bag"]
+    b, bm = _blocks(x, by_map)
+    num_bags, fields = x["ids"].shape
+    bags = torch.arange(ids.numel(), device=ids.device) // fields
+    normalize = normalize_alpha_grad
+    if provider in ("triton", "reference"):
+        kw = dict(l1=L1, backend=provider, check_ids=False, **bm)
+
+        def bag(w, a):
+            return soft_select_bag(w, a, b, ids, offsets, **kw)
+    elif provider == "lookup+pool":
+        kw = dict(l1=L1, backend="triton", check_ids=False, **bm)
+
+        def bag(w, a):
+            return pool(soft_select_lookup(w, a, b, ids, **kw), bags, num_bags, "sum")
+    else:
+        bag = partial(soft_select_bag_reference, boundaries=b, ids=ids, offsets=offsets, **bm)
+        if provider == "compile":
+            bag = torch.compile(bag, dynamic=False)
+            normalize = torch.compile(normalize_alpha_grad, dynamic=False)
+
+    def step(w, a):
+        def run():
+            w.grad = a.grad = None
+            bag(w, a).backward(dout)
+            if a.grad is not None and provider in ("eager", "compile"):
+                return normalize(a.grad, a.detach(), L1)
+
+        return run
+
+    def fwd():
+        with torch.no_grad():
+            return bag(x["weight"], x["alpha"])
+
+    return {
+        "bag_fwd": fwd,
+        "bag_alpha_step": step(x["weight"], a_train),
+        "bag_weights_step": step(w_train, x["alpha"]),
+    }
+
+
+def bag_launcher_cases(x: dict) -> dict:
+    """bag op → callable on the bare bag launchers (no dispatcher, no autograd)."""
+    from mixemb.kernels import soft_select_bag as KB
+
+    w, a, b, offsets, dout = x["weight"], x["alpha"], x["boundaries"], x["offsets"], x["dout_bag"]
+    ids = x["ids"].reshape(-1)
+
+    def fwd():
+        return KB.soft_select_bag_fwd(w, a, b, ids, offsets)
+
+    def alpha_step():
+        KB.soft_select_bag_fwd(w, a, b, ids, offsets)
+        return KB.soft_select_bag_bwd_alpha(dout, w, a, b, ids, offsets, l1=L1)
+
+    def weights_step():
+        KB.soft_select_bag_fwd(w, a, b, ids, offsets)
+        return KB.soft_select_bag_bwd_weight(dout, w, a, b, ids, offsets)
+
+    return {"bag_fwd": fwd, "bag_alpha_step": alpha_step, "bag_weights_step": weights_step}
+
+
 def providers(x: dict, device: torch.device, args) -> list[tuple[str, dict]]:
     out = []
     if device.type == "cuda":
-        out.append(("launcher", launcher_cases(x)))
+        out.append(("launcher", launcher_cases(x) | bag_launcher_cases(x)))
         out.append(("launcher+map", launcher_cases(x, by_map=True)))
-    out.append(("op", lookup_cases(x, "triton")))
-    out.append(("op+map", lookup_cases(x, "triton", by_map=True)))
+    out.append(("op", lookup_cases(x, "triton") | bag_cases(x, "triton")))
+    out.append(("op+map", lookup_cases(x, "triton", by_map=True) | bag_cases(x, "triton", True)))
+    out.append(("lookup+pool", bag_cases(x, "lookup+pool")))
     if not args.sweep_only_fused:
-        out.append(("reference", lookup_cases(x, "reference")))
-        out.append(("eager", eager_cases(x, compile_=False)))
+        out.append(("reference", lookup_cases(x, "reference") | bag_cases(x, "reference")))
+        out.append(("eager", eager_cases(x, compile_=False) | bag_cases(x, "eager")))
         if not args.no_compile:
-            out.append(("compile", eager_cases(x, compile_=True)))
+            out.append(("compile", eager_cases(x, compile_=True) | bag_cases(x, "compile")))
     return out
 
 

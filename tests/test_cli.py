@@ -154,6 +154,19 @@ def test_search_prune_evaluate_pipeline(tmp_path, capsys):
     assert "not allowed with" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("finetune", ["0", "1"])
+def test_prune_at_fp16_serves_a_model_with_dense_layers(tmp_path, capsys, finetune):
+    run = tmp_path / "dnis"
+    common = ["--data", "synthetic", "--model", "deepfm", "--dim", "8", "--blocks", "4"]
+    argv = ["search", *common, "--warmup-epochs", "1", "--search-epochs", "1", "--out", str(run)]
+    assert main(argv) == 0
+    pruned = ["prune", str(run), "--ratio", "0.25", "--dtype", "fp16"]
+    assert main([*pruned, "--finetune-epochs", finetune]) == 0
+    test_line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("test:")][0]
+    assert main(["evaluate", str(run / "pruned.pt")]) == 0
+    assert test_line.split("test: ")[1] in capsys.readouterr().out
+
+
 def test_compare_command_writes_results(tmp_path, capsys):
     out = tmp_path / "cmp"
     args = [

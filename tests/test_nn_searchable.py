@@ -5,6 +5,7 @@ merged_weight, searchable() on a user's model, state and argument errors."""
 from __future__ import annotations
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -289,3 +290,37 @@ def test_compiled_model_matches_eager():
     eager(*args).square().sum().backward()
     for (name, p), q in zip(model.named_parameters(), eager.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_bag_twin_is_one_fused_op_call_and_drops_lookups_past_the_last_offset(
+    device, mode, backend, monkeypatch
+):
+    """sum and mean run mixemb.ops.soft_select_pooled once; with include_last_offset, ids past
+    the last offset are in no bag (as the CSR form says; PyTorch's CPU EmbeddingBag adds
+    them to the last bag) and get no gradient."""
+    module = importlib.import_module("mixemb.nn.searchable")  # mixemb.nn.searchable: a function
+    calls = []
+    fused = module.soft_select_bag
+    monkeypatch.setattr(
+        module, "soft_select_bag", lambda *a, **k: calls.append(1) or fused(*a, **k)
+    )
+    twin = SearchableEmbeddingBag(N, K, 3, mode=mode, include_last_offset=True, padding_idx=3,
+                                  backend=backend).double().to(device)  # fmt: skip
+    with torch.no_grad():
+        twin.alpha.uniform_()
+    twin.set_frequencies(torch.arange(N))
+    ids = torch.tensor([3, 1, 3, 7, 3, 10, 0, 5, 9], device=device)
+    offsets = torch.tensor([0, 3, 3, 6], device=device)  # 0, 5, 9 are past the last bag
+    psw = torch.rand(9, dtype=torch.float64, device=device) if mode == "sum" else None
+    out, dweight, dpsw = _grads(twin, (ids, offsets, psw))
+    assert len(calls) == 1
+    bag = nn.EmbeddingBag(N, K, mode=mode, include_last_offset=True, padding_idx=3).double()
+    with torch.no_grad():
+        bag.weight.copy_(twin.merged_weight().cpu())
+    inside = (ids[:6].cpu(), offsets.cpu(), None if psw is None else psw[:6].cpu())
+    torch.testing.assert_close(out.cpu(), bag(*inside))
+    assert not dweight[[0, 3, 5, 9]].any()
+    if psw is not None:
+        assert not dpsw[[0, 2, 4, 6, 7, 8]].any() and dpsw[[1, 3, 5]].all()

@@ -1,5 +1,6 @@
 """to_ragged: one budget over every searchable table, ragged twins swapped in place,
-outputs equal to the twins' on the pruned merged tables, and a save/load round trip."""
+outputs equal to the twins' on the pruned merged tables, and a save/load round trip — on
+a user's model and on mixemb's own (its SoftSelectEmbedding is a twin)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,17 @@ import pytest
 import torch
 from torch import nn
 
+from mixemb.models import build_model
+from mixemb.nn import SoftSelectEmbedding, make_boundaries
 from mixemb.nn.ragged import RaggedEmbedding
 from mixemb.nn.ragged_bag import RaggedEmbeddingBag
 from mixemb.nn.searchable import searchable, searchable_modules
 from mixemb.prune.budget import InfeasibleBudget, ragged_bytes
 from mixemb.prune.model_file import load, save
+from mixemb.prune.pruners import merge_alpha, prune
+from mixemb.prune.run import budget_entries
 from mixemb.prune.to_ragged import to_ragged
+from mixemb.ragged import expand_bits
 
 
 class TwoTables(nn.Module):
@@ -165,3 +171,73 @@ def test_report_prints_a_table_with_totals():
     assert lines[1].startswith("user") and lines[2].startswith("items")
     assert lines[3].startswith("total") and "16,640" in lines[3]
     assert "values fp32" in lines[4]
+
+
+def _mixemb_model(name: str) -> nn.Module:
+    """mixemb's model ``name`` (3 fields) on a SoftSelectEmbedding of 50 ids, K = 24 and 4
+    frequency blocks; α random, half of the rarest block's zero (seed 0)."""
+    torch.manual_seed(0)
+    emb = SoftSelectEmbedding(50, 24, make_boundaries(50, num_blocks=4))
+    with torch.no_grad():
+        emb.alpha.uniform_(0.2, 1.0)
+        emb.alpha[3, :12] = 0
+    return build_model(name, 50, 3, 24, embedding=emb).eval()
+
+
+def _ids_and_values():
+    """ids (9, 3) int64 with a repeated id, values (9, 3) float: numeric fields."""
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 50, (9, 3), generator=g)
+    ids[1] = ids[0]
+    return ids, 3 * torch.rand(9, 3, generator=g) - 1
+
+
+@pytest.mark.parametrize("name", ["mf", "fm", "deepfm"])
+def test_mixemb_models_are_pruned_saved_and_loaded(name, tmp_path):
+    model = _mixemb_model(name)
+    emb = model.embedding
+    assert searchable_modules(model) == {"embedding": emb} and emb.has_frequencies
+    merged = emb.merged_weight()
+    assert torch.equal(merged, merge_alpha(emb.weight.detach(), emb.alpha.detach(), emb.boundaries))
+    ids, values = _ids_and_values()
+    torch.testing.assert_close(emb(ids), merged[ids], rtol=0, atol=0)  # what lookups see
+
+    report = to_ragged(model, ratio=0.3)
+    assert type(model.embedding) is RaggedEmbedding
+    assert [t.name for t in report.tables] == ["embedding"]
+    assert report.stored_bytes == model.embedding.nbytes() <= 0.3 * 4 * 50 * 24
+    served = model.embedding.table.to_dense()
+    mask = served != 0
+    assert torch.equal(served[mask], merged[mask])
+    assert merged[mask].abs().min() >= merged[~mask].abs().max()
+    # the model on a plain table holding the served entries scores the same
+    plain = build_model(name, 50, 3, 24).eval()
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("embedding.")}
+    plain.load_state_dict({**state, "embedding.weight": served})
+    assert torch.equal(model(ids, values), plain(ids, values))
+
+    fresh = load(save(model, tmp_path / "m.pt"), build_model(name, 50, 3, 24))
+    assert type(fresh.embedding) is RaggedEmbedding
+    assert torch.equal(fresh(ids, values), model(ids, values))
+
+
+@pytest.mark.parametrize("value_dtype", ["fp32", "int8"])
+def test_a_count_of_entries_keeps_what_the_elementwise_pruner_keeps(value_dtype):
+    """The CLI's budgets become a count of entries: to_ragged with the bytes of that
+    count keeps the entries pruners.prune keeps, a threshold τ with ties at τ included."""
+    model = _mixemb_model("fm")
+    with torch.no_grad():  # ties at τ = 0.5: block 0's rows are ±0.5 at α = 1
+        model.embedding.weight[:13] = 0.5 * torch.sign(torch.randn(13, 24))
+        model.embedding.alpha[0] = 1.0
+    merged = model.embedding.merged_weight()
+    for budget in ({"tau": 0.5}, {"ratio": 0.25}, {"keep": 299}):
+        twin = copy.deepcopy(model)
+        count = budget_entries(merged, **budget, dtype=value_dtype)
+        expected, kept = prune(merged, **budget)
+        assert (
+            kept.nnz == count
+            if "tau" in budget
+            else kept.nnz == min(count, int(merged.count_nonzero()))
+        )
+        to_ragged(twin, nbytes=ragged_bytes(50, 24, count, value_dtype), value_dtype=value_dtype)
+        assert torch.equal(expand_bits(twin.embedding.masks, 24), expected != 0), budget

@@ -11,6 +11,7 @@ from mixemb.data.schema import Dataset, FieldSpec, Split
 from mixemb.models import build_model
 from mixemb.nn import SoftSelectEmbedding
 from mixemb.search import SearchConfig, search
+from mixemb.search.any_model import dnis
 from mixemb.train import CheckpointError, TrainConfig, atomic_save, load_checkpoint
 
 
@@ -107,6 +108,24 @@ def test_dense_layers_frozen_by_default():
     search(model, ds, cfg, log=lambda s: 0)
     assert all(torch.equal(a, b) for a, b in zip(before, model.dense_parameters()))
     assert not torch.equal(emb.alpha.detach(), torch.ones_like(emb.alpha))
+
+
+def test_dnis_searches_a_mixemb_model_on_its_frequency_blocks():
+    """mixemb.dnis takes mixemb's own model as it is: its SoftSelectEmbedding is a twin
+    whose boundaries are its blocks (no counting pass), and the noise block fades."""
+    ds, cut = _planted()
+    model = _model(ds, cut)
+
+    def batches(split):
+        ids, labels = split.ids.long(), split.labels
+        return [((ids[i : i + 128], None), labels[i : i + 128]) for i in range(0, len(ids), 128)]
+
+    lines: list[str] = []
+    dnis(model, batches(ds.train), batches(ds.valid), torch.nn.MSELoss(), epochs=8,
+         warmup_epochs=5, lr=1e-2, alpha_lr=1e-2, patience=10, log=lines.append)  # fmt: skip
+    assert not any("counted" in line for line in lines)
+    alpha = model.embedding.alpha.detach()
+    assert alpha[1].mean() < 0.6 < 0.9 < alpha[0].mean(), alpha  # from 1: noise fades
 
 
 def test_search_needs_soft_select_embedding():

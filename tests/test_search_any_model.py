@@ -368,3 +368,19 @@ def test_dnis_step_trains_only_the_given_params():
     assert all(p.grad is None for p in model.head.parameters())
     with pytest.raises(ValueError, match="alpha"):
         DnisStep(model, mse, params=[model.user.alpha])
+
+
+def test_a_samplers_set_epoch_is_called_every_epoch():
+    """A DataLoader with a DistributedSampler-like sampler reshuffles per epoch, as torch
+    asks: dnis calls its set_epoch(epoch) before each epoch, train and valid alike."""
+    calls = []
+
+    class Sampler(torch.utils.data.SequentialSampler):
+        def set_epoch(self, epoch: int) -> None:
+            calls.append((self.data_source, epoch))
+
+    train_rows, valid_rows = _Rows(128, 1), _Rows(64, 2)
+    train = DataLoader(train_rows, batch_size=64, sampler=Sampler(train_rows))
+    valid = DataLoader(valid_rows, batch_size=64, sampler=Sampler(valid_rows))
+    dnis(_toy(), train, valid, mse, epochs=2, warmup_epochs=1, patience=5, **QUIET)
+    assert calls == [(rows, e) for e in range(3) for rows in (train_rows, valid_rows)]

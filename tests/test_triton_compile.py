@@ -35,4 +35,8 @@ def test_every_launched_variant_compiles_for_sm90():
         "_alpha_grad_finish_kernel",
         "_segment_rows_kernel",
         "_segment_carry_kernel",
+        "_bag_fwd_kernel",
+        "_bag_index_kernel",
+        "_bag_alpha_grad_partial_kernel",
+        "_bag_segment_rows_kernel",
     }

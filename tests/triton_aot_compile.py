@@ -1,12 +1,13 @@
 """Compile every Triton kernel variant the launchers would launch, for a CUDA target,
 on a machine without a GPU (run as a script by tests/test_triton_compile.py).
 
-The launchers of ``mixemb.kernels.soft_select`` are called on CPU tensors with
-``JITFunction.run`` replaced by a recorder, so nothing launches; each recorded call
-becomes an ``ASTSource`` (pointer and scalar types from the arguments, constexprs as
-passed) compiled by ``triton.compile`` for ``GPUTarget("cuda", ARCH, 32)`` down to a
-cubin. This catches what Triton's CPU interpreter accepts but the compiler does not
-(types of loop-carried values, scalar/vector masks, constexpr branches).
+The launchers of ``mixemb.kernels.soft_select`` and ``mixemb.kernels.soft_select_bag`` are
+called on CPU tensors with ``JITFunction.run`` replaced by a recorder, so nothing
+launches; each recorded call becomes an ``ASTSource`` (pointer and scalar types from the
+arguments, constexprs as passed) compiled by ``triton.compile`` for
+``GPUTarget("cuda", ARCH, 32)`` down to a cubin. This catches what Triton's CPU
+interpreter accepts but the compiler does not (types of loop-carried values,
+scalar/vector masks, constexpr branches).
 
     python tests/triton_aot_compile.py [arch=90]   # prints one line per compiled variant
 """
@@ -25,6 +26,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from mixemb.kernels import soft_select as K  # noqa: E402
+from mixemb.kernels import soft_select_bag as KB  # noqa: E402
 
 PTR = {
     torch.float32: "*fp32",
@@ -98,6 +100,17 @@ def record_launches() -> None:
         K.soft_select_bwd_weight(
             d, w, a, b, ids, v, optimizer="rowwise_adagrad", lr=lr, state=state, **bm
         )
+        # the bag op: 30 bags over the lookups, sum (with the values as per-sample weights)
+        # and mean
+        offsets = torch.linspace(0, m, 31).long()
+        d_bag = torch.randn(30, dim, generator=g).to(dtype)
+        for mode, psw in (("sum", v), ("mean", None)):
+            bag = dict(mode=mode, padding_idx=3, **bm)
+            KB.soft_select_bag_fwd(w, a, b, ids, offsets, psw, **bag)
+            KB.soft_select_bag_index(w, ids, offsets, mode=mode, padding_idx=3)
+            KB.soft_select_bag_bwd_alpha(d_bag, w, a, b, ids, offsets, psw,
+                                         need_values=psw is not None, **bag)  # fmt: skip
+            KB.soft_select_bag_bwd_weight(d_bag, w, a, b, ids, offsets, psw, **bag)
 
 
 def main(arch: int = 90) -> int:

@@ -9,8 +9,9 @@ any pooling::
 Blocks come from a per-id ``block_map``, so a user's ids need not be renumbered by
 frequency: ``set_frequencies(counts)`` ranks the ids by count and splits the ranks into
 ``num_blocks`` near-equal blocks (block 0 the most frequent). The lookup × α is
-``mixemb.ops.soft_select_lookup`` (its α gradient normalized per block row, DNIS's);
-a bag pools the scaled rows with ``index_add`` / ``scatter_reduce`` (no host syncs).
+``mixemb.ops.soft_select_lookup`` (its α gradient normalized per block row, DNIS's); a
+bag of mode "sum" or "mean" is one ``mixemb.ops.soft_select_bag`` call (lookup × α and
+pooling fused, the same normalized α gradient), "max" the lookup op then ``pool``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import torch
 from torch import nn
 
 from mixemb.nn.soft_select import TableShape
-from mixemb.ops import soft_select_lookup
+from mixemb.ops import soft_select_bag, soft_select_lookup
 from mixemb.ops.soft_select import check_block_map
+from mixemb.ops.soft_select_pooled import bag_of_lookups, check_offsets
 
 Tensor = torch.Tensor
 MODES = ("sum", "mean", "max")
@@ -188,40 +190,39 @@ class SearchableEmbeddingBag(_Searchable):
         per_sample_weights: Tensor | None = None,
     ) -> Tensor:
         check_per_sample_weights(self.mode, input, per_sample_weights)
-        flat, bags, num_bags = self._bag_of_each(input, offsets)
+        ids, ends = self._bag_offsets(input, offsets)
         psw = None if per_sample_weights is None else per_sample_weights.reshape(-1)
-        rows = self._rows(flat, psw)
-        return pool(rows, bags, num_bags, self.mode)
+        if self.mode == "max":  # no fused max: the lookup op, then pooling
+            check_offsets(ends, ids.numel())
+            bags = bag_of_lookups(ids, ends, self.padding_idx)
+            return pool(self._rows(ids), bags, ends.numel() - 1, "max")
+        return soft_select_bag(
+            self.weight, self.alpha, None, ids, ends, psw, block_map=self.block_map,
+            mode=self.mode, padding_idx=self.padding_idx, normalize=self.normalize, l1=self.l1,
+            eps=self.eps, backend=self.backend,
+        )  # fmt: skip
 
-    def _bag_of_each(self, input: Tensor, offsets: Tensor | None) -> tuple[Tensor, Tensor, int]:
-        """(ids (n,), bag of each id (n,) int64, B): an id outside every bag (padding, or
-        past the last offset with include_last_offset) is in bag B, which is dropped."""
+    def _bag_offsets(self, input: Tensor, offsets: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(ids (n,), offsets (B+1,) int64): every input form as soft_select_bag's bags (a
+        lookup past the last offset with include_last_offset is in no bag)."""
         if input.dim() == 2:
             if offsets is not None:
                 raise ValueError("offsets must be None when input is 2-D (bags of equal size)")
             num_bags, size = input.shape
-            flat = input.reshape(-1)
-            bags = torch.arange(flat.numel(), device=input.device) // max(size, 1)
-        elif input.dim() == 1:
-            if offsets is None or offsets.dim() != 1:
-                raise ValueError("offsets must be a 1-D tensor when input is 1-D")
-            if offsets.is_floating_point():
-                raise ValueError(f"offsets must be int32 or int64, got {offsets.dtype}")
-            num_bags = offsets.numel() - 1 if self.include_last_offset else offsets.numel()
-            num_bags = max(num_bags, 0)
-            if offsets.numel() and not offsets.is_cuda and not torch.compiler.is_compiling():
-                if int(offsets[0]) != 0:
-                    raise ValueError(f"offsets[0] must be 0, got {int(offsets[0])}")
-            flat = input
-            starts = offsets.to(torch.int64)
-            pos = torch.arange(flat.numel(), device=input.device)
-            bags = torch.searchsorted(starts, pos, right=True) - 1
-            bags = torch.where(bags < 0, num_bags, bags)
-        else:
+            ends = torch.arange(num_bags + 1, device=input.device) * size
+            return input.reshape(-1), ends
+        if input.dim() != 1:
             raise ValueError(f"input must be 1-D or 2-D, got shape {tuple(input.shape)}")
-        if self.padding_idx is not None:
-            bags = torch.where(flat == self.padding_idx, num_bags, bags)
-        return flat, bags, num_bags
+        if offsets is None or offsets.dim() != 1:
+            raise ValueError("offsets must be a 1-D tensor when input is 1-D")
+        if offsets.is_floating_point():
+            raise ValueError(f"offsets must be int32 or int64, got {offsets.dtype}")
+        ends = offsets.to(torch.int64)
+        if ends.numel() == 0:  # no bags
+            return input, ends.new_zeros(1)
+        if not self.include_last_offset:
+            ends = torch.cat([ends, ends.new_full((1,), input.numel())])
+        return input, ends
 
     def extra_repr(self) -> str:
         last = ", include_last_offset=True" if self.include_last_offset else ""
@@ -283,9 +284,14 @@ def _check_supported(module: nn.Module, name: str) -> None:
 TWINS = (SearchableEmbedding, SearchableEmbeddingBag)
 
 
-def searchable_modules(model: nn.Module) -> dict[str, _Searchable]:
-    """Qualified name → twin for every searchable twin in ``model`` (each once)."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, TWINS)}
+def searchable_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Qualified name → twin for every searchable twin in ``model`` (each once): the
+    twins ``searchable`` makes and the :class:`SoftSelectEmbedding` of mixemb's own
+    models (its frequency blocks are id ranges)."""
+    from mixemb.nn.soft_select import SoftSelectEmbedding
+
+    kinds = (*TWINS, SoftSelectEmbedding)
+    return {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
 
 
 def searchable(

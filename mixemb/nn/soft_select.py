@@ -99,6 +99,8 @@ class SoftSelectEmbedding(TableShape, nn.Module):
     deterministic: bitwise-reproducible weight gradients on the Triton path (default).
     ``use_fused_optimizer(kind, lr)`` makes the backward update the table in place
     (SGD or row-wise Adagrad, FBGEMM-style); the table then gets no ``.grad``.
+    A searchable twin like ``mixemb.searchable``'s (``searchable_modules`` finds it), so
+    :func:`mixemb.dnis` searches it and :func:`mixemb.to_ragged` prunes it.
     """
 
     def __init__(
@@ -136,6 +138,21 @@ class SoftSelectEmbedding(TableShape, nn.Module):
             except ValueError as err:
                 raise ValueError(f"{prefix}boundaries in the state: {err}") from None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def has_frequencies(self) -> bool:
+        """Always True: the ids are frequency-sorted, so the boundaries are the blocks (the
+        searchable twins' contract, read by :func:`mixemb.dnis`)."""
+        return True
+
+    def merged_weight(self) -> torch.Tensor:
+        """(N, K) weight ⊙ alpha[block(row)] in the weight's dtype, detached: the table the
+        lookups see (what :func:`mixemb.to_ragged` prunes)."""
+        with torch.no_grad():
+            sizes = (self.boundaries[1:] - self.boundaries[:-1]).to(self.weight.device)
+            return self.weight * torch.repeat_interleave(
+                self.alpha.to(self.weight.dtype), sizes, dim=0
+            )
 
     def use_fused_optimizer(self, kind: str = "sgd", lr: float = 0.01, eps: float = 1e-8):
         """Update the table inside the backward from now on; returns the optimizer

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from mixemb.block_table import BlockTable
-from mixemb.ops.soft_select import _check_ids_in_range
+from mixemb.ops.soft_select import check_ids_in_range
 
 Tensor = torch.Tensor
 BACKENDS = ("auto", "torch", "triton")
@@ -148,5 +148,5 @@ def block_gather(
     if torch.compiler.is_compiling():
         return block_gather_op(*args, use_triton)
     if check_bounds if check_bounds is not None else not ids.is_cuda:
-        _check_ids_in_range(ids, table.num_embeddings)
+        check_ids_in_range(ids, table.num_embeddings)
     return _gather(*args, use_triton)

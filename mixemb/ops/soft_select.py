@@ -16,7 +16,7 @@ things autograd does not give:
   like ``nn.Embedding(sparse=True)``, so a 4M-row table is not densified per step;
 * or no weight gradient at all: a fused optimizer updates the looked-up rows in place.
 
-Where the math runs is decided once, by ``_implementation``: the Triton kernels of
+Where the math runs is decided once, by ``implementation``: the Triton kernels of
 ``mixemb.kernels.soft_select`` (CUDA, or CPU under Triton's interpreter) or the reference
 math of ``mixemb.reference`` (CPU; no Triton needed at run time).
 
@@ -49,7 +49,7 @@ BACKENDS = ("auto", "reference", "triton")
 _kernels = None  # mixemb.kernels.soft_select, imported on first use (triton is heavy)
 
 
-def _kernels_run_on(t: Tensor) -> bool:
+def kernels_run_on(t: Tensor) -> bool:
     """True when the Triton kernels run on ``t``'s device: CUDA, or CPU under Triton's
     interpreter (TRITON_INTERPRET=1 when mixemb.kernels was first imported)."""
     global _kernels
@@ -64,12 +64,12 @@ def _kernels_run_on(t: Tensor) -> bool:
     return t.is_cuda or _kernels.INTERPRET
 
 
-def _implementation(weight: Tensor, backend: str, compiling: bool) -> str:
+def implementation(weight: Tensor, backend: str, compiling: bool) -> str:
     """The one backend decision: which implementation a ``soft_select_lookup`` call runs.
 
     "reference": the reference math of ``mixemb.reference`` on the inputs as they come
     (backend "reference", and "auto" on CPU). "triton": what the registered ops run,
-    called without the dispatcher — the Triton launchers where ``_kernels_run_on`` says
+    called without the dispatcher — the Triton launchers where ``kernels_run_on`` says
     they run, else the same reference math on contiguous inputs (backend "triton", and
     "auto" on CUDA). "ops": the registered ops themselves, for "triton" while compiling.
     """
@@ -93,7 +93,7 @@ def _flat(ids: Tensor, values: Tensor | None, dout: Tensor | None, dim: int, imp
         flat = flat.contiguous()
         vals = None if vals is None else vals.contiguous()
         d = None if d is None else d.contiguous()
-        if _kernels_run_on(ids):
+        if kernels_run_on(ids):
             return True, flat, vals, d
     return False, flat.long(), vals, d
 
@@ -220,7 +220,7 @@ def _backward(saved, needs, cfg, impl, dout):
 
 class _SoftSelect(torch.autograd.Function):
     """The eager path (and the fused-optimizer path): forward and ``_backward`` on the
-    implementation ``impl`` chose by ``_implementation``. Like eager autograd, the
+    implementation ``impl`` chose by ``implementation``. Like eager autograd, the
     reference forward keeps the gathered table rows (for α's and values' gradients) and α
     rows (for the table's), so the backward does not gather again; only what the inputs
     that need grad use is kept."""
@@ -446,13 +446,13 @@ def soft_select_lookup(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    _check(weight, alpha, boundaries, block_map, ids, values)
+    check_lookup_inputs(weight, alpha, boundaries, block_map, ids, values)
     if check_ids if check_ids is not None else not ids.is_cuda:
-        _check_ids_in_range(ids, weight.shape[0])
+        check_ids_in_range(ids, weight.shape[0])
     if fused_optimizer is not None and sparse:
         raise ValueError("fused_optimizer updates the table itself: sparse must be False")
     l1, eps = float(l1), float(eps)
-    impl = _implementation(weight, backend, torch.compiler.is_compiling())
+    impl = implementation(weight, backend, torch.compiler.is_compiling())
     if impl == "ops" and fused_optimizer is None:  # the registered op and its autograd
         return soft_select(
             weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse, deterministic,
@@ -464,7 +464,7 @@ def soft_select_lookup(
     )  # fmt: skip
 
 
-def _check(weight, alpha, boundaries, block_map, ids, values) -> None:
+def check_lookup_inputs(weight, alpha, boundaries, block_map, ids, values) -> None:
     if weight.dim() != 2:
         raise ValueError(f"weight must be (N, K), got shape {tuple(weight.shape)}")
     if alpha.dim() != 2 or alpha.shape[1] != weight.shape[1]:
@@ -531,7 +531,7 @@ def check_boundaries(boundaries: Tensor, num_rows: int) -> None:
         raise ValueError(f"boundaries must be strictly increasing, got {b[:8]}")
 
 
-def _check_ids_in_range(ids: Tensor, num_rows: int) -> None:
+def check_ids_in_range(ids: Tensor, num_rows: int) -> None:
     if ids.numel() == 0 or torch.compiler.is_compiling():
         return
     bad = (ids < 0) | (ids >= num_rows)

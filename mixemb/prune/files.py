@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from mixemb.nn import RaggedEmbedding
@@ -65,7 +66,8 @@ def load_pruned(path: str | Path) -> tuple[nn.Module, dict]:
     shape = (table.num_embeddings, table.embedding_dim)
     config = check_model_config(path, obj.get("model_config"), dense, shape)
     try:
-        model = on_embedding(config, RaggedEmbedding(table), dense)
+        # rows in float32 whatever the stored dtype: mixemb's models compute in float32
+        model = on_embedding(config, RaggedEmbedding(table, out_dtype=torch.float32), dense)
     except WeightsMismatch:
         raise CheckpointError(f"{path}: weights do not fit the saved model config") from None
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:

@@ -51,7 +51,8 @@ def to_ragged_model(
     weight is copied. ``value_dtype`` casts the stored values (default: pruned's dtype;
     "int8": an int8 table, see ``RaggedTable.from_dense``)."""
     table = RaggedTable.from_dense(pruned.cpu(), dtype=value_dtype)
-    return on_embedding(model.config, RaggedEmbedding(table), dense_state(model)).eval()
+    serving = RaggedEmbedding(table, out_dtype=pruned.dtype)  # rows in the model's dtype
+    return on_embedding(model.config, serving, dense_state(model)).eval()
 
 
 def masked_model(model: nn.Module, table: torch.Tensor, mask: torch.Tensor) -> nn.Module:

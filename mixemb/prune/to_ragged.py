@@ -112,10 +112,12 @@ def to_ragged(
     nbytes: int | None = None,
     value_dtype: str | None = None,
 ) -> RaggedReport:
-    """Prune every searchable twin of ``model`` (``mixemb.searchable``) to one shared
-    budget and replace it, in place, by its serving twin: a ``SearchableEmbedding`` by a
-    :class:`RaggedEmbedding`, a ``SearchableEmbeddingBag`` by a
-    :class:`RaggedEmbeddingBag` of the same mode, padding_idx and include_last_offset.
+    """Prune every searchable twin of ``model`` (``mixemb.searchable``'s, or the
+    SoftSelectEmbedding of mixemb's own models) to one shared budget and replace it, in
+    place, by its serving twin: a ``SearchableEmbedding`` or ``SoftSelectEmbedding`` by a
+    :class:`RaggedEmbedding` (``forward(ids, values=None)``, as the SoftSelectEmbedding's),
+    a ``SearchableEmbeddingBag`` by a :class:`RaggedEmbeddingBag` of the same mode,
+    padding_idx and include_last_offset.
 
     ratio: a fraction (> 0) of the dense fp32 bytes of all searchable tables together
         (Σ 4·N·K); nbytes: a byte count. Exactly one of them. The stored tables — values,

@@ -13,7 +13,9 @@ Optional warm-up epochs first train every parameter except α (α held at its va
 After every epoch the mean validation loss is measured; the best search epoch's state is
 kept, the run stops early after ``patience`` epochs without improvement, and the model
 ends in its best state. :class:`DnisStep` is the alternating step on its own, for users
-with their own loop; :func:`dnis` runs its epochs with it.
+with their own loop; :func:`dnis` runs its epochs with it. Both run data-parallel across
+the ranks of a torch.distributed process group (``process_group``; see
+``mixemb.search.distributed``).
 """
 
 from __future__ import annotations
@@ -21,56 +23,24 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+import mixemb.search.distributed as dp
 from mixemb.nn.searchable import searchable_modules
+from mixemb.search.batches import LossFn, batch_loss, check_data, cycle, unpack
 from mixemb.train.checkpoint import CheckpointError, atomic_save, check_writable, load_checkpoint
 from mixemb.train.loop import stop_if_not_finite
 from mixemb.train.progress import Progress
 
 CHECKPOINT_KIND = "mixemb.dnis"
-
-LossFn = Callable[[Any, Any], torch.Tensor]
-
-
-def _to(obj: Any, device: torch.device) -> Any:
-    """``obj`` with every tensor in it (nested in tuples, lists, dicts) moved to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if type(obj) in (tuple, list):
-        return type(obj)(_to(x, device) for x in obj)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
-
-
-def _unpack(batch: Any, device: torch.device) -> tuple[tuple, Any]:
-    """(positional inputs, target) of an ``(inputs, target)`` batch, on ``device``."""
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        size = f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""
-        raise ValueError(
-            f"a batch must be an (inputs, target) pair, got a {type(batch).__name__}{size}"
-        )
-    inputs, target = batch
-    inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-    return _to(inputs, device), _to(target, device)
-
-
-def _batch_loss(model: nn.Module, loss_fn: LossFn, batch: Any, device: torch.device):
-    """``loss_fn(model(*inputs), target)``, a 0-d tensor on ``device``."""
-    inputs, target = _unpack(batch, device)
-    loss = loss_fn(model(*inputs), target)
-    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-        got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise ValueError(f"loss_fn must return a 0-d tensor, got {got}")
-    return loss
 
 
 @contextmanager
@@ -119,7 +89,14 @@ class DnisStep:
     l1: λ of the L1 term on α (1e-5); set on every twin (``twin.l1``).
     params: the parameters the weights step trains (default: every parameter of ``model``
         that requires grad, except the twins' α); the others stay frozen in both steps.
-    The returned losses are detached 0-d tensors, not synced to the host.
+    process_group: a torch.distributed group to run data-parallel over (None: the default
+        group when torch.distributed is initialized with more than one rank, else one
+        process). Then the constructor copies rank 0's parameters and buffers to every
+        rank, and each step (called by every rank, on its own batch) averages its
+        gradients over the ranks before the optimizer step (α's L1 term and
+        normalization applied to the average); a table with a fused optimizer is refused.
+    A model wrapped in DistributedDataParallel is refused (pass its ``.module``).
+    The returned losses are this rank's, detached 0-d tensors, not synced to the host.
     """
 
     def __init__(
@@ -131,8 +108,11 @@ class DnisStep:
         alpha_lr: float = 1e-3,
         l1: float = 1e-5,
         params: Iterable[nn.Parameter] | None = None,
+        process_group: dist.ProcessGroup | None = None,
     ) -> None:
         twins = _twins_of(model)
+        dp.check_not_wrapped(model)
+        self.group = dp.resolve_group(process_group)
         _check_rate("lr", lr)
         _check_rate("alpha_lr", alpha_lr)
         _check_rate("l1", l1, positive=False)
@@ -152,6 +132,10 @@ class DnisStep:
         # the other parameters: frozen in the weights step (α among them) and the α step
         self.rest_w = [p for p in model.parameters() if id(p) not in param_ids]
         self.rest_a = [p for p in model.parameters() if id(p) not in alpha_ids]
+        if self.group is not None:
+            dp.check_no_fused_optimizer(model)
+            dp.broadcast_state(model, self.group)
+            self.names = {id(p): name for name, p in model.named_parameters()}
         for twin in twins.values():
             twin.l1 = float(l1)
         device = self.alphas[0].device
@@ -169,19 +153,25 @@ class DnisStep:
     def weights_step(self, batch: Any) -> torch.Tensor:
         """One Adam step of the weights (α frozen) on ``batch``; returns its loss."""
         with _trainable(self.params, self.rest_w):
-            loss = _batch_loss(self.model, self.loss_fn, batch, self.device)
+            loss = batch_loss(self.model, self.loss_fn, batch, self.device)
             self.opt_w.zero_grad(set_to_none=True)
             loss.backward()
+            if self.group is not None:
+                dp.average_grads(self.params, self.group, self.names)
             self.opt_w.step()
         return loss.detach()
 
     def alpha_step(self, batch: Any) -> torch.Tensor:
         """One SGD step of α (everything else frozen) on ``batch``, then α clamped to
         [0, 1]; returns its loss."""
+        average = nullcontext()
+        if self.group is not None:
+            average = dp.averaged_alpha_grads(self.twins, self.group)
         with _trainable(self.alphas, self.rest_a):
-            loss = _batch_loss(self.model, self.loss_fn, batch, self.device)
-            self.opt_a.zero_grad(set_to_none=True)
-            loss.backward()
+            with average:
+                loss = batch_loss(self.model, self.loss_fn, batch, self.device)
+                self.opt_a.zero_grad(set_to_none=True)
+                loss.backward()
             self.opt_a.step()
         with torch.no_grad():
             for alpha in self.alphas:
@@ -235,7 +225,7 @@ def count_ids(
     model.eval()
     try:
         for batch in data:
-            inputs, _ = _unpack(batch, device)
+            inputs, _ = unpack(batch, device)
             model(*inputs)
             batches += 1
     finally:
@@ -259,53 +249,27 @@ class DnisResult:
     stopped_early: bool = False
 
 
-def _check_data(name: str, data: Any) -> None:
-    if not isinstance(data, Iterable):
-        raise ValueError(f"{name} must be an iterable of (inputs, target) batches, got {data!r}")
-    if isinstance(data, Iterator):
-        raise ValueError(
-            f"{name} must be re-iterable (a list or DataLoader), got a one-shot "
-            f"{type(data).__name__}"
-        )
-    try:
-        empty = len(data) == 0
-    except TypeError:  # an iterable without a length (IterableDataset): checked per epoch
-        empty = False
-    if empty:
-        raise ValueError(f"{name} is empty")
-
-
-def _cycle(data: Iterable) -> Iterator:
-    """The batches of ``data``, restarted whenever they run out."""
-    while True:
-        empty = True
-        for batch in data:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("valid_data yielded no batches")
-
-
 @torch.no_grad()
-def _valid_loss(model: nn.Module, loss_fn: LossFn, data: Iterable, device) -> float:
-    """Mean of ``loss_fn`` over the batches of ``data`` (eval mode, no grad)."""
+def _valid_loss(model: nn.Module, loss_fn: LossFn, data: Iterable, device, group=None) -> float:
+    """Mean of ``loss_fn`` over the batches of ``data`` (eval mode, no grad), over every
+    rank's batches of ``group``."""
     was_training = model.training
     model.eval()
     total, batches = torch.zeros((), device=device), 0
     try:
         for batch in data:
-            total += _batch_loss(model, loss_fn, batch, device).float()
+            total += batch_loss(model, loss_fn, batch, device).float()
             batches += 1
     finally:
         model.train(was_training)
     if batches == 0:
         raise ValueError("valid_data yielded no batches")
-    return float(total) / batches
+    return dp.means([total], batches, group)[0]
 
 
 def _train_epoch(step: DnisStep, train_data, valid_data, warmup: bool, bar: Progress) -> dict:
     """One pass over ``train_data``: weights steps only (warm-up) or alternating steps."""
-    valid = None if warmup else _cycle(valid_data)
+    valid = None if warmup else cycle(valid_data)
     total_w = total_a = torch.zeros((), device=step.device)
     steps = 0
     for batch in train_data:
@@ -321,9 +285,10 @@ def _train_epoch(step: DnisStep, train_data, valid_data, warmup: bool, bar: Prog
             bar.update(1, **{k: float(v) for k, v in losses.items()})
     if steps == 0:
         raise ValueError("train_data yielded no batches")
-    row = {"train_loss": float(total_w) / steps}
+    mean_w, mean_a = dp.means([total_w, total_a], steps, step.group)
+    row = {"train_loss": mean_w}
     if not warmup:
-        row["alpha_step_loss"] = float(total_a) / steps
+        row["alpha_step_loss"] = mean_a
     return row
 
 
@@ -358,7 +323,8 @@ def _resume_state(path: Path, config: dict) -> dict:
     saved = {k: v for k, v in state["config"].items() if k != "epochs"}
     wanted = {k: v for k, v in config.items() if k != "epochs"}
     if saved != wanted:
-        diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+        keys = sorted(saved.keys() | wanted.keys())
+        diff = {k: (saved.get(k), wanted.get(k)) for k in keys if saved.get(k) != wanted.get(k)}
         raise CheckpointError(f"{path}: saved with different settings (saved, requested): {diff}")
     return state
 
@@ -380,6 +346,7 @@ def dnis(
     resume: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] = print,
+    process_group: dist.ProcessGroup | None = None,
 ) -> DnisResult:
     """Search the soft selection α of every searchable twin in ``model``.
 
@@ -395,6 +362,14 @@ def dnis(
     checkpoint: a file written atomically after every epoch; ``resume=True`` continues
         from it (a fresh start when it does not exist yet).
     progress: per-batch progress bar (None: only on a terminal); log: one line an epoch.
+    process_group: run data-parallel over its ranks (None: the default group when
+        torch.distributed is initialized with more than one rank; see :class:`DnisStep`).
+        Each rank passes its own shard of ``train_data`` (the same number of batches on
+        every rank) and of ``valid_data``; losses are averaged over the ranks, so every
+        rank takes the same decisions; id counts are summed; only rank 0 logs and writes
+        ``checkpoint`` (on a filesystem every rank reads: each resumes from it, with its
+        own RNG state, at the same number of ranks).
+    A DataLoader's sampler with ``set_epoch`` (DistributedSampler) is told each epoch.
     Twins without frequencies get them from one counting pass over ``train_data``.
     Leaves ``model`` in its best state (the lowest validation loss of a search epoch).
     """
@@ -406,16 +381,21 @@ def dnis(
     _check_rate("lr", lr)
     _check_rate("alpha_lr", alpha_lr)
     _check_rate("l1", l1, positive=False)
-    _check_data("train_data", train_data)
-    _check_data("valid_data", valid_data)
+    check_data("train_data", train_data)
+    check_data("valid_data", valid_data)
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path")
     twins = _twins_of(model)
+    dp.check_not_wrapped(model)
+    group = dp.resolve_group(process_group)
+    rank = dp.rank(group)
+    if rank != 0:  # rank 0 reports and writes the checkpoint
+        log, progress = (lambda line: None), False
     if device is not None:
         model.to(torch.device(device))
     device = next(iter(twins.values())).alpha.device
     path = Path(checkpoint) if checkpoint is not None else None
-    if path is not None:
+    if path is not None and rank == 0:
         check_writable(path.parent)
     config = {
         "epochs": epochs,
@@ -425,26 +405,36 @@ def dnis(
         "l1": l1,
         "patience": patience,
     }
+    if group is not None:
+        config["world_size"] = dist.get_world_size(group)
+        dp.check_same_length(train_data, group, device)
 
     t0 = time.perf_counter()
-    state = _resume_state(path, config) if resume and path.is_file() else None
+    resuming = resume and path.is_file()
+    if group is not None and resume:  # rank 0's file decides
+        resuming = dp.broadcast_flag(resuming, group, device)
+    state = _resume_state(path, config) if resuming else None
     if state is not None:
         model.load_state_dict(state["model"])
-    else:
-        missing = [name for name, t in twins.items() if not bool(t.has_frequencies)]
-        if missing:
-            counts, batches = count_ids(model, train_data, device=device)
+    # before counting: in a distributed run it copies rank 0's state (frequencies too)
+    step = DnisStep(model, loss_fn, lr=lr, alpha_lr=alpha_lr, l1=l1, process_group=group)
+    missing = [name for name, t in twins.items() if not bool(t.has_frequencies)]
+    if state is None and missing:
+        counts, batches = count_ids(model, train_data, device=device)
+        if group is not None:
             for name in missing:
-                twins[name].set_frequencies(counts[name])
-            log(f"dnis: counted id frequencies of {', '.join(missing)} over {batches} batches")
-    step = DnisStep(model, loss_fn, lr=lr, alpha_lr=alpha_lr, l1=l1)
+                dp.sum_over_ranks(counts[name], group)
+            batches = int(dp.sum_over_ranks(torch.tensor(batches, device=device), group))
+        for name in missing:
+            twins[name].set_frequencies(counts[name])
+        log(f"dnis: counted id frequencies of {', '.join(missing)} over {batches} batches")
     # epochs done, the best search epoch's loss, number and state, epochs since, the rows
     record = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "history": []}
     record["best_model"] = None
     if state is not None:
         step.load_state_dict(state["step"])
         record = {key: state[key] for key in record}
-        _set_rng_state(state, device)
+        _set_rng_state(state if group is None else state["rank_rng"][rank], device)
         log(f"dnis: resumed from {path}: {record['epoch']} epoch(s) done")
 
     total = warmup_epochs + epochs
@@ -460,10 +450,13 @@ def dnis(
         warmup = epoch < warmup_epochs
         t_epoch = time.perf_counter()
         model.train()
+        for data in (train_data, valid_data):
+            if hasattr(getattr(data, "sampler", None), "set_epoch"):
+                data.sampler.set_epoch(epoch)
         phase = "warmup" if warmup else "search"
         with Progress(steps, f"dnis {phase} {epoch + 1}/{total}", enabled=progress) as bar:
             row = _train_epoch(step, train_data, valid_data, warmup, bar)
-        value = _valid_loss(model, loss_fn, valid_data, device)
+        value = _valid_loss(model, loss_fn, valid_data, device, group)
         row = {
             "epoch": epoch + 1,
             "phase": phase,
@@ -483,17 +476,21 @@ def dnis(
         record["epoch"] = epoch + 1
         record["history"].append(row)
         if path is not None:
-            atomic_save(
-                {
-                    "kind": CHECKPOINT_KIND,
-                    "config": config,
-                    "model": model.state_dict(),
-                    "step": step.state_dict(),
-                    **record,
-                    **_rng_state(device),
-                },
-                path,
-            )
+            rng = _rng_state(device)
+            if group is not None:  # every rank's, each restores its own
+                rng = {"rank_rng": dp.gather_objects(rng, group)}
+            if rank == 0:
+                atomic_save(
+                    {
+                        "kind": CHECKPOINT_KIND,
+                        "config": config,
+                        "model": model.state_dict(),
+                        "step": step.state_dict(),
+                        **record,
+                        **rng,
+                    },
+                    path,
+                )
         log(_format_row(row, total, improved))  # after the checkpoint: a logged epoch is saved
         if stopped:
             log(f"dnis: early stop, no lower validation loss for {record['bad_epochs']} epochs")

@@ -12,7 +12,8 @@
   stopping; the best-on-validation state is kept. The test split is never looked at.
 
 The epochs run in the trainer's loop (:func:`mixemb.train.run_epochs`): this module
-supplies the alternating steps, the plateau schedule and their checkpoint state, so
+supplies the alternating steps (a :class:`~mixemb.search.any_model.DnisStep`, the step
+:func:`mixemb.dnis` takes on any model), the plateau schedule and their checkpoint state, so
 ``search`` checkpoints atomically after every epoch and resumes to the same result.
 """
 
@@ -31,9 +32,10 @@ from mixemb.data.schema import Dataset, Split
 from mixemb.metrics import primary_metric
 from mixemb.models import build_model
 from mixemb.nn import SoftSelectEmbedding, make_boundaries
+from mixemb.search.any_model import DnisStep
 from mixemb.train import EpochHooks, TrainConfig, batch_order, config_from, fit, run_epochs
 from mixemb.train.checkpoint import check_writable
-from mixemb.train.loop import load_resume_state, optimizer_step
+from mixemb.train.loop import load_resume_state, split_batch
 from mixemb.train.trainer import init_output_bias, loss_function
 
 CHECKPOINT_KIND = "mixemb.search"
@@ -142,27 +144,28 @@ def alpha_stats(alpha: torch.Tensor) -> list[dict[str, float]]:
 
 
 class _AlternatingSteps(EpochHooks):
-    """Per training batch a weights step, then an α step on the next validation batch
-    (the validation order is cycled, reseeded, when it runs out); ReduceLROnPlateau on
-    the α learning rate after each validation pass."""
+    """Per training batch a :class:`DnisStep` — a weights step, then an α step on the next
+    validation batch (the validation order is cycled, reseeded, when it runs out);
+    ReduceLROnPlateau on the α learning rate after each validation pass."""
 
     def __init__(self, model: nn.Module, dataset: Dataset, config: SearchConfig, direction: str):
-        emb = model.embedding
-        self.model, self.alpha, self.config = model, emb.alpha, config
+        self.model, self.alpha, self.config = model, model.embedding.alpha, config
         self.valid, self.device = dataset.valid, torch.device(config.device)
-        self.loss_fn = loss_function(dataset.task)
-        self.weight_params = [emb.weight] + model.first_order_parameters()
+        # the table and the first-order terms (and the dense layers with train_dense); the
+        # other parameters stay frozen in both steps
+        params = [model.embedding.weight] + model.first_order_parameters()
         if config.train_dense:
-            self.weight_params += model.dense_parameters()
-        self.frozen = [] if config.train_dense else model.dense_parameters()
-        # fused Adam: one kernel per step instead of a dozen (≈0.2 s of a 3.9 s ML-1M epoch)
-        fused = self.device.type in ("cpu", "cuda") and all(
-            p.dtype == torch.float32 for p in self.weight_params
+            params += model.dense_parameters()
+        self.dnis = DnisStep(
+            model,
+            loss_function(dataset.task),
+            lr=config.lr,
+            alpha_lr=config.alpha_lr,
+            l1=config.l1,
+            params=params,
         )
-        self.opt_w = torch.optim.Adam(self.weight_params, lr=config.lr, fused=fused or None)
-        self.opt_a = torch.optim.SGD([emb.alpha], lr=config.alpha_lr)
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.opt_a, mode=direction, factor=0.5, patience=max(config.patience - 1, 0)
+            self.dnis.opt_a, mode=direction, factor=0.5, patience=max(config.patience - 1, 0)
         )
 
     def _valid_order(self, epoch: int):
@@ -171,37 +174,26 @@ class _AlternatingSteps(EpochHooks):
     def begin_epoch(self, epoch: int) -> None:
         self.epoch, self.valid_order = epoch, self._valid_order(epoch)
         self.total_w = self.total_a = 0.0
-        for p in self.frozen:  # frozen for the whole epoch; restored after it
-            p.requires_grad_(False)
 
     def step(self, train: Split, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        # weights step on a training batch (α frozen)
-        self.alpha.requires_grad_(False)
-        for p in self.weight_params:
-            p.requires_grad_(True)
-        loss = optimizer_step(self.model, self.loss_fn, self.opt_w, train, index, self.device)
-        self.total_w = self.total_w + loss.detach()
-
-        # α step on a validation batch (weights frozen); the op adds λ·sign(α) to the
-        # gradient and normalizes it per block row
         v_index = next(self.valid_order, None)
         if v_index is None:
             self.valid_order = self._valid_order(self.epoch + 10**6)
             v_index = next(self.valid_order)
-        for p in self.weight_params:
-            p.requires_grad_(False)
-        self.alpha.requires_grad_(True)
-        v_loss = optimizer_step(
-            self.model, self.loss_fn, self.opt_a, self.valid, v_index, self.device
+        loss, v_loss = self.dnis.step(
+            self._batch(train, index, self.device), self._batch(self.valid, v_index, self.device)
         )
-        with torch.no_grad():
-            self.alpha.clamp_(0.0, 1.0)
-        self.total_a = self.total_a + v_loss.detach()
+        self.total_w = self.total_w + loss
+        self.total_a = self.total_a + v_loss
         return {"loss": loss, "val_loss": v_loss}
 
+    @staticmethod
+    def _batch(split: Split, index: torch.Tensor, device: torch.device):
+        """Rows ``index`` of ``split`` as a DnisStep batch: ((ids, values), labels)."""
+        ids, values, labels = split_batch(split, index, device)
+        return (ids, values), labels
+
     def end_epoch(self, steps: int) -> dict[str, float]:
-        for p in self.model.parameters():
-            p.requires_grad_(True)
         return {
             "train_loss": float(self.total_w) / steps,
             "alpha_step_loss": float(self.total_a) / steps,
@@ -210,20 +202,15 @@ class _AlternatingSteps(EpochHooks):
     def after_validation(self, value: float) -> dict:
         self.plateau.step(value)
         return {
-            "alpha_lr": self.opt_a.param_groups[0]["lr"],
+            "alpha_lr": self.dnis.opt_a.param_groups[0]["lr"],
             "alpha_mean": [s["mean"] for s in alpha_stats(self.alpha)],
         }
 
     def state_dict(self) -> dict:
-        return {
-            "opt_w": self.opt_w.state_dict(),
-            "opt_a": self.opt_a.state_dict(),
-            "plateau": self.plateau.state_dict(),
-        }
+        return {**self.dnis.state_dict(), "plateau": self.plateau.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.opt_w.load_state_dict(state["opt_w"])
-        self.opt_a.load_state_dict(state["opt_a"])
+        self.dnis.load_state_dict(state)
         self.plateau.load_state_dict(state["plateau"])
 
 

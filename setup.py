@@ -135,6 +135,17 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff"],
         "plot": ["matplotlib"],
+        # TorchRec's CPU build for torch 2.13 — these pins move with the Makefile's torch
+        # pin (fbgemm-gpu-cpu 1.8 is built for torch 2.13 only; torchrec 1.8 goes with it).
+        # torchrec==1.8.0 itself is installed with --no-deps (README): its metadata asks for
+        # fbgemm-gpu, the CUDA build, which installs into fbgemm-gpu-cpu's fbgemm_gpu/ folder.
+        "torchrec": [
+            "fbgemm-gpu-cpu==1.8.0",
+            "tensordict==0.15.3",
+            "torchmetrics==1.0.3",
+            "tqdm",
+            "pyre-extensions",
+        ],
     },
     entry_points={"console_scripts": ["mixemb = mixemb.cli:main"]},
     ext_modules=ext_modules,

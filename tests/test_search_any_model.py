@@ -384,3 +384,19 @@ def test_a_samplers_set_epoch_is_called_every_epoch():
     valid = DataLoader(valid_rows, batch_size=64, sampler=Sampler(valid_rows))
     dnis(_toy(), train, valid, mse, epochs=2, warmup_epochs=1, patience=5, **QUIET)
     assert calls == [(rows, e) for e in range(3) for rows in (train_rows, valid_rows)]
+
+
+def test_batches_move_objects_with_a_to_method_like_a_kjt():
+    from mixemb.search.batches import to_device
+
+    class Jagged:  # stands in for a KeyedJaggedTensor: moved by its own .to
+        def __init__(self):
+            self.moved_to = None
+
+        def to(self, device):
+            self.moved_to = device
+            return self
+
+    batch = to_device(((torch.ones(2), Jagged()), {"y": torch.zeros(1)}), torch.device("cpu"))
+    assert batch[0][1].moved_to == torch.device("cpu")
+    assert torch.equal(batch[1]["y"], torch.zeros(1))

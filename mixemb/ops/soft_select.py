@@ -532,7 +532,7 @@ def check_boundaries(boundaries: Tensor, num_rows: int) -> None:
 
 
 def check_ids_in_range(ids: Tensor, num_rows: int) -> None:
-    if ids.numel() == 0 or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or ids.numel() == 0:  # numel may be symbolic
         return
     bad = (ids < 0) | (ids >= num_rows)
     if bool(bad.any()):

@@ -13,14 +13,17 @@ LossFn = Callable[[Any, Any], torch.Tensor]
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
-    """``obj`` with every tensor in it (nested in tuples, lists, dicts) moved to ``device``."""
+    """``obj`` with every tensor in it (nested in tuples, lists, dicts) moved to ``device``;
+    another object with a ``to(device)`` method (a TorchRec KeyedJaggedTensor) is moved by
+    it."""
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=True)
     if type(obj) in (tuple, list):
         return type(obj)(to_device(x, device) for x in obj)
     if isinstance(obj, dict):
         return {k: to_device(v, device) for k, v in obj.items()}
-    return obj
+    move = getattr(obj, "to", None)
+    return move(device) if callable(move) and not isinstance(obj, torch.nn.Module) else obj
 
 
 def unpack(batch: Any, device: torch.device) -> tuple[tuple, Any]:

@@ -27,7 +27,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m compileall -q mixemb kernels bench tests experiments setup.py
+	$(PY) -m compileall -q mixemb kernels bench tests experiments scripts setup.py
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -178,8 +178,9 @@ const bool kHasVpopcnt = kIsa >= 2 && __builtin_cpu_supports("avx512vpopcntdq");
 inline void store_fence() { _mm_sfence(); }
 
 // Masked loads of the group's first 16 masks (lanes >= rel are neither read nor counted,
-// so a short last group is safe), a masked popcount per lane, one horizontal add: a
-// dozen instructions and no data-dependent branch, instead of up to 15 load-popcount-adds
+// so a short last group is safe), a masked popcount per lane, then the eight lane sums (at
+// most 128 each) packed to bytes and added by one sum of absolute differences: a dozen
+// instructions and no data-dependent branch, instead of up to 15 load-popcount-adds
 // behind a loop exit the branch predictor cannot guess.
 __attribute__((target("avx512f,avx512vpopcntdq"))) inline int64_t group_prefix16_avx512(
     const int64_t* masks, int64_t rel) {
@@ -187,14 +188,10 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) inline int64_t group_prefix16
   const __mmask8 lo = static_cast<__mmask8>(lanes), hi = static_cast<__mmask8>(lanes >> 8);
   const __m512i a = _mm512_popcnt_epi64(_mm512_maskz_loadu_epi64(lo, masks));
   const __m512i b = _mm512_popcnt_epi64(_mm512_maskz_loadu_epi64(hi, masks + 8));
-  // horizontal add by swapping halves, quarters, then 64-bit pairs; the zero-masking
-  // forms because GCC 12's unmasked ones (and _mm512_reduce_add_epi64) trip
-  // -Wuninitialized inside its own header
-  __m512i v = _mm512_add_epi64(a, b);
-  v = _mm512_add_epi64(v, _mm512_maskz_shuffle_i64x2(0xFF, v, v, 0x4E));
-  v = _mm512_add_epi64(v, _mm512_maskz_shuffle_i64x2(0xFF, v, v, 0xB1));
-  v = _mm512_add_epi64(v, _mm512_maskz_shuffle_epi32(0xFFFF, v, _MM_PERM_BADC));
-  return _mm_cvtsi128_si64(_mm512_maskz_extracti32x4_epi32(0xF, v, 0));
+  // the zero-masking forms because GCC 12's unmasked ones trip -Wuninitialized inside its
+  // own header
+  const __m128i packed = _mm512_maskz_cvtepi64_epi8(0xFF, _mm512_add_epi64(a, b));
+  return _mm_cvtsi128_si64(_mm_sad_epu8(packed, _mm_setzero_si128()));
 }
 
 inline int64_t group_prefix16(const int64_t* masks, int64_t rel) {
@@ -217,6 +214,20 @@ __attribute__((target("avx512f,popcnt"))) inline __m512 expand16(uint32_t bits,
   return _mm512_maskz_expand_ps(static_cast<__mmask16>(bits), v);
 }
 
+// dst[k : k + 16) = x, the lanes at or past dim left alone; with `stream` (dst 64-byte
+// aligned, dim a multiple of 16) a non-temporal store.
+__attribute__((target("avx512f"), always_inline)) inline void store16(float* dst, int64_t k,
+                                                                     int64_t dim, __m512 x,
+                                                                     bool stream) {
+  if (stream) {
+    _mm512_stream_ps(dst + k, x);
+  } else if (k + 16 <= dim) {
+    _mm512_storeu_ps(dst + k, x);
+  } else {
+    _mm512_mask_storeu_ps(dst + k, static_cast<__mmask16>((1u << (dim - k)) - 1), x);
+  }
+}
+
 // AVX-512 rows, 16 dims a step: expand16, then one store — a few instructions per 16 dims
 // at any density. With `stream` (dst 64-byte aligned, dim a multiple of 16) the stores are
 // non-temporal: a large output is written without first reading each line into the cache,
@@ -226,21 +237,14 @@ __attribute__((target("avx512f,popcnt"))) void expand_row_avx512(const int64_t* 
                                                                  float* dst, bool stream) {
   for (int64_t k = 0; k < dim; k += 16) {
     const uint32_t bits = mask_bits16(mask_row, k);
-    const __m512 x = expand16(bits, src);
-    if (stream) {
-      _mm512_stream_ps(dst + k, x);
-    } else if (k + 16 <= dim) {
-      _mm512_storeu_ps(dst + k, x);
-    } else {
-      _mm512_mask_storeu_ps(dst + k, static_cast<__mmask16>((1u << (dim - k)) - 1), x);
-    }
+    store16(dst, k, dim, expand16(bits, src), stream);
     src += __builtin_popcount(bits);
   }
 }
 
 // acc[k : k + 16) += x, the lanes at or past dim left alone.
-__attribute__((target("avx512f"))) inline void add16(float* acc, int64_t k, int64_t dim,
-                                                     __m512 x) {
+__attribute__((target("avx512f"), always_inline)) inline void add16(float* acc, int64_t k,
+                                                                   int64_t dim, __m512 x) {
   const __mmask16 lanes = k + 16 <= dim ? static_cast<__mmask16>(0xFFFF)
                                         : static_cast<__mmask16>((1u << (dim - k)) - 1);
   _mm512_mask_storeu_ps(acc + k, lanes, _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, acc + k), x));
@@ -375,6 +379,46 @@ const bool kHasAvx512 = false;  // gathers stream their output only on AVX-512
 inline void store_fence() {}
 inline int64_t group_prefix16(const int64_t*, int64_t) { return -1; }
 #endif
+
+#ifdef MIXEMB_X86_64
+template <typename index_t>
+__attribute__((target("avx512f"))) bool any_bad_id_avx512(const index_t* ids, int64_t n,
+                                                         uint64_t limit) {
+  constexpr int64_t kLanes = 64 / sizeof(index_t);
+  uint32_t bad = 0;
+  int64_t i = 0;
+  if constexpr (sizeof(index_t) == 8) {
+    const __m512i lim = _mm512_set1_epi64(static_cast<int64_t>(limit));
+    for (; i + kLanes <= n; i += kLanes) {
+      bad |= _mm512_cmpge_epu64_mask(_mm512_loadu_si512(ids + i), lim);
+    }
+  } else {
+    // a negative int32 reads as 2^31 or more: past any limit it can be held to
+    const __m512i lim =
+        _mm512_set1_epi32(static_cast<int32_t>(std::min<uint64_t>(limit, uint64_t{1} << 31)));
+    for (; i + kLanes <= n; i += kLanes) {
+      bad |= _mm512_cmpge_epu32_mask(_mm512_loadu_si512(ids + i), lim);
+    }
+  }
+  for (; i < n; ++i) bad |= static_cast<uint64_t>(static_cast<int64_t>(ids[i])) >= limit;
+  return bad != 0;
+}
+#endif
+
+// Whether any of ids[0:n) is outside [0, rows): an OR of unsigned compares, 8 or 16 ids a
+// step on AVX-512.
+template <typename index_t>
+bool any_bad_id(const index_t* ids, int64_t n, int64_t rows) {
+  const uint64_t limit = static_cast<uint64_t>(rows);
+#ifdef MIXEMB_X86_64
+  if (kHasAvx512) return any_bad_id_avx512(ids, n, limit);
+#endif
+  bool bad = false;
+  for (int64_t i = 0; i < n; ++i) {
+    bad |= static_cast<uint64_t>(static_cast<int64_t>(ids[i])) >= limit;
+  }
+  return bad;
+}
 
 // Vectorised bag accumulation where there is one (fp32 on an AVX2 / AVX-512 CPU; int8 rows
 // have theirs, accumulate_row_int8); false otherwise.
@@ -609,12 +653,20 @@ inline void prefetch_row_meta(const Table& t, int64_t id) {
   __builtin_prefetch(t.masks + id * t.words);
 }
 
-// Prefetches the first `count` kept values from `start` (a line per 64 bytes, up to 4).
+// Prefetches the lines of the first `count` kept values from `start` (at most 256 bytes:
+// the first line, the last and the two between, the ones a short row lacks being repeats
+// of its last): no branch on the count, which varies from row to row, and no line of a
+// row that straddles a line boundary left out.
 template <typename scalar_t>
 inline void prefetch_values(const scalar_t* vals, int64_t start, int64_t count) {
   const char* p = reinterpret_cast<const char*>(vals + start);
-  const int64_t bytes = std::min<int64_t>(count * static_cast<int64_t>(sizeof(scalar_t)), 256);
-  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b);
+  const int64_t bytes =
+      std::clamp<int64_t>(count * static_cast<int64_t>(sizeof(scalar_t)), 1, 256);
+  const char* e = p + bytes - 1;
+  __builtin_prefetch(p);
+  __builtin_prefetch(std::min(p + 64, e));
+  __builtin_prefetch(std::min(p + 128, e));
+  __builtin_prefetch(e);
 }
 
 inline int64_t row_count(const Table& t, int64_t id) {
@@ -636,34 +688,32 @@ inline int64_t checked_id(const index_t* ids, int64_t i, int64_t rows, bool chec
   return ok ? id : -1;
 }
 
-// Row starts (-1 for an unchecked bad id) and kept counts of the lookups
-// [i0, i0 + count), count <= kTile, with the metadata prefetched kAheadMeta lookups ahead (the
-// loads of one lookup depend on each other — id -> masks -> values — so keeping several
-// lookups' misses in flight is what makes a gather fast); it ends by prefetching the
-// values of the first kAheadValues lookups of the tile. With `check`, a bad id raises
-// (naming `op` and its position) before any of the tile is located. Ids below `hot` are
-// not located (start kHotStart): the caller serves them from its own copy.
-constexpr int64_t kHotStart = -2;
+// With check_bounds, the callers check every id before any is looked up, in one pass far
+// cheaper than the lookups (any_bad_id); only when it finds one are the ids walked again,
+// to name the first. The lookup loops then only need the unchecked case: an out-of-range
+// id reads nothing (a zero row, adds nothing).
+template <typename index_t>
+void check_ids(const index_t* ids, int64_t n, int64_t rows, const char* op) {
+  if (!any_bad_id(ids, n, rows)) return;
+  for (int64_t i = 0; i < n; ++i) checked_id(ids, i, rows, true, op);
+}
+
+// Row starts (-1 for a bad id, which the caller reads nothing for) and kept counts of the
+// lookups [i0, i0 + count), count <= kTile, with the metadata prefetched kAheadMeta
+// lookups ahead (the loads of one lookup depend on each other — id -> masks -> values —
+// so keeping several lookups' misses in flight is what makes a gather fast); it ends by
+// prefetching the values of the first kAheadValues lookups of the tile. A row that does
+// not fit the values raises (naming `op`) before any value of the tile is read.
 template <typename index_t, typename scalar_t>
 inline void tile_starts(const Table& t, const index_t* ids, int64_t i0, int64_t count,
                         int64_t stop, const scalar_t* vals, int64_t* starts, int64_t* counts,
-                        bool check, const char* op, int64_t hot = 0) {
-  if (check) {
-    for (int64_t j = 0; j < count; ++j) checked_id(ids, i0 + j, t.rows, true, op);
-  }
+                        const char* op) {
   bool misfit = false;
   for (int64_t j = 0; j < count; ++j) {
     if (i0 + j + kAheadMeta < stop) {
-      const int64_t ahead = static_cast<int64_t>(ids[i0 + j + kAheadMeta]);
-      if (ahead >= hot) prefetch_row_meta(t, ahead);
+      prefetch_row_meta(t, static_cast<int64_t>(ids[i0 + j + kAheadMeta]));
     }
     const int64_t id = static_cast<int64_t>(ids[i0 + j]);
-    if (id >= 0 && id < hot) {
-      starts[j] = kHotStart;
-      counts[j] = 0;
-      continue;
-    }
-    // an out-of-range id that was not checked reads nothing: its row comes out zero
     if (id < 0 || id >= t.rows) {
       starts[j] = -1;
       counts[j] = 0;
@@ -676,8 +726,7 @@ inline void tile_starts(const Table& t, const index_t* ids, int64_t i0, int64_t 
   if (misfit) {  // the tile's first misfit row raises; the loop above stays branch-free
     for (int64_t j = 0; j < count; ++j) {
       const int64_t id = static_cast<int64_t>(ids[i0 + j]);
-      const bool located = id >= hot && id < t.rows;  // as above: not hot, not a bad id
-      if (located && !row_fits(t, id, starts[j], counts[j])) {
+      if (id >= 0 && id < t.rows && !row_fits(t, id, starts[j], counts[j])) {
         raise_bad_row(t, id, starts[j], counts[j], op);
       }
     }
@@ -707,129 +756,308 @@ struct HotRows {
 };
 
 // This thread's HotRows with nothing filled, or null if its buffer could not be allocated.
-inline HotRows* fresh_hot_rows() {
+// Not inlined: the caller then holds a plain pointer, where an inlined thread_local address
+// was recomputed (a __tls_get_addr call in a shared library) at each use in the loops.
+__attribute__((noinline)) HotRows* fresh_hot_rows() {
   thread_local HotRows hot;
   if (hot.rows == nullptr) return nullptr;
   std::memset(hot.filled, 0, sizeof(hot.filled));
   return &hot;
 }
 
-// Stores bags b, b+1, ... (< end) that end at or before lookup i — the open one from the
-// accumulators, then reset, and any empty ones after it as zeros — and returns the next
-// open bag. A bag's sum is divided by its count in mean mode.
-__attribute__((target("avx512f"))) inline int64_t store_bags(
-    const int64_t* offsets, int64_t n_offsets, int64_t m_ids, int64_t b, int64_t end, int64_t i,
-    bool mean, int64_t dim, __m512& a0, __m512& a1, __m512& a2, __m512& a3, float* out) {
-  for (; b < end; ++b) {
-    const int64_t hi = b + 1 < n_offsets ? offsets[b + 1] : m_ids;
-    if (hi > i) break;
-    const int64_t count = hi - offsets[b];
-    const __m512 d = _mm512_set1_ps(mean && count > 0 ? static_cast<float>(count) : 1.f);
-    const __m512 acc[4] = {a0, a1, a2, a3};
-    for (int64_t k = 0, j = 0; k < dim; k += 16, ++j) {
-      const __mmask16 lanes = k + 16 <= dim ? static_cast<__mmask16>(0xFFFF)
-                                            : static_cast<__mmask16>((1u << (dim - k)) - 1);
-      _mm512_mask_storeu_ps(out + b * dim + k, lanes, _mm512_div_ps(acc[j], d));
-    }
-    a0 = a1 = a2 = a3 = _mm512_setzero_ps();
-  }
-  return b;
+// The pipelined fp32 kernels of one-word rows (K <= 64) on AVX-512: the gather, and the
+// bag for its lookups that are not hot, walk them in one loop in which lookup
+// i + kAheadMetaPipe has its
+// metadata (group offset, masks) prefetched, lookup i + kAheadLocate is located (row start
+// from that metadata, checked, its values prefetched) and lookup i is read. Every load so
+// gets a fixed number of whole lookups to arrive (a tile's burst of row starts gave the
+// metadata of its later lookups only a few instructions), the located rows wait in a
+// small ring, and nothing is called per lookup.
+constexpr int64_t kAheadMetaPipe = 16;
+constexpr int64_t kAheadLocate = 6;
+constexpr int64_t kRing = 8;  // located lookups kept (a power of two > kAheadLocate)
+static_assert(kRing > kAheadLocate && (kRing & (kRing - 1)) == 0);
+
+// What the pipelined kernels need beyond AVX-512F (every CPU with VPOPCNTDQ has them).
+const bool kHasPipe = kHasVpopcnt && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("bmi2");
+
+// What the locate stage leaves for the read: `start` = the row's first value and `bits`
+// its mask word, or start kRowSkip for an out-of-range id when ids are not checked (it
+// reads nothing).
+constexpr int64_t kRowSkip = -1;
+struct Located {
+  int64_t start;
+  uint64_t bits;
+};
+
+// The 16 dims [q, q + 16) of a one-word row: its next values from `src` (a masked load of
+// just those) expanded to their dims, zeros elsewhere; src moves past them.
+__attribute__((target("avx512f,avx512vpopcntdq,popcnt,bmi2"))) inline __m512 quarter(
+    uint64_t m, int q, const float*& src) {
+  const uint32_t bits = static_cast<uint32_t>((m >> q) & 0xFFFF);
+  const uint32_t kept = static_cast<uint32_t>(__builtin_popcount(bits));
+  const __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>(_bzhi_u32(0xFFFF, kept)), src);
+  src += kept;
+  return _mm512_maskz_expand_ps(static_cast<__mmask16>(bits), v);
 }
 
-// The fp32 bags [begin, end) of one-word rows (K <= 64) on AVX-512, their lookups walked a
-// tile at a time as in the gather — a tile's row starts (metadata prefetched ahead), then
-// its lookups — so metadata and value misses overlap. The open bag's sum stays in four
-// registers (16 dims each), each lookup adding expand16 of its kept values times its
-// weight (w: per-lookup weights or null); a bag is stored as sum / count (mean) or sum
-// when its last lookup is in. offsets: n_offsets bag starts; a bag ends where the next
-// starts, the last at m_ids.
-__attribute__((target("avx512f,popcnt"))) void bags_avx512(
-    const Table& t, const int64_t* ids, const int64_t* offsets, int64_t n_offsets,
-    int64_t m_ids, int64_t begin, int64_t end, const float* vals, const double* w, int64_t dim,
-    bool mean, bool check, float* out) {
-  const auto bag_end = [&](int64_t b) { return b + 1 < n_offsets ? offsets[b + 1] : m_ids; };
-  // four named accumulators, not an array: GCC keeps an indexed array on the stack
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  const int64_t first = offsets[begin], last = bag_end(end - 1);
-  // b: the open bag (leading empty bags are stored first)
-  int64_t b =
-      store_bags(offsets, n_offsets, m_ids, begin, end, first, mean, dim, a0, a1, a2, a3, out);
+// row_start of a one-word row in a group of at most 16 rows (0 <= t.shift <= 4), with
+// the group's prefix inlined (row_start calls it).
+__attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"))) inline int64_t
+row_start16(const Table& t, int64_t row) {
+  const int64_t first = row & ~((int64_t{1} << t.shift) - 1);
+  const int64_t prefix = group_prefix16_avx512(t.masks + first, row - first);
+  return static_cast<int64_t>(static_cast<uint64_t>(t.group_offsets[row >> t.shift]) +
+                              static_cast<uint64_t>(prefix));
+}
+
+// The metadata stage of a lookup of row `id` (any value: out of range prefetches nothing).
+inline void prefetch_lookup_meta(const Table& t, uint64_t id) {
+  prefetch_row_meta(t, static_cast<int64_t>(id));
+}
+
+// row_start of the in-range one-word row `row` (mask word m); a row that does not fit the
+// values raises (naming `op`) before any of its values is read.
+__attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"))) inline int64_t
+fitted_start(const Table& t, int64_t row, uint64_t m, const char* op) {
+  const int64_t start = t.shift >= 0 && t.shift <= 4 ? row_start16(t, row) : row_start(t, row);
+  if (__builtin_expect(!row_fits(t, row, start, popcount64(m)), 0)) {
+    raise_bad_row(t, row, start, popcount64(m), op);
+  }
+  return start;
+}
+
+// The locate stage of a lookup of row `id`: r filled as Located says, the row's values
+// prefetched.
+__attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"))) inline void locate_row(
+    const Table& t, uint64_t id, const float* vals, Located& r, const char* op) {
+  if (id >= static_cast<uint64_t>(t.rows)) {
+    r.start = kRowSkip;
+    return;
+  }
+  const int64_t row = static_cast<int64_t>(id);
+  const uint64_t m = static_cast<uint64_t>(t.masks[row]);
+  const int64_t start = fitted_start(t, row, m, op);
+  prefetch_values(vals, start, popcount64(m));
+  r.start = start;
+  r.bits = m;
+}
+
+// A one-word row (mask word m, values from src) as 64 dense floats at dst (64-byte aligned).
+__attribute__((target("avx512f,avx512vpopcntdq,popcnt,bmi2"))) inline void expand_row64(
+    uint64_t m, const float* src, float* dst) {
+  for (int q = 0; q < 64; q += 16) _mm512_store_ps(dst + q, quarter(m, q, src));
+}
+
+// dst[0:dim] += the sums a0..a3 (16 dims each; named, not an array: GCC keeps an indexed
+// array, and then the sums, in memory).
+__attribute__((target("avx512f"), always_inline)) inline void add_to_row(
+    float* dst, int64_t dim, __m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  add16(dst, 0, dim, a0);
+  if (dim > 16) add16(dst, 16, dim, a1);
+  if (dim > 32) add16(dst, 32, dim, a2);
+  if (dim > 48) add16(dst, 48, dim, a3);
+}
+
+// Adds lookup i's row x0..x3 (times w[i] when kWeighted) to the sums a0..a3 of its bag,
+// first adding the sums so far to the output row of their bag b when lookup i is past it
+// (b then moves to lookup i's bag). offsets: n_offsets bag starts, the last bag ending at
+// m_ids.
+template <bool kWeighted>
+__attribute__((target("avx512f"), always_inline)) inline void add_to_bag(
+    int64_t i, __m512 x0, __m512 x1, __m512 x2, __m512 x3, const float* w,
+    const int64_t* offsets, int64_t n_offsets, int64_t m_ids, int64_t dim, float* out,
+    int64_t& b, __m512& a0, __m512& a1, __m512& a2, __m512& a3) {
+  const auto bag_end = [&](int64_t c) { return c + 1 < n_offsets ? offsets[c + 1] : m_ids; };
+  if (bag_end(b) <= i) {
+    add_to_row(out + b * dim, dim, a0, a1, a2, a3);
+    a0 = a1 = a2 = a3 = _mm512_setzero_ps();
+    do ++b; while (bag_end(b) <= i);
+  }
+  if constexpr (kWeighted) {
+    const __m512 scale = _mm512_set1_ps(w[i]);
+    a0 = _mm512_fmadd_ps(x0, scale, a0);
+    a1 = _mm512_fmadd_ps(x1, scale, a1);
+    a2 = _mm512_fmadd_ps(x2, scale, a2);
+    a3 = _mm512_fmadd_ps(x3, scale, a3);
+  } else {
+    a0 = _mm512_add_ps(a0, x0);
+    a1 = _mm512_add_ps(a1, x1);
+    a2 = _mm512_add_ps(a2, x2);
+    a3 = _mm512_add_ps(a3, x3);
+  }
+}
+
+// The fp32 bags [begin, end), their lookups split by kind a window of kBagWindow at a time
+// (two lists built without a branch) and summed in two passes, each adding its part of
+// every bag of the window to the bag's output row (zeroed first):
+// * the hot lookups (ids below 1024: 57-66 % of the Zipf lookups in bench_serve) read this
+//   thread's HotRows copy, filled on a row's first use — four aligned loads a lookup;
+// * the others go through the pipeline above (metadata kAheadMetaPipe, location
+//   kAheadLocate lookups ahead of the sum, both counted in the list's lookups).
+// Mixed in one loop, the branch on a lookup's kind was mispredicted about every other
+// lookup; split, each pass's branches are predictable. A bag's parts add in another order
+// than its lookups (the sum is the same up to rounding). Sums stay in four registers (16
+// dims each) between bag boundaries. Ids must be in range unless the caller did not check
+// them (then an out-of-range one adds nothing). offsets: n_offsets bag starts (int64,
+// checked); a bag ends where the next starts, the last at m_ids. w: per-lookup weights
+// (float32), read only when kWeighted. False (nothing written) without a HotRows buffer.
+constexpr int64_t kBagWindow = 4096;
+
+template <typename index_t, bool kWeighted>
+__attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"))) bool bags_avx512(
+    const Table& t, const index_t* ids, const int64_t* offsets, int64_t n_offsets,
+    int64_t m_ids, int64_t begin, int64_t end, const float* vals, const float* w, int64_t dim,
+    bool mean, float* out) {
   HotRows* cache = fresh_hot_rows();
-  const int64_t hot = cache != nullptr ? std::min(kHotRows, t.rows) : 0;
-  int64_t starts[kTile];
-  int64_t counts[kTile];
-  for (int64_t i0 = first; i0 < last; i0 += kTile) {
-    const int64_t n = std::min(kTile, last - i0);
-    tile_starts(t, ids, i0, n, last, vals, starts, counts, check, "ragged_bag", hot);
-    for (int64_t j = 0; j < n; ++j) {
-      if (j + kAheadValues < n && starts[j + kAheadValues] >= 0) {
-        prefetch_values(vals, starts[j + kAheadValues], counts[j + kAheadValues]);
-      }
-      const int64_t i = i0 + j;
-      if (starts[j] == kHotStart) {
-        const int64_t id = ids[i];
+  if (cache == nullptr) return false;
+  const uint64_t hot = static_cast<uint64_t>(std::min(kHotRows, t.rows));
+  const uint64_t rows = static_cast<uint64_t>(t.rows);
+  const auto bag_end = [&](int64_t b) { return b + 1 < n_offsets ? offsets[b + 1] : m_ids; };
+  const int64_t first = offsets[begin], last = bag_end(end - 1);
+  std::memset(out + begin * dim, 0, static_cast<size_t>((end - begin) * dim) * sizeof(float));
+  int32_t hot_pos[kBagWindow];
+  int32_t cold_pos[kBagWindow];
+  Located ring[kRing];
+  int64_t b_hot = begin, b_cold = begin;  // each pass's open bag
+  for (int64_t w0 = first; w0 < last; w0 += kBagWindow) {
+    const int n = static_cast<int>(std::min(kBagWindow, last - w0));
+    const index_t* wid = ids + w0;
+    int nh = 0, nc = 0;
+    for (int j = 0; j < n; ++j) {
+      const uint64_t id = static_cast<uint64_t>(static_cast<int64_t>(wid[j]));
+      hot_pos[nh] = j;
+      cold_pos[nc] = j;
+      nh += id < hot;
+      nc += id >= hot && id < rows;  // an unchecked out-of-range id is in neither
+    }
+
+    {  // the hot pass
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int l = 0; l < nh; ++l) {
+        const uint64_t id = static_cast<uint64_t>(static_cast<int64_t>(wid[hot_pos[l]]));
         float* row = cache->rows + id * 64;
-        if (!(cache->filled[id >> 6] >> (id & 63) & 1)) {  // first use in this chunk
+        if (__builtin_expect(!(cache->filled[id >> 6] >> (id & 63) & 1), 0)) {  // first use
           const uint64_t m = static_cast<uint64_t>(t.masks[id]);
-          const int64_t start = row_start(t, id);
-          if (!row_fits(t, id, start, popcount64(m))) {
-            raise_bad_row(t, id, start, popcount64(m), "ragged_bag");
-          }
-          const float* src = vals + start;
-          for (int k = 0; k < 64; k += 16) {
-            const uint32_t bits = static_cast<uint32_t>((m >> k) & 0xFFFF);
-            _mm512_store_ps(row + k, expand16(bits, src));
-            src += __builtin_popcount(bits);
-          }
+          expand_row64(m, vals + fitted_start(t, id, m, "ragged_bag"), row);
           cache->filled[id >> 6] |= uint64_t{1} << (id & 63);
         }
-        const __m512 scale = _mm512_set1_ps(w != nullptr ? static_cast<float>(w[i]) : 1.f);
-        a0 = _mm512_fmadd_ps(_mm512_load_ps(row), scale, a0);
-        a1 = _mm512_fmadd_ps(_mm512_load_ps(row + 16), scale, a1);
-        a2 = _mm512_fmadd_ps(_mm512_load_ps(row + 32), scale, a2);
-        a3 = _mm512_fmadd_ps(_mm512_load_ps(row + 48), scale, a3);
-      } else if (starts[j] >= 0) {  // start -1: a bad id, which adds nothing
-        const uint64_t m = static_cast<uint64_t>(t.masks[ids[i]]);
-        const float* src = vals + starts[j];
-        const __m512 scale = _mm512_set1_ps(w != nullptr ? static_cast<float>(w[i]) : 1.f);
-        const uint32_t b0 = static_cast<uint32_t>(m & 0xFFFF);
-        const uint32_t b1 = static_cast<uint32_t>((m >> 16) & 0xFFFF);
-        const uint32_t b2 = static_cast<uint32_t>((m >> 32) & 0xFFFF);
-        const uint32_t b3 = static_cast<uint32_t>(m >> 48);
-        a0 = _mm512_fmadd_ps(expand16(b0, src), scale, a0);
-        src += __builtin_popcount(b0);
-        a1 = _mm512_fmadd_ps(expand16(b1, src), scale, a1);
-        src += __builtin_popcount(b1);
-        a2 = _mm512_fmadd_ps(expand16(b2, src), scale, a2);
-        src += __builtin_popcount(b2);
-        a3 = _mm512_fmadd_ps(expand16(b3, src), scale, a3);
+        add_to_bag<kWeighted>(w0 + hot_pos[l], _mm512_load_ps(row), _mm512_load_ps(row + 16),
+                              _mm512_load_ps(row + 32), _mm512_load_ps(row + 48), w, offsets,
+                              n_offsets, m_ids, dim, out, b_hot, a0, a1, a2, a3);
       }
-      if (bag_end(b) <= i + 1) {
-        b = store_bags(offsets, n_offsets, m_ids, b, end, i + 1, mean, dim, a0, a1, a2, a3, out);
+      if (nh > 0) add_to_row(out + b_hot * dim, dim, a0, a1, a2, a3);
+    }
+
+    // the pipelined pass over the others
+    const auto cold_id = [&](int l) {
+      return static_cast<uint64_t>(static_cast<int64_t>(wid[cold_pos[l]]));
+    };
+    for (int l = 0; l < std::min<int>(nc, kAheadMetaPipe); ++l) {
+      prefetch_lookup_meta(t, cold_id(l));
+    }
+    for (int l = 0; l < std::min<int>(nc, kAheadLocate); ++l) {
+      locate_row(t, cold_id(l), vals, ring[l & (kRing - 1)], "ragged_bag");
+    }
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int l = 0; l < nc; ++l) {
+      if (l + kAheadMetaPipe < nc) prefetch_lookup_meta(t, cold_id(l + kAheadMetaPipe));
+      if (l + kAheadLocate < nc) {
+        locate_row(t, cold_id(l + kAheadLocate), vals, ring[(l + kAheadLocate) & (kRing - 1)],
+                   "ragged_bag");
+      }
+      const Located r = ring[l & (kRing - 1)];
+      const float* src = vals + r.start;
+      const __m512 x0 = quarter(r.bits, 0, src);
+      const __m512 x1 = quarter(r.bits, 16, src);
+      const __m512 x2 = quarter(r.bits, 32, src);
+      const __m512 x3 = quarter(r.bits, 48, src);
+      add_to_bag<kWeighted>(w0 + cold_pos[l], x0, x1, x2, x3, w, offsets, n_offsets, m_ids, dim,
+                            out, b_cold, a0, a1, a2, a3);
+    }
+    if (nc > 0) add_to_row(out + b_cold * dim, dim, a0, a1, a2, a3);
+  }
+  if (mean) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t count = bag_end(b) - offsets[b];
+      if (count <= 1) continue;
+      const __m512 d = _mm512_set1_ps(static_cast<float>(count));
+      for (int64_t k = 0; k < dim; k += 16) {
+        const __mmask16 lanes = k + 16 <= dim ? static_cast<__mmask16>(0xFFFF)
+                                              : static_cast<__mmask16>((1u << (dim - k)) - 1);
+        float* p = out + b * dim + k;
+        _mm512_mask_storeu_ps(p, lanes, _mm512_div_ps(_mm512_maskz_loadu_ps(lanes, p), d));
       }
     }
   }
-  store_bags(offsets, n_offsets, m_ids, b, end, last, mean, dim, a0, a1, a2, a3, out);
+  return true;
+}
+
+// The fp32 rows of lookups [begin, end) into out ((n, dim), row i at out + i * dim) in the
+// pipeline above; an out-of-range id (not checked by the caller) gives a zero row. With
+// `stream` (out 64-byte aligned, dim a multiple of 16) the stores are non-temporal and
+// fenced at the end.
+template <typename index_t>
+__attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"))) void gather_avx512(
+    const Table& t, const index_t* ids, int64_t begin, int64_t end, const float* vals,
+    int64_t dim, bool stream, float* out) {
+  const auto id_at = [&](int64_t s) { return static_cast<uint64_t>(static_cast<int64_t>(ids[s])); };
+  Located ring[kRing];
+  for (int64_t s = begin; s < std::min(end, begin + kAheadMetaPipe); ++s) {
+    prefetch_lookup_meta(t, id_at(s));
+  }
+  for (int64_t s = begin; s < std::min(end, begin + kAheadLocate); ++s) {
+    locate_row(t, id_at(s), vals, ring[s & (kRing - 1)], "ragged_gather");
+  }
+  for (int64_t i = begin; i < end; ++i) {
+    if (i + kAheadMetaPipe < end) prefetch_lookup_meta(t, id_at(i + kAheadMetaPipe));
+    if (i + kAheadLocate < end) {
+      locate_row(t, id_at(i + kAheadLocate), vals, ring[(i + kAheadLocate) & (kRing - 1)],
+                 "ragged_gather");
+    }
+    const Located r = ring[i & (kRing - 1)];
+    const float* src = vals + (r.start >= 0 ? r.start : 0);
+    const uint64_t m = r.start >= 0 ? r.bits : 0;  // a skipped row: no bits, zeros
+    float* dst = out + i * dim;
+    for (int q = 0; q < dim; q += 16) store16(dst, q, dim, quarter(m, q, src), stream);
+  }
+  if (stream) store_fence();  // this thread's streamed rows are visible after the op
 }
 #endif
 
-// The register-resident fp32 bags where there are (AVX-512, one mask word per row): bags
-// [begin, end) written to out; false where the caller's generic loop must run instead.
-template <typename scalar_t, typename out_t>
-inline bool bags_fast(const Table&, const int64_t*, const int64_t*, int64_t, int64_t, int64_t,
-                      int64_t, const scalar_t*, const double*, int64_t, bool, bool, out_t*) {
+
+// The register-resident fp32 bags where there are (AVX-512 with VPOPCNTDQ, one mask word
+// per row): bags [begin, end) written to out; false where the caller's generic loop must
+// run instead. w: the weights in the accumulation type, or null.
+template <typename scalar_t, typename index_t, typename acc_t, typename out_t>
+inline bool bags_fast(const Table& t, const index_t* ids, const int64_t* offsets,
+                      int64_t n_offsets, int64_t m_ids, int64_t begin, int64_t end,
+                      const scalar_t* vals, const acc_t* w, int64_t dim, bool mean, out_t* out) {
+#ifdef MIXEMB_X86_64
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (kHasPipe && t.words == 1) {
+      return w != nullptr ? bags_avx512<index_t, true>(t, ids, offsets, n_offsets, m_ids, begin,
+                                                       end, vals, w, dim, mean, out)
+                          : bags_avx512<index_t, false>(t, ids, offsets, n_offsets, m_ids,
+                                                        begin, end, vals, w, dim, mean, out);
+    }
+  }
+#endif
   return false;
 }
 
-template <>
-inline bool bags_fast<float, float>(const Table& t, const int64_t* ids, const int64_t* offsets,
-                             int64_t n_offsets, int64_t m_ids, int64_t begin, int64_t end,
-                             const float* vals, const double* w, int64_t dim, bool mean,
-                             bool check, float* out) {
+// The pipelined fp32 gather where there is one (gather_avx512; one mask word per row):
+// lookups [begin, end) written to out; false where the caller's tiled loop must run.
+template <typename scalar_t, typename index_t, typename out_t>
+inline bool gather_fast(const Table& t, const index_t* ids, int64_t begin, int64_t end,
+                        const scalar_t* vals, int64_t dim, bool stream, out_t* out) {
 #ifdef MIXEMB_X86_64
-  if (kHasAvx512 && t.words == 1) {
-    bags_avx512(t, ids, offsets, n_offsets, m_ids, begin, end, vals, w, dim, mean, check, out);
-    return true;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (kHasPipe && t.words == 1) {
+      gather_avx512(t, ids, begin, end, vals, dim, stream, out);
+      return true;
+    }
   }
 #endif
   return false;
@@ -853,13 +1081,14 @@ void gather_into(const Table& t, const at::Tensor& values, const at::Tensor& ids
                         out_bytes >= kStreamMinBytes && (!fresh || out_bytes < kStreamMaxBytes);
     AT_DISPATCH_INDEX_TYPES(ids_c.scalar_type(), "ragged_gather_cpu_ids", [&] {
       const index_t* idp = ids_c.data_ptr<index_t>();
+      if (check_bounds) check_ids(idp, n, t.rows, "ragged_gather");
       at::parallel_for(0, n, 512, [&](int64_t begin, int64_t end) {
+        if (gather_fast(t, idp, begin, end, vals, dim, stream, dst_all)) return;
         int64_t starts[kTile];
         int64_t counts[kTile];
         for (int64_t i0 = begin; i0 < end; i0 += kTile) {
           const int64_t count = std::min(kTile, end - i0);
-          tile_starts(t, idp, i0, count, end, vals, starts, counts, check_bounds,
-                      "ragged_gather");
+          tile_starts(t, idp, i0, count, end, vals, starts, counts, "ragged_gather");
           for (int64_t j = 0; j < count; ++j) {
             if (j + kAheadValues < count && starts[j + kAheadValues] >= 0) {
               prefetch_values(vals, starts[j + kAheadValues], counts[j + kAheadValues]);
@@ -892,7 +1121,7 @@ void gather_into(const Table& t, const at::Tensor& values, const at::Tensor& ids
   });
 }
 
-void check_gather_ids(const at::Tensor& ids, const char* op) {
+void check_ids_dtype(const at::Tensor& ids, const char* op) {
   TORCH_CHECK(ids.scalar_type() == at::kLong || ids.scalar_type() == at::kInt, op,
               ": ids must be int32 or int64, got ", ids.scalar_type());
 }
@@ -905,7 +1134,7 @@ at::Tensor ragged_gather_cpu(const at::Tensor& masks, const at::Tensor& values,
                              const std::optional<at::Tensor>& scale_bias) {
   const Table t =
       check_table(masks, values, group_offsets, group_size, dim, scale_bias, "ragged_gather");
-  check_gather_ids(ids, "ragged_gather");
+  check_ids_dtype(ids, "ragged_gather");
   check_lookups_at_once(lookups_at_once, 1, "ragged_gather");
   std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
   shape.push_back(dim);
@@ -924,7 +1153,7 @@ void ragged_gather_out_cpu(const at::Tensor& masks, const at::Tensor& values,
                            const std::optional<at::Tensor>& scale_bias) {
   const Table t = check_table(masks, values, group_offsets, group_size, dim, scale_bias,
                               "ragged_gather_out");
-  check_gather_ids(ids, "ragged_gather_out");
+  check_ids_dtype(ids, "ragged_gather_out");
   check_lookups_at_once(lookups_at_once, 1, "ragged_gather_out");
   check_gather_out(out, ids, values, dim, "ragged_gather_out");
   gather_into(t, values, ids.contiguous(), dim, check_bounds, /*fresh=*/false, out);
@@ -949,76 +1178,85 @@ at::Tensor ragged_bag_cpu(const at::Tensor& masks, const at::Tensor& values,
   TORCH_CHECK(!weighted || mode == 0, "ragged_bag: per_sample_weights need mode sum");
   TORCH_CHECK(!weighted || per_sample_weights->numel() == ids.numel(),
               "ragged_bag: per_sample_weights must have one weight per id");
-  const at::Tensor ids_c = ids.contiguous().to(at::kLong);
+  check_ids_dtype(ids, "ragged_bag");
+  // ids are read as they are (int32 or int64); the offsets, one per bag, are widened
+  const at::Tensor ids_c = ids.contiguous();
   const at::Tensor off_c = offsets.contiguous().to(at::kLong);
   const int64_t m_ids = ids_c.numel();
-  const int64_t bags = include_last_offset ? std::max<int64_t>(off_c.numel() - 1, 0)
-                                           : off_c.numel();
-  const int64_t* idp = ids_c.data_ptr<int64_t>();
+  const int64_t n_offsets = off_c.numel();
+  const int64_t bags = include_last_offset ? std::max<int64_t>(n_offsets - 1, 0) : n_offsets;
   const int64_t* op = off_c.data_ptr<int64_t>();
-  check_bag_offsets(op, off_c.numel(), m_ids);
+  check_bag_offsets(op, n_offsets, m_ids);
   at::Tensor out = at::empty({bags, dim}, values.options().dtype(output_type(values)));
-  at::Tensor w_c;
-  if (weighted) w_c = per_sample_weights->contiguous().to(at::kDouble);
-  const double* wp = weighted ? w_c.data_ptr<double>() : nullptr;
+  const bool mean = mode == 1;
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, values.scalar_type(),
                                   "ragged_bag_cpu", [&] {
     using out_t = read_t<scalar_t>;
     using acc_t = at::opmath_type<out_t>;
+    // the weights in the accumulation type (no copy for float32 weights of a float32,
+    // float16, bfloat16 or int8 table)
+    at::Tensor w_c;
+    if (weighted) {
+      w_c = per_sample_weights->contiguous().to(c10::CppTypeToScalarType<acc_t>::value);
+    }
+    const acc_t* wp = weighted ? w_c.data_ptr<acc_t>() : nullptr;
     const scalar_t* vals = values.data_ptr<scalar_t>();
     const int64_t nnz = values.numel();
     out_t* outp = out.data_ptr<out_t>();
-    const auto bag_end = [&](int64_t b) {
-      return b + 1 < off_c.numel() ? op[b + 1] : m_ids;
-    };
-    at::parallel_for(0, bags, 16, [&](int64_t begin, int64_t end) {
-      if (bags_fast(t, idp, op, off_c.numel(), m_ids, begin, end, vals, wp, dim, mode == 1,
-                    check_bounds, outp)) {
-        return;
-      }
-      std::vector<acc_t> acc(dim);
-      // Row starts and kept counts of this chunk's lookups first (metadata prefetched far
-      // ahead, tile by tile), so the sums below only wait for values.
-      const int64_t first = op[begin], last = bag_end(end - 1);
-      std::vector<int64_t> starts(last - first), counts(last - first);
-      for (int64_t i0 = first; i0 < last; i0 += kTile) {
-        const int64_t count = std::min(kTile, last - i0);
-        tile_starts(t, idp, i0, count, last, vals, starts.data() + (i0 - first),
-                    counts.data() + (i0 - first), check_bounds, "ragged_bag");
-      }
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t lo = op[b];
-        const int64_t hi = bag_end(b);
-        const double div = (mode == 1 && hi > lo) ? static_cast<double>(hi - lo) : 1.0;
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        for (int64_t i = lo; i < hi; ++i) {
-          const int64_t ahead = i + kAheadValues - first;
-          if (i + kAheadValues < hi && starts[ahead] >= 0) {
-            prefetch_values(vals, starts[ahead], counts[ahead]);
-          }
-          int64_t slot = starts[i - first];
-          if (slot < 0) continue;
-          const int64_t id = idp[i];
-          const acc_t scale = wp ? static_cast<acc_t>(wp[i]) : acc_t(1);
-          const Dequant<scalar_t> dq(t.scale_bias, id);
-          if (accumulate_row_fast(t.masks + id * t.words, dim, vals + slot, vals + nnz, scale,
-                                  acc.data()) ||
-              accumulate_row_int8(t.masks + id * t.words, dim, vals + slot, dq, scale,
-                                  acc.data())) {
-            continue;
-          }
-          for (int64_t w = 0; w < t.words; ++w) {
-            uint64_t m = static_cast<uint64_t>(t.masks[id * t.words + w]);
-            while (m) {
-              acc[w * 64 + __builtin_ctzll(m)] += scale * static_cast<acc_t>(dq(vals[slot++]));
-              m &= m - 1;
+    const auto bag_end = [&](int64_t b) { return b + 1 < n_offsets ? op[b + 1] : m_ids; };
+    AT_DISPATCH_INDEX_TYPES(ids_c.scalar_type(), "ragged_bag_cpu_ids", [&] {
+      const index_t* idp = ids_c.data_ptr<index_t>();
+      if (check_bounds) check_ids(idp, m_ids, t.rows, "ragged_bag");
+      // grain: 64 bags of the bench's 26 lookups (~1700 lookups) per task
+      at::parallel_for(0, bags, 64, [&](int64_t begin, int64_t end) {
+        if (bags_fast(t, idp, op, n_offsets, m_ids, begin, end, vals, wp, dim, mean, outp)) {
+          return;
+        }
+        std::vector<acc_t> acc(dim);
+        // Row starts and kept counts of this chunk's lookups first (metadata prefetched far
+        // ahead, tile by tile), so the sums below only wait for values.
+        const int64_t first = op[begin], last = bag_end(end - 1);
+        std::vector<int64_t> starts(last - first), counts(last - first);
+        for (int64_t i0 = first; i0 < last; i0 += kTile) {
+          const int64_t count = std::min(kTile, last - i0);
+          tile_starts(t, idp, i0, count, last, vals, starts.data() + (i0 - first),
+                      counts.data() + (i0 - first), "ragged_bag");
+        }
+        for (int64_t b = begin; b < end; ++b) {
+          const int64_t lo = op[b];
+          const int64_t hi = bag_end(b);
+          const double div = (mean && hi > lo) ? static_cast<double>(hi - lo) : 1.0;
+          std::fill(acc.begin(), acc.end(), acc_t(0));
+          for (int64_t i = lo; i < hi; ++i) {
+            const int64_t ahead = i + kAheadValues - first;
+            if (i + kAheadValues < hi && starts[ahead] >= 0) {
+              prefetch_values(vals, starts[ahead], counts[ahead]);
+            }
+            int64_t slot = starts[i - first];
+            if (slot < 0) continue;
+            const int64_t id = static_cast<int64_t>(idp[i]);
+            const acc_t scale = wp ? wp[i] : acc_t(1);
+            const Dequant<scalar_t> dq(t.scale_bias, id);
+            if (accumulate_row_fast(t.masks + id * t.words, dim, vals + slot, vals + nnz,
+                                    scale, acc.data()) ||
+                accumulate_row_int8(t.masks + id * t.words, dim, vals + slot, dq, scale,
+                                    acc.data())) {
+              continue;
+            }
+            for (int64_t w = 0; w < t.words; ++w) {
+              uint64_t m = static_cast<uint64_t>(t.masks[id * t.words + w]);
+              while (m) {
+                acc[w * 64 + __builtin_ctzll(m)] +=
+                    scale * static_cast<acc_t>(dq(vals[slot++]));
+                m &= m - 1;
+              }
             }
           }
+          for (int64_t k = 0; k < dim; ++k) {
+            outp[b * dim + k] = static_cast<out_t>(acc[k] / static_cast<acc_t>(div));
+          }
         }
-        for (int64_t k = 0; k < dim; ++k) {
-          outp[b * dim + k] = static_cast<out_t>(acc[k] / static_cast<acc_t>(div));
-        }
-      }
+      });
     });
   });
   return out;

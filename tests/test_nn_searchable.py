@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import importlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -239,6 +241,24 @@ def test_searchable_include_and_errors():
         with pytest.raises(ValueError, match=f"emb: {next(iter(option))}=.* not supported"):
             searchable(model)
         assert type(model["emb"]) is nn.Embedding  # nothing replaced
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torchrec") is None, reason="torchrec is not installed"
+)
+def test_a_model_without_torchrec_modules_never_imports_torchrec():
+    """searchable, searchable_modules and to_ragged look for TorchRec collections by class
+    name: torchrec, installed, stays unimported for a model that holds none."""
+    code = (
+        "import sys, mixemb\n"
+        "from torch import nn\n"
+        "m = mixemb.searchable(nn.ModuleDict({'e': nn.Embedding(30, 4)}))\n"
+        "mixemb.to_ragged(m, ratio=1.0)\n"
+        "print(sorted(k for k in sys.modules if k.partition('.')[0] == 'torchrec'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
 
 
 def test_state_round_trip_and_corrupted_block_map():

@@ -91,6 +91,50 @@ def test_a_table_shared_under_two_names_round_trips(tmp_path):
     assert torch.equal(fresh(*_inputs()), served(*_inputs()))
 
 
+@pytest.mark.parametrize("value_dtype", [None, "int8"])
+def test_a_model_built_on_the_meta_device_loads_and_scores_identically(tmp_path, value_dtype):
+    """No dense table allocated: the ragged tables on the CPU, the rest the file's."""
+    served = _served(value_dtype)
+    path = save(served, tmp_path / "m.pt")
+    with torch.device("meta"):
+        fresh = TwoTables()
+    assert fresh.user.weight.is_meta
+    assert load(path, fresh) is fresh
+    assert type(fresh.user) is RaggedEmbedding and type(fresh.tower.items) is RaggedEmbeddingBag
+    tensors = [*fresh.parameters(), *fresh.buffers()]
+    assert all(t.device.type == "cpu" for t in tensors)
+    assert float(fresh.scale) == 1.5 and fresh.head[0].weight.requires_grad
+    assert torch.equal(fresh(*_inputs()), served(*_inputs()))
+    normal = load(path, TwoTables())
+    assert torch.equal(fresh(*_inputs()), normal(*_inputs()))
+    with torch.device("meta"):  # loaded inside the block too: the tables still on the CPU
+        inside = load(path, TwoTables())
+    assert torch.equal(inside(*_inputs()), normal(*_inputs()))
+
+
+def test_load_places_the_tables_on_device(tmp_path, device):
+    path = save(_served(), tmp_path / "m.pt")
+    with torch.device("meta"):
+        fresh = TwoTables()
+    load(path, fresh, device=device)
+    assert {t.device.type for t in [*fresh.parameters(), *fresh.buffers()]} == {device}
+    want = _served()(*_inputs())
+    got = fresh(*(x.to(device) for x in _inputs()))
+    assert torch.equal(got.cpu(), want)
+    with pytest.raises(ValueError, match="device must be a real device, got meta"):
+        load(path, TwoTables(), device="meta")
+
+
+def test_a_meta_tensor_the_file_lacks_is_named_and_the_model_left(tmp_path):
+    path = save(_served(), tmp_path / "m.pt")
+    with torch.device("meta"):
+        fresh = TwoTables()
+        fresh.register_buffer("cache", torch.zeros(3), persistent=False)
+    with pytest.raises(ValueError, match=r"TwoTables\.cache is on the meta device and not in"):
+        load(path, fresh)
+    assert type(fresh.user) is nn.Embedding and fresh.head[0].weight.is_meta
+
+
 def test_save_needs_a_ragged_table_below_the_model(tmp_path):
     with pytest.raises(ValueError, match="to_ragged"):
         save(TwoTables(), tmp_path / "m.pt")

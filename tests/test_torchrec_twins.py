@@ -6,6 +6,7 @@ ragged serving twin, save/load, torch.export with KJT input, argument errors."""
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -27,7 +28,12 @@ from torchrec import (  # noqa: E402
 import mixemb  # noqa: E402
 from mixemb.nn import RaggedEmbeddingBag, searchable_modules  # noqa: E402
 from mixemb.nn.searchable import pool  # noqa: E402
-from mixemb.nn.torchrec_rows import RowsSoftSelect, SoftSelectPooling, unpooled_configs  # noqa: E402
+from mixemb.nn.torchrec_rows import (  # noqa: E402
+    RowsSoftSelect,
+    SoftSelectPooling,
+    bag_twin,
+    unpooled_configs,
+)
 from mixemb.nn.torchrec_twins import (  # noqa: E402
     EmbeddingBagCollectionTwin,
     EmbeddingCollectionTwin,
@@ -87,6 +93,11 @@ def _ec(case: str, seed: int = 0, need_indices: bool = False) -> EmbeddingCollec
     return EmbeddingCollection(tables=configs, need_indices=need_indices)
 
 
+def _twin(collection: nn.Module) -> nn.Module:
+    """The twin ``mixemb.searchable`` swaps in for a TorchRec collection (3 blocks)."""
+    return mixemb.searchable(nn.ModuleDict({"c": collection}), num_blocks=3)["c"]
+
+
 def _dout(shape, seed: int = 1) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
@@ -123,7 +134,7 @@ def _assert_same(got: torch.Tensor, want: torch.Tensor, exact: bool, what: str) 
 def test_ebc_twin_equals_ebc_with_alpha_one(case):
     ebc, kjt = _ebc(case), _kjt(case)
     ref, ref_grads = _table_grads(ebc, lambda: ebc(kjt).values())
-    twin = EmbeddingBagCollectionTwin.from_module(ebc, num_blocks=3)
+    twin = _twin(ebc)
     _searched(twin)
     for table in searchable_modules(twin).values():
         table.alpha.data.fill_(1.0)
@@ -147,7 +158,7 @@ def test_ebc_twin_equals_ebc_on_variable_batch():
         inverse_indices=(["f1", "f2", "f3"], torch.tensor([[0, 1, 1, 0], [2, 1, 0, 0], [1] * 4])),
     )  # fmt: skip
     ref, ref_grads = _table_grads(ebc, lambda: ebc(kjt).values())
-    twin = EmbeddingBagCollectionTwin.from_module(ebc, num_blocks=3)
+    twin = _twin(ebc)
     out, grads = _table_grads(twin, lambda: twin(kjt).values())
     assert out.shape == (4, 18)
     _assert_same(out, ref, True, "output")
@@ -159,7 +170,7 @@ def test_ebc_twin_equals_ebc_on_variable_batch():
 @pytest.mark.parametrize("case", ["shared", "one-row", "no-ids"])
 def test_ec_twin_equals_ec_with_alpha_one(case, need_indices):
     ec, kjt = _ec(case, need_indices=need_indices), _kjt(case)
-    twin = EmbeddingCollectionTwin.from_module(ec, num_blocks=3)
+    twin = _twin(ec)
     _searched(twin)
     for table in searchable_modules(twin).values():
         table.alpha.data.fill_(1.0)
@@ -201,7 +212,7 @@ def _reference_pooled(twin: EmbeddingBagCollectionTwin, kjt, alphas, l1) -> torc
 @pytest.mark.parametrize("l1", [0.0, 0.01])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_ebc_twin_alpha_grad_equals_reference_op_and_pooling(case, l1):
-    twin, kjt = EmbeddingBagCollectionTwin.from_module(_ebc(case), num_blocks=3), _kjt(case)
+    twin, kjt = _twin(_ebc(case)), _kjt(case)
     _searched(twin)
     for table in searchable_modules(twin).values():
         table.l1 = l1
@@ -221,7 +232,7 @@ def test_pooling_of_ec_lookups_equals_ebc_twin(case):
     """The scale-out path: TorchRec's EmbeddingCollection looks up, SoftSelectPooling
     applies α and pools; outputs and every gradient as the twin of the same tables."""
     ebc, kjt = _ebc(case, dim=4), _kjt(case)  # an EmbeddingCollection has one dim
-    twin = EmbeddingBagCollectionTwin.from_module(ebc, num_blocks=3)
+    twin = _twin(ebc)
     _searched(twin)
     ec = EmbeddingCollection(tables=unpooled_configs(ebc.embedding_bag_configs()))
     pooling = SoftSelectPooling.from_module(ebc, num_blocks=3)
@@ -291,7 +302,7 @@ def _batches(n: int, seed: int, batch: int = 8):
 
 def test_dnis_trains_the_twin_and_to_ragged_serves_it(tmp_path):
     model = Ranker()
-    model.sparse = EmbeddingBagCollectionTwin.from_module(model.sparse, num_blocks=3)
+    model.sparse = _twin(model.sparse)
     tables = searchable_modules(model)
     assert sorted(tables) == ["sparse.embedding_bags.t1", "sparse.embedding_bags.t2"]
     before = {name: t.alpha.detach().clone() for name, t in tables.items()}
@@ -341,7 +352,7 @@ def _other_kjts(case: str) -> list[KeyedJaggedTensor]:
 @pytest.mark.parametrize("offsets", [False, True])
 @pytest.mark.parametrize("case", ["shared", "weighted"])
 def test_export_ebc_twin_with_kjt_input(case, offsets):
-    twin = EmbeddingBagCollectionTwin.from_module(_ebc(case), num_blocks=3)
+    twin = _twin(_ebc(case))
     _searched(twin)
     kjt, others = _kjt(case), _other_kjts(case)
     if offsets:  # a KJT that computed its offsets flattens them too
@@ -352,7 +363,7 @@ def test_export_ebc_twin_with_kjt_input(case, offsets):
 
 
 def test_export_ec_twin_with_kjt_input():
-    twin = EmbeddingCollectionTwin.from_module(_ec("shared"), num_blocks=3)
+    twin = _twin(_ec("shared"))
     _searched(twin)
 
     def flat(out):
@@ -365,7 +376,7 @@ def test_export_ec_twin_with_kjt_input():
 
 def test_export_ragged_serving_twin_with_kjt_input():
     model = Ranker()
-    model.sparse = EmbeddingBagCollectionTwin.from_module(model.sparse, num_blocks=3)
+    model.sparse = _twin(model.sparse)
     _searched(model)
     report = mixemb.to_ragged(model, ratio=1.0)
     assert 0 < report.kept < sum(t.num_embeddings * t.embedding_dim for t in report.tables)
@@ -374,13 +385,151 @@ def test_export_ragged_serving_twin_with_kjt_input():
     assert "torch.ops.mixemb.ragged_bag" in program.graph_module.code
 
 
+class _TwoCollections(nn.Module):
+    """An EBC beside an nn.Embedding, and an EC: ``searchable`` replaces the collections
+    whole (never the nn modules inside them) and the nn.Embedding by its twin."""
+
+    def __init__(self):
+        super().__init__()
+        self.sparse = _ebc("shared")
+        self.seq = _ec("shared")
+        self.user = nn.Embedding(5, 3)
+        self.head = nn.Linear(18 + 3, 1)
+
+    def forward(self, features, users):
+        rows = self.seq(features)
+        extra = sum(jt.values().sum() for jt in rows.values())
+        x = torch.cat([self.sparse(features).values(), self.user(users)], 1)
+        return self.head(x).squeeze(1) + extra
+
+
+def test_searchable_swaps_a_whole_collection_for_its_twin():
+    model = _TwoCollections()
+    original = copy.deepcopy(model)
+    weight = model.sparse.embedding_bags["t1"].weight
+    counts = torch.arange(11)
+    freqs = {"sparse.embedding_bags.t1": counts, "seq.embeddings.t2": torch.arange(7)}
+    assert mixemb.searchable(model, freqs, num_blocks=3) is model
+    assert type(model.sparse) is EmbeddingBagCollectionTwin
+    assert type(model.seq) is EmbeddingCollectionTwin
+    assert sorted(searchable_modules(model)) == [
+        "seq.embeddings.t1", "seq.embeddings.t2", "sparse.embedding_bags.t1",
+        "sparse.embedding_bags.t2", "user",
+    ]  # fmt: skip
+    t1 = model.sparse.embedding_bags["t1"]
+    assert t1.weight is weight and t1.num_blocks == 3 and bool(t1.has_frequencies)
+    assert t1.block_map.tolist() == [2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0]  # the most counted: 0
+    assert bool(model.seq.embeddings["t2"].has_frequencies)
+    assert not bool(model.sparse.embedding_bags["t2"].has_frequencies)
+    kjt, users = _kjt("shared"), torch.tensor([0, 4, 2])
+    with torch.no_grad():  # α all ones: the original's outputs bit for bit
+        assert torch.equal(model(kjt, users), original(kjt, users))
+
+
+def test_searchable_include_names_the_collection():
+    model = mixemb.searchable(_TwoCollections(), include=["seq"])
+    assert type(model.seq) is EmbeddingCollectionTwin
+    assert type(model.sparse) is EmbeddingBagCollection and type(model.user) is nn.Embedding
+    with pytest.raises(ValueError, match="'sparse.embedding_bags.t1', a table of the TorchRec "
+                                         "collection 'sparse': name the collection"):  # fmt: skip
+        mixemb.searchable(_TwoCollections(), include=["sparse.embedding_bags.t1"])
+    with pytest.raises(ValueError, match=r"frequencies names no embedding module.*\['sparse'\]"):
+        mixemb.searchable(_TwoCollections(), {"sparse": torch.ones(11)})
+    with pytest.raises(ValueError, match="'sparse.embedding_bags.t1', which is not made searc"):
+        mixemb.searchable(_TwoCollections(), {"sparse.embedding_bags.t1": torch.ones(11)},
+                          include=["seq"])  # fmt: skip
+    with pytest.raises(ValueError, match="itself a TorchRec collection: wrap it"):
+        mixemb.searchable(_ebc("shared"))
+    shared = _TwoCollections()
+    shared.alias = shared.sparse  # one collection under two names: one twin
+    mixemb.searchable(shared)
+    assert shared.alias is shared.sparse and type(shared.sparse) is EmbeddingBagCollectionTwin
+
+
+def test_searchable_model_exports_and_searches():
+    """searchable on a model holding an EBC: torch.export with KJT input, then dnis."""
+    model = mixemb.searchable(Ranker(), num_blocks=3)
+    assert type(model.sparse) is EmbeddingBagCollectionTwin
+    _searched(model)
+    kjt = _kjt("shared")
+    program = _exported_equals_eager(model.eval(), kjt, _other_kjts("shared"), lambda y: y)
+    assert "torch.ops.mixemb.soft_select_bag" in program.graph_module.code
+    model = mixemb.searchable(Ranker(), num_blocks=3)
+    before = {n: t.alpha.detach().clone() for n, t in searchable_modules(model).items()}
+    mixemb.dnis(model, _batches(4, 0), _batches(2, 1), nn.BCEWithLogitsLoss(), epochs=1,
+                alpha_lr=0.05, log=lambda line: None)  # fmt: skip
+    for name, t in searchable_modules(model).items():
+        assert bool(t.has_frequencies), name
+        assert not torch.equal(t.alpha.detach(), before[name]), f"{name}: α did not move"
+
+
+class _ShardedRanker(nn.Module):
+    """The scale-out layout: an EmbeddingCollection (TorchRec shards it) looks the rows
+    up, SoftSelectPooling applies α and pools as the "shared" EBC would."""
+
+    def __init__(self):
+        super().__init__()
+        configs = _ebc("shared", dim=4).embedding_bag_configs()
+        torch.manual_seed(0)
+        self.lookup = EmbeddingCollection(tables=unpooled_configs(configs))
+        self.pooling = SoftSelectPooling(configs, num_blocks=3)
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, features):
+        return self.head(self.pooling(features, self.lookup(features)).values()).squeeze(1)
+
+
+def test_dnis_drives_the_alpha_holders_and_to_ragged_refuses_them():
+    model = _ShardedRanker()
+    holders = searchable_modules(model)
+    assert sorted(holders) == ["pooling.tables.t1", "pooling.tables.t2"]
+    assert all(type(h) is RowsSoftSelect for h in holders.values())
+    before = {n: h.alpha.detach().clone() for n, h in holders.items()}
+    tables = {n: t.weight.detach().clone() for n, t in model.lookup.embeddings.items()}
+    mixemb.dnis(model, _batches(4, 0), _batches(2, 1), nn.BCEWithLogitsLoss(), epochs=1,
+                alpha_lr=0.05, log=lambda line: None)  # fmt: skip
+    for name, h in holders.items():  # frequencies counted by dnis's pass over the batches
+        assert bool(h.has_frequencies), f"{name}: ids not counted"
+        assert not torch.equal(h.alpha.detach(), before[name]), f"{name}: α did not move"
+        assert 0 <= float(h.alpha.detach().min()) <= float(h.alpha.detach().max()) <= 1
+    for name, t in model.lookup.embeddings.items():
+        assert not torch.equal(t.weight.detach(), tables[name]), f"{name}: table did not train"
+    refused = r"'pooling.tables.t1' is a RowsSoftSelect: its table is owned by TorchRec"
+    with pytest.raises(ValueError, match=refused + r".*bag_twin\(pooling, tables\)"):
+        mixemb.to_ragged(model, ratio=0.5)
+    assert type(model.pooling.tables["t1"]) is RowsSoftSelect  # nothing replaced
+
+    # what the message says: the pooling over the gathered tables as a bag twin, pruned
+    weights = {n: t.weight for n, t in model.lookup.embeddings.items()}
+    twin = bag_twin(model.pooling, weights)
+    kjt = _kjt("shared", seed=9)
+    with torch.no_grad():
+        want = model.pooling(kjt, model.lookup(kjt)).values()
+        torch.testing.assert_close(twin(kjt).values(), want, rtol=1e-6, atol=1e-6)
+    for name, bag in twin.embedding_bags.items():
+        holder = model.pooling.tables[name]
+        assert torch.equal(bag.alpha, holder.alpha) and bag.alpha is not holder.alpha
+        assert torch.equal(bag.block_map, holder.block_map) and bool(bag.has_frequencies)
+        assert bag.l1 == holder.l1
+    served = nn.ModuleDict({"sparse": twin})
+    report = mixemb.to_ragged(served, ratio=4.0)  # room for every entry
+    assert [t.name for t in report.tables] == [
+        "sparse.embedding_bags.t1",
+        "sparse.embedding_bags.t2",
+    ]
+    with torch.no_grad():
+        torch.testing.assert_close(twin(kjt).values(), want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"tables must name the pooling's tables \['t1', 't2'\]"):
+        bag_twin(model.pooling, {"t1": weights["t1"]})
+    with pytest.raises(ValueError, match=r"tables\['t2'\] must be a \(7, 4\) tensor, got \(7, 5\)"):
+        bag_twin(model.pooling, {**weights, "t2": torch.zeros(7, 5)})
+
+
 def test_argument_errors():
     ebc, ec = _ebc("shared"), _ec("shared")
     with pytest.raises(ValueError, match="must be a torchrec EmbeddingBagCollection, got Embedd"):
-        EmbeddingBagCollectionTwin.from_module(ec)
-    with pytest.raises(ValueError, match="must be a torchrec EmbeddingCollection, got EmbeddingB"):
-        EmbeddingCollectionTwin.from_module(ebc)
-    twin = EmbeddingBagCollectionTwin.from_module(ebc)
+        SoftSelectPooling.from_module(ec)
+    twin = _twin(ebc)
     bags = dict(twin.embedding_bags.items())
     with pytest.raises(ValueError, match=r"tables \['t1'\] do not match the configs"):
         EmbeddingBagCollectionTwin(ebc.embedding_bag_configs(), {"t1": bags["t1"]})

@@ -283,15 +283,58 @@ def _check_supported(module: nn.Module, name: str) -> None:
 
 TWINS = (SearchableEmbedding, SearchableEmbeddingBag)
 
+#: searchable kinds defined by optional modules, which add them when imported
+#: (``mixemb.nn.torchrec_rows`` adds ``RowsSoftSelect``), so this file never imports torchrec
+OPTIONAL_KINDS: list[type] = []
+
+#: the TorchRec collections ``searchable`` replaces whole, by their class's name
+_COLLECTIONS = ("EmbeddingBagCollection", "EmbeddingCollection")
+
 
 def searchable_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Qualified name → twin for every searchable twin in ``model`` (each once): the
-    twins ``searchable`` makes and the :class:`SoftSelectEmbedding` of mixemb's own
-    models (its frequency blocks are id ranges)."""
+    """Qualified name → twin for every searchable module in ``model`` (each once): the
+    twins ``searchable`` makes (the tables of a TorchRec collection's twin among them),
+    the :class:`SoftSelectEmbedding` of mixemb's own models (its frequency blocks are id
+    ranges) and the ``RowsSoftSelect`` α holders of a TorchRec-sharded table
+    (``mixemb.nn.torchrec_rows``), which own α and the block map but not the table."""
     from mixemb.nn.soft_select import SoftSelectEmbedding
 
-    kinds = (*TWINS, SoftSelectEmbedding)
+    kinds = (*TWINS, SoftSelectEmbedding, *OPTIONAL_KINDS)
     return {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
+
+
+def _torchrec_collections(model: nn.Module) -> dict[str, nn.Module]:
+    """Qualified name → every TorchRec EmbeddingBagCollection / EmbeddingCollection of
+    ``model`` (every name of a shared one), told by its class's module and name, so
+    nothing from torchrec is imported here."""
+    return {
+        name: m
+        for name, m in model.named_modules(remove_duplicate=False)
+        if name and _is_torchrec_collection(m)
+    }
+
+
+def _is_torchrec_collection(module: nn.Module) -> bool:
+    kind = type(module)
+    return kind.__module__ == "torchrec.modules.embedding_modules" and (
+        kind.__name__ in _COLLECTIONS
+    )
+
+
+def _collection_twin(module: nn.Module, num_blocks: int) -> nn.Module:
+    """The searchable twin of a TorchRec collection (``mixemb.nn.torchrec_twins``): per
+    table the twin of its nn module, sharing the weight, with α (num_blocks, K) of ones."""
+    from mixemb.nn.torchrec_twins import EmbeddingBagCollectionTwin, EmbeddingCollectionTwin
+
+    if type(module).__name__ == "EmbeddingBagCollection":
+        bags = {name: SearchableEmbeddingBag.from_module(bag, num_blocks)
+                for name, bag in module.embedding_bags.items()}  # fmt: skip
+        configs = module.embedding_bag_configs()
+        return EmbeddingBagCollectionTwin(configs, bags, is_weighted=module.is_weighted())
+    tables = {name: SearchableEmbedding.from_module(table, num_blocks)
+              for name, table in module.embeddings.items()}  # fmt: skip
+    configs = module.embedding_configs()
+    return EmbeddingCollectionTwin(configs, tables, need_indices=module.need_indices())
 
 
 def searchable(
@@ -304,26 +347,57 @@ def searchable(
     """Replace, in place, every nn.Embedding / nn.EmbeddingBag of ``model`` (or those named
     in ``include``) with its searchable twin (same weight Parameter); returns ``model``.
 
+    A TorchRec ``EmbeddingBagCollection`` / ``EmbeddingCollection`` is replaced whole by
+    its twin (``EmbeddingBagCollectionTwin`` / ``EmbeddingCollectionTwin`` of
+    ``mixemb.nn.torchrec_twins``), which takes the same KeyedJaggedTensor, returns what
+    the original returns and exports; ``include`` names it by its own qualified name.
+
     frequencies: qualified module name → (N,) per-id counts, applied with
-    ``set_frequencies``. num_blocks: L, the number of α rows of every new twin.
-    A module shared under several names is replaced by one twin everywhere.
+    ``set_frequencies``; a collection's tables by the names ``searchable_modules`` gives
+    them, ``<collection>.embedding_bags.<table>`` (``<collection>.embeddings.<table>`` for
+    an EmbeddingCollection), ``<table>`` its config's name. num_blocks: L, the number of α
+    rows of every new twin. A module shared under several names is replaced by one twin
+    everywhere.
     """
     if isinstance(model, (nn.Embedding, nn.EmbeddingBag)):
         raise ValueError("model is itself an embedding module: wrap it in a module first")
+    if _is_torchrec_collection(model):
+        raise ValueError("model is itself a TorchRec collection: wrap it in a module first")
+    collections = _torchrec_collections(model)
+    inner = {  # a collection's tables: replaced with it, never on their own
+        f"{name}.{table}": name
+        for name, module in collections.items()
+        for table, m in module.named_modules(remove_duplicate=False)
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+    }
     tables = {
         name: m
         for name, m in model.named_modules(remove_duplicate=False)
-        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and name
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and name and name not in inner
     }
-    known = set(tables) | set(searchable_modules(model))
-    wanted = set(tables) if include is None else set(include)
-    for what, names in (("include", wanted), ("frequencies", set(frequencies or {}))):
+    done = set(searchable_modules(model))
+    wanted = set(tables) | set(collections) if include is None else set(include)
+    named_inner = sorted(wanted & set(inner))
+    if named_inner:
+        first = named_inner[0]
+        raise ValueError(
+            f"include names {first!r}, a table of the TorchRec collection {inner[first]!r}: "
+            "name the collection"
+        )
+    for what, names, known in (
+        ("include", wanted, set(tables) | set(collections) | done),
+        ("frequencies", set(frequencies or {}), set(tables) | set(inner) | done),
+    ):
         unknown = sorted(names - known)
         if unknown:
             raise ValueError(f"{what} names no embedding module of the model: {unknown}")
     for name in sorted(wanted & set(tables)):
         _check_supported(tables[name], name)
-    twins: dict[int, _Searchable] = {}
+    for name in sorted(wanted & set(collections)):
+        for table, m in collections[name].named_modules():
+            if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+                _check_supported(m, f"{name}.{table}")
+    twins: dict[int, nn.Module] = {}
     for name in sorted(wanted & set(tables)):
         module = tables[name]
         if id(module) not in twins:
@@ -331,13 +405,18 @@ def searchable(
                 SearchableEmbedding if isinstance(module, nn.Embedding) else SearchableEmbeddingBag
             )
             twins[id(module)] = kind.from_module(module, num_blocks)
-    for name, module in tables.items():  # every name of a replaced module, shared or not
+    for name in sorted(wanted & set(collections)):
+        module = collections[name]
+        if id(module) not in twins:
+            twins[id(module)] = _collection_twin(module, num_blocks)
+    # every name of a replaced module, shared or not
+    for name, module in {**tables, **collections}.items():
         if id(module) in twins:
             parent_name, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent_name), attr, twins[id(module)])
     for name, counts in (frequencies or {}).items():
         twin = model.get_submodule(name)
-        if not isinstance(twin, TWINS):
+        if not isinstance(twin, (*TWINS, *OPTIONAL_KINDS)):
             raise ValueError(f"frequencies names {name!r}, which is not made searchable")
         twin.set_frequencies(torch.as_tensor(counts))
     return model

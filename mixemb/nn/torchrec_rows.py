@@ -12,10 +12,16 @@ op's: w.r.t. α summed over the feature's lookups, L1 term added and normalized 
 row — what an :class:`~mixemb.nn.torchrec_twins.EmbeddingBagCollectionTwin` gives the
 same tables — and w.r.t. the rows α[block] ⊙ dout, which TorchRec's backward takes on to
 its tables.
+
+``mixemb.searchable_modules`` lists every :class:`RowsSoftSelect` (importing this module
+registers the class), so ``mixemb.dnis`` searches their α and counts the ids of their
+first argument; ``mixemb.to_ragged`` refuses them, as they hold no table: gather the
+tables and prune :func:`bag_twin` of the pooling and those tables instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import fields
 
 import torch
@@ -33,8 +39,8 @@ from torchrec.modules.embedding_modules import (
 )
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
-from mixemb.nn.searchable import _Searchable, pool
-from mixemb.nn.torchrec_twins import check_module, feature_routing
+from mixemb.nn.searchable import OPTIONAL_KINDS, SearchableEmbeddingBag, _Searchable, pool
+from mixemb.nn.torchrec_twins import EmbeddingBagCollectionTwin, check_module, feature_routing
 from mixemb.ops import soft_select_lookup
 from mixemb.ops.soft_select import check_ids_in_range
 from mixemb.ops.soft_select_pooled import bag_of_lookups
@@ -105,6 +111,9 @@ class RowsSoftSelect(nn.Module):
         )
 
 
+OPTIONAL_KINDS.append(RowsSoftSelect)
+
+
 class SoftSelectPooling(nn.Module):
     """``forward(features: KeyedJaggedTensor, embeddings: dict[str, JaggedTensor]) ->
     KeyedTensor``: the output an ``EmbeddingBagCollection`` of ``configs`` would give,
@@ -171,6 +180,39 @@ class SoftSelectPooling(nn.Module):
 
     def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
         return self._configs
+
+
+def bag_twin(
+    pooling: SoftSelectPooling, tables: Mapping[str, Tensor]
+) -> EmbeddingBagCollectionTwin:
+    """The ``EmbeddingBagCollectionTwin`` that ``pooling`` over an EmbeddingCollection of
+    ``tables`` computes: per table a ``SearchableEmbeddingBag`` of the config's pooling
+    whose weight is the table and whose α, block map, frequencies flag and α-gradient
+    settings are the :class:`RowsSoftSelect`'s (copies), for ``mixemb.to_ragged`` to
+    prune and serve.
+
+    tables: config name → (N, K) float, every table whole (a sharded one gathered first);
+        the twin's weights share their memory.
+    """
+    if sorted(tables) != sorted(pooling.tables):
+        raise ValueError(
+            f"tables must name the pooling's tables {sorted(pooling.tables)}, got {sorted(tables)}"
+        )
+    bags = {}
+    for (name, holder), mode in zip(pooling.tables.items(), pooling._modes):
+        weight = tables[name]
+        shape = (holder.num_embeddings, holder.embedding_dim)
+        if not isinstance(weight, Tensor) or tuple(weight.shape) != shape:
+            got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+            raise ValueError(f"tables[{name!r}] must be a {shape} tensor, got {got}")
+        bag = SearchableEmbeddingBag(
+            *shape, holder.num_blocks, mode=mode, include_last_offset=True,
+            weight=nn.Parameter(weight.detach()), normalize=holder.normalize, l1=holder.l1,
+            eps=holder.eps, backend=holder.backend,
+        )  # fmt: skip
+        bag.load_state_dict(holder.state_dict(), strict=False)  # α and block map, no weight
+        bags[name] = bag
+    return EmbeddingBagCollectionTwin(pooling._configs, bags, is_weighted=pooling._is_weighted)
 
 
 def unpooled_configs(configs: list[EmbeddingBagConfig]) -> list[EmbeddingConfig]:

@@ -2,16 +2,18 @@
 ``mixemb[torchrec]`` extra): ``forward(KeyedJaggedTensor)`` returns what the original
 returns, each table a mixemb module at the original's name.
 
-A twin made by ``from_module`` holds, per table, the searchable twin of the original's
-module (``SearchableEmbeddingBag`` / ``SearchableEmbedding``, sharing its weight
-Parameter, with its own α (L, K) and per-id block map), so ``searchable_modules``,
-``dnis`` and ``to_ragged`` see every table as a twin: α scales each looked-up row before
-the pooling of the table's config. ``to_ragged(model)`` then swaps each table for its
-ragged serving twin (``RaggedEmbeddingBag``, run by ``mixemb.ops.ragged_bag``;
-``RaggedEmbedding``), and the same collection serves the pruned tables from a
-``KeyedJaggedTensor``. Tables sit under the original's attribute (``embedding_bags`` /
-``embeddings``), so state-dict keys of the weights are the original's, and
-``mixemb.load`` fills a freshly built model holding the original collection.
+``mixemb.searchable(model)`` replaces a collection whole by its twin holding, per table,
+the searchable twin of the original's module (``SearchableEmbeddingBag`` /
+``SearchableEmbedding``, sharing its weight Parameter, with its own α (L, K) and per-id
+block map), so ``searchable_modules``, ``dnis`` and ``to_ragged`` see every table as a
+twin: α scales each looked-up row before the pooling of the table's config.
+``to_ragged(model)`` then swaps each table for its ragged serving twin
+(``RaggedEmbeddingBag``, run by ``mixemb.ops.ragged_bag``; ``RaggedEmbedding``), and the
+same collection serves the pruned tables from a ``KeyedJaggedTensor``. Tables sit under
+the original's attribute (``embedding_bags`` / ``embeddings``), so state-dict keys of the
+weights are the original's, and ``mixemb.load`` fills a freshly built model holding the
+original collection. (This file takes its tables ready-made and does not import
+``mixemb.nn.searchable``, which imports it when a model holds a TorchRec collection.)
 
 Every feature a table serves is one call of the table (as in TorchRec), so α's gradient
 is normalized per feature call, as for an nn twin called once per feature. While
@@ -33,9 +35,7 @@ from torchrec.modules.embedding_configs import (
     pooling_type_to_str,
 )
 from torchrec.modules.embedding_modules import (
-    EmbeddingBagCollection,
     EmbeddingBagCollectionInterface,
-    EmbeddingCollection,
     EmbeddingCollectionInterface,
     get_embedding_names_by_table,
     process_pooled_embeddings,
@@ -43,7 +43,6 @@ from torchrec.modules.embedding_modules import (
 )
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
-from mixemb.nn.searchable import SearchableEmbedding, SearchableEmbeddingBag
 from mixemb.ops.soft_select import soft_select
 from mixemb.ops.soft_select_pooled import soft_select_bag_forward
 
@@ -115,16 +114,6 @@ class EmbeddingBagCollectionTwin(EmbeddingBagCollectionInterface):
         self._feature_names, keys, self._lengths = feature_routing(configs)
         self._embedding_names = [key for table_keys in keys for key in table_keys]
 
-    @classmethod
-    def from_module(cls, module: EmbeddingBagCollection, num_blocks: int = 10):
-        """The searchable twin of ``module``: per table a ``SearchableEmbeddingBag``
-        sharing the original ``nn.EmbeddingBag``'s weight (its mode, include_last_offset),
-        with α (num_blocks, K) of ones and no frequencies yet."""
-        check_module(module, EmbeddingBagCollection)
-        bags = {name: SearchableEmbeddingBag.from_module(bag, num_blocks)
-                for name, bag in module.embedding_bags.items()}  # fmt: skip
-        return cls(module.embedding_bag_configs(), bags, is_weighted=module.is_weighted())
-
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         flat_names = [name for names in self._feature_names for name in names]
         inverse = reorder_inverse_indices(features.inverse_indices_or_none(), flat_names)
@@ -175,15 +164,6 @@ class EmbeddingCollectionTwin(EmbeddingCollectionInterface):
         self._need_indices = bool(need_indices)
         self._feature_names, self._embedding_names_by_table, _ = feature_routing(configs)
 
-    @classmethod
-    def from_module(cls, module: EmbeddingCollection, num_blocks: int = 10):
-        """The searchable twin of ``module``: per table a ``SearchableEmbedding`` sharing
-        the original ``nn.Embedding``'s weight, with α (num_blocks, K) of ones."""
-        check_module(module, EmbeddingCollection)
-        tables = {name: SearchableEmbedding.from_module(table, num_blocks)
-                  for name, table in module.embeddings.items()}  # fmt: skip
-        return cls(module.embedding_configs(), tables, need_indices=module.need_indices())
-
     def forward(self, features: KeyedJaggedTensor) -> dict[str, JaggedTensor]:
         jagged = features.to_dict()
         out = {}
@@ -233,9 +213,14 @@ def kjt_dynamic_shapes(features: KeyedJaggedTensor) -> list:
     return [{0: ids}, weights, {0: lookups}, offsets, None, None]
 
 
+def _searching(table: nn.Module) -> bool:
+    """Whether ``table`` is a searchable twin (it holds α; a ragged serving table does not)."""
+    return isinstance(getattr(table, "alpha", None), nn.Parameter)
+
+
 def _bag(table: nn.Module, ids: Tensor, offsets: Tensor, weights: Tensor | None) -> Tensor:
     """(B, K) pooled rows of one feature: offsets (B+1,) from the KJT."""
-    if isinstance(table, SearchableEmbeddingBag) and torch.compiler.is_compiling():
+    if _searching(table) and torch.compiler.is_compiling():
         pad = -1 if table.padding_idx is None else table.padding_idx
         return soft_select_bag_forward(
             table.weight, table.alpha, None, ids, offsets.long(), weights, table.mode, pad,
@@ -246,7 +231,7 @@ def _bag(table: nn.Module, ids: Tensor, offsets: Tensor, weights: Tensor | None)
 
 def _lookup(table: nn.Module, ids: Tensor) -> Tensor:
     """(n, K) rows of one feature's ids (n,)."""
-    if isinstance(table, SearchableEmbedding) and torch.compiler.is_compiling():
+    if _searching(table) and torch.compiler.is_compiling():
         if table.padding_idx is not None:
             raise ValueError(f"a KJT table takes no padding_idx, got {table.padding_idx}")
         return soft_select(

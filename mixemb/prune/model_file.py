@@ -5,7 +5,10 @@ of ``model`` (at any qualified name) as its table's state plus the module's opti
 the rest of ``model.state_dict()``, to one ``weights_only``-safe file (written
 atomically). ``load(path, model)`` takes a freshly constructed model of the same class —
 with plain ``nn.Embedding`` / ``nn.EmbeddingBag`` modules at those names — swaps those
-modules for ragged ones holding the file's tables and loads the rest of the state.
+modules for ragged ones holding the file's tables and loads the rest of the state. Built
+under ``torch.device("meta")``, the model never allocates its dense tables: ``load``
+builds the ragged ones on the CPU (or ``device``) and takes the rest of the state from the
+file as it is (``load_state_dict(..., assign=True)``).
 
 File layout (``kind`` "mixemb.ragged_model", ``format_version`` 1)::
 
@@ -78,16 +81,30 @@ def save(model: nn.Module, path: str | Path) -> Path:
     )
 
 
-def load(path: str | Path, model: nn.Module) -> nn.Module:
+def load(
+    path: str | Path, model: nn.Module, *, device: torch.device | str | None = None
+) -> nn.Module:
     """Load a file written by :func:`save` into ``model``, a freshly constructed instance
     of the saved model's class, and return it: each module named in the file (an
     ``nn.Embedding`` / ``nn.EmbeddingBag`` of the same size and options, or a ragged one)
-    is replaced in place by a ragged module on the same device holding the file's table;
-    every other weight is loaded from the file (strict: the same keys and shapes).
+    is replaced in place by a ragged module holding the file's table; every other weight
+    is loaded from the file (strict: the same keys and shapes).
+
+    ``model`` may be built under ``torch.device("meta")`` (no dense table is allocated):
+    its parameters and buffers are then the file's tensors themselves
+    (``load_state_dict(..., assign=True)``), on ``device``; a tensor the file does not
+    hold (a non-persistent buffer) left on the meta device is a ValueError.
+
+    device: where the ragged tables (and, for a model on the meta device, the rest of its
+        state) go; default None: the device of the module replaced, the CPU for the meta
+        device. A model not on the meta device keeps its other tensors where they are.
 
     Raises CheckpointError (a ValueError) naming ``path`` for a missing, damaged, foreign
     or mismatched file, found before ``model`` is touched.
     """
+    device = None if device is None else torch.device(device)
+    if device is not None and device.type == "meta":
+        raise ValueError("device must be a real device, got meta")
     obj = load_checkpoint(path, kind=MODEL_KIND)
     if obj.get("format_version") != MODEL_FORMAT_VERSION:
         raise CheckpointError(
@@ -98,23 +115,48 @@ def load(path: str | Path, model: nn.Module) -> nn.Module:
         raise CheckpointError(f"{path}: damaged model file (no tables or no state)")
     modules = dict(model.named_modules())
     built = {}
-    for name, entry in entries.items():
-        try:
-            built[name] = _build(name, entry, modules)
-        except (ValueError, TypeError, KeyError, RuntimeError, OverflowError) as exc:
-            raise CheckpointError(f"{path}: table {str(name)[:80]!r}: {first_line(exc)}") from None
+    # the file's tensors are on the CPU; what is built from them too, even when load is
+    # called inside the torch.device("meta") block that built the model
+    with torch.device("cpu"):
+        for name, entry in entries.items():
+            try:
+                built[name] = _build(name, entry, modules, device)
+            except (ValueError, TypeError, KeyError, RuntimeError, OverflowError) as exc:
+                raise CheckpointError(
+                    f"{path}: table {str(name)[:80]!r}: {first_line(exc)}"
+                ) from None
     names = _aliases(model, {name: modules[name] for name in built})
     _check_state(path, state, model, names)
+    meta = _meta_tensors(model, names)
+    if meta:
+        left = sorted(set(meta) - set(state))
+        if left:
+            raise ValueError(
+                f"{type(model).__name__}.{left[0]} is on the meta device and not in {path} "
+                "(a non-persistent buffer?): build the model on a real device"
+            )
+        where = device or torch.device("cpu")
+        state = {key: value.to(where) for key, value in state.items()}
     # _check_state proved the state holds exactly the keys outside the tables; loaded
     # before the swap, it leaves the modules being replaced (and their tables) untouched
     try:
-        model.load_state_dict(state, strict=False)
+        model.load_state_dict(state, strict=False, assign=bool(meta))
     except (RuntimeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the state does not load: {first_line(exc)}") from None
     for name, first in names.items():
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, built[first])
     return model
+
+
+def _meta_tensors(model: nn.Module, tables: dict) -> list[str]:
+    """State-dict-style names of ``model``'s parameters and buffers on the meta device,
+    outside the tables being replaced (named by ``tables``' keys)."""
+    tensors = [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]
+    return [key for key, t in tensors if t.is_meta and _table_of(key, tables) is None]
 
 
 def ragged_modules(model: nn.Module) -> dict[str, RaggedEmbedding]:
@@ -126,8 +168,11 @@ def ragged_modules(model: nn.Module) -> dict[str, RaggedEmbedding]:
     }
 
 
-def _build(name, entry, modules: dict[str, nn.Module]) -> RaggedEmbedding:
-    """The ragged module of one file entry, checked against the module it replaces."""
+def _build(
+    name, entry, modules: dict[str, nn.Module], device: torch.device | None
+) -> RaggedEmbedding:
+    """The ragged module of one file entry, checked against the module it replaces, on
+    ``device`` (None: that module's; the CPU for the meta device)."""
     if not isinstance(name, str) or not name:
         raise ValueError("not a submodule name")
     if not isinstance(entry, dict) or not isinstance(entry.get("table"), dict):
@@ -157,9 +202,10 @@ def _build(name, entry, modules: dict[str, nn.Module]) -> RaggedEmbedding:
     if not bag:
         if options:
             raise ValueError(f"an embedding takes no options, got {str(options)[:80]}")
-        return RaggedEmbedding(table, out_dtype=_out_dtype(target)).to(_device(target))
+        return RaggedEmbedding(table, out_dtype=_out_dtype(target)).to(device or _device(target))
     _check_bag_options(options, target)
-    return RaggedEmbeddingBag(table, **options, out_dtype=_out_dtype(target)).to(_device(target))
+    module = RaggedEmbeddingBag(table, **options, out_dtype=_out_dtype(target))
+    return module.to(device or _device(target))
 
 
 def _out_dtype(target: nn.Module) -> torch.dtype | None:
@@ -229,7 +275,10 @@ def _table_of(key, tables: dict) -> str | None:
 
 
 def _device(module: nn.Module) -> torch.device:
+    """The device of ``module``'s first tensor: the CPU for none or the meta device."""
     tensor = next(module.parameters(), None)
     if tensor is None:
         tensor = next(module.buffers(), None)
-    return torch.device("cpu") if tensor is None else tensor.device
+    if tensor is None or tensor.is_meta:
+        return torch.device("cpu")
+    return tensor.device

@@ -19,7 +19,7 @@ from torch import nn
 
 from mixemb.nn.ragged import RaggedEmbedding
 from mixemb.nn.ragged_bag import RaggedEmbeddingBag
-from mixemb.nn.searchable import SearchableEmbeddingBag, searchable_modules
+from mixemb.nn.searchable import OPTIONAL_KINDS, SearchableEmbeddingBag, searchable_modules
 from mixemb.prune.budget import (
     REFERENCE_VALUE_BYTES,
     InfeasibleBudget,
@@ -128,7 +128,8 @@ def to_ragged(
     Each twin's table is its ``merged_weight()`` (weight ⊙ α[block]); the entries kept
     are the largest |Ê| over all tables together. A bag twin's padding row, never read,
     is pruned first. Returns a :class:`RaggedReport` (``print`` it for a table). Raises
-    ValueError for bad arguments or a model without searchable twins, InfeasibleBudget
+    ValueError for bad arguments, a model without searchable twins or one holding a
+    ``RowsSoftSelect`` (α for rows a TorchRec lookup owns: no table here), InfeasibleBudget
     when the budget does not hold the metadata and one value.
     """
     value_dtype = "fp32" if value_dtype is None else value_dtype
@@ -138,6 +139,14 @@ def to_ragged(
         raise ValueError(
             f"{type(model).__name__} holds no searchable table: call searchable(model) first"
         )
+    for name, twin in twins.items():
+        if isinstance(twin, tuple(OPTIONAL_KINDS)):  # a RowsSoftSelect: α without a table
+            raise ValueError(
+                f"to_ragged: {name!r} is a {type(twin).__name__}: its table is owned by "
+                "TorchRec's sharded lookup; prune the EmbeddingCollection's tables with "
+                "to_ragged(mixemb.nn.torchrec_rows.bag_twin(pooling, tables)), tables the "
+                "gathered (N, K) weights by config name"
+            )
     names = list(twins)
     dense = sum(REFERENCE_VALUE_BYTES * t.num_embeddings * t.embedding_dim for t in twins.values())
     budget = _budget_bytes(ratio, nbytes, dense)

@@ -205,7 +205,7 @@ def count_ids(
     twins = _twins_of(model)
     device = torch.device(device) if device is not None else next(iter(twins.values())).alpha.device
     counts = {
-        name: torch.zeros(t.num_embeddings, dtype=torch.int64, device=t.weight.device)
+        name: torch.zeros(t.num_embeddings, dtype=torch.int64, device=t.block_map.device)
         for name, t in twins.items()
     }
 

@@ -8,6 +8,7 @@ import torch
 from mixemb.models import build_model
 from mixemb.nn import RaggedEmbedding, SoftSelectEmbedding, make_boundaries
 from mixemb.prune import (
+    PRUNED_KIND,
     InfeasibleBudget,
     load_pruned,
     merge_and_prune,
@@ -15,7 +16,11 @@ from mixemb.prune import (
     save_pruned,
     to_ragged_model,
 )
+from mixemb.prune.finetune import dense_state
+from mixemb.prune.model_file import restore
 from mixemb.train import CheckpointError
+
+IDS = torch.randint(0, 50, (64, 3), generator=torch.Generator().manual_seed(1))
 
 
 def _searched(name="deepfm", n=50, k=12, fields=3):
@@ -85,7 +90,12 @@ def test_truncated_or_tampered_pruned_file(tmp_path):
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
         load_pruned(tmp_path / "cut.pt")
     obj = torch.load(path, weights_only=True)
-    obj["table"]["values"] = obj["table"]["values"][:-2]
+    table = obj["tables"]["embedding"]["table"]
+    table["values"] = table["values"][:-2]
+    torch.save(obj, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="table 'embedding'"):
+        load_pruned(tmp_path / "bad.pt")
+    del obj["tables"]
     torch.save(obj, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="damaged pruned model"):
         load_pruned(tmp_path / "bad.pt")
@@ -109,8 +119,8 @@ def test_dense_weights_may_not_overwrite_the_table(tmp_path, key, value):
     model = _searched()
     serving = to_ragged_model(model, merge_and_prune(model.embedding, ratio=0.3)[0])
     obj = torch.load(save_pruned(serving, tmp_path / "m.pt"), weights_only=True)
-    masks = obj["table"]["masks"]
-    obj["dense_state"][key] = value if value is not None else torch.full_like(masks, -1)
+    masks = obj["tables"]["embedding"]["table"]["masks"]
+    obj["state"][key] = value if value is not None else torch.full_like(masks, -1)
     torch.save(obj, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="would overwrite the ragged table"):
         load_pruned(tmp_path / "bad.pt")
@@ -124,3 +134,45 @@ def test_model_config_must_match_the_table(tmp_path):
     torch.save(obj, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="model config says"):
         load_pruned(tmp_path / "bad.pt")
+
+
+def test_the_file_is_a_model_file_plus_the_config(tmp_path):
+    model = _searched("neumf")
+    serving = to_ragged_model(model, merge_and_prune(model.embedding, ratio=0.3)[0])
+    path = save_pruned(serving, tmp_path / "m.pt", report={"k": 5})
+    obj = torch.load(path, weights_only=True)
+    assert obj["kind"] == PRUNED_KIND and obj["model_config"] == serving.config
+    assert sorted(obj["tables"]) == ["embedding"] and obj["report"] == {"k": 5}
+    fresh = build_model(**serving.config)  # mixemb.load reads the same tables and state
+    assert torch.equal(restore(path, obj, fresh)(IDS), serving(IDS))
+    with pytest.raises(ValueError, match="'tables' is a layout entry"):
+        save_pruned(serving, tmp_path / "x.pt", tables={})
+
+
+def _first_layout(serving, path, **extra):
+    """A pruned file in the layout written before it was a model file."""
+    obj = {
+        "kind": PRUNED_KIND,
+        "model_config": dict(serving.config),
+        "dense_state": dense_state(serving),
+        "table": serving.embedding.table.state_dict(),
+        **extra,
+    }
+    torch.save(obj, path)
+    return path
+
+
+@pytest.mark.parametrize("value_dtype", [None, torch.float16, "int8"])
+def test_a_file_of_the_first_layout_still_loads(tmp_path, value_dtype):
+    model = _searched()
+    pruned = merge_and_prune(model.embedding, ratio=0.3)[0]
+    serving = to_ragged_model(model, pruned, value_dtype=value_dtype)
+    path = _first_layout(serving, tmp_path / "old.pt", encoder={"frequencies": [2, 1]})
+    old, obj = load_pruned(path)
+    new, _ = load_pruned(save_pruned(serving, tmp_path / "new.pt"))
+    assert not old.training and obj["encoder"] == {"frequencies": [2, 1]}
+    assert torch.equal(old(IDS), serving(IDS)) and torch.equal(new(IDS), old(IDS))
+    bad = dense_state(serving) | {"embedding.masks": torch.zeros(1)}
+    torch.save({**torch.load(path, weights_only=True), "dense_state": bad}, path)
+    with pytest.raises(CheckpointError, match="would overwrite the ragged table"):
+        load_pruned(path)

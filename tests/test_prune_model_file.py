@@ -217,7 +217,7 @@ TAMPERED = [
     (
         "state onto a table",
         lambda o: o["state"].update({"user.values": torch.zeros(3)}),
-        "overwrite a table",
+        "would overwrite the ragged table",
     ),
 ]
 

@@ -106,7 +106,7 @@ def test_demo_replaces_only_its_own_marked_folder(tmp_path):
     [
         (
             "dense weights onto the table",
-            lambda o: o["dense_state"].update({"embedding.group_offsets": torch.tensor([2**40])}),
+            lambda o: o["state"].update({"embedding.group_offsets": torch.tensor([2**40])}),
             "would overwrite the ragged table",
         ),
         (

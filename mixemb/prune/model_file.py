@@ -18,6 +18,9 @@ File layout (``kind`` "mixemb.ragged_model", ``format_version`` 1)::
                        "table": RaggedTable.state_dict()}},
      "state": {key: tensor}}    # model.state_dict() without the tables' buffers
 
+Other kinds share this layout (:func:`serialize` writes it, :func:`restore` reads it): a
+file of ``mixemb prune`` (``mixemb.prune.files``) adds the model config and what scores it.
+
 A file is untrusted input: every table is validated in full (``RaggedTable.from_state_dict``)
 and must have the size of the model's module it replaces, and the rest of the state must
 have exactly the model's keys and shapes — all before the model is touched. Anything else
@@ -49,6 +52,13 @@ def save(model: nn.Module, path: str | Path) -> Path:
     Raises ValueError when ``model`` holds no RaggedEmbedding / RaggedEmbeddingBag (prune
     it with ``to_ragged`` first) or is one itself (its class could not be rebuilt).
     """
+    return atomic_save({"kind": MODEL_KIND, **serialize(model)}, path)
+
+
+def serialize(model: nn.Module) -> dict:
+    """The layout entries of ``model`` (``format_version``, ``tables``, ``state``), the part
+    of every file :func:`restore` reads, whatever its ``kind``; raises ValueError as
+    :func:`save` does."""
     tables = ragged_modules(model)
     if not tables:
         raise ValueError(
@@ -70,15 +80,7 @@ def save(model: nn.Module, path: str | Path) -> Path:
     state = {
         key: value for key, value in model.state_dict().items() if _table_of(key, names) is None
     }
-    return atomic_save(
-        {
-            "kind": MODEL_KIND,
-            "format_version": MODEL_FORMAT_VERSION,
-            "tables": entries,
-            "state": state,
-        },
-        path,
-    )
+    return {"format_version": MODEL_FORMAT_VERSION, "tables": entries, "state": state}
 
 
 def load(
@@ -102,10 +104,17 @@ def load(
     Raises CheckpointError (a ValueError) naming ``path`` for a missing, damaged, foreign
     or mismatched file, found before ``model`` is touched.
     """
+    return restore(path, load_checkpoint(path, kind=MODEL_KIND), model, device=device)
+
+
+def restore(
+    path: str | Path, obj: dict, model: nn.Module, *, device: torch.device | str | None = None
+) -> nn.Module:
+    """:func:`load` of ``obj``, a file dict read from ``path`` (any ``kind``) holding the
+    entries :func:`serialize` writes: ``path`` only names the file in errors."""
     device = None if device is None else torch.device(device)
     if device is not None and device.type == "meta":
         raise ValueError("device must be a real device, got meta")
-    obj = load_checkpoint(path, kind=MODEL_KIND)
     if obj.get("format_version") != MODEL_FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: unsupported model file format version {obj.get('format_version')!r}"
@@ -237,7 +246,9 @@ def _check_state(path, state: dict, model: nn.Module, tables: dict) -> None:
     expected = {k: v for k, v in model.state_dict().items() if _table_of(k, tables) is None}
     onto_table = sorted(str(k) for k in state if not isinstance(k, str) or _table_of(k, tables))
     if onto_table:
-        raise CheckpointError(f"{path}: state key {onto_table[0][:80]!r} would overwrite a table")
+        raise CheckpointError(
+            f"{path}: state key {onto_table[0][:80]!r} would overwrite the ragged table"
+        )
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         what = f"lacks {missing[0]!r}" if missing else f"has unexpected {unexpected[0][:80]!r}"

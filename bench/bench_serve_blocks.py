@@ -6,7 +6,9 @@ blocks (10 by default), block l keeping d_l = clamp(round(A/(l+1)), 1, K) random
 with A set for a target mean kept dim per row (4 by default), so hot blocks keep more:
 
 * ``blocks``, ``blocks-fp16``, ``blocks-int8`` — ``mixemb.ops.block_gather`` on the table
-  stored as a BlockTable of fp32, fp16 or int8 values (int8 rows dequantized to float32);
+  stored as a BlockTable of fp32, fp16 or int8 values (int8 rows dequantized to float32),
+  its default kernel (C++ on CPU, Triton on CUDA); ``blocks-torch`` — the fp32 table
+  through its vectorized PyTorch path (``backend="torch"``);
 * ``ragged``, ``ragged-fp16``, ``ragged-int8`` — ``mixemb.ops.ragged_gather`` on the same
   pruned table stored as a RaggedTable (per-row masks and group offsets);
 * ``padded`` — ``F.embedding`` on the unpruned (N, K) fp32 table, and ``padded-compiled``,
@@ -15,15 +17,18 @@ with A set for a target mean kept dim per row (4 by default), so hot blocks keep
 
 Reports ms, ideal bytes (``mixemb.reference.block_gather_bytes``, ``ragged_gather_bytes``,
 ``padded_gather_bytes``), GB/s, % of the copy bandwidth measured in the same run, and each
-table's stored bytes, in all and per row.
+table's stored bytes, in all and per row. With ``--rounds R`` every case is timed R times,
+round-robin, and keeps its fastest median (``ms``) beside the median of the R medians
+(``ms_rounds``): on a shared machine, rounds slowed by other jobs drop out of the first.
 
-    python bench/bench_serve_blocks.py --device cpu            # small shape on this CPU
+    python bench/bench_serve_blocks.py --device cpu --rounds 5 # small shape on this CPU
     python bench/bench_serve_blocks.py --device cuda           # DEVELOPERS.md shape
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -33,7 +38,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_reference import zipf_ids  # noqa: E402
-from bench_serve import COLUMNS, ITERS, SHAPES, VALUE_FORMATS  # noqa: E402
+from bench_serve import COLUMNS, ITERS, SHAPES, VALUE_FORMATS, _Kept, _ms  # noqa: E402
 from common import measure, report, start_run  # noqa: E402
 
 from mixemb.block_table import BlockTable  # noqa: E402
@@ -51,6 +56,7 @@ from mixemb.reference import (  # noqa: E402
 
 BENCH = "bench_serve_blocks"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / f"{BENCH}.json"
+ROUND_COLUMNS = [*COLUMNS[:5], ("ms_rounds", "ms (median of rounds)"), *COLUMNS[5:]]
 
 
 def block_pruned_table(rows: int, dim: int, blocks: int, mean_dim: float, device, seed: int = 0):
@@ -104,6 +110,15 @@ def cases(cfg: dict, device: torch.device, compile_padded: bool = True) -> list:
             ),
         ]
     table = BlockTable.from_block_mask(pruned, boundaries, block_mask)
+    rows.append(
+        (
+            "blocks-torch",
+            "gather",
+            lambda: block_gather(table, ids, backend="torch"),
+            block_gather_bytes(m, blocks, k, kept),
+            table.nbytes(),
+        )
+    )
     unpruned = torch.randn(n, k, device=device)  # what a padded table stores
     padded = padded_gather_bytes(m, k)
     rows += [
@@ -134,8 +149,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--mean-dim", type=float, default=4.0)
     p.add_argument("--no-compile", action="store_true", help="leave out padded-compiled")
     p.add_argument("--repeats", type=int)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time every case this many times, round-robin, and keep each case's fastest "
+        "median (ms) and the median of its medians (ms_rounds)",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be >= 1, got {args.rounds}")
     device = torch.device(args.device)
     shape = args.shape or ("full" if device.type == "cuda" else "small")
     cfg = {"name": shape, **SHAPES[shape], "mean_dim": args.mean_dim, "blocks": args.blocks}
@@ -146,15 +170,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     warmup, repeats = ITERS[device.type]
     repeats = args.repeats or repeats
     out, meta, copy_rate = start_run(args.out, device, bench=BENCH, shape=cfg)
-    for provider, op, fn, nbytes, table_bytes in cases(cfg, device, not args.no_compile):
-        measure(
-            out, meta, bench=BENCH, shape=cfg, provider=provider, op=op, fn=fn, nbytes=nbytes,
-            copy_gbps=copy_rate, device=device, warmup=warmup, repeats=repeats,
-            table_mb=table_bytes / 1e6, bytes_per_row=round(table_bytes / cfg["rows"], 2),
-            mean_dim=cfg["mean_dim"], lookups=cfg["lookups"],
-        )  # fmt: skip
+    plan = cases(cfg, device, not args.no_compile)
+    common = {"bench": BENCH, "shape": cfg, "copy_gbps": copy_rate, "device": device}
+    common.update(warmup=warmup, repeats=repeats, mean_dim=cfg["mean_dim"])
+    common.update(lookups=cfg["lookups"], rounds=args.rounds)
+    timed: list[list[dict]] = [[] for _ in plan]
+    for _ in range(args.rounds):
+        for k, (provider, op, fn, nbytes, table_bytes) in enumerate(plan):
+            per_row = round(table_bytes / cfg["rows"], 2)
+            row = measure(_Kept(), meta, provider=provider, op=op, fn=fn, nbytes=nbytes,
+                          table_mb=table_bytes / 1e6, bytes_per_row=per_row, **common)  # fmt: skip
+            timed[k].append(row)
+    for rounds in timed:
+        best = min(rounds, key=_ms)
+        ok = [r["ms"] for r in rounds if r["ms"] is not None]
+        out.add({**best, "ms_rounds": statistics.median(ok) if ok else None})
     rows = out.rows
-    print(report(BENCH, meta, cfg, rows, COLUMNS, args.out))
+    print(report(BENCH, meta, cfg, rows, ROUND_COLUMNS, args.out))
     return rows
 
 

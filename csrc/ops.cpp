@@ -1,6 +1,7 @@
 // The one TORCH_LIBRARY of mixemb: every op schema, one comment above each def.
-// Kernels: csrc/ragged_cpu.cpp (CPU), csrc/cuda/ragged.cu (CUDA). Fake (meta) kernels and
-// autograd are registered from Python (mixemb/ops/ragged.py).
+// Kernels: csrc/ragged_cpu.cpp (CPU), csrc/cuda/ragged.cu (CUDA); csrc/block_table_cpu.cpp
+// (CPU; block_gather's CUDA kernel is Triton, registered from Python). Fake (meta) kernels
+// and autograd are registered from Python (mixemb/ops/ragged.py, mixemb/ops/block_table.py).
 //
 // A ragged table is passed as its three tensors (see mixemb/ragged.py):
 //   masks (N, W) int64 presence bits, values (nnz,) fp32/fp16/bf16 kept values row after
@@ -46,4 +47,8 @@ TORCH_LIBRARY(mixemb, m) {
       "Tensor masks_b, Tensor values_b, Tensor group_offsets_b, int group_size_b, int dim, "
       "Tensor ids_a, Tensor ids_b, bool check_bounds=True, bool one_warp=False, "
       "int? lookups_at_once=None, Tensor? scale_bias_a=None, Tensor? scale_bias_b=None) -> Tensor");
+  // Dense rows (..., K) of a block table (mixemb/block_table.py) and its serving index.
+  m.def(
+      "block_gather(Tensor values, Tensor? scale_bias, Tensor boundaries, Tensor layout, "
+      "Tensor rank, Tensor ids, ScalarType? out_dtype=None, bool check_bounds=True) -> Tensor");
 }

@@ -1,18 +1,28 @@
-"""block_gather and BlockTableEmbedding: the vectorized PyTorch path and the Triton kernel
-(CUDA, or Triton's interpreter on CPU) against the block-by-block reference, at every value
-dtype and on the edge cases; the registered op under opcheck and torch.compile."""
+"""block_gather and BlockTableEmbedding: the C++ CPU kernel, the vectorized PyTorch path and
+the Triton kernel (CUDA, or Triton's interpreter on CPU) against the block-by-block
+reference, at every value dtype and on the edge cases; the registered op under opcheck and
+torch.compile; inconsistent tables an error, never a crash."""
 
 from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
 from test_block_table import pruned_table
 
+from mixemb import _ext
 from mixemb.block_table import BlockTable
 from mixemb.kernels.block_table import INTERPRET
 from mixemb.nn.block_table import BlockTableEmbedding
-from mixemb.ops.block_table import block_gather, block_gather_op
+from mixemb.ops.block_table import SCHEMA, block_gather
 from mixemb.reference import block_gather_reference
+
+NEEDS_EXT = pytest.mark.skipif(not _ext.HAS_EXT, reason=f"mixemb._C missing: {_ext.LOAD_ERROR}")
 
 DTYPES = ["fp32", "fp16", "bf16", "int8"]
 # (boundaries, block dims, K): named edge cases
@@ -32,11 +42,16 @@ IDS = {
 }
 
 
-def backends(device: str, value_dtype: str) -> list[str]:
-    """The gathers to test: the PyTorch path, and the Triton kernel where it runs (not bf16
-    under the interpreter)."""
-    triton = device == "cuda" or (INTERPRET and value_dtype != "bf16")
-    return ["torch", "triton"] if triton else ["torch"]
+def backends(device: str, *dtypes: str | torch.dtype) -> list[str]:
+    """The gathers to test: the default ("auto": C++ on CPU, Triton on CUDA), the C++
+    kernel on CPU, the PyTorch path, and the Triton kernel where it runs (not bf16 under
+    the interpreter)."""
+    out = ["auto", "torch"]
+    if device == "cpu" and _ext.HAS_EXT:
+        out.append("extension")
+    if device == "cuda" or (INTERPRET and not {"bf16", torch.bfloat16} & set(dtypes)):
+        out.append("triton")
+    return out
 
 
 def make(name: str, value_dtype: str, device: str = "cpu") -> BlockTable:
@@ -67,22 +82,35 @@ def test_the_reference_is_the_stored_dense_table(device):
     assert torch.equal(block_gather_reference(table, ids), table.to_dense())
 
 
-@pytest.mark.parametrize("value_dtype", ["fp16", "bf16"])
-def test_out_dtype_serves_a_half_table_in_float32(device, value_dtype):
+@pytest.mark.parametrize(
+    ("value_dtype", "out_dtype"),
+    [
+        ("fp16", torch.float32),
+        ("bf16", torch.float32),
+        ("fp32", torch.float64),
+        ("int8", torch.float16),
+        ("int8", torch.bfloat16),
+        ("fp16", torch.bfloat16),
+        ("bf16", torch.float16),
+        ("fp32", torch.float16),  # rounded to nearest even, as torch's .to rounds
+        ("fp32", torch.bfloat16),
+    ],
+)
+def test_out_dtype_converts_the_rows(device, value_dtype, out_dtype):
     table = make("K5-zero-column-block", value_dtype, device)
     ids = torch.tensor([[0, 5, 19]], device=device)
-    expected = block_gather_reference(table, ids).float()
-    for backend in backends(device, value_dtype):
-        out = block_gather(table, ids, out_dtype=torch.float32, backend=backend)
-        assert out.dtype == torch.float32 and torch.equal(out, expected)
+    expected = block_gather_reference(table, ids).to(out_dtype)
+    for backend in backends(device, value_dtype, out_dtype):
+        out = block_gather(table, ids, out_dtype=out_dtype, backend=backend)
+        assert out.dtype == out_dtype and torch.equal(out, expected), backend
 
 
 def test_ids_outside_the_table_raise_when_checked_and_read_zero_rows_unchecked(device):
     table = make("K5-zero-column-block", "int8", device)
     ids = torch.tensor([3, 20, -1, 19], device=device)
-    with pytest.raises(ValueError, match=r"ids\[1\] \(flattened\) = 20 is outside"):
-        block_gather(table, ids, check_bounds=True)
     for backend in backends(device, "int8"):
+        with pytest.raises(ValueError, match=r"ids\[1\] \(flattened\) = 20 is outside"):
+            block_gather(table, ids, check_bounds=True, backend=backend)
         out = block_gather(table, ids, check_bounds=False, backend=backend)
         assert not out[1:3].any()
         assert torch.equal(out[[0, 3]], block_gather_reference(table, ids[[0, 3]]))
@@ -102,15 +130,62 @@ def test_bad_arguments_are_value_errors():
         BlockTableEmbedding(table, backend="c++")
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_the_extension_backend_is_for_cpu_tensors():
+    table = make("one-block", "fp32", "cuda")
+    with pytest.raises(ValueError, match=r"backend=.extension. is the C\+\+ kernel"):
+        block_gather(table, torch.zeros(2, dtype=torch.long, device="cuda"), backend="extension")
+
+
+def test_without_the_extension_the_op_is_defined_here_on_the_pytorch_path():
+    script = """
+import sys, warnings
+sys.modules["mixemb._C"] = None  # as if it was never built
+import torch
+from test_ops_block_table import make
+from mixemb.ops.block_table import block_gather
+from mixemb.reference import block_gather_reference
+t, ids = make("K24", "int8"), torch.tensor([[0, 5, 29]])
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    assert torch.equal(block_gather(t, ids), block_gather_reference(t, ids))
+assert "mixemb._C is not available" in str(caught[0].message)
+args = (t.values, t.scale_bias, t.boundaries, *t.serving_index(), ids)
+torch.library.opcheck(torch.ops.mixemb.block_gather.default, args)
+assert torch.equal(torch.ops.mixemb.block_gather(*args), block_gather_reference(t, ids))
+try:
+    block_gather(t, ids, backend="extension")
+except RuntimeError as e:
+    assert "mixemb._C is not available" in str(e)
+else:
+    raise AssertionError("backend='extension' ran without mixemb._C")
+"""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": tests}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+@NEEDS_EXT
+def test_the_python_schema_is_the_extensions():
+    assert str(torch.ops.mixemb.block_gather.default._schema) == f"mixemb::{SCHEMA}"
+
+
 @pytest.mark.parametrize("value_dtype", ["fp32", "fp16", "int8"])
 def test_opcheck_of_the_registered_op(device, value_dtype):
+    """The op of the device: the C++ kernel on CPU, the Triton launcher on CUDA."""
     table = make("K5-zero-column-block", value_dtype, device)
     ids = torch.tensor([[0, 4, 4], [19, 11, 2]], device=device)
-    for backend in backends(device, value_dtype):
-        args = (table.values, table.scale_bias, table.boundaries, *table.serving_index(), ids)
-        use_triton = backend == "triton"
-        torch.library.opcheck(block_gather_op, (*args, table.rows_dtype, use_triton))
-        torch.library.opcheck(block_gather_op, (*args[:-1], ids[:0], torch.float32, use_triton))
+    args = (table.values, table.scale_bias, table.boundaries, *table.serving_index())
+    op = torch.ops.mixemb.block_gather.default
+    torch.library.opcheck(op, (*args, ids, table.rows_dtype, True))
+    torch.library.opcheck(op, (*args, ids.int(), None, False))
+    torch.library.opcheck(op, (*args, ids[:0], torch.float32, device == "cpu"))
+    tol = 1e-6 if device == "cuda" and value_dtype == "int8" else 0.0  # a GPU may fuse
+    torch.testing.assert_close(
+        op(*args, ids), block_gather_reference(table, ids), rtol=tol, atol=tol
+    )
 
 
 @pytest.mark.parametrize("value_dtype", DTYPES)
@@ -159,3 +234,139 @@ def test_the_module_compiles_with_fullgraph(value_dtype):
     assert torch.equal(compiled(ids), emb(ids))
     values = torch.rand(2, 3)
     assert torch.equal(compiled(ids, values), emb(ids, values))
+
+
+# ---- inconsistent tables: an error, never a crash ----------------------------------------
+# A table's tensors edited or replaced behind the BlockTable's back (or passed to the raw
+# op) must raise before the C++ kernel reads a value. The cases run in one child process,
+# so that a crash is seen as the child's signal (failing the case it happened in) instead
+# of killing pytest.
+_CORRUPT_SETUP = """
+import json
+import torch
+from test_block_table import pruned_table
+from mixemb.block_table import BlockTable
+from mixemb.ops import block_gather
+
+def good(dtype="fp32"):
+    return BlockTable.from_block_mask(*pruned_table([0, 3, 10, 20], [4, 0, 5], 5), dtype)
+
+def edited(which, index, value, dtype="fp32"):
+    t = good(dtype)
+    layout, rank = t.serving_index()
+    {"layout": layout, "rank": rank, "boundaries": t.boundaries}[which][index] = value
+    return t
+
+def raw(t, **changes):
+    args = dict(zip(["values", "scale_bias", "boundaries", "layout", "rank"],
+                    [t.values, t.scale_bias, t.boundaries, *t.serving_index()]))
+    args.update(changes)
+    return torch.ops.mixemb.block_gather(**args, ids=ids)
+
+ids = torch.arange(20)
+"""
+CORRUPT_CASES = {
+    # name: (the statement, the error it must raise)
+    "values_replaced": (
+        "t = good(); t.values = torch.ones(3); block_gather(t, ids)",
+        "the blocks keep 62 values but values holds 3",
+    ),
+    "values_longer": (
+        "t = good(); t.values = torch.ones(100); block_gather(t, ids)",
+        "values holds 100",
+    ),
+    "scale_bias_short": (
+        "t = good('int8'); t.scale_bias = t.scale_bias[:5]; block_gather(t, ids)",
+        r"scale_bias must be \(13, 2\)",
+    ),
+    "scale_bias_missing": (
+        "raw(good('int8'), scale_bias=None)",
+        r"an int8 table \(uint8 values\) needs its \(R, 2\) float16 scale_bias",
+    ),
+    "scale_bias_of_a_float_table": (
+        "raw(good(), scale_bias=torch.zeros(13, 2, dtype=torch.float16))",
+        "scale_bias is for int8 tables",
+    ),
+    "value_start_2e40": (
+        "block_gather(edited('layout', (2, 0), 2**40), ids)",
+        r"layout\[2\] = \(1099511627776, 3, 5\) but the boundaries and rank give "
+        r"\(12, 3, 5\)",
+    ),
+    "layout_dim_negative": (
+        "block_gather(edited('layout', (0, 2), -3), ids)",
+        r"layout\[0\]",
+    ),
+    "rank_past_the_row": (
+        "block_gather(edited('rank', (2, 1), 100), ids)",
+        r"rank\[2, 1\] = 100, expected -1 or",
+    ),
+    "rank_dropped_column_kept": (
+        "block_gather(edited('rank', (1, 0), 0), ids)",
+        r"layout\[1\]",
+    ),
+    "boundaries_past_n": (
+        "block_gather(edited('boundaries', 3, 2**62, 'int8'), ids, check_bounds=False)",
+        "values",
+    ),
+    "boundaries_decreasing": (
+        "block_gather(edited('boundaries', 1, 15), ids)",
+        r"boundaries\[2\] = 10 is not above boundaries\[1\] = 15",
+    ),
+    "boundaries_overflow": (
+        "t = good(); raw(t, boundaries=torch.tensor([0, 3, 2**62, 2**63 - 1]))",
+        "overflow int64",
+    ),
+    "raw_layout_short": (
+        "t = good(); raw(t, layout=t.serving_index()[0][:2])",
+        r"layout must be \(3, 3\)",
+    ),
+    "raw_rank_int64": (
+        "t = good(); raw(t, rank=t.serving_index()[1].long())",
+        "rank must be 2-D Int",
+    ),
+    "raw_values_strided": (
+        "t = good(); raw(t, values=torch.ones(124)[::2])",
+        "values must be a contiguous CPU tensor",
+    ),
+    "raw_values_float64": (
+        "t = good(); raw(t, values=t.values.double())",
+        "values must be",
+    ),
+}
+_CORRUPT_RUN = """
+for name, stmt in CASES.items():
+    try:
+        exec(stmt)
+        error = None
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"
+    print(json.dumps([name, error]), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def corrupt_outcomes() -> dict:
+    """name → the error the case raised (None: no error), or the child's death."""
+    cases = {name: stmt for name, (stmt, _) in CORRUPT_CASES.items()}
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
+    }
+    script = f"{_CORRUPT_SETUP}CASES = {cases!r}\n{_CORRUPT_RUN}"
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    outcomes = dict(json.loads(line) for line in run.stdout.splitlines())
+    if run.returncode != 0:  # a signal is a negative return code: the next case died
+        died = next(name for name in cases if name not in outcomes)
+        outcomes[died] = f"CHILD DIED (returncode {run.returncode}): {run.stderr[-1500:]}"
+    return outcomes
+
+
+@NEEDS_EXT
+@pytest.mark.parametrize("name", sorted(CORRUPT_CASES))
+def test_an_inconsistent_table_is_an_error_never_a_crash(corrupt_outcomes, name):
+    error = corrupt_outcomes.get(name, "the case never ran (an earlier case killed the child)")
+    assert error is not None, f"{name}: no error raised"
+    assert error.startswith(("ValueError", "RuntimeError")), error
+    assert re.search(CORRUPT_CASES[name][1], error), error

@@ -22,7 +22,8 @@ class BlockTableEmbedding(nn.Module):
     table: the BlockTable served (N rows, K columns, L blocks).
     out_dtype: default None; a float dtype for the rows (torch.float32 serves an fp16 or
         bf16 table to a float32 model).
-    backend: default "auto"; or "torch", "triton" (``mixemb.ops.block_table.block_gather``).
+    backend: default "auto" (C++ on CPU, Triton on CUDA); or "extension", "torch",
+        "triton" (``mixemb.ops.block_table.block_gather``).
     """
 
     def __init__(

@@ -3,16 +3,26 @@
 out[..., k] = the value of column k in the dense table of id's frequency block, 0 where
 the block drops column k (an int8 table's values dequantized, bias + q·scale, float32).
 
-Where it runs is decided once, by ``_use_triton``: the Triton kernel of
-``mixemb.kernels.block_table`` (CUDA, or CPU under Triton's interpreter) or a vectorized
-PyTorch path (lookups sorted by block, then one row gather and one column scatter per
-block; no loop over rows). Two entry points share them:
+Three implementations, chosen per call by ``backend``:
 
-* the registered op ``torch.ops.mixemb.block_gather(values, scale_bias, boundaries,
-  layout, rank, ids, out_dtype, use_triton) -> (*ids.shape, K)`` with a fake kernel, what
-  torch.compile and torch.export trace (and ``torch.library.opcheck`` checks);
-* eager calls of :func:`block_gather` run the implementation directly: the custom-op
-  dispatcher costs several times a small gather's host time (as for ``soft_select``).
+* ``"extension"``: the C++ kernel of ``mixemb._C`` (``csrc/block_table_cpu.cpp``; CPU
+  tensors), which checks the table's serving index against its boundaries and sizes on
+  every call (O(L·K)): an inconsistent table is a ValueError, never a read outside it;
+* ``"triton"``: the Triton kernel of ``mixemb.kernels.block_table`` (CUDA, or CPU under
+  Triton's interpreter);
+* ``"torch"``: vectorized PyTorch (lookups sorted by block, then one row gather and one
+  column scatter per block; no loop over rows).
+
+``"auto"`` (the default) takes the C++ kernel on CPU and the Triton kernel on CUDA. They
+are one registered op, ``torch.ops.mixemb.block_gather(values, scale_bias, boundaries,
+layout, rank, ids, out_dtype=None, check_bounds=True) -> (*ids.shape, K)``: its schema in
+``csrc/ops.cpp``, its CPU kernel the C++ one, its CUDA kernel the Triton launcher and its
+fake kernel registered here — what torch.compile and torch.export trace (and
+``torch.library.opcheck`` checks), whatever ``backend`` says. Eager calls of
+:func:`block_gather` run the chosen implementation directly (the Triton and PyTorch paths
+skip the dispatcher, which costs several times a small gather's host time). Without
+``mixemb._C`` the op is defined here with the same schema, its CPU kernel the PyTorch path,
+and ``"auto"`` warns once that it runs that path.
 
 The gather is not differentiable (a served table is not trained); a per-lookup multiplier
 is applied outside it (:class:`mixemb.nn.block_table.BlockTableEmbedding`).
@@ -22,32 +32,58 @@ from __future__ import annotations
 
 import torch
 
+from mixemb import _ext
 from mixemb.block_table import BlockTable
 from mixemb.ops.soft_select import check_ids_in_range
 
 Tensor = torch.Tensor
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "extension", "torch", "triton")
+# The op's schema, as csrc/ops.cpp defines it (tests check that the two agree).
+SCHEMA = (
+    "block_gather(Tensor values, Tensor? scale_bias, Tensor boundaries, Tensor layout, "
+    "Tensor rank, Tensor ids, ScalarType? out_dtype=None, bool check_bounds=True) -> Tensor"
+)
 _kernels = None  # mixemb.kernels.block_table, imported on first use (triton is heavy)
 
 
-def _use_triton(values: Tensor, backend: str) -> bool:
-    """True for the Triton kernel: backend "triton", or "auto" on CUDA. ValueError for
-    "triton" where it cannot run (a CPU tensor without Triton's interpreter)."""
+def _triton_kernels():
     global _kernels
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch" or (backend == "auto" and not values.is_cuda):
-        return False
     if _kernels is None:
         from mixemb.kernels import block_table as kernels
 
         _kernels = kernels
-    if not (values.is_cuda or _kernels.INTERPRET):
+    return _kernels
+
+
+def _choose(values: Tensor, backend: str) -> str:
+    """The implementation of ``backend`` for a table on values' device: "extension",
+    "torch" or "triton". ValueError where it cannot run: "extension" for CUDA tensors,
+    "triton" for CPU ones without Triton's interpreter; RuntimeError for "extension"
+    without mixemb._C."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if values.is_cuda:
+            return "triton"
+        if _ext.HAS_EXT:
+            return "extension"
+        _ext.warn_fallback("block_gather")
+        return "torch"
+    if backend == "extension":
+        if values.is_cuda:
+            raise ValueError("backend='extension' is the C++ kernel of CPU tensors")
+        if not _ext.HAS_EXT:
+            raise RuntimeError(f"block_gather: mixemb._C is not available ({_ext.LOAD_ERROR})")
+    if backend == "triton" and not (values.is_cuda or _triton_kernels().INTERPRET):
         raise ValueError(
             "backend='triton' runs on CUDA tensors, or on CPU ones under Triton's "
             "interpreter (TRITON_INTERPRET=1 before mixemb.kernels is imported)"
         )
-    return True
+    return backend
+
+
+def _rows_dtype(values: Tensor) -> torch.dtype:
+    return torch.float32 if values.dtype == torch.uint8 else values.dtype
 
 
 def _gather_torch(values, scale_bias, boundaries, layout, rank, flat, out_dtype) -> Tensor:
@@ -83,10 +119,11 @@ def _gather_torch(values, scale_bias, boundaries, layout, rank, flat, out_dtype)
     return out
 
 
-def _gather(values, scale_bias, boundaries, layout, rank, ids, out_dtype, use_triton) -> Tensor:
+def _gather(values, scale_bias, boundaries, layout, rank, ids, out_dtype, triton) -> Tensor:
+    """(*ids.shape, K): the Triton kernel (``triton``) or the PyTorch path, ids unchecked."""
     flat = ids.reshape(-1)
-    if use_triton:
-        out = _kernels.block_gather_fwd(
+    if triton:
+        out = _triton_kernels().block_gather_fwd(
             values, scale_bias, boundaries, layout, rank, flat.contiguous(), out_dtype
         )
     else:
@@ -94,24 +131,33 @@ def _gather(values, scale_bias, boundaries, layout, rank, ids, out_dtype, use_tr
     return out.reshape(*ids.shape, rank.shape[1])
 
 
-@torch.library.custom_op("mixemb::block_gather", mutates_args=())
-def block_gather_op(
-    values: Tensor,
-    scale_bias: Tensor | None,
-    boundaries: Tensor,
-    layout: Tensor,
-    rank: Tensor,
-    ids: Tensor,
-    out_dtype: torch.dtype,
-    use_triton: bool,
-) -> Tensor:
-    """(*ids.shape, K) in out_dtype; see :func:`block_gather`."""
-    return _gather(values, scale_bias, boundaries, layout, rank, ids, out_dtype, use_triton)
+def _registered(triton: bool):
+    """The op's kernel for a device whose implementation is Python: the Triton launcher
+    (CUDA) or the PyTorch path (CPU without mixemb._C). check_bounds reads the ids on the
+    host (a sync on the GPU)."""
+
+    def kernel(
+        values, scale_bias, boundaries, layout, rank, ids, out_dtype=None, check_bounds=True
+    ):
+        out_dtype = _rows_dtype(values) if out_dtype is None else out_dtype
+        if check_bounds:
+            check_ids_in_range(ids, int(boundaries[-1]))
+        return _gather(values, scale_bias, boundaries, layout, rank, ids, out_dtype, triton)
+
+    return kernel
 
 
-@block_gather_op.register_fake
-def _(values, scale_bias, boundaries, layout, rank, ids, out_dtype, use_triton):
-    return values.new_empty((*ids.shape, rank.shape[1]), dtype=out_dtype)
+if not _ext.HAS_EXT:
+    _name, _, _signature = SCHEMA.partition("(")
+    torch.library.define(f"mixemb::{_name}", f"({_signature}")
+    torch.library.impl("mixemb::block_gather", "CPU")(_registered(triton=False))
+torch.library.impl("mixemb::block_gather", "CUDA")(_registered(triton=True))
+
+
+@torch.library.register_fake("mixemb::block_gather")
+def _(values, scale_bias, boundaries, layout, rank, ids, out_dtype=None, check_bounds=True):
+    dtype = _rows_dtype(values) if out_dtype is None else out_dtype
+    return values.new_empty((*ids.shape, rank.shape[1]), dtype=dtype)
 
 
 def block_gather(
@@ -131,9 +177,11 @@ def block_gather(
         model without a second pass).
     check_bounds: default None = on for CPU tensors, off on the GPU (a host sync there);
         True raises ValueError naming the first id outside [0, N). Unchecked, such an id
-        gives a zero row. Off while compiling.
-    backend: default "auto" (the Triton kernel on CUDA, the vectorized PyTorch path on
-        CPU); "torch"; or "triton" (CUDA, or CPU under Triton's interpreter).
+        gives a zero row (and reads nothing).
+    backend: default "auto" (the C++ kernel on CPU, the Triton kernel on CUDA);
+        "extension" (C++, CPU tensors), "torch" or "triton" (CUDA, or CPU under Triton's
+        interpreter). Under torch.compile the registered op runs: the C++ kernel on CPU
+        (the PyTorch path without mixemb._C), the Triton kernel on CUDA.
     """
     if ids.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"ids must be int32 or int64, got {ids.dtype}")
@@ -142,11 +190,14 @@ def block_gather(
         raise ValueError(f"out_dtype must be a float dtype, got {out_dtype}")
     if ids.device != table.values.device:
         raise ValueError(f"ids are on {ids.device}, the table on {table.values.device}")
-    use_triton = _use_triton(table.values, backend)
+    kernel = _choose(table.values, backend)
+    check = not ids.is_cuda if check_bounds is None else bool(check_bounds)
     layout, rank = table.serving_index()
     args = (table.values, table.scale_bias, table.boundaries, layout, rank, ids, out_dtype)
     if torch.compiler.is_compiling():
-        return block_gather_op(*args, use_triton)
-    if check_bounds if check_bounds is not None else not ids.is_cuda:
+        return torch.ops.mixemb.block_gather(*args, check)
+    if kernel == "extension":
+        return torch.ops.mixemb.block_gather.default(*args, check)
+    if check:
         check_ids_in_range(ids, table.num_embeddings)
-    return _gather(*args, use_triton)
+    return _gather(*args, kernel == "triton")

@@ -36,6 +36,7 @@ def test_every_launched_variant_compiles_for_sm90():
         "_segment_rows_kernel",
         "_segment_carry_kernel",
         "_bag_fwd_kernel",
+        "_block_gather_kernel",
         "_bag_index_kernel",
         "_bag_alpha_grad_partial_kernel",
         "_bag_segment_rows_kernel",

@@ -1,10 +1,10 @@
 """Compile every Triton kernel variant the launchers would launch, for a CUDA target,
 on a machine without a GPU (run as a script by tests/test_triton_compile.py).
 
-The launchers of ``mixemb.kernels.soft_select`` and ``mixemb.kernels.soft_select_bag`` are
-called on CPU tensors with ``JITFunction.run`` replaced by a recorder, so nothing
-launches; each recorded call becomes an ``ASTSource`` (pointer and scalar types from the
-arguments, constexprs as passed) compiled by ``triton.compile`` for
+The launchers of ``mixemb.kernels.soft_select``, ``mixemb.kernels.soft_select_bag`` and
+``mixemb.kernels.block_table`` are called on CPU tensors with ``JITFunction.run`` replaced
+by a recorder, so nothing launches; each recorded call becomes an ``ASTSource`` (pointer
+and scalar types from the arguments, constexprs as passed) compiled by ``triton.compile`` for
 ``GPUTarget("cuda", ARCH, 32)`` down to a cubin. This catches what Triton's CPU
 interpreter accepts but the compiler does not (types of loop-carried values,
 scalar/vector masks, constexpr branches).
@@ -25,6 +25,8 @@ import triton.runtime.jit as jit  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from mixemb.block_table import BlockTable  # noqa: E402
+from mixemb.kernels import block_table as KT  # noqa: E402
 from mixemb.kernels import soft_select as K  # noqa: E402
 from mixemb.kernels import soft_select_bag as KB  # noqa: E402
 
@@ -35,6 +37,7 @@ PTR = {
     torch.float64: "*fp64",
     torch.int64: "*i64",
     torch.int32: "*i32",
+    torch.uint8: "*u8",
 }
 RECORDED: list[tuple] = []
 
@@ -111,6 +114,25 @@ def record_launches() -> None:
             KB.soft_select_bag_bwd_alpha(d_bag, w, a, b, ids, offsets, psw,
                                          need_values=psw is not None, **bag)  # fmt: skip
             KB.soft_select_bag_bwd_weight(d_bag, w, a, b, ids, offsets, psw, **bag)
+    # the block-table gather (serving): every value dtype, int32 and int64 ids
+    for dim, dtype, out_dtype, ids_dtype in [
+        (64, torch.float32, torch.float32, torch.int64),
+        (24, torch.float16, torch.float32, torch.int32),
+        (64, torch.bfloat16, torch.bfloat16, torch.int64),
+        (5, "int8", torch.float32, torch.int64),
+    ]:
+        n, num_blocks = 40, 4
+        bounds = torch.linspace(0, n, num_blocks + 1).long()
+        block_mask = torch.rand(num_blocks, dim, generator=g) < 0.5
+        rows = block_mask.repeat_interleave(bounds.diff(), 0)
+        table = BlockTable.from_block_mask(
+            torch.randn(n, dim, generator=g) * rows, bounds, block_mask, dtype
+        )
+        layout, rank = table.serving_index()
+        ids = torch.randint(0, n, (100,), generator=g).to(ids_dtype)
+        KT.block_gather_fwd(
+            table.values, table.scale_bias, table.boundaries, layout, rank, ids, out_dtype
+        )
 
 
 def main(arch: int = 90) -> int:

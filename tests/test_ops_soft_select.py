@@ -400,5 +400,15 @@ def test_block_map_registered_op_gradcheck_and_compile():
 )
 def test_bad_block_map_is_named(block_map, boundaries, match):
     with pytest.raises(ValueError, match=match):
-        soft_select_lookup(torch.ones(5, 3), torch.ones(2, 3), boundaries, torch.tensor([0, 1]),
+        soft_select_lookup(torch.ones(5, 3), torch.ones(2, 3), boundaries, torch.tensor([0, 2]),
                            block_map=block_map)  # fmt: skip
+
+
+def test_a_call_checks_the_block_map_entries_it_looks_up():
+    """Per call, O(M): the entries the ids look up (the whole map, O(N), is checked where a
+    twin sets or loads it)."""
+    weight, alpha, block_map = torch.ones(5, 3), torch.ones(2, 3), torch.tensor([0, 1, 0, 7, 1])
+    with pytest.raises(ValueError, match=r"block_map\[3\] = 7 is outside the blocks \[0, 2\)"):
+        soft_select_lookup(weight, alpha, None, torch.tensor([4, 3, 3]), block_map=block_map)
+    out = soft_select_lookup(weight, alpha, None, torch.tensor([0, 4]), block_map=block_map)
+    assert torch.equal(out, torch.ones(2, 3))

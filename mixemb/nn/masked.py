@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mixemb.nn.soft_select import WeightShape
 
-class MaskedEmbedding(nn.Module):
+
+class MaskedEmbedding(WeightShape, nn.Module):
     """weight: (N, K) parameter (copied from ``init``); mask: (N, K) bool buffer."""
 
     def __init__(self, init: torch.Tensor, mask: torch.Tensor) -> None:
@@ -39,14 +41,6 @@ class MaskedEmbedding(nn.Module):
         weight = torch.empty(num_embeddings, dim)
         nn.init.xavier_normal_(weight)
         return cls(weight, mask)
-
-    @property
-    def num_embeddings(self) -> int:
-        return self.weight.shape[0]
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.weight.shape[1]
 
     def kept(self) -> int:
         return int(self.mask.sum())

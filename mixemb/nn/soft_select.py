@@ -71,8 +71,8 @@ def make_boundaries(
     return torch.tensor(edges, dtype=torch.int64)
 
 
-class TableShape:
-    """The sizes of a module with ``weight`` (N, K) and ``alpha`` (L, K)."""
+class WeightShape:
+    """The sizes of a module with a ``weight`` (N, K)."""
 
     @property
     def num_embeddings(self) -> int:
@@ -81,6 +81,10 @@ class TableShape:
     @property
     def embedding_dim(self) -> int:
         return self.weight.shape[1]
+
+
+class TableShape(WeightShape):
+    """The sizes of a module with ``weight`` (N, K) and ``alpha`` (L, K)."""
 
     @property
     def num_blocks(self) -> int:

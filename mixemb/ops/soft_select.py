@@ -448,7 +448,7 @@ def soft_select_lookup(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_lookup_inputs(weight, alpha, boundaries, block_map, ids, values)
     if check_ids if check_ids is not None else not ids.is_cuda:
-        check_ids_in_range(ids, weight.shape[0])
+        check_lookups(ids, weight.shape[0], block_map, alpha.shape[0])
     if fused_optimizer is not None and sparse:
         raise ValueError("fused_optimizer updates the table itself: sparse must be False")
     l1, eps = float(l1), float(eps)
@@ -471,8 +471,8 @@ def check_lookup_inputs(weight, alpha, boundaries, block_map, ids, values) -> No
         raise ValueError(f"alpha must be (L, K={weight.shape[1]}), got shape {tuple(alpha.shape)}")
     if (boundaries is None) == (block_map is None):
         raise ValueError("give exactly one of boundaries and block_map (the other None)")
-    if block_map is not None:
-        _check_block_map(block_map, weight.shape[0], alpha.shape[0])
+    if block_map is not None:  # its values: per call, the looked-up entries (check_lookups)
+        _check_block_map_layout(block_map, weight.shape[0])
     else:
         _check_boundaries_arg(boundaries, alpha.shape[0], weight.shape[0])
     if ids.dtype not in (torch.int32, torch.int64):
@@ -481,30 +481,33 @@ def check_lookup_inputs(weight, alpha, boundaries, block_map, ids, values) -> No
         raise ValueError(f"values must match ids {tuple(ids.shape)}, got {tuple(values.shape)}")
 
 
-def _check_block_map(block_map: Tensor, num_rows: int, num_blocks: int) -> None:
+def _check_block_map_layout(block_map: Tensor, num_rows: int) -> None:
     if block_map.dtype != torch.int64:
         raise ValueError(f"block_map must be int64, got {block_map.dtype}")
     if block_map.shape != (num_rows,):
         raise ValueError(f"block_map must be (N,) = ({num_rows},), got {tuple(block_map.shape)}")
-    # as for boundaries: a CUDA block map is checked where it is made (SearchableEmbedding)
-    if not block_map.is_cuda and not torch.compiler.is_compiling():
-        check_block_map(block_map, num_rows, num_blocks)
 
 
-def check_block_map(block_map: Tensor, num_rows: int, num_blocks: int) -> None:
+def check_block_map(
+    block_map: Tensor, num_rows: int, num_blocks: int, ids: Tensor | None = None
+) -> None:
     """Raise ValueError unless block_map is (num_rows,) int64 with every value in
-    [0, num_blocks) (an out-of-range block would index past α)."""
-    if block_map.dtype != torch.int64 or block_map.shape != (num_rows,):
-        raise ValueError(
-            f"block_map must be ({num_rows},) int64, got {tuple(block_map.shape)} {block_map.dtype}"
-        )
-    if num_rows == 0:
+    [0, num_blocks) (an out-of-range block would index past α).
+
+    ids: None checks the whole map (O(N): where a map is set or loaded); in-range ids
+    check only the entries they look up (O(M): the per-call check of the ops).
+    """
+    _check_block_map_layout(block_map, num_rows)
+    rows = None if ids is None else ids.reshape(-1).long()
+    blocks = block_map if rows is None else block_map[rows]
+    if blocks.numel() == 0:
         return
-    lo, hi = torch.aminmax(block_map)
+    lo, hi = torch.aminmax(blocks)
     if int(lo) < 0 or int(hi) >= num_blocks:
-        bad = int(((block_map < 0) | (block_map >= num_blocks)).nonzero()[0])
+        at = int(((blocks < 0) | (blocks >= num_blocks)).nonzero()[0])
+        row = at if rows is None else int(rows[at])
         raise ValueError(
-            f"block_map[{bad}] = {int(block_map[bad])} is outside the blocks [0, {num_blocks})"
+            f"block_map[{row}] = {int(block_map[row])} is outside the blocks [0, {num_blocks})"
         )
 
 
@@ -529,6 +532,15 @@ def check_boundaries(boundaries: Tensor, num_rows: int) -> None:
         raise ValueError(f"boundaries must run from 0 to N={num_rows}, got {b[:8]}")
     if any(hi <= lo for lo, hi in zip(b, b[1:])):
         raise ValueError(f"boundaries must be strictly increasing, got {b[:8]}")
+
+
+def check_lookups(ids: Tensor, num_rows: int, block_map: Tensor | None, num_blocks: int) -> None:
+    """The per-call value checks of a lookup: ids in [0, N), and (with a block map) the
+    map's entries they look up in [0, L). A CUDA map is checked where it is made instead
+    (reading it costs a host sync)."""
+    check_ids_in_range(ids, num_rows)
+    if block_map is not None and not block_map.is_cuda and not torch.compiler.is_compiling():
+        check_block_map(block_map, num_rows, num_blocks, ids)
 
 
 def check_ids_in_range(ids: Tensor, num_rows: int) -> None:

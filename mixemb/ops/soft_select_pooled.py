@@ -36,8 +36,8 @@ import torch
 from mixemb import reference as ref
 from mixemb.ops.soft_select import (
     BACKENDS,
-    check_ids_in_range,
     check_lookup_inputs,
+    check_lookups,
     implementation,
     kernels_run_on,
 )
@@ -303,7 +303,7 @@ def soft_select_bag(
     pad = -1 if padding_idx is None else padding_idx % n
     check_offsets(offsets, ids.numel())
     if check_ids if check_ids is not None else not ids.is_cuda:
-        check_ids_in_range(ids, n)
+        check_lookups(ids, n, block_map, alpha.shape[0])
     offsets, l1, eps = offsets.to(torch.int64), float(l1), float(eps)
     impl = implementation(weight, backend, torch.compiler.is_compiling())
     if impl == "ops":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from experiments.by_params import params_results
 from experiments.presets import Experiment, Preset
 from experiments.tables import (
     WITHIN,
@@ -101,22 +102,46 @@ def verdict_section(results: dict[str, dict], preset: Preset) -> list[str]:
     )
     lines.append("")
     by_params = verdict_rows(results, preset, "params")
+    lines += [
+        "By parameters (the paper's unit: budgets as fractions of uniform-K's N·K parameters):",
+        "",
+        verdict_summary(by_params, "uniform-K's parameters"),
+    ]
     if by_params:
-        lines += [
-            "By parameters (budgets as fractions of uniform-K's N·K parameters, the paper's "
-            "unit; metadata not counted):",
-            "",
-            verdict_summary(by_params, "uniform-K's parameters"),
-            verdict_table(by_params),
-        ]
-    else:
-        lines += [
-            "By parameters (the paper's unit): no table, since every cell here budgets "
-            'stored bytes; cells run with `budget_unit = "params"` in a preset\'s config '
-            "would add one.",
-            "",
-        ]
+        lines.append(verdict_table(by_params))
+    lines += [params_note(results, preset), ""]
     return lines
+
+
+def params_note(results: dict[str, dict], preset: Preset) -> str:
+    """Which cells the verdict by parameters counts, and why."""
+    over, unsized = 0, []
+    for exp in preset.experiments:
+        if exp.verdict and exp.name in results:
+            _, size, n = params_results(results[exp.name])
+            over += n
+            if size is None:
+                unsized.append(exp.name)
+    checked = (
+        f"{over} keep more and are left out" if over else "every one keeps at most that"
+    ) + "; N·K from the experiment's fp32 `uniform` cells"
+    if unsized:
+        checked += (
+            f", which {', '.join(unsized)} {'has' if len(unsized) == 1 else 'have'} none, "
+            "so there only the cells run at a parameter budget count"
+        )
+    return (
+        "Cells counted: those run at a parameter budget, and those with fp32 values run at "
+        "byte budget b, which store at most b·4·N·K bytes and so keep at most b·N·K "
+        f"parameters, as a cell of parameter budget b does (checked against the parameters "
+        f"each cell keeps: {checked}). Ragged tables (`dnis*`, `magnitude*`, `mde@a`, "
+        "`random`; see Storage under Methods) pay their metadata out of those bytes and "
+        "keep fewer parameters than b·N·K (last column: the mean over seeds of the two "
+        "compared methods), so this table handicaps them. Cells with fp16, bf16 or int8 "
+        "values are not counted: at byte budget b they hold more than b·N·K parameters, and "
+        "a parameter budget does not price precision. Winner, gap and seeds as in the table "
+        "by bytes."
+    )
 
 
 def experiment_section(res: dict, exp: Experiment, fig_dir: Path, plot: bool) -> list[str]:

@@ -39,6 +39,7 @@ from mixemb.methods.mde import mde_block_dims
 from mixemb.methods.shared import searched, uniform_k
 from mixemb.metrics import primary_metric
 from mixemb.prune import merged_table, prune_table
+from mixemb.prune.pruners import block_mask_prune
 from mixemb.train import write_json
 
 INSTANCES = {
@@ -46,11 +47,16 @@ INSTANCES = {
     "hump-axis": {"dims_law": "hump", "basis": "axis"},
     "field-rotated": {"dims_law": "field", "basis": "field"},
 }
-DNIS_FAMILY = ("dnis_ft", "dnis_blockmask_ft")
+DNIS_FAMILY = ("dnis_ft", "dnis_blockmask_ft", "dnis_blockmask_rot_ft")
+METHODS_RUN = (
+    "uniform", "mde_blocks@0.3", "svd_ft", "magnitude_blockmask_rot_ft", *DNIS_FAMILY
+)  # fmt: skip
+ID_ORDERS = ("frequency", "field")
 
 
 def allocations(ds, cfg: MethodConfig, seed: int, budgets, log) -> dict:
-    """Budget → {allocation name: (N,) kept dims per id} for DNIS, MDE and magnitude."""
+    """Budget → {allocation name: (N,) kept dims per id} for DNIS, MDE and magnitude
+    (element-wise pruning for DNIS and magnitude, MDE's dims per α block)."""
     boundaries, sizes = block_sizes(ds, cfg)
     freq = torch.as_tensor(ds.encoder.frequencies, dtype=torch.float64)
     mean_freq = [float(freq[a:b].mean()) for a, b in zip(boundaries[:-1], boundaries[1:])]
@@ -63,15 +69,25 @@ def allocations(ds, cfg: MethodConfig, seed: int, budgets, log) -> dict:
         except InfeasibleBudget:  # the ragged metadata alone exceeds the budget
             continue
         block_keep = keep_entries(ds, cfg, b, "blocks")
+        mask_keep = keep_entries(ds, cfg, b, "blockmask")
         mde = mde_block_dims(mean_freq, sizes, cfg.dim, block_keep, cfg.mde_exponent)
         out[b] = {
             "dnis": prune_table(dnis, keep, "elem")[1].dims,
             "magnitude": prune_table(plain, keep, "elem")[1].dims,
+            "dnis_blockmask": block_dims_per_id(dnis, boundaries, mask_keep),
+            "magnitude_blockmask": block_dims_per_id(plain, boundaries, mask_keep),
             f"mde_blocks@{cfg.mde_exponent:g}": torch.repeat_interleave(
                 torch.tensor(mde), torch.tensor(sizes)
             ),
         }
     return out
+
+
+def block_dims_per_id(merged: torch.Tensor, boundaries: torch.Tensor, keep: int) -> torch.Tensor:
+    """(N,) int64 dims per id of ``merged`` (N, K) pruned to one column set per α block
+    within ``keep`` entries (the ``*_blockmask*`` methods' allocation, before rotation)."""
+    block_mask = block_mask_prune(merged, boundaries, keep)[1]
+    return torch.repeat_interleave(block_mask.sum(1), boundaries[1:] - boundaries[:-1])
 
 
 def accuracy_rows(results: dict, task: str) -> list[dict]:
@@ -117,17 +133,22 @@ def verdict(rows: list[dict], budgets, metric: str = "auc") -> dict:
     return out
 
 
-def run_instance(name: str, args, log) -> dict:
+def run_instance(name: str, id_order: str, args, log) -> dict:
     kwargs = dict(INSTANCES[name], scale=args.scale, num_rows=args.rows, dim=args.planted_dim)
     spec = {"name": "planted", "task": "ctr", "seed": args.seed, "min_count": 1, **kwargs}
+    if id_order != "frequency":  # the frequency order's spec predates the option
+        spec["id_order"] = id_order
     t0 = time.perf_counter()
     ds = load_dataset(**spec)
     cfg = MethodConfig(dim=args.dim, budget_unit="bytes")
     planted, freq = ds.planted_dims, np.asarray(ds.encoder.frequencies)
+    fields = np.asarray(ds.encoder.field_of_id)
     sel = (planted.numpy() >= 0) & (freq >= args.min_count)
     boundaries, _ = block_sizes(ds, cfg)
     head = {
         "instance": name,
+        "id_order": id_order,
+        "seed": args.seed,
         "dataset": spec,
         "config": asdict(cfg),
         "num_features": ds.num_features,
@@ -139,28 +160,39 @@ def run_instance(name: str, args, log) -> dict:
         "planted_block_means": recovery(planted.clamp(min=0), planted, freq, boundaries)[
             "block_mean_planted"
         ],
+        "planted_field_means": recovery(
+            planted.clamp(min=0), planted, freq, boundaries, field_of_id=fields
+        )["field_mean_planted"],
     }
     alloc = allocations(ds, cfg, args.seed, args.recovery_budgets, log)
     head["recovery"] = {
         f"{b:g}": {
             k: {
-                **recovery(dims, planted, freq, boundaries, args.min_count),
+                **recovery(dims, planted, freq, boundaries, args.min_count, fields),
                 "mean": float(dims.double().mean()),
             }
             for k, dims in per.items()
         }
         for b, per in alloc.items()
     }
-    methods = ["uniform", f"mde_blocks@{cfg.mde_exponent:g}", "dnis_ft"]
-    methods += [m for m in ("dnis_blockmask_ft",) if m in METHODS]
     results = compare(
-        ds, spec, "fm", cfg, methods=methods, budgets=args.accuracy_budgets,
-        seeds=(args.seed,), out=Path(args.runs) / name, log=log,
+        ds, spec, "fm", cfg, methods=args.methods, budgets=args.accuracy_budgets,
+        seeds=(args.seed,), out=Path(args.runs) / run_name(name, id_order, args.seed), log=log,
     )  # fmt: skip
     head["accuracy"] = accuracy_rows(results, ds.task)
     head["verdict"] = verdict(head["accuracy"], args.accuracy_budgets)
     head["seconds"] = time.perf_counter() - t0
     return head
+
+
+def run_name(instance: str, id_order: str, seed: int) -> str:
+    """The instance's file stem: ``field-axis`` (frequency order, seed 0),
+    ``field-axis-by-field-s1`` …"""
+    return (
+        instance
+        + ("" if id_order == "frequency" else f"-by-{id_order}")
+        + (f"-s{seed}" if seed else "")
+    )
 
 
 def main(argv=None) -> int:
@@ -172,7 +204,12 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=300_000)
     p.add_argument("--dim", type=int, default=64, help="K of the model's table")
     p.add_argument("--planted-dim", type=int, default=32, help="the largest planted r")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0", help="comma-separated; one JSON per seed")
+    p.add_argument(
+        "--id-orders", default="frequency",
+        help="comma-separated: frequency (α blocks over all ids), field (α blocks per field)",
+    )  # fmt: skip
+    p.add_argument("--methods", default=",".join(METHODS_RUN))
     p.add_argument("--min-count", type=int, default=20, help="per-feature recovery threshold")
     p.add_argument("--recovery-budgets", default="0.2,0.1,0.05")
     p.add_argument("--accuracy-budgets", default="0.1,0.05")
@@ -180,22 +217,37 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.recovery_budgets = [float(x) for x in args.recovery_budgets.split(",")]
     args.accuracy_budgets = [float(x) for x in args.accuracy_budgets.split(",")]
+    args.methods = args.methods.split(",")
+    unknown = [m for m in args.methods if m.split("@")[0].split(":")[0] not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown methods {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    orders = args.id_orders.split(",")
+    if any(o not in ID_ORDERS for o in orders):
+        raise SystemExit(f"--id-orders must be from {', '.join(ID_ORDERS)}, got {args.id_orders}")
     log = (lambda _: None) if args.quiet else print
     out = Path(args.out)
     for name in args.instances.split(","):
         if name not in INSTANCES:
             raise SystemExit(f"unknown instance {name!r}; known: {', '.join(INSTANCES)}")
-        path = out / f"{name}.json"
-        if path.exists():
-            print(f"{path} exists: skipped")
-            continue
-        result = run_instance(name, args, log)
-        write_json(result, path)
-        print(
-            json.dumps(
-                {"instance": name, "recovery": result["recovery"], "verdict": result["verdict"]}
-            )
-        )
+    for seed in [int(x) for x in args.seeds.split(",")]:
+        for id_order in orders:
+            for name in args.instances.split(","):
+                path = out / f"{run_name(name, id_order, seed)}.json"
+                if path.exists():
+                    print(f"{path} exists: skipped")
+                    continue
+                args.seed = seed
+                result = run_instance(name, id_order, args, log)
+                write_json(result, path)
+                scores = ("block", "field", "feature")
+                summary = {
+                    "recovery": {
+                        b: {k: {x: round(r[x], 3) for x in scores} for k, r in per.items()}
+                        for b, per in result["recovery"].items()
+                    },
+                    "verdict": result["verdict"],
+                }
+                print(json.dumps({"instance": path.stem, **summary}))
     return 0
 
 

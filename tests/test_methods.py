@@ -43,6 +43,7 @@ def _dataset(n=1500, users=50, items=30):
         num_features=users + items,
         fields=[FieldSpec("u"), FieldSpec("i")],
         frequencies=freq.numpy(),
+        id_order="frequency",
     )
     a, b = int(0.7 * n), int(0.9 * n)
     return Dataset(

@@ -26,7 +26,9 @@ def _planted(n=6000, users=60, items=40, noise=200, seed=0):
     y = 3 + (pu[u] * qi[i]).sum(1) + 0.3 * torch.randn(n, generator=g)
     ids = torch.stack([u, users + i, users + items + z], 1).int()
     enc = SimpleNamespace(
-        num_features=users + items + noise, fields=[FieldSpec(f) for f in ("u", "i", "z")]
+        num_features=users + items + noise,
+        fields=[FieldSpec(f) for f in ("u", "i", "z")],
+        id_order="frequency",
     )
     a, b = int(0.7 * n), int(0.9 * n)
     splits = [Split(ids[s], y[s]) for s in (slice(0, a), slice(a, b), slice(b, n))]

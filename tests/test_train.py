@@ -38,7 +38,9 @@ def _planted_dataset(task: str = "rating", n: int = 1200, users: int = 40, items
         labels = (torch.rand(n, generator=gen) < torch.sigmoid(2 * signal)).float()
     ids = torch.stack([u, users + i], 1).to(torch.int32)
     encoder = SimpleNamespace(
-        num_features=users + items, fields=[FieldSpec("user_id"), FieldSpec("item_id")]
+        num_features=users + items,
+        fields=[FieldSpec("user_id"), FieldSpec("item_id")],
+        id_order="frequency",
     )
     a, b = int(0.7 * n), int(0.9 * n)
     parts = [Split(ids[s], labels[s]) for s in (slice(0, a), slice(a, b), slice(b, n))]

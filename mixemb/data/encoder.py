@@ -35,6 +35,7 @@ import torch
 from mixemb.data.schema import DataError, FieldSpec, clipped, quoted
 
 NUMERIC_MODES = ("scale", "bucketize")
+ID_ORDERS = ("frequency", "field")
 # Scaled values are stored as float32: a larger magnitude would become inf there.
 _MAX_ABS_VALUE = float(np.finfo(np.float32).max)
 
@@ -114,7 +115,9 @@ class FeatureEncoder:
     numeric_mode: "scale" or "bucketize" for numeric fields.
 
     After :meth:`fit`: ``num_features``, ``frequencies`` (int64 (N,), non-increasing),
-    ``field_of_id`` (int64 (N,), index into ``fields``).
+    ``field_of_id`` (int64 (N,), index into ``fields``), ``id_order`` ("frequency").
+    :meth:`by_field` renumbers the ids field by field (``id_order`` "field": each field's
+    ids contiguous, in field order, frequencies non-increasing within a field).
     """
 
     def __init__(
@@ -142,6 +145,7 @@ class FeatureEncoder:
         self._values_of_id: list[str] = []
         self.frequencies = np.zeros(0, dtype=np.int64)
         self.field_of_id = np.zeros(0, dtype=np.int64)
+        self.id_order = "frequency"
 
     # ---- helpers ----------------------------------------------------------------------
     def _is_scaled(self, f: FieldSpec) -> bool:
@@ -299,6 +303,25 @@ class FeatureEncoder:
         j = int(self.field_of_id[gid])
         return self.fields[j].name, None if self._oov[j] == gid else self._values_of_id[gid]
 
+    def by_field(self) -> tuple[FeatureEncoder, np.ndarray]:
+        """(this encoder with its ids renumbered field by field, ``new_of_old`` (N,) int64).
+
+        New ids run over the fields in order; within a field, by descending training
+        frequency (ties by the old id). The new encoder's ``id_order`` is "field".
+        """
+        self._check_fitted()
+        n = self.num_features
+        order = np.lexsort((np.arange(n), -self.frequencies, self.field_of_id))
+        new_of_old = np.empty(n, dtype=np.int64)
+        new_of_old[order] = np.arange(n)
+        state = self.state_dict()
+        state["frequencies"] = state["frequencies"][torch.from_numpy(order)]
+        state["field_of_id"] = state["field_of_id"][torch.from_numpy(order)]
+        state["values_of_id"] = [self._values_of_id[i] for i in order.tolist()]
+        state["oov"] = [int(new_of_old[o]) for o in self._oov]
+        state["id_order"] = "field"
+        return FeatureEncoder.from_state_dict(state), new_of_old
+
     # ---- saving -----------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Only dicts, lists, str, int and tensors: loads with ``torch.load(weights_only=True)``.
@@ -312,6 +335,7 @@ class FeatureEncoder:
             "oov": list(self._oov),
             "frequencies": torch.from_numpy(self.frequencies.copy()),
             "field_of_id": torch.from_numpy(self.field_of_id.copy()),
+            "id_order": self.id_order,
         }
 
     @classmethod
@@ -321,6 +345,11 @@ class FeatureEncoder:
         )
         enc.frequencies = np.asarray(state["frequencies"], dtype=np.int64)
         enc.field_of_id = np.asarray(state["field_of_id"], dtype=np.int64)
+        enc.id_order = state.get("id_order", "frequency")  # files written before it existed
+        if enc.id_order not in ID_ORDERS:
+            raise ValueError(
+                f"encoder state: id_order must be one of {ID_ORDERS}, got {enc.id_order!r}"
+            )
         enc._values_of_id = list(state["values_of_id"])
         oov = [int(o) for o in state["oov"]]
         n = len(enc.frequencies)

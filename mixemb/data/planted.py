@@ -84,6 +84,12 @@ class PlantedDataset(Dataset):
 
     planted_dims: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
 
+    def per_id_fields(self, new_of_old: torch.Tensor) -> dict:
+        """``planted_dims`` permuted to new ids: new id new_of_old[i] gets r of old id i."""
+        dims = torch.empty_like(self.planted_dims)
+        dims[new_of_old] = self.planted_dims
+        return {"planted_dims": dims}
+
 
 def field_cardinalities(
     num_fields: int, scale: float, min_cardinality: int, max_cardinality: int
@@ -227,16 +233,19 @@ def recovery(
     frequencies: torch.Tensor | np.ndarray,
     boundaries: Sequence[int] | torch.Tensor,
     min_count: int = 20,
+    field_of_id: torch.Tensor | np.ndarray | None = None,
 ) -> dict:
     """How well an allocation ``kept`` (N,) (dims per encoded id) recovers ``planted``
     (N,) r (-1 for ids without one), with the training ``frequencies`` (N,) and the
-    frequency blocks' ``boundaries`` (L+1,).
+    α blocks' ``boundaries`` (L+1,).
 
     Returns block (Spearman of the L block means of kept and of r, over the ids with an
     r; a block with none is left out), feature (Spearman over the ids with an r seen at
     least ``min_count`` times in training), features (their count), and
     feature_vs_frequency (Spearman of kept and frequency over the same ids: how much of
-    the allocation just follows frequency).
+    the allocation just follows frequency). With ``field_of_id`` (N,) int: also field
+    (Spearman of the fields' means of kept and of r, over the ids with an r) and the
+    means themselves.
     """
     kept = np.asarray(kept, dtype=np.float64)
     planted = np.asarray(planted, dtype=np.int64)
@@ -255,7 +264,21 @@ def recovery(
             block_kept.append(kept[lo:hi][m].mean())
             block_r.append(planted[lo:hi][m].mean())
     sel = has & (freq >= min_count)
+    per_field = {}
+    if field_of_id is not None:
+        fld = np.asarray(field_of_id, dtype=np.int64)
+        if fld.shape != kept.shape:
+            raise ValueError(f"field_of_id must be (N,) = {kept.shape}, got {fld.shape}")
+        fields = [f for f in np.unique(fld[has])]
+        field_kept = [float(kept[has & (fld == f)].mean()) for f in fields]
+        field_r = [float(planted[has & (fld == f)].mean()) for f in fields]
+        per_field = {
+            "field": spearman(np.array(field_kept), np.array(field_r)),
+            "field_mean_kept": field_kept,
+            "field_mean_planted": field_r,
+        }
     return {
+        **per_field,
         "block": spearman(np.array(block_kept), np.array(block_r)),
         "block_mean_kept": [float(x) for x in block_kept],
         "block_mean_planted": [float(x) for x in block_r],

@@ -9,10 +9,14 @@ frequent feature) plus the fitted encoder that produced them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
+
+from mixemb.nn import make_boundaries
+from mixemb.reference import equal_boundaries
 
 if TYPE_CHECKING:
     from mixemb.data.encoder import FeatureEncoder
@@ -127,3 +131,49 @@ class Dataset:
     @property
     def num_fields(self) -> int:
         return len(self.encoder.fields)
+
+    def block_boundaries(self, num_blocks: int) -> torch.Tensor:
+        """(L+1,) int64 boundaries of the α blocks (contiguous id ranges).
+
+        Ids by frequency (the encoder's ``id_order`` "frequency"): ``num_blocks`` near-equal
+        blocks over all ids, so L = num_blocks. Ids by field ("field"): each field's ids
+        split into min(num_blocks, its ids) near-equal frequency bands, so a block never
+        mixes fields and L = Σ_f min(num_blocks, n_f).
+        """
+        n = self.num_features
+        if self.encoder.id_order == "frequency":
+            return make_boundaries(n, num_blocks=num_blocks)
+        if num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+        fields = torch.as_tensor(self.encoder.field_of_id)
+        starts = torch.searchsorted(fields, torch.arange(self.num_fields + 1))
+        parts = [torch.zeros(1, dtype=torch.int64)]
+        for lo, hi in zip(starts[:-1].tolist(), starts[1:].tolist()):
+            if hi > lo:
+                parts.append(lo + equal_boundaries(hi - lo, min(num_blocks, hi - lo))[1:])
+        return torch.cat(parts)
+
+    def by_field(self) -> Dataset:
+        """This dataset with its ids renumbered field by field (:meth:`FeatureEncoder.by_field`):
+        the same rows, the α blocks of :meth:`block_boundaries` per field."""
+        encoder, new_of_old = self.encoder.by_field()
+        remap = torch.from_numpy(new_of_old.astype(np.int32))
+
+        def renumbered(split: Split) -> Split:
+            return replace(split, ids=remap[split.ids.long()])
+
+        sampler = self.train_sampler
+        return replace(
+            self,
+            encoder=encoder,
+            train=renumbered(self.train),
+            valid=renumbered(self.valid),
+            test=renumbered(self.test),
+            train_sampler=None if sampler is None else (lambda epoch: renumbered(sampler(epoch))),
+            info={**self.info, "id_order": "field"},
+            **self.per_id_fields(torch.from_numpy(new_of_old)),
+        )
+
+    def per_id_fields(self, new_of_old: torch.Tensor) -> dict:
+        """Subclasses' per-id fields permuted by ``new_of_old`` (N,) int64 (none here)."""
+        return {}

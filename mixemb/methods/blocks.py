@@ -18,15 +18,16 @@ from mixemb.data.schema import Dataset
 from mixemb.methods.cells import make_cell
 from mixemb.methods.config import MethodConfig
 from mixemb.models import build_model
-from mixemb.nn import MaskedEmbedding, make_boundaries
+from mixemb.nn import MaskedEmbedding
 from mixemb.prune import block_tables_bytes, to_ragged_model
 from mixemb.prune.budget import ragged_bytes
 from mixemb.train import TrainResult, fit
 
 
 def block_sizes(ds: Dataset, cfg: MethodConfig) -> tuple[torch.Tensor, list[int]]:
-    """(boundaries (L+1,) int64, rows per block) of ``cfg.num_blocks`` frequency blocks."""
-    b = make_boundaries(ds.num_features, num_blocks=cfg.num_blocks)
+    """(boundaries (L+1,) int64, rows per block) of the α blocks
+    (:meth:`Dataset.block_boundaries`)."""
+    b = ds.block_boundaries(cfg.num_blocks)
     return b, (b[1:] - b[:-1]).tolist()
 
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from mixemb.methods.cells import pruner_variants
 from mixemb.methods.shared import uniform_k
-from mixemb.nn import make_boundaries
 
 
 def describe_magnitude(ds, cfg, model, report, trained, own_seconds) -> dict:
     """A magnitude cell's own keys: the kept dims per block, the uniform-K training time."""
-    boundaries = make_boundaries(ds.num_features, num_blocks=cfg.num_blocks)
+    boundaries = ds.block_boundaries(cfg.num_blocks)
     return dict(
         block_mean_dims=report.block_mean_dims(boundaries), train_seconds=trained["seconds"]
     )

@@ -31,7 +31,7 @@ from torch import nn
 from mixemb.data.schema import Dataset, Split
 from mixemb.metrics import primary_metric
 from mixemb.models import build_model
-from mixemb.nn import SoftSelectEmbedding, make_boundaries
+from mixemb.nn import SoftSelectEmbedding
 from mixemb.search.any_model import DnisStep
 from mixemb.train import EpochHooks, TrainConfig, batch_order, config_from, fit, run_epochs
 from mixemb.train.checkpoint import check_writable
@@ -109,9 +109,10 @@ class SearchResult:
 def build_search_model(
     dataset: Dataset, model_name: str, config: SearchConfig, **model_kwargs
 ) -> nn.Module:
-    """A model on a :class:`SoftSelectEmbedding` with L equal frequency blocks."""
+    """A model on a :class:`SoftSelectEmbedding` over the dataset's α blocks
+    (:meth:`Dataset.block_boundaries`)."""
     torch.manual_seed(config.seed)
-    boundaries = make_boundaries(dataset.num_features, num_blocks=config.num_blocks)
+    boundaries = dataset.block_boundaries(config.num_blocks)
     emb = SoftSelectEmbedding(
         dataset.num_features,
         config.dim,

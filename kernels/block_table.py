@@ -6,11 +6,12 @@ its serving index: layout (L, 3) int64 (value start, int8 row start, d_l per blo
 (L, K) int32 (a column's slot in its block's rows, -1 where dropped).
 
 ``_block_gather_kernel``: one program per tile of lookups × columns. block(id) is counted
-in-kernel against the inner boundaries, so no per-row array is
-stored or read; a lookup's value for column k sits at value_start + (id - b_l)·d_l +
-rank[l, k] — its row's values are contiguous, so a tile's loads are too. An int8 value
-reads bias + q·scale in float32 from its row's fp16 scale and bias. Dropped columns and
-out-of-range ids write zeros (the op checks ids on request); no host synchronisation.
+in-kernel against the inner boundaries, so no per-row array is stored or read; a lookup's
+value for column k sits at value_start + (id - b_l)·d_l + rank[l, k] — its row's values
+are contiguous, so a tile's loads are too. An int8 value reads bias + q·scale in float32
+from its row's fp16 scale and bias. Dropped columns and out-of-range ids write zeros (the
+op checks ids on request), and so does a value or int8 row outside values / scale_bias
+(an index the op's check did not see edited); no host synchronisation.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def _block_gather_kernel(
     num_lookups,
     dim,
     num_blocks,
+    num_values,
+    num_sb_rows,
     INT8: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -61,13 +64,16 @@ def _block_gather_kernel(
     d = tl.load(layout_ptr + blocks * 3 + 2, mask=valid, other=0)
     tile = valid[:, None] & cmask[None, :]
     rank = tl.load(rank_ptr + blocks[:, None] * dim + cols[None, :], mask=tile, other=-1)
-    kept = tile & (rank >= 0)
     at = (value_start + local * d)[:, None] + rank.to(tl.int64)
+    # the op checks the index first; the bounds keep an edit it cannot see (through
+    # .data or an alias) from reading outside the values: wrong rows, never a fault
+    kept = tile & (rank >= 0) & (at >= 0) & (at < num_values)
     v = tl.load(values_ptr + at, mask=kept, other=0)
     if INT8:
         row = tl.load(layout_ptr + blocks * 3 + 1, mask=valid, other=0) + local
-        scale = tl.load(scale_bias_ptr + row * 2, mask=valid & (d > 0), other=0.0)
-        bias = tl.load(scale_bias_ptr + row * 2 + 1, mask=valid & (d > 0), other=0.0)
+        has_row = valid & (d > 0) & (row >= 0) & (row < num_sb_rows)
+        scale = tl.load(scale_bias_ptr + row * 2, mask=has_row, other=0.0)
+        bias = tl.load(scale_bias_ptr + row * 2 + 1, mask=has_row, other=0.0)
         v = bias.to(tl.float32)[:, None] + v.to(tl.float32) * scale.to(tl.float32)[:, None]
         v = tl.where(kept, v, 0.0)
     tl.store(
@@ -111,7 +117,8 @@ def block_gather_fwd(values, scale_bias, boundaries, layout, rank, ids, out_dtyp
     with _on_device(values):
         _block_gather_kernel[grid](
             values, scale_bias if scale_bias is not None else values, boundaries, layout, rank,
-            ids, out, ids.numel(), dim, num_blocks,
+            ids, out, ids.numel(), dim, num_blocks, values.numel(),
+            scale_bias.shape[0] if scale_bias is not None else 0,
             INT8=scale_bias is not None, BLOCK_M=block_m, BLOCK_K=block_k,
             L_PAD=triton.next_power_of_2(max(num_blocks - 1, 1)),
         )  # fmt: skip

@@ -17,7 +17,7 @@ from test_block_table import pruned_table
 
 from mixemb import _ext
 from mixemb.block_table import BlockTable
-from mixemb.kernels.block_table import INTERPRET
+from mixemb.kernels.block_table import INTERPRET, block_gather_fwd
 from mixemb.nn.block_table import BlockTableEmbedding
 from mixemb.ops.block_table import SCHEMA, block_gather
 from mixemb.reference import block_gather_reference
@@ -116,6 +116,34 @@ def test_ids_outside_the_table_raise_when_checked_and_read_zero_rows_unchecked(d
         assert torch.equal(out[[0, 3]], block_gather_reference(table, ids[[0, 3]]))
     with pytest.raises(ValueError, match="ids must be in"):
         block_gather_reference(table, ids)
+
+
+@pytest.mark.parametrize("value_dtype", ["fp32", "int8"])
+def test_the_triton_kernel_reads_nothing_outside_the_values(device, value_dtype):
+    """An index edit that the op's check cannot see (here: the launcher called directly)
+    reads zeros past the values and scale_bias, never the memory beside them (a sentinel
+    7.0 there)."""
+    if not (device == "cuda" or INTERPRET):
+        pytest.skip("needs CUDA or Triton's interpreter")
+    table = make("K5-zero-column-block", value_dtype, device)
+    ids = torch.arange(table.num_embeddings, device=device)
+    expected = block_gather_reference(table, ids)
+    layout, rank = (t.clone() for t in table.serving_index())
+    values, scale_bias = table.values, table.scale_bias
+    base = torch.full((200,), 7, dtype=values.dtype, device=device)
+    base[: values.numel()] = values
+    values = base[: values.numel()]
+    if scale_bias is None:
+        rank[2, 1] = 100  # block 2 (ids 10..19) reads column 1 at 112.. of 62 values
+        expected[10:, 1] = 0
+    else:
+        sb = torch.full((40, 2), 7.0, dtype=torch.float16, device=device)
+        sb[: scale_bias.shape[0]] = scale_bias
+        scale_bias = sb[: scale_bias.shape[0]]
+        layout[2, 1] = scale_bias.shape[0]  # block 2's int8 rows past the 13 of scale_bias
+        expected[10:] = 0
+    out = block_gather_fwd(values, scale_bias, table.boundaries, layout, rank, ids, expected.dtype)
+    assert torch.equal(out, expected)
 
 
 def test_bad_arguments_are_value_errors():
@@ -238,9 +266,10 @@ def test_the_module_compiles_with_fullgraph(value_dtype):
 
 # ---- inconsistent tables: an error, never a crash ----------------------------------------
 # A table's tensors edited or replaced behind the BlockTable's back (or passed to the raw
-# op) must raise before the C++ kernel reads a value. The cases run in one child process,
-# so that a crash is seen as the child's signal (failing the case it happened in) instead
-# of killing pytest.
+# op) must raise before any kernel reads a value: the C++ kernel, the Triton kernel (CUDA,
+# or the interpreter on CPU) and the PyTorch path alike, in the C++ kernel's words. The
+# cases run in one child process per device, so that a crash is seen as the child's signal
+# (failing the case it happened in) instead of killing pytest.
 _CORRUPT_SETUP = """
 import json
 import torch
@@ -249,7 +278,8 @@ from mixemb.block_table import BlockTable
 from mixemb.ops import block_gather
 
 def good(dtype="fp32"):
-    return BlockTable.from_block_mask(*pruned_table([0, 3, 10, 20], [4, 0, 5], 5), dtype)
+    table = BlockTable.from_block_mask(*pruned_table([0, 3, 10, 20], [4, 0, 5], 5), dtype)
+    return table.to(dev)
 
 def edited(which, index, value, dtype="fp32"):
     t = good(dtype)
@@ -257,26 +287,33 @@ def edited(which, index, value, dtype="fp32"):
     {"layout": layout, "rank": rank, "boundaries": t.boundaries}[which][index] = value
     return t
 
+def gather(t, ids=None, **kwargs):
+    ids = torch.arange(20, device=dev) if ids is None else ids.to(dev)
+    return block_gather(t, ids, backend=backend, **kwargs)
+
 def raw(t, **changes):
     args = dict(zip(["values", "scale_bias", "boundaries", "layout", "rank"],
                     [t.values, t.scale_bias, t.boundaries, *t.serving_index()]))
     args.update(changes)
-    return torch.ops.mixemb.block_gather(**args, ids=ids)
-
-ids = torch.arange(20)
+    return torch.ops.mixemb.block_gather(**args, ids=torch.arange(20, device=dev))
 """
 CORRUPT_CASES = {
-    # name: (the statement, the error it must raise)
+    # name: (the statement, the error it must raise); a raw(...) case calls the registered
+    # op (the device's kernel), the others block_gather with each backend of the device
     "values_replaced": (
-        "t = good(); t.values = torch.ones(3); block_gather(t, ids)",
+        "t = good(); t.values = torch.ones(3, device=dev); gather(t)",
         "the blocks keep 62 values but values holds 3",
     ),
     "values_longer": (
-        "t = good(); t.values = torch.ones(100); block_gather(t, ids)",
+        "t = good(); t.values = torch.ones(100, device=dev); gather(t)",
         "values holds 100",
     ),
     "scale_bias_short": (
-        "t = good('int8'); t.scale_bias = t.scale_bias[:5]; block_gather(t, ids)",
+        "t = good('int8'); t.scale_bias = t.scale_bias[:5]; gather(t)",
+        r"scale_bias must be \(13, 2\)",
+    ),
+    "scale_bias_one_column": (
+        "t = good('int8'); t.scale_bias = t.scale_bias[:, :1].contiguous(); gather(t)",
         r"scale_bias must be \(13, 2\)",
     ),
     "scale_bias_missing": (
@@ -284,37 +321,61 @@ CORRUPT_CASES = {
         r"an int8 table \(uint8 values\) needs its \(R, 2\) float16 scale_bias",
     ),
     "scale_bias_of_a_float_table": (
-        "raw(good(), scale_bias=torch.zeros(13, 2, dtype=torch.float16))",
+        "raw(good(), scale_bias=torch.zeros(13, 2, dtype=torch.float16, device=dev))",
         "scale_bias is for int8 tables",
     ),
     "value_start_2e40": (
-        "block_gather(edited('layout', (2, 0), 2**40), ids)",
+        "gather(edited('layout', (2, 0), 2**40))",
         r"layout\[2\] = \(1099511627776, 3, 5\) but the boundaries and rank give "
         r"\(12, 3, 5\)",
     ),
     "layout_dim_negative": (
-        "block_gather(edited('layout', (0, 2), -3), ids)",
+        "gather(edited('layout', (0, 2), -3))",
         r"layout\[0\]",
     ),
+    "layout_dim_below_the_mask": (
+        "gather(edited('layout', (2, 2), 4))",
+        r"layout\[2\] = \(12, 3, 4\) but the boundaries and rank give \(12, 3, 5\)",
+    ),
     "rank_past_the_row": (
-        "block_gather(edited('rank', (2, 1), 100), ids)",
-        r"rank\[2, 1\] = 100, expected -1 or",
+        "gather(edited('rank', (2, 1), 100))",
+        r"rank\[2, 1\] = 100, expected -1 or 1",
+    ),
+    "rank_below_minus_one": (
+        "gather(edited('rank', (0, 0), -5))",
+        r"rank\[0, 0\] = -5, expected -1 or 0",
     ),
     "rank_dropped_column_kept": (
-        "block_gather(edited('rank', (1, 0), 0), ids)",
+        "gather(edited('rank', (1, 0), 0))",
         r"layout\[1\]",
     ),
+    "rank_edited_after_a_good_call": (
+        "t = good(); gather(t); t.serving_index()[1][2, 1] = 100; gather(t)",
+        r"rank\[2, 1\] = 100",
+    ),
+    "boundaries_replaced_after_a_good_call": (
+        "t = good(); gather(t); t.boundaries = torch.tensor([0, 3, 12, 20], device=dev); gather(t)",
+        "the blocks keep 52 values but values holds 62",
+    ),
+    "boundaries_not_from_zero": (
+        "gather(edited('boundaries', 0, 1))",
+        r"boundaries\[0\] = 1, not 0",
+    ),
     "boundaries_past_n": (
-        "block_gather(edited('boundaries', 3, 2**62, 'int8'), ids, check_bounds=False)",
+        "gather(edited('boundaries', 3, 2**62, 'int8'), check_bounds=False)",
         "values",
     ),
     "boundaries_decreasing": (
-        "block_gather(edited('boundaries', 1, 15), ids)",
+        "gather(edited('boundaries', 1, 15))",
         r"boundaries\[2\] = 10 is not above boundaries\[1\] = 15",
     ),
     "boundaries_overflow": (
-        "t = good(); raw(t, boundaries=torch.tensor([0, 3, 2**62, 2**63 - 1]))",
+        "t = good(); raw(t, boundaries=torch.tensor([0, 3, 2**62, 2**63 - 1], device=dev))",
         "overflow int64",
+    ),
+    "ids_outside_the_rows": (
+        "gather(good('int8'), torch.tensor([0, 20]), check_bounds=True)",
+        r"ids\[1\] \(flattened\) = 20 is outside the table's rows \[0, 20\)",
     ),
     "raw_layout_short": (
         "t = good(); raw(t, layout=t.serving_index()[0][:2])",
@@ -325,8 +386,8 @@ CORRUPT_CASES = {
         "rank must be 2-D Int",
     ),
     "raw_values_strided": (
-        "t = good(); raw(t, values=torch.ones(124)[::2])",
-        "values must be a contiguous CPU tensor",
+        "t = good(); raw(t, values=torch.ones(124, device=dev)[::2])",
+        "values must be a contiguous (CPU|CUDA) tensor",
     ),
     "raw_values_float64": (
         "t = good(); raw(t, values=t.values.double())",
@@ -334,19 +395,43 @@ CORRUPT_CASES = {
     ),
 }
 _CORRUPT_RUN = """
-for name, stmt in CASES.items():
+for backend, name in RUNS:
     try:
-        exec(stmt)
+        exec(CASES[name])
         error = None
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
-    print(json.dumps([name, error]), flush=True)
+    print(json.dumps([backend, name, error]), flush=True)
 """
 
 
+def corrupt_runs(device: str) -> list[tuple[str, str]]:
+    """(backend, case) pairs: a raw case once (backend "op"), the others with every
+    backend of the device ("auto" is one of them)."""
+    gathers = [b for b in backends(device, "int8") if b != "auto"]
+    return [
+        (backend, name)
+        for name, (stmt, _) in CORRUPT_CASES.items()
+        for backend in (["op"] if stmt.startswith(("raw(", "t = good(); raw(")) else gathers)
+    ]
+
+
 @pytest.fixture(scope="module")
-def corrupt_outcomes() -> dict:
-    """name → the error the case raised (None: no error), or the child's death."""
+def corrupt_outcomes():
+    """device → {(backend, name): the error the case raised (None: no error), or the
+    child's death}; one child per device, run on first use."""
+    done: dict[str, dict] = {}
+
+    def outcomes(device: str) -> dict:
+        if device not in done:
+            done[device] = _run_corrupt_cases(device)
+        return done[device]
+
+    return outcomes
+
+
+def _run_corrupt_cases(device: str) -> dict:
+    runs = corrupt_runs(device)
     cases = {name: stmt for name, (stmt, _) in CORRUPT_CASES.items()}
     tests = os.path.dirname(os.path.abspath(__file__))
     env = {
@@ -354,19 +439,24 @@ def corrupt_outcomes() -> dict:
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
     }
-    script = f"{_CORRUPT_SETUP}CASES = {cases!r}\n{_CORRUPT_RUN}"
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
-    outcomes = dict(json.loads(line) for line in run.stdout.splitlines())
+    script = f"{_CORRUPT_SETUP}dev = {device!r}\nCASES = {cases!r}\nRUNS = {runs!r}\n"
+    run = subprocess.run(
+        [sys.executable, "-c", script + _CORRUPT_RUN], capture_output=True, text=True, env=env
+    )
+    outcomes = {(b, name): error for b, name, error in map(json.loads, run.stdout.splitlines())}
     if run.returncode != 0:  # a signal is a negative return code: the next case died
-        died = next(name for name in cases if name not in outcomes)
+        died = next(r for r in runs if r not in outcomes)
         outcomes[died] = f"CHILD DIED (returncode {run.returncode}): {run.stderr[-1500:]}"
     return outcomes
 
 
-@NEEDS_EXT
 @pytest.mark.parametrize("name", sorted(CORRUPT_CASES))
-def test_an_inconsistent_table_is_an_error_never_a_crash(corrupt_outcomes, name):
-    error = corrupt_outcomes.get(name, "the case never ran (an earlier case killed the child)")
-    assert error is not None, f"{name}: no error raised"
-    assert error.startswith(("ValueError", "RuntimeError")), error
-    assert re.search(CORRUPT_CASES[name][1], error), error
+def test_an_inconsistent_table_is_an_error_never_a_crash(device, corrupt_outcomes, name):
+    outcomes = corrupt_outcomes(device)
+    for backend, case in corrupt_runs(device):
+        if case != name:
+            continue
+        error = outcomes.get((backend, name), "never ran (an earlier case killed the child)")
+        assert error is not None, f"{name} [{backend}]: no error raised"
+        assert error.startswith(("ValueError", "RuntimeError")), f"[{backend}] {error}"
+        assert re.search(CORRUPT_CASES[name][1], error), f"[{backend}] {error}"

@@ -13,6 +13,10 @@ Three implementations, chosen per call by ``backend``:
 * ``"torch"``: vectorized PyTorch (lookups sorted by block, then one row gather and one
   column scatter per block; no loop over rows).
 
+The Triton and PyTorch paths check the same invariants with the same messages before they
+read a value (:func:`mixemb.ops.block_table_check.check_serving_index`: the index's
+contents are read once per state of its tensors, so a GPU call syncs only after an edit).
+
 ``"auto"`` (the default) takes the C++ kernel on CPU and the Triton kernel on CUDA. They
 are one registered op, ``torch.ops.mixemb.block_gather(values, scale_bias, boundaries,
 layout, rank, ids, out_dtype=None, check_bounds=True) -> (*ids.shape, K)``: its schema in
@@ -34,6 +38,7 @@ import torch
 
 from mixemb import _ext
 from mixemb.block_table import BlockTable
+from mixemb.ops.block_table_check import check_serving_index
 from mixemb.ops.soft_select import check_ids_in_range
 
 Tensor = torch.Tensor
@@ -119,8 +124,15 @@ def _gather_torch(values, scale_bias, boundaries, layout, rank, flat, out_dtype)
     return out
 
 
-def _gather(values, scale_bias, boundaries, layout, rank, ids, out_dtype, triton) -> Tensor:
-    """(*ids.shape, K): the Triton kernel (``triton``) or the PyTorch path, ids unchecked."""
+def _gather(
+    values, scale_bias, boundaries, layout, rank, ids, out_dtype, check_bounds, triton
+) -> Tensor:
+    """(*ids.shape, K): the Triton kernel (``triton``) or the PyTorch path, after the
+    table's check (:func:`check_serving_index`) and, with check_bounds, the ids' (a host
+    sync on the GPU)."""
+    num_rows = check_serving_index(values, scale_bias, boundaries, layout, rank)
+    if check_bounds:
+        check_ids_in_range(ids, num_rows)
     flat = ids.reshape(-1)
     if triton:
         out = _triton_kernels().block_gather_fwd(
@@ -133,16 +145,14 @@ def _gather(values, scale_bias, boundaries, layout, rank, ids, out_dtype, triton
 
 def _registered(triton: bool):
     """The op's kernel for a device whose implementation is Python: the Triton launcher
-    (CUDA) or the PyTorch path (CPU without mixemb._C). check_bounds reads the ids on the
-    host (a sync on the GPU)."""
+    (CUDA) or the PyTorch path (CPU without mixemb._C)."""
 
     def kernel(
         values, scale_bias, boundaries, layout, rank, ids, out_dtype=None, check_bounds=True
     ):
         out_dtype = _rows_dtype(values) if out_dtype is None else out_dtype
-        if check_bounds:
-            check_ids_in_range(ids, int(boundaries[-1]))
-        return _gather(values, scale_bias, boundaries, layout, rank, ids, out_dtype, triton)
+        args = (values, scale_bias, boundaries, layout, rank, ids, out_dtype, check_bounds)
+        return _gather(*args, triton)
 
     return kernel
 
@@ -170,7 +180,9 @@ def block_gather(
 ) -> Tensor:
     """Dense rows of a block table → (..., K), zeros at the columns a row's block drops.
 
-    table: BlockTable of N rows, K columns (validated when built or loaded).
+    table: BlockTable of N rows, K columns (validated when built or loaded; its serving
+        index checked against its boundaries and sizes on every call, a ValueError where
+        they disagree).
     ids: (...) int32/int64 in [0, N).
     out_dtype: default None (``table.rows_dtype``: the values' dtype, float32 for int8);
         a float dtype to write the rows in (float32 serves an fp16 table to a float32
@@ -198,6 +210,4 @@ def block_gather(
         return torch.ops.mixemb.block_gather(*args, check)
     if kernel == "extension":
         return torch.ops.mixemb.block_gather.default(*args, check)
-    if check:
-        check_ids_in_range(ids, table.num_embeddings)
-    return _gather(*args, kernel == "triton")
+    return _gather(*args, check, kernel == "triton")

@@ -23,10 +23,16 @@ Kernels (all accumulate in fp32, mask the K tail, never synchronise with the hos
   is finished exactly once, by one program, so the result is deterministic and needs
   no atomics — which also lets the finishing step apply an optimizer to the row in
   place (SGD, row-wise Adagrad) instead of writing a gradient.
+* The α step's partial kernel and ``_segment_rows_kernel`` read lookup i's output
+  gradient as dout[i]; with DOUT_INDEX (the bag op, ``mixemb.kernels.soft_select_bag``)
+  as the row dout_index[i] of dout, none where it is dout's row count, divided by
+  counts[row] with DOUT_COUNTS (mean). Both flags are constexprs: off, the code is not
+  compiled in.
 * ``_scale_rows_kernel`` with SCATTER_ADD — the opt-in non-deterministic dense weight
   gradient (atomic adds; hot rows serialise on their addresses).
 
-Launchers validate, allocate and pick block sizes; the op family (registered ops, autograd,
+Launchers validate, allocate and pick block sizes (``alpha_step`` and ``weights_step``: the
+backward's launches, shared with the bag op); the op family (registered ops, autograd,
 backend choice) lives in ``mixemb.ops.soft_select``.
 """
 
@@ -136,10 +142,13 @@ def _alpha_grad_partial_kernel(
     ids_ptr,
     values_ptr,
     dout_ptr,
+    dout_index_ptr,
+    counts_ptr,
     partial_ptr,
     dvalues_ptr,
     num_lookups,
     num_rows,
+    num_dout_rows,
     dim,
     num_blocks,
     stride_w,
@@ -148,6 +157,8 @@ def _alpha_grad_partial_kernel(
     HAS_VALUES: tl.constexpr,
     NEED_ALPHA: tl.constexpr,
     NEED_VALUES: tl.constexpr,
+    DOUT_INDEX: tl.constexpr,
+    DOUT_COUNTS: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_K: tl.constexpr,
     L_PAD: tl.constexpr,
@@ -164,13 +175,23 @@ def _alpha_grad_partial_kernel(
     for t in range(tiles_per_program):
         lookups = (pid * tiles_per_program + t) * BLOCK_B + tl.arange(0, BLOCK_B)
         live = lookups < num_lookups
-        ids = tl.load(ids_ptr + lookups, mask=live, other=0).to(tl.int64)
-        valid = live & (ids >= 0) & (ids < num_rows)
+        if DOUT_INDEX:  # the bag: lookup i's dout row is dout_index[i] (num_dout_rows: none)
+            drows = tl.load(dout_index_ptr + lookups, mask=live, other=num_dout_rows)
+            drows = drows.to(tl.int64)
+            kept = drows < num_dout_rows
+        else:
+            drows = lookups
+            kept = live
+        ids = tl.load(ids_ptr + lookups, mask=kept, other=0).to(tl.int64)
+        valid = kept & (ids >= 0) & (ids < num_rows)
         blocks = _block_of(ids, valid, bounds_ptr, num_blocks, L_PAD, BY_MAP)
         mask = valid[:, None] & cmask[None, :]
         e = tl.load(weight_ptr + ids[:, None] * stride_w + cols[None, :], mask=mask, other=0.0)
-        d = tl.load(dout_ptr + lookups[:, None] * dim + cols[None, :], mask=mask, other=0.0)
-        prod = e.to(ACC) * d.to(ACC)
+        d = tl.load(dout_ptr + drows[:, None] * dim + cols[None, :], mask=mask, other=0.0)
+        d = d.to(ACC)
+        if DOUT_COUNTS:  # mean pooling: the row's gradient is shared by its count
+            d = d / tl.load(counts_ptr + drows, mask=valid, other=1.0).to(ACC)[:, None]
+        prod = e.to(ACC) * d
         if NEED_VALUES:
             a = tl.load(
                 alpha_ptr + blocks[:, None] * stride_alpha + cols[None, :], mask=mask, other=0.0
@@ -179,7 +200,7 @@ def _alpha_grad_partial_kernel(
             tl.store(dvalues_ptr + pid_k * num_lookups + lookups, dv, mask=live)
         if NEED_ALPHA:
             if HAS_VALUES:
-                v = tl.load(values_ptr + lookups, mask=live, other=0.0)
+                v = tl.load(values_ptr + lookups, mask=valid, other=0.0)
                 prod = prod * v.to(ACC)[:, None]
             onehot = ((blocks[:, None] == block_ids[None, :]) & valid[:, None]).to(ACC)
             # (L_PAD, BLOCK_B) @ (BLOCK_B, BLOCK_K): the per-block sum, exact fp32 products
@@ -278,6 +299,8 @@ def _segment_rows_kernel(
     sorted_ids_ptr,
     perm_ptr,
     dout_ptr,
+    dout_index_ptr,
+    counts_ptr,
     values_ptr,
     alpha_ptr,
     bounds_ptr,
@@ -288,12 +311,15 @@ def _segment_rows_kernel(
     carry_last_ptr,
     num_lookups,
     num_rows,
+    num_dout_rows,
     dim,
     num_blocks,
     stride_alpha,
     stride_out,
     opt_eps,
     HAS_VALUES: tl.constexpr,
+    DOUT_INDEX: tl.constexpr,
+    DOUT_COUNTS: tl.constexpr,
     OPTIMIZER: tl.constexpr,
     CHUNK: tl.constexpr,
     K_PAD: tl.constexpr,
@@ -315,9 +341,17 @@ def _segment_rows_kernel(
         live = pos < num_lookups
         row_id = tl.load(sorted_ids_ptr + pos, mask=live, other=-1)
         src = tl.load(perm_ptr + pos, mask=live, other=0)
-        d = tl.load(dout_ptr + src * dim + cols, mask=_and(cmask, live), other=0.0).to(ACC)
+        if DOUT_INDEX:  # the bag: the lookup's dout row through the index (as the α step)
+            drow = tl.load(dout_index_ptr + src, mask=live, other=num_dout_rows).to(tl.int64)
+            kept = live & (drow < num_dout_rows)
+        else:
+            drow = src
+            kept = live
+        d = tl.load(dout_ptr + drow * dim + cols, mask=_and(cmask, kept), other=0.0).to(ACC)
+        if DOUT_COUNTS:
+            d = d / tl.load(counts_ptr + drow, mask=kept, other=1.0).to(ACC)
         if HAS_VALUES:
-            d = d * tl.load(values_ptr + src, mask=live, other=0.0).to(ACC)
+            d = d * tl.load(values_ptr + src, mask=kept, other=0.0).to(ACC)
         acc += d
         has_next = pos + 1 < num_lookups
         next_id = tl.load(sorted_ids_ptr + pos + 1, mask=has_next, other=-1)
@@ -551,11 +585,29 @@ def soft_select_bwd_alpha(
     Deterministic: fixed partition of lookups into programs and a fixed-order sum.
     """
     check_inputs(weight, alpha, boundaries, ids, values, block_map)
+    _check_dout(dout, ids, alpha.shape[1], weight.device)
+    return alpha_step(
+        dout, weight, alpha, boundaries, block_map, ids, values, need_alpha=need_alpha,
+        need_values=need_values, normalize=normalize, l1=l1, eps=eps,
+    )  # fmt: skip
+
+
+def alpha_step(
+    dout, weight, alpha, boundaries, block_map, ids, values, *, need_alpha, need_values,
+    normalize, l1, eps, dout_index=None, counts=None,
+):  # fmt: skip
+    """The α step's launches, inputs checked: (dalpha (L, K) in alpha's dtype or None,
+    dvalues (B,) in values' dtype (weight's without values) or None).
+
+    dout: (B, K), lookup i's output gradient its row i; or, with dout_index (B,) int32,
+    (R, K) with lookup i's the row dout_index[i] (none where dout_index[i] = R), divided
+    by counts (R,) in the accumulation dtype when given (the bag op: R bags, counts their
+    sizes for mean).
+    """
     blocks, by_map = _blocks(boundaries, block_map)
     num_lookups = ids.numel()
     num_blocks, dim = alpha.shape
     device = weight.device
-    _check_dout(dout, ids, dim, device)
     block_b, block_k = _tile(dim)
     num_k_tiles = triton.cdiv(dim, block_k)
     tiles = triton.cdiv(num_lookups, block_b)
@@ -572,25 +624,27 @@ def soft_select_bwd_alpha(
     with _on_device(weight):
         if num_lookups and (need_alpha or need_values):
             _alpha_grad_partial_kernel[(programs, num_k_tiles)](
-                weight, alpha, blocks, ids, values if values is not None else weight,
-                dout, partial, dv,
-                num_lookups, weight.shape[0], dim, num_blocks, weight.stride(0), alpha.stride(0),
-                tiles_per_program,
+                weight, alpha, blocks, ids, values if values is not None else weight, dout,
+                dout_index if dout_index is not None else ids,
+                counts if counts is not None else partial, partial, dv,
+                num_lookups, weight.shape[0], dout.shape[0], dim, num_blocks, weight.stride(0),
+                alpha.stride(0), tiles_per_program,
                 HAS_VALUES=values is not None, NEED_ALPHA=need_alpha, NEED_VALUES=need_values,
+                DOUT_INDEX=dout_index is not None, DOUT_COUNTS=counts is not None,
                 BLOCK_B=block_b, BLOCK_K=block_k, L_PAD=_l_pad(num_blocks), BY_MAP=by_map,
                 ACC=acc_tl,
             )  # fmt: skip
-        dalpha = dvalues = None
+        dalpha = None
         if need_alpha:
             dalpha = torch.empty((num_blocks, dim), dtype=alpha.dtype, device=device)
             _alpha_grad_finish_kernel[(num_blocks,)](
                 partial, alpha, dalpha, programs, num_blocks, dim, alpha.stride(0),
                 float(l1), float(eps), NORMALIZE=normalize, K_PAD=_pow2(dim, 16), ACC=acc_tl,
             )  # fmt: skip
-    if need_values:
-        dv = dv[0] if num_k_tiles == 1 else dv.sum(0)
-        dvalues = dv.to(values.dtype if values is not None else weight.dtype)
-    return dalpha, dvalues
+    if not need_values:
+        return dalpha, None
+    dv = dv[0] if num_k_tiles == 1 else dv.sum(0)
+    return dalpha, dv.to(values.dtype if values is not None else weight.dtype)
 
 
 def soft_select_bwd_rows(dout, weight, alpha, boundaries, ids, values=None, *, block_map=None):
@@ -622,16 +676,13 @@ def soft_select_bwd_weight(
     weight's device (a runtime value: changing it does not recompile); returns None.
     """
     check_inputs(weight, alpha, boundaries, ids, values, block_map)
-    blocks, by_map = _blocks(boundaries, block_map)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {optimizer!r}")
-    num_lookups = ids.numel()
     num_rows, dim = weight.shape
-    num_blocks = alpha.shape[0]
     device = weight.device
     fused = optimizer != "none"
     _check_dout(dout, ids, dim, device)
-    acc_tl, acc_torch = _acc(weight.dtype)
+    acc_torch = _acc(weight.dtype)[1]
     if fused:
         if lr is None or lr.numel() != 1 or lr.device != device:
             raise ValueError("a fused optimizer needs lr as a 1-element tensor on weight's device")
@@ -647,14 +698,37 @@ def soft_select_bwd_weight(
         )  # fmt: skip
         return acc if weight.dtype == acc_torch else acc.to(weight.dtype)
     out = weight if fused else torch.zeros_like(weight)
+    weights_step(
+        dout, out, alpha, boundaries, block_map, ids, values, optimizer=optimizer, lr=lr,
+        state=state, optimizer_eps=optimizer_eps,
+    )  # fmt: skip
+    return None if fused else out
+
+
+def weights_step(
+    dout, out, alpha, boundaries, block_map, ids, values, *, optimizer="none", lr=None,
+    state=None, optimizer_eps=1e-8, dout_index=None, counts=None,
+):  # fmt: skip
+    """The deterministic weights step's launches, inputs checked: each row of out (N, K)
+    (zeros, or the weight itself for an optimizer) gets α[block] ⊙ the sum of its lookups'
+    output gradients, written or applied — lookup i's the row dout[i] (⊙ v_i), or with
+    dout_index and counts the row dout[dout_index[i]] as in :func:`alpha_step`. The ids
+    are sorted once; runs are reduced per chunk of SEGMENT_CHUNK sorted positions and the
+    runs crossing chunks finished from their carries (bitwise reproducible)."""
+    blocks, by_map = _blocks(boundaries, block_map)
+    num_lookups = ids.numel()
+    num_rows, dim = out.shape
+    num_blocks = alpha.shape[0]
+    device = out.device
     if num_lookups == 0:
-        return None if fused else out
-    with _on_device(weight):
+        return
+    acc_tl, acc_torch = _acc(out.dtype)
+    with _on_device(out):
         sorted_ids, perm = torch.sort(ids.long(), stable=True)
         num_chunks = triton.cdiv(num_lookups, SEGMENT_CHUNK)
         carry_first = torch.empty((num_chunks, dim), dtype=acc_torch, device=device)
         carry_last = torch.empty((num_chunks, dim), dtype=acc_torch, device=device)
-        lr_t = lr if fused else carry_first  # unused pointers still need a tensor
+        lr_t = lr if lr is not None else carry_first  # unused pointers still need a tensor
         state_t = state if state is not None else carry_first
         # one program reduces one row vector at a time: a warp per 128 columns is plenty
         common = dict(
@@ -663,10 +737,14 @@ def soft_select_bwd_weight(
             L_PAD=_l_pad(num_blocks), BY_MAP=by_map, ACC=acc_tl,
         )  # fmt: skip
         _segment_rows_kernel[(num_chunks,)](
-            sorted_ids, perm, dout, values if values is not None else dout, alpha, blocks,
-            out, state_t, lr_t, carry_first, carry_last,
-            num_lookups, num_rows, dim, num_blocks, alpha.stride(0), out.stride(0),
-            float(optimizer_eps), HAS_VALUES=values is not None, **common,
+            sorted_ids, perm, dout, dout_index if dout_index is not None else perm,
+            counts if counts is not None else carry_first,
+            values if values is not None else dout, alpha, blocks, out, state_t, lr_t,
+            carry_first, carry_last,
+            num_lookups, num_rows, dout.shape[0], dim, num_blocks, alpha.stride(0),
+            out.stride(0), float(optimizer_eps),
+            HAS_VALUES=values is not None, DOUT_INDEX=dout_index is not None,
+            DOUT_COUNTS=counts is not None, **common,
         )  # fmt: skip
         # a (TILE, K_PAD) tile of carries per step, at most 2048 values per program
         tile = max(1, min(CARRY_TILE, 2048 // common["K_PAD"]))
@@ -675,4 +753,3 @@ def soft_select_bwd_weight(
             num_lookups, num_rows, dim, num_blocks, alpha.stride(0), out.stride(0),
             float(optimizer_eps), TILE=tile, **common,
         )  # fmt: skip
-    return None if fused else out

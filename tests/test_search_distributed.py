@@ -1,8 +1,10 @@
-"""Data-parallel dnis: 2 gloo ranks under torchrun equal one process on the concatenated
-batches, the α step normalizes the averaged gradient (not the average of normalized
-ones), every rank ends identical and resumes from rank 0's checkpoint, and what cannot be
-averaged (DDP wrapping, a fused optimizer, sparse gradients, unequal shards) is a one-line
-ValueError on every rank.
+"""Data-parallel dnis: 2 gloo ranks under torchrun (``process_group=WORLD``) equal one
+process on the concatenated batches, the α step normalizes the averaged gradient (not the
+average of normalized ones), every rank ends identical and resumes from rank 0's
+checkpoint, and what cannot be averaged (DDP wrapping, a fused optimizer, sparse
+gradients, unequal shards) is a one-line ValueError on every rank. With
+``process_group=None`` the initialized default group changes nothing: each rank is one
+process on its own batches.
 
 The ranks run this file as a script (``torchrun --standalone --nproc_per_node 2
 test_search_distributed.py OUT``) and save what they hold to OUT; the tests compare it
@@ -103,33 +105,50 @@ def _expect_error(run) -> str:
     return "no error"
 
 
+def _one_alpha_step(model: nn.Module, batch, group, **rates) -> dict[str, torch.Tensor]:
+    """α of every twin after one α step of a fresh DnisStep over ``group`` from the
+    frequencies and α of ``_alpha_start``."""
+    for twin in searchable_modules(model).values():
+        twin.set_frequencies(torch.arange(twin.num_embeddings))
+    _alpha_start(model)
+    DnisStep(model, mse, process_group=group, **rates).alpha_step(batch)
+    return {n: t.alpha.detach() for n, t in searchable_modules(model).items()}
+
+
 def worker(out: Path) -> None:
     """One rank: a search, a stopped-and-resumed search, one α step, the refusals."""
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     rank = dist.get_rank()
     train, valid = _shard(TRAIN, rank), _shard(VALID, rank)
     saved = {}
+    search = dict(SEARCH, process_group=dist.group.WORLD)
 
     lines = []  # each rank starts from other parameters: dnis copies rank 0's
     model = _model(seed=rank)
-    result = dnis(model, train, valid, mse, checkpoint=out / "full.pt", log=lines.append, **SEARCH)
+    result = dnis(model, train, valid, mse, checkpoint=out / "full.pt", log=lines.append, **search)
     saved.update(full=model.state_dict(), history=result.history, lines=lines)
 
-    part = dict(SEARCH, epochs=SEARCH["epochs"] - 1)
+    part = dict(search, epochs=SEARCH["epochs"] - 1)
     resumed = _model(seed=rank)  # as the full run
     dnis(resumed, train, valid, mse, checkpoint=out / "part.pt", log=print, **part)
     resumed = _model(seed=20 + rank)
-    dnis(resumed, train, valid, mse, checkpoint=out / "part.pt", resume=True, **SEARCH, log=print)
+    dnis(resumed, train, valid, mse, checkpoint=out / "part.pt", resume=True, **search, log=print)
     saved["resumed"] = resumed.state_dict()
 
-    stepped = _model(seed=rank)
-    for twin in searchable_modules(stepped).values():
-        twin.set_frequencies(torch.arange(twin.num_embeddings))
-    _alpha_start(stepped)
-    DnisStep(stepped, mse, alpha_lr=SEARCH["alpha_lr"], l1=SEARCH["l1"]).alpha_step(valid[0])
-    saved["alpha_step"] = {n: t.alpha.detach() for n, t in searchable_modules(stepped).items()}
+    rates = dict(alpha_lr=SEARCH["alpha_lr"], l1=SEARCH["l1"])
+    saved["alpha_step"] = _one_alpha_step(_model(seed=rank), valid[0], dist.group.WORLD, **rates)
 
-    quiet = dict(epochs=1, log=print)
+    # process_group=None under the initialized default group: one process a rank (its own
+    # α step, no copy of rank 0's parameters, its own counts and log)
+    alone = {"alpha_step": _one_alpha_step(_model(seed=0), valid[0], None, **rates)}
+    own = _model(seed=10 + rank)
+    alone["one_process"] = DnisStep(own, mse).group is None
+    alone["own"] = own.state_dict()
+    alone["lines"] = []
+    dnis(_model(seed=rank), train, valid, mse, epochs=1, log=alone["lines"].append)
+    saved["alone"] = alone
+
+    quiet = dict(epochs=1, log=print, process_group=dist.group.WORLD)
     ddp = nn.parallel.DistributedDataParallel(_model(0))
     fused = _model(0)
     fused.ids = SoftSelectEmbedding(USERS, DIM, [0, USERS])
@@ -140,7 +159,7 @@ def worker(out: Path) -> None:
     uneven = train[: len(train) - rank]
     saved["errors"] = {
         "ddp": _expect_error(lambda: dnis(ddp, train, valid, mse, **quiet)),
-        "fused": _expect_error(lambda: DnisStep(fused, mse)),
+        "fused": _expect_error(lambda: DnisStep(fused, mse, process_group=dist.group.WORLD)),
         "sparse": _expect_error(lambda: dnis(sparse, train, valid, mse, **quiet)),
         "uneven": _expect_error(lambda: dnis(_model(0), uneven, valid, mse, **quiet)),
     }
@@ -265,6 +284,25 @@ def test_what_cannot_be_averaged_is_a_one_line_error_on_every_rank(ranks, case, 
         message = saved[rank]["errors"][case]
         assert "\n" not in message
         assert re.search(match, message), (rank, message)
+
+
+def test_process_group_none_under_an_initialized_default_group_is_one_process(ranks):
+    """Each rank's process_group=None step is the one-process step on its own shard: no
+    averaging, no copy of rank 0's parameters, its own id counts and log lines."""
+    saved, _ = ranks
+    rates = dict(alpha_lr=SEARCH["alpha_lr"], l1=SEARCH["l1"])
+    counted = "dnis: counted id frequencies of user, items over 6 batches"  # its own 6
+    for rank in range(WORLD):
+        alone = saved[rank]["alone"]
+        assert alone["one_process"], rank
+        want = _one_alpha_step(_model(seed=0), _shard(VALID, rank)[0], None, **rates)
+        for name, alpha in want.items():
+            torch.testing.assert_close(alone["alpha_step"][name], alpha, rtol=0, atol=TOL)
+        own = _model(seed=10 + rank).state_dict()
+        assert all(torch.equal(alone["own"][k], v) for k, v in own.items()), rank
+        assert alone["lines"][0] == counted, (rank, alone["lines"])
+    first, second = (saved[r]["alone"]["alpha_step"] for r in range(WORLD))
+    assert max(float((first[n] - second[n]).abs().max()) for n in first) > 100 * TOL
 
 
 def test_process_group_none_without_torch_distributed_is_one_process():

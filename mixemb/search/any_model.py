@@ -14,8 +14,8 @@ After every epoch the mean validation loss is measured; the best search epoch's 
 kept, the run stops early after ``patience`` epochs without improvement, and the model
 ends in its best state. :class:`DnisStep` is the alternating step on its own, for users
 with their own loop; :func:`dnis` runs its epochs with it. Both run data-parallel across
-the ranks of a torch.distributed process group (``process_group``; see
-``mixemb.search.distributed``).
+the ranks of the torch.distributed process group passed as ``process_group`` (and only
+then: None is one process, even under torchrun; see ``mixemb.search.distributed``).
 """
 
 from __future__ import annotations
@@ -89,12 +89,13 @@ class DnisStep:
     l1: λ of the L1 term on α (1e-5); set on every twin (``twin.l1``).
     params: the parameters the weights step trains (default: every parameter of ``model``
         that requires grad, except the twins' α); the others stay frozen in both steps.
-    process_group: a torch.distributed group to run data-parallel over (None: the default
-        group when torch.distributed is initialized with more than one rank, else one
-        process). Then the constructor copies rank 0's parameters and buffers to every
-        rank, and each step (called by every rank, on its own batch) averages its
-        gradients over the ranks before the optimizer step (α's L1 term and
-        normalization applied to the average); a table with a fused optimizer is refused.
+    process_group: a torch.distributed group of several ranks to run data-parallel over
+        (``torch.distributed.group.WORLD`` for the default one); None (the default): one
+        process, whether or not a default group is initialized. With a group the
+        constructor copies rank 0's parameters and buffers to every rank, and each step
+        (called by every rank, on its own batch) averages its gradients over the ranks
+        before the optimizer step (α's L1 term and normalization applied to the
+        average); a table with a fused optimizer is refused.
     A model wrapped in DistributedDataParallel is refused (pass its ``.module``).
     The returned losses are this rank's, detached 0-d tensors, not synced to the host.
     """
@@ -362,13 +363,14 @@ def dnis(
     checkpoint: a file written atomically after every epoch; ``resume=True`` continues
         from it (a fresh start when it does not exist yet).
     progress: per-batch progress bar (None: only on a terminal); log: one line an epoch.
-    process_group: run data-parallel over its ranks (None: the default group when
-        torch.distributed is initialized with more than one rank; see :class:`DnisStep`).
-        Each rank passes its own shard of ``train_data`` (the same number of batches on
-        every rank) and of ``valid_data``; losses are averaged over the ranks, so every
-        rank takes the same decisions; id counts are summed; only rank 0 logs and writes
-        ``checkpoint`` (on a filesystem every rank reads: each resumes from it, with its
-        own RNG state, at the same number of ranks).
+    process_group: a group to run data-parallel over (``torch.distributed.group.WORLD``
+        for the default one; None: one process, even where a default group is
+        initialized; see :class:`DnisStep`). Each rank passes its own shard of
+        ``train_data`` (the same number of batches on every rank) and of ``valid_data``;
+        losses are averaged over the ranks, so every rank takes the same decisions; id
+        counts are summed; only rank 0 logs and writes ``checkpoint`` (on a filesystem
+        every rank reads: each resumes from it, with its own RNG state, at the same
+        number of ranks).
     A DataLoader's sampler with ``set_epoch`` (DistributedSampler) is told each epoch.
     Twins without frequencies get them from one counting pass over ``train_data``.
     Leaves ``model`` in its best state (the lowest validation loss of a search epoch).

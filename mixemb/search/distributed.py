@@ -1,5 +1,9 @@
 """Data-parallel DNIS: what :func:`mixemb.dnis` and :class:`mixemb.DnisStep` do across
-the ranks of a ``torch.distributed`` process group (gloo on CPU, NCCL on GPU).
+the ranks of a ``torch.distributed`` process group (gloo on CPU, NCCL on GPU) passed as
+their ``process_group``. Only that argument turns it on: with ``process_group=None`` a
+search is one process, also where a default group is initialized (a single-process search
+inside a torchrun job stays single-process; pass ``torch.distributed.group.WORLD`` to run
+over the default group).
 
 Every rank runs the same model on its own shard of the batches. After each backward the
 gradients of the parameters that step trains (tables and dense layers in the weights
@@ -43,14 +47,13 @@ Group = dist.ProcessGroup
 def resolve_group(process_group: Group | None) -> Group | None:
     """The group to average over, or None for a single-process run.
 
-    process_group None: torch.distributed's default group when it is initialized with
-    more than one rank, else None. A group of one rank is a single-process run too.
+    process_group None: a single-process run, whether or not torch.distributed's default
+    group is initialized (data parallelism is asked for, never inferred). A group of one
+    rank is a single-process run too.
     """
     if process_group is None:
-        if not (dist.is_available() and dist.is_initialized()):
-            return None
-        process_group = dist.group.WORLD
-    elif not isinstance(process_group, Group):
+        return None
+    if not isinstance(process_group, Group):
         raise ValueError(
             f"process_group must be a torch.distributed ProcessGroup or None, got {process_group!r}"
         )

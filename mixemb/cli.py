@@ -94,6 +94,13 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--min-count", type=int, default=1, help="values seen fewer times map to OOV")
     g.add_argument(
+        "--blocks-by",
+        choices=["frequency", "field"],
+        default="frequency",
+        help="α blocks: frequency (L blocks over all ids by frequency, the default) or field "
+        "(each field split into up to L frequency bands, so fields get their own dims)",
+    )
+    g.add_argument(
         "--numeric-mode",
         choices=["scale", "bucketize"],
         default="scale",
@@ -113,6 +120,8 @@ def _dataset_spec(args: argparse.Namespace) -> dict:
         spec["numeric_mode"] = args.numeric_mode
     if args.side_fields:
         spec["side_fields"] = True
+    if args.blocks_by != "frequency":
+        spec["id_order"] = args.blocks_by
     if args.data_file is not None:
         if args.fmt is None:
             raise ValueError("--data-file needs --format (movielens, inter, criteo or csv)")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from mixemb.cli import main
 
@@ -152,6 +153,23 @@ def test_search_prune_evaluate_pipeline(tmp_path, capsys):
         main(["prune", str(run), "--ratio", "0.25", "--keep", "3"])
     assert exc.value.code == 2
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_search_prune_evaluate_with_blocks_by_field(tmp_path, capsys):
+    run = tmp_path / "dnis"
+    common = ["--data", "synthetic", "--task", "ctr", "--model", "fm", "--dim", "8"]
+    common += ["--blocks", "2", "--blocks-by", "field"]
+    argv = ["search", *common, "--warmup-epochs", "1", "--search-epochs", "1", "--out", str(run)]
+    assert main(argv) == 0
+    searched = torch.load(run / "searched.pt", weights_only=True)
+    assert searched["encoder"]["id_order"] == "field"
+    fields = searched["encoder"]["field_of_id"]
+    bounds = searched["model"]["embedding.boundaries"]
+    assert len(bounds) - 1 == int(torch.bincount(fields).clamp(max=2).sum())  # 2 bands a field
+    assert main(["prune", str(run), "--ratio", "0.25"]) == 0
+    test_line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("test:")][0]
+    assert main(["evaluate", str(run / "pruned.pt")]) == 0
+    assert test_line.split("test: ")[1] in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("finetune", ["0", "1"])

@@ -70,6 +70,7 @@ def floor_cases(x: dict) -> dict:
     state = torch.zeros(0, device=w.device)
     if w.is_cuda:
         from mixemb.kernels import soft_select as K
+        from mixemb.kernels import soft_select_weights as KW
 
         return {
             "fwd": lambda: K.soft_select_fwd(w, a, b, ids),
@@ -79,11 +80,11 @@ def floor_cases(x: dict) -> dict:
             ),
             "weights_step": lambda: (
                 K.soft_select_fwd(w, a, b, ids),
-                K.soft_select_bwd_weight(dout, w, a, b, ids),
+                KW.soft_select_bwd_weight(dout, w, a, b, ids),
             ),
             "weights_step_sgd": lambda: (
                 K.soft_select_fwd(w_upd, a, b, ids),
-                K.soft_select_bwd_weight(dout, w_upd, a, b, ids, optimizer="sgd", lr=lr),
+                KW.soft_select_bwd_weight(dout, w_upd, a, b, ids, optimizer="sgd", lr=lr),
             ),
         }
     return {

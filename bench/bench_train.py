@@ -3,7 +3,8 @@
 Side by side in one process, on one batch of Zipf ids over frequency-sorted rows:
 
 providers
-* launcher   the bare Triton launchers of ``mixemb.kernels.soft_select`` (CUDA only)
+* launcher   the bare Triton launchers of ``mixemb.kernels.soft_select`` and
+             ``.soft_select_weights`` (CUDA only)
 * launcher+map, op+map   the same with the blocks read from a per-id block map (what
              ``mixemb.searchable`` twins use) instead of the boundaries; the map puts
              every id in its boundaries' block, so only the block lookup differs
@@ -197,6 +198,7 @@ def lookup_cases(x: dict, backend: str, by_map: bool = False) -> dict:
 def launcher_cases(x: dict, by_map: bool = False) -> dict:
     """op → callable on the bare launchers (no dispatcher, no autograd)."""
     from mixemb.kernels import soft_select as K
+    from mixemb.kernels import soft_select_weights as KW
 
     w, a, dout = x["weight"], x["alpha"], x["dout"]
     b, bm = _blocks(x, by_map)
@@ -216,14 +218,14 @@ def launcher_cases(x: dict, by_map: bool = False) -> dict:
     def weights(**kw):
         def run():
             K.soft_select_fwd(w_upd, a, b, flat, **bm)
-            return K.soft_select_bwd_weight(d, w_upd, a, b, flat, **kw, **bm)
+            return KW.soft_select_bwd_weight(d, w_upd, a, b, flat, **kw, **bm)
 
         return run
 
     def both_step():
         K.soft_select_fwd(w, a, b, flat, **bm)
         K.soft_select_bwd_alpha(d, w, a, b, flat, l1=L1, **bm)
-        return K.soft_select_bwd_weight(d, w, a, b, flat, **bm)
+        return KW.soft_select_bwd_weight(d, w, a, b, flat, **bm)
 
     return {
         "fwd": fwd,

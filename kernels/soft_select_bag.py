@@ -19,9 +19,10 @@ syncs):
   per-lookup output gradient is then dout[bag_of[i]] (/ counts[bag]) (· psw_i): the
   backward kernels read it through that index instead of materializing an (M, K) dout.
 * The backward's α and weights steps are the lookup op's kernels
-  (``mixemb.kernels.soft_select.alpha_step`` and ``weights_step``) with their dout-row
-  index on: lookup i's output gradient is the row bag_of[i] of dout (B, K), divided by
-  its bag's count for mean.
+  (``mixemb.kernels.soft_select.alpha_step`` and
+  ``mixemb.kernels.soft_select_weights.weights_step``) with their dout-row index on:
+  lookup i's output gradient is the row bag_of[i] of dout (B, K), divided by its bag's
+  count for mean.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from mixemb.kernels.soft_select import (
     _tile,
     alpha_step,
     check_inputs,
-    weights_step,
 )
+from mixemb.kernels.soft_select_weights import weights_step
 
 #: lookups of one bag read per step of the forward and index kernels
 BAG_CHUNK = 32

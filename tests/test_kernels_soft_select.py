@@ -1,5 +1,5 @@
-"""mixemb.kernels.soft_select: the Triton kernels, through the op (backend="triton") and
-through their launchers, against the reference op.
+"""mixemb.kernels.soft_select and .soft_select_weights: the Triton kernels, through the op
+(backend="triton") and through their launchers, against the reference op.
 
 On this CPU machine the kernels run in Triton's interpreter (conftest sets
 TRITON_INTERPRET=1 before they are imported), so shapes stay tiny; on a GPU the same
@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from mixemb.kernels import soft_select as kernels
+from mixemb.kernels import soft_select_weights as weights_kernels
 from mixemb.nn import FusedOptimizer
 from mixemb.ops import soft_select_lookup
 from mixemb.reference import fused_update_reference
@@ -116,8 +117,8 @@ def test_half_tables_match_reference_within_dtype_tolerance(device, dtype):
 def test_runs_across_chunk_edges(device, chunk, tile, monkeypatch):
     """Runs of equal ids that span 1, 2 and many chunks, ending on and off chunk edges;
     the longest spans several carry tiles (and ends one chunk past a tile edge)."""
-    monkeypatch.setattr(kernels, "SEGMENT_CHUNK", chunk)
-    monkeypatch.setattr(kernels, "CARRY_TILE", tile)
+    monkeypatch.setattr(weights_kernels, "SEGMENT_CHUNK", chunk)
+    monkeypatch.setattr(weights_kernels, "CARRY_TILE", tile)
     counts = [1, chunk, chunk + 1, 3 * chunk, 1, 2 * chunk - 1, 7, (3 * tile + 2) * chunk + 1]
     ids = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
     ids = ids[torch.randperm(ids.numel(), generator=torch.Generator().manual_seed(1))]
@@ -130,7 +131,7 @@ def test_runs_across_chunk_edges(device, chunk, tile, monkeypatch):
 
 
 def test_deterministic_mode_is_bitwise_reproducible(device, monkeypatch):
-    monkeypatch.setattr(kernels, "SEGMENT_CHUNK", 4)
+    monkeypatch.setattr(weights_kernels, "SEGMENT_CHUNK", 4)
     weight, alpha, boundaries, ids, values, dout = _case(16, 7, 3, (60,), hot=True, device=device)
     runs = [
         _run("triton", weight, alpha, boundaries, ids, values, dout, need="wav", l1=1e-4)
@@ -143,7 +144,7 @@ def test_deterministic_mode_is_bitwise_reproducible(device, monkeypatch):
 @pytest.mark.parametrize("kind", ["sgd", "rowwise_adagrad"])
 @pytest.mark.parametrize("with_values", [False, True])
 def test_fused_optimizer_matches_reference_update(device, kind, with_values, monkeypatch):
-    monkeypatch.setattr(kernels, "SEGMENT_CHUNK", 4)
+    monkeypatch.setattr(weights_kernels, "SEGMENT_CHUNK", 4)
     weight, alpha, boundaries, ids, values, dout = _case(15, 9, 3, (30,), hot=True, device=device)
     values = values if with_values else None
     w = weight.clone().requires_grad_()
@@ -191,7 +192,7 @@ def test_launcher_limits_are_named():
         kernels.soft_select_fwd(torch.zeros(4, 1025), torch.ones(1, 1025), torch.tensor([0, 4]),
                                 torch.tensor([1]))  # fmt: skip
     with pytest.raises(ValueError, match="lr as a 1-element tensor"):
-        kernels.soft_select_bwd_weight(
+        weights_kernels.soft_select_bwd_weight(
             torch.zeros(1, 4), torch.zeros(10, 4), torch.ones(1, 4), torch.tensor([0, 10]),
             torch.tensor([1]), optimizer="sgd",
         )  # fmt: skip
@@ -228,7 +229,7 @@ def test_launchers_refuse_a_mis_shaped_dout_and_strided_boundaries():
     with pytest.raises(ValueError, match=r"dout must be a contiguous \(2, 5\)"):
         kernels.soft_select_bwd_alpha(torch.ones(2, 4), weight, alpha, boundaries, ids)
     with pytest.raises(ValueError, match="dout must be"):
-        kernels.soft_select_bwd_weight(torch.ones(5, 2).t(), weight, alpha, boundaries, ids)
+        weights_kernels.soft_select_bwd_weight(torch.ones(5, 2).t(), weight, alpha, boundaries, ids)
     with pytest.raises(ValueError, match="dout must be"):
         kernels.soft_select_bwd_rows(torch.ones(3, 5), weight, alpha, boundaries, ids)
     strided = torch.tensor([0, 0, 3, 3, 6, 6, 10, 10])[::2]
@@ -271,7 +272,7 @@ def _run_lookup(backend, weight, alpha, ids, values, dout, *, need, block_map, *
 
 
 def test_block_map_half_table_and_fused_update(device, monkeypatch):
-    monkeypatch.setattr(kernels, "SEGMENT_CHUNK", 4)
+    monkeypatch.setattr(weights_kernels, "SEGMENT_CHUNK", 4)
     case = _with_map(*_case(30, 12, 3, (16,), hot=True, dtype=torch.float16, device=device))
     weight, alpha, block_map, ids, values, dout = case
     want = _run_lookup("reference", weight, alpha, ids, values, dout, need="wav",
@@ -316,4 +317,4 @@ def test_launchers_name_a_bad_block_map():
         with pytest.raises(ValueError, match=match):
             kernels.soft_select_fwd(weight, alpha, b, ids, block_map=m)
     with pytest.raises(ValueError, match="exactly one of boundaries and block_map"):
-        kernels.soft_select_bwd_weight(torch.ones(2, 4), weight, alpha, None, ids)
+        weights_kernels.soft_select_bwd_weight(torch.ones(2, 4), weight, alpha, None, ids)

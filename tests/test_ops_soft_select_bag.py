@@ -13,15 +13,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mixemb.kernels import soft_select as lookup_kernels
 from mixemb.kernels import soft_select_bag as kernels
+from mixemb.kernels import soft_select_weights as weights_kernels
+from mixemb.kernels.soft_select import INTERPRET
 from mixemb.ops import soft_select_pooled as ops
 from mixemb.ops.soft_select_pooled import bag_of_lookups, soft_select_bag
 from mixemb.reference import normalize_alpha_grad, soft_select_bag_reference
 
 HAS_CUDA = torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(
-    not (HAS_CUDA or lookup_kernels.INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1"
+    not (HAS_CUDA or INTERPRET), reason="needs CUDA or TRITON_INTERPRET=1"
 )
 # the kernels reorder sums (per-bag chunks, per-block one-hot matmul, id runs before the
 # α scale): fp32 agrees to a few ulps of the summed magnitude, fp64 to rounding
@@ -136,8 +137,8 @@ def test_only_the_needed_gradients_and_int32_ids(device, mode):
 
 def test_weights_step_crosses_chunk_edges_and_is_bitwise_reproducible(device, monkeypatch):
     """A hot id's run over many 3-lookup chunks (carries over several tiles of 2)."""
-    monkeypatch.setattr(lookup_kernels, "SEGMENT_CHUNK", 3)
-    monkeypatch.setattr(lookup_kernels, "CARRY_TILE", 2)
+    monkeypatch.setattr(weights_kernels, "SEGMENT_CHUNK", 3)
+    monkeypatch.setattr(weights_kernels, "CARRY_TILE", 2)
     weight, alpha, boundaries, _, ids, offsets, psw, dout = _case(
         **CASES["K5-hot-long-bag"], device=device
     )

@@ -28,14 +28,17 @@ def test_every_launched_variant_compiles_for_sm90():
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     m = re.search(r"compiled (\d+) variants", proc.stdout)
     assert m and int(m.group(1)) >= 60, proc.stdout[-2000:]
-    kernels = set(re.findall(r"^(_\w+_kernel) sm_90", proc.stdout, flags=re.M))
-    assert kernels == {
-        "_scale_rows_kernel",
-        "_alpha_grad_partial_kernel",
-        "_alpha_grad_finish_kernel",
-        "_segment_rows_kernel",
-        "_segment_carry_kernel",
-        "_bag_fwd_kernel",
-        "_block_gather_kernel",
-        "_bag_index_kernel",
+    found = re.findall(r"^mixemb\.kernels\.(\w+)\.(_\w+_kernel) sm_90", proc.stdout, flags=re.M)
+    by_module: dict[str, set[str]] = {}
+    for module, kernel in found:
+        by_module.setdefault(module, set()).add(kernel)
+    assert by_module == {
+        "soft_select": {
+            "_scale_rows_kernel",
+            "_alpha_grad_partial_kernel",
+            "_alpha_grad_finish_kernel",
+        },
+        "soft_select_weights": {"_segment_rows_kernel", "_segment_carry_kernel"},
+        "soft_select_bag": {"_bag_fwd_kernel", "_bag_index_kernel"},
+        "block_table": {"_block_gather_kernel"},
     }

@@ -1,15 +1,15 @@
 """Compile every Triton kernel variant the launchers would launch, for a CUDA target,
 on a machine without a GPU (run as a script by tests/test_triton_compile.py).
 
-The launchers of ``mixemb.kernels.soft_select``, ``mixemb.kernels.soft_select_bag`` and
-``mixemb.kernels.block_table`` are called on CPU tensors with ``JITFunction.run`` replaced
+The launchers of ``mixemb.kernels.soft_select``, ``.soft_select_weights``, ``.soft_select_bag``
+and ``.block_table`` are called on CPU tensors with ``JITFunction.run`` replaced
 by a recorder, so nothing launches; each recorded call becomes an ``ASTSource`` (pointer
 and scalar types from the arguments, constexprs as passed) compiled by ``triton.compile`` for
 ``GPUTarget("cuda", ARCH, 32)`` down to a cubin. This catches what Triton's CPU
 interpreter accepts but the compiler does not (types of loop-carried values,
 scalar/vector masks, constexpr branches).
 
-    python tests/triton_aot_compile.py [arch=90]   # prints one line per compiled variant
+    python tests/triton_aot_compile.py [arch=90]   # one line per variant: module.kernel sm_ARCH
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from mixemb.block_table import BlockTable  # noqa: E402
 from mixemb.kernels import block_table as KT  # noqa: E402
 from mixemb.kernels import soft_select as K  # noqa: E402
 from mixemb.kernels import soft_select_bag as KB  # noqa: E402
+from mixemb.kernels import soft_select_weights as KW  # noqa: E402
 
 PTR = {
     torch.float32: "*fp32",
@@ -97,10 +98,10 @@ def record_launches() -> None:
         K.soft_select_bwd_alpha(d, w, a, b, ids, v, need_values=with_values, l1=1e-5, **bm)
         K.soft_select_bwd_alpha(d, w, a, b, ids, v, need_values=True, normalize=False, **bm)
         K.soft_select_bwd_rows(d, w, a, b, ids, v, **bm)
-        K.soft_select_bwd_weight(d, w, a, b, ids, v, **bm)
-        K.soft_select_bwd_weight(d, w, a, b, ids, v, deterministic=False, **bm)
-        K.soft_select_bwd_weight(d, w, a, b, ids, v, optimizer="sgd", lr=lr, **bm)
-        K.soft_select_bwd_weight(
+        KW.soft_select_bwd_weight(d, w, a, b, ids, v, **bm)
+        KW.soft_select_bwd_weight(d, w, a, b, ids, v, deterministic=False, **bm)
+        KW.soft_select_bwd_weight(d, w, a, b, ids, v, optimizer="sgd", lr=lr, **bm)
+        KW.soft_select_bwd_weight(
             d, w, a, b, ids, v, optimizer="rowwise_adagrad", lr=lr, state=state, **bm
         )
         # the bag op: 30 bags over the lookups, sum (with the values as per-sample weights)
@@ -153,7 +154,8 @@ def main(arch: int = 90) -> int:
         options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
         src = ASTSource(fn=fn, signature=sig, constexprs=consts)
         compiled = triton.compile(src, target=target, options=options)
-        print(fn.__name__, f"sm_{arch}", len(compiled.asm["cubin"]), "bytes", flush=True)
+        name = f"{fn.__module__}.{fn.__name__}"
+        print(name, f"sm_{arch}", len(compiled.asm["cubin"]), "bytes", flush=True)
     print(f"compiled {len(seen)} variants", flush=True)
     return 0
 

@@ -17,8 +17,9 @@ things autograd does not give:
 * or no weight gradient at all: a fused optimizer updates the looked-up rows in place.
 
 Where the math runs is decided once, by ``implementation``: the Triton kernels of
-``mixemb.kernels.soft_select`` (CUDA, or CPU under Triton's interpreter) or the reference
-math of ``mixemb.reference`` (CPU; no Triton needed at run time).
+``mixemb.kernels.soft_select`` and ``mixemb.kernels.soft_select_weights`` (CUDA, or CPU
+under Triton's interpreter) or the reference math of ``mixemb.reference`` (CPU; no Triton
+needed at run time).
 
 Two entry points share one forward and one backward (``_backward``):
 
@@ -46,21 +47,24 @@ from mixemb import reference as ref
 
 Tensor = torch.Tensor
 BACKENDS = ("auto", "reference", "triton")
-_kernels = None  # mixemb.kernels.soft_select, imported on first use (triton is heavy)
+# mixemb.kernels.soft_select and .soft_select_weights, imported on first use (triton is heavy)
+_kernels = None
+_weights_kernels = None
 
 
 def kernels_run_on(t: Tensor) -> bool:
     """True when the Triton kernels run on ``t``'s device: CUDA, or CPU under Triton's
     interpreter (TRITON_INTERPRET=1 when mixemb.kernels was first imported)."""
-    global _kernels
+    global _kernels, _weights_kernels
     if _kernels is None:
         try:
             from mixemb.kernels import soft_select as kernels
+            from mixemb.kernels import soft_select_weights as weights_kernels
         except ImportError as e:  # triton is a dependency, but keep CPU use working
             if t.is_cuda:
                 raise RuntimeError(f"backend='triton' needs the triton package: {e}") from e
             return False
-        _kernels = kernels
+        _kernels, _weights_kernels = kernels, weights_kernels
     return t.is_cuda or _kernels.INTERPRET
 
 
@@ -142,7 +146,7 @@ def _weight_grad(
             return _kernels.soft_select_bwd_rows(
                 d, w, alpha, boundaries, flat, vals, block_map=block_map
             )
-        return _kernels.soft_select_bwd_weight(
+        return _weights_kernels.soft_select_bwd_weight(
             d, w, alpha, boundaries, flat, vals, deterministic=deterministic, block_map=block_map
         )
     if sparse:
@@ -156,7 +160,7 @@ def _fused_update(
 ) -> None:  # fmt: skip
     kernels, flat, vals, d = _flat(ids, values, dout, weight.shape[1], impl)
     if kernels:
-        _kernels.soft_select_bwd_weight(
+        _weights_kernels.soft_select_bwd_weight(
             d, weight, alpha, boundaries, flat, vals, block_map=block_map,
             optimizer=optimizer, lr=lr, state=state, optimizer_eps=optimizer_eps,
         )  # fmt: skip

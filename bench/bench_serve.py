@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -200,6 +201,17 @@ def _ms(row: dict) -> float:
     return math.inf if row["ms"] is None else row["ms"]
 
 
+def loop_case(name: str, cfg: dict, device: torch.device, seconds: float) -> None:
+    """Call the case ``name`` ("provider:op") of config ``cfg`` until ``seconds`` pass."""
+    fns = {f"{provider}:{op}": fn for provider, op, fn, _, _ in cases(cfg, device, {})}
+    if name not in fns:
+        raise SystemExit(f"--loop must be one of {sorted(fns)}, got {name!r}")
+    fn = fns[name]
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        fn()
+
+
 class _Kept:
     """Where ``measure`` puts a round's row: kept by ``main`` only if it is the fastest."""
 
@@ -230,6 +242,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "case's fastest median (on a shared machine, rounds slowed by other jobs drop out)",
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument(
+        "--loop",
+        metavar="PROVIDER:OP",
+        help="call one case of the first config (e.g. mixemb:bag) for --seconds, timing "
+        "nothing and writing no rows: a workload for a profiler (bench/README.md)",
+    )
+    p.add_argument("--seconds", type=float, default=10.0, help="how long --loop runs")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     shape = args.shape or ("full" if device.type == "cuda" else "small")
@@ -244,6 +263,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             {**base, "mean_dim": 6.0},
             {**base, "batch": base["batch"] * 4},
         ]
+    if args.loop:
+        loop_case(
+            args.loop, {**base, "lookups": base["batch"] * base["fields"]}, device, args.seconds
+        )
+        return []
     warmup, repeats = ITERS[device.type]
     repeats = args.repeats or repeats
     if args.rounds < 1:

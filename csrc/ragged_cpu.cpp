@@ -49,7 +49,9 @@ struct Table {
   const at::Half* scale_bias;  // (rows, 2) of an int8 table, else null
 };
 
-inline int popcount64(int64_t x) { return __builtin_popcountll(static_cast<uint64_t>(x)); }
+__attribute__((always_inline)) inline int popcount64(int64_t x) {
+  return __builtin_popcountll(static_cast<uint64_t>(x));
+}
 
 // Sum of the popcounts of masks[0 .. rel), rel < 16, for one-word rows (declared here,
 // defined with the vector paths below; -1 when this CPU has no AVX512-VPOPCNTDQ).
@@ -87,7 +89,8 @@ inline int64_t row_start(const Table& t, int64_t row) {
 // one (values replaced, group offsets or masks edited) must fail here before a value is
 // read or an output dim is written: one compare pair and one AND per lookup, on lines
 // the lookup has already loaded.
-inline bool row_fits(const Table& t, int64_t row, int64_t start, int64_t count) {
+__attribute__((always_inline)) inline bool row_fits(const Table& t, int64_t row, int64_t start,
+                                                    int64_t count) {
   return start >= 0 && start <= t.nnz - count &&
          (static_cast<uint64_t>(t.masks[(row + 1) * t.words - 1]) & t.high) == 0;
 }
@@ -642,9 +645,14 @@ inline void advise_huge_pages(void* data, int64_t bytes) {
 #endif
 }
 
+// The prefetch helpers are always inlined: GCC 12 finds a function whose only effect is
+// __builtin_prefetch "pure" and, as its result is unused, deletes every call to it — an
+// out-of-line helper prefetched nothing (no prefetch instruction was left in this file).
+#define MIXEMB_PREFETCH_HELPER __attribute__((always_inline)) inline
+
 // Prefetches what row_start(t, id) reads: the group's base offset and the masks of the
 // rows of the group up to `id` (at most two cache lines at the default G = 16).
-inline void prefetch_row_meta(const Table& t, int64_t id) {
+MIXEMB_PREFETCH_HELPER void prefetch_row_meta(const Table& t, int64_t id) {
   if (id < 0 || id >= t.rows) return;
   const int64_t group = t.shift >= 0 ? id >> t.shift : id / t.group_size;
   const int64_t first = t.shift >= 0 ? group << t.shift : group * t.group_size;
@@ -658,7 +666,8 @@ inline void prefetch_row_meta(const Table& t, int64_t id) {
 // of its last): no branch on the count, which varies from row to row, and no line of a
 // row that straddles a line boundary left out.
 template <typename scalar_t>
-inline void prefetch_values(const scalar_t* vals, int64_t start, int64_t count) {
+MIXEMB_PREFETCH_HELPER void prefetch_values(const scalar_t* vals, int64_t start,
+                                            int64_t count) {
   const char* p = reinterpret_cast<const char*>(vals + start);
   const int64_t bytes =
       std::clamp<int64_t>(count * static_cast<int64_t>(sizeof(scalar_t)), 1, 256);
@@ -737,32 +746,31 @@ inline void tile_starts(const Table& t, const index_t* ids, int64_t i0, int64_t 
 }
 
 #ifdef MIXEMB_X86_64
-// The bag's copy of the hottest rows: ids are frequency-sorted, so the first kHotRows ids
-// take most lookups (57-66 % of the Zipf lookups in bench_serve), and a row expanded once
-// per call is then read as four aligned vectors instead of being located and expanded
-// again (≈15 instructions a lookup instead of ≈80). One per thread (256 KB, kept across
-// calls); `filled` is cleared at every chunk, so a row is never read from another call
-// or table.
-constexpr int64_t kHotRows = 1024;
-struct HotRows {
-  float* rows = nullptr;  // (kHotRows, 64), 64-byte aligned
-  uint64_t filled[kHotRows / 64] = {};
-  HotRows() {
-    rows = static_cast<float*>(std::aligned_alloc(64, kHotRows * 64 * sizeof(float)));
+// The bag's per-thread rows: a dense copy of the hottest rows, then one zero row. Ids are
+// frequency-sorted, so the first kHotRows ids take most lookups (66 % of bench_serve's
+// Zipf lookups below 1024, 76 % below 4096), and a row expanded once per call is then read
+// as four aligned vectors instead of being located and expanded. One per thread (kept
+// across calls; every call refills the rows it reads, so a row is never read from another
+// call or table), with the list of a window's other lookups.
+constexpr int64_t kHotRows = 4096;
+struct BagRows {
+  float* rows = nullptr;  // (kHotRows + 1, 64), 64-byte aligned; row kHotRows stays zero
+  std::vector<int64_t> cold;  // a window's other lookups: (position, bag) pairs
+  BagRows() {
+    rows = static_cast<float*>(std::aligned_alloc(64, (kHotRows + 1) * 64 * sizeof(float)));
+    if (rows != nullptr) std::memset(rows + kHotRows * 64, 0, 64 * sizeof(float));
   }
-  ~HotRows() { std::free(rows); }
-  HotRows(const HotRows&) = delete;
-  HotRows& operator=(const HotRows&) = delete;
+  ~BagRows() { std::free(rows); }
+  BagRows(const BagRows&) = delete;
+  BagRows& operator=(const BagRows&) = delete;
 };
 
-// This thread's HotRows with nothing filled, or null if its buffer could not be allocated.
-// Not inlined: the caller then holds a plain pointer, where an inlined thread_local address
-// was recomputed (a __tls_get_addr call in a shared library) at each use in the loops.
-__attribute__((noinline)) HotRows* fresh_hot_rows() {
-  thread_local HotRows hot;
-  if (hot.rows == nullptr) return nullptr;
-  std::memset(hot.filled, 0, sizeof(hot.filled));
-  return &hot;
+// This thread's BagRows, or null if its buffer could not be allocated. Not inlined: the
+// caller then holds a plain pointer, where an inlined thread_local address was recomputed
+// (a __tls_get_addr call in a shared library) at each use in the loops.
+__attribute__((noinline)) BagRows* bag_rows() {
+  thread_local BagRows rows;
+  return rows.rows == nullptr ? nullptr : &rows;
 }
 
 // The pipelined fp32 kernels of one-word rows (K <= 64) on AVX-512: the gather, and the
@@ -791,20 +799,22 @@ struct Located {
   uint64_t bits;
 };
 
-// The 16 dims [q, q + 16) of a one-word row: its next values from `src` (a masked load of
-// just those) expanded to their dims, zeros elsewhere; src moves past them.
-__attribute__((target("avx512f,avx512vpopcntdq,popcnt,bmi2"))) inline __m512 quarter(
+// The 16 dims [q, q + 16) of a one-word row: its next values from `src` expanded to their
+// dims, zeros elsewhere; src moves past them. One expand-load, which reads just the kept
+// values: a bag's located pass over rows in L1 ran 15 % faster than with a masked load of
+// them (its mask a popcount and a bzhi) and then an expand.
+__attribute__((target("avx512f,popcnt"), always_inline)) inline __m512 quarter(
     uint64_t m, int q, const float*& src) {
   const uint32_t bits = static_cast<uint32_t>((m >> q) & 0xFFFF);
-  const uint32_t kept = static_cast<uint32_t>(__builtin_popcount(bits));
-  const __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>(_bzhi_u32(0xFFFF, kept)), src);
-  src += kept;
-  return _mm512_maskz_expand_ps(static_cast<__mmask16>(bits), v);
+  const __m512 v = _mm512_maskz_expandloadu_ps(static_cast<__mmask16>(bits), src);
+  src += __builtin_popcount(bits);
+  return v;
 }
 
 // row_start of a one-word row in a group of at most 16 rows (0 <= t.shift <= 4), with
 // the group's prefix inlined (row_start calls it).
-__attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"))) inline int64_t
+__attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"),
+               always_inline)) inline int64_t
 row_start16(const Table& t, int64_t row) {
   const int64_t first = row & ~((int64_t{1} << t.shift) - 1);
   const int64_t prefix = group_prefix16_avx512(t.masks + first, row - first);
@@ -813,13 +823,14 @@ row_start16(const Table& t, int64_t row) {
 }
 
 // The metadata stage of a lookup of row `id` (any value: out of range prefetches nothing).
-inline void prefetch_lookup_meta(const Table& t, uint64_t id) {
+MIXEMB_PREFETCH_HELPER void prefetch_lookup_meta(const Table& t, uint64_t id) {
   prefetch_row_meta(t, static_cast<int64_t>(id));
 }
 
 // row_start of the in-range one-word row `row` (mask word m); a row that does not fit the
 // values raises (naming `op`) before any of its values is read.
-__attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"))) inline int64_t
+__attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"),
+               always_inline)) inline int64_t
 fitted_start(const Table& t, int64_t row, uint64_t m, const char* op) {
   const int64_t start = t.shift >= 0 && t.shift <= 4 ? row_start16(t, row) : row_start(t, row);
   if (__builtin_expect(!row_fits(t, row, start, popcount64(m)), 0)) {
@@ -830,7 +841,8 @@ fitted_start(const Table& t, int64_t row, uint64_t m, const char* op) {
 
 // The locate stage of a lookup of row `id`: r filled as Located says, the row's values
 // prefetched.
-__attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"))) inline void locate_row(
+__attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"),
+               always_inline)) inline void locate_row(
     const Table& t, uint64_t id, const float* vals, Located& r, const char* op) {
   if (id >= static_cast<uint64_t>(t.rows)) {
     r.start = kRowSkip;
@@ -845,7 +857,7 @@ __attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"))) inline v
 }
 
 // A one-word row (mask word m, values from src) as 64 dense floats at dst (64-byte aligned).
-__attribute__((target("avx512f,avx512vpopcntdq,popcnt,bmi2"))) inline void expand_row64(
+__attribute__((target("avx512f,popcnt"), always_inline)) inline void expand_row64(
     uint64_t m, const float* src, float* dst) {
   for (int q = 0; q < 64; q += 16) _mm512_store_ps(dst + q, quarter(m, q, src));
 }
@@ -860,49 +872,109 @@ __attribute__((target("avx512f"), always_inline)) inline void add_to_row(
   if (dim > 48) add16(dst, 48, dim, a3);
 }
 
-// Adds lookup i's row x0..x3 (times w[i] when kWeighted) to the sums a0..a3 of its bag,
-// first adding the sums so far to the output row of their bag b when lookup i is past it
-// (b then moves to lookup i's bag). offsets: n_offsets bag starts, the last bag ending at
-// m_ids.
-template <bool kWeighted>
-__attribute__((target("avx512f"), always_inline)) inline void add_to_bag(
-    int64_t i, __m512 x0, __m512 x1, __m512 x2, __m512 x3, const float* w,
-    const int64_t* offsets, int64_t n_offsets, int64_t m_ids, int64_t dim, float* out,
-    int64_t& b, __m512& a0, __m512& a1, __m512& a2, __m512& a3) {
-  const auto bag_end = [&](int64_t c) { return c + 1 < n_offsets ? offsets[c + 1] : m_ids; };
-  if (bag_end(b) <= i) {
-    add_to_row(out + b * dim, dim, a0, a1, a2, a3);
-    a0 = a1 = a2 = a3 = _mm512_setzero_ps();
-    do ++b; while (bag_end(b) <= i);
-  }
-  if constexpr (kWeighted) {
-    const __m512 scale = _mm512_set1_ps(w[i]);
-    a0 = _mm512_fmadd_ps(x0, scale, a0);
-    a1 = _mm512_fmadd_ps(x1, scale, a1);
-    a2 = _mm512_fmadd_ps(x2, scale, a2);
-    a3 = _mm512_fmadd_ps(x3, scale, a3);
-  } else {
-    a0 = _mm512_add_ps(a0, x0);
-    a1 = _mm512_add_ps(a1, x1);
-    a2 = _mm512_add_ps(a2, x2);
-    a3 = _mm512_add_ps(a3, x3);
-  }
+// dst[0:dim] = a0..a3.
+__attribute__((target("avx512f"), always_inline)) inline void store_row(
+    float* dst, int64_t dim, __m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  store16(dst, 0, dim, a0, false);
+  if (dim > 16) store16(dst, 16, dim, a1, false);
+  if (dim > 32) store16(dst, 32, dim, a2, false);
+  if (dim > 48) store16(dst, 48, dim, a3, false);
 }
 
-// The fp32 bags [begin, end), their lookups split by kind a window of kBagWindow at a time
-// (two lists built without a branch) and summed in two passes, each adding its part of
-// every bag of the window to the bag's output row (zeroed first):
-// * the hot lookups (ids below 1024: 57-66 % of the Zipf lookups in bench_serve) read this
-//   thread's HotRows copy, filled on a row's first use — four aligned loads a lookup;
-// * the others go through the pipeline above (metadata kAheadMetaPipe, location
-//   kAheadLocate lookups ahead of the sum, both counted in the list's lookups).
-// Mixed in one loop, the branch on a lookup's kind was mispredicted about every other
-// lookup; split, each pass's branches are predictable. A bag's parts add in another order
-// than its lookups (the sum is the same up to rounding). Sums stay in four registers (16
-// dims each) between bag boundaries. Ids must be in range unless the caller did not check
-// them (then an out-of-range one adds nothing). offsets: n_offsets bag starts (int64,
-// checked); a bag ends where the next starts, the last at m_ids. w: per-lookup weights
-// (float32), read only when kWeighted. False (nothing written) without a HotRows buffer.
+// Expands rows [0, h) into `rows` (64 floats each) in order, locating each as row_start
+// does (its group's offset plus the popcounts of the group's rows before it), so that the
+// reads are sequential and the rows need no prefetch. Returns h, or the first row that
+// does not fit the values: the rows from there on take the located path, which raises when
+// one of them is looked up (a corrupt row raises only if a lookup reads it).
+__attribute__((target("avx512f,avx512vpopcntdq,popcnt,bmi2"))) int64_t fill_hot_rows(
+    const Table& t, const float* vals, int64_t h, float* rows) {
+  uint64_t start = 0;
+  int64_t left = 0, group = 0;
+  for (int64_t row = 0; row < h; ++row, --left) {
+    if (left == 0) {
+      start = static_cast<uint64_t>(t.group_offsets[group++]);
+      left = t.group_size;
+    }
+    const uint64_t m = static_cast<uint64_t>(t.masks[row]);
+    const int64_t count = popcount64(m);
+    if (!row_fits(t, row, static_cast<int64_t>(start), count)) return row;
+    expand_row64(m, vals + start, rows + row * 64);
+    start += count;
+  }
+  return h;
+}
+
+// The listed lookups of a bag window (cold: (position, bag) pairs, in order of position)
+// in the gather's pipeline: lookup l + kAheadMetaPipe has its metadata prefetched, lookup
+// l + kAheadLocate is located (row start and mask; its values prefetched) and lookup l is
+// expanded and added to the sums of its bag, which are added to the bag's output row when
+// the next lookup is of another bag (adding each row to the output row instead made every
+// lookup wait for the store of the one before it). Not inlined, so that a profile tells
+// this pass from the other (one call per window).
+template <typename index_t, bool kWeighted>
+__attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"), noinline)) void sum_listed(
+    const Table& t, const index_t* ids, const int64_t* cold, int64_t nc, const float* vals,
+    const float* w, int64_t dim, float* out) {
+  if (nc == 0) return;
+  Located ring[kRing];
+  const auto id_of = [&](int64_t l) __attribute__((always_inline)) {
+    return static_cast<uint64_t>(static_cast<int64_t>(ids[cold[2 * l]]));
+  };
+  for (int64_t l = 0; l < std::min(nc, kAheadMetaPipe); ++l) {
+    prefetch_lookup_meta(t, id_of(l));
+  }
+  for (int64_t l = 0; l < std::min(nc, kAheadLocate); ++l) {
+    locate_row(t, id_of(l), vals, ring[l & (kRing - 1)], "ragged_bag");
+  }
+  int64_t bag = cold[1];
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t l = 0; l < nc; ++l) {
+    if (l + kAheadMetaPipe < nc) prefetch_lookup_meta(t, id_of(l + kAheadMetaPipe));
+    if (l + kAheadLocate < nc) {
+      locate_row(t, id_of(l + kAheadLocate), vals, ring[(l + kAheadLocate) & (kRing - 1)],
+                 "ragged_bag");
+    }
+    const Located r = ring[l & (kRing - 1)];
+    const float* src = vals + r.start;
+    __m512 x0 = quarter(r.bits, 0, src);
+    __m512 x1 = quarter(r.bits, 16, src);
+    __m512 x2 = quarter(r.bits, 32, src);
+    __m512 x3 = quarter(r.bits, 48, src);
+    if (cold[2 * l + 1] != bag) {
+      add_to_row(out + bag * dim, dim, a0, a1, a2, a3);
+      a0 = a1 = a2 = a3 = _mm512_setzero_ps();
+      bag = cold[2 * l + 1];
+    }
+    if constexpr (kWeighted) {
+      const __m512 s = _mm512_set1_ps(w[cold[2 * l]]);
+      a0 = _mm512_fmadd_ps(x0, s, a0);
+      a1 = _mm512_fmadd_ps(x1, s, a1);
+      a2 = _mm512_fmadd_ps(x2, s, a2);
+      a3 = _mm512_fmadd_ps(x3, s, a3);
+    } else {
+      a0 = _mm512_add_ps(a0, x0);
+      a1 = _mm512_add_ps(a1, x1);
+      a2 = _mm512_add_ps(a2, x2);
+      a3 = _mm512_add_ps(a3, x3);
+    }
+  }
+  add_to_row(out + bag * dim, dim, a0, a1, a2, a3);
+}
+
+// The fp32 bags [begin, end), a window of whole bags of at most kBagWindow lookups at a
+// time (more only for one bag that alone has more), in two passes:
+// * every lookup: a hot one (id below h, the rows copied into this thread's BagRows at
+//   the start) adds its row, four aligned loads; any other adds the zero row (no branch
+//   on the kind, which is mispredicted about every other lookup) and is listed; each bag's
+//   sum is stored in its output row;
+// * the listed lookups, in the gather's pipeline (metadata kAheadMetaPipe, location
+//   kAheadLocate lookups ahead), each row expanded and added to its bag's output row.
+// h is at most a sixteenth of the chunk's lookups, so a small call copies few rows. A bag
+// so adds its hot rows, then the others (the sum is the same up to rounding). Ids must be
+// in range unless the caller did not check them (then an out-of-range one adds nothing).
+// offsets: n_offsets bag starts (int64, checked); a bag ends where the next starts, the
+// last at m_ids. w: per-lookup weights (float32), read only when kWeighted. False (nothing
+// written) without a BagRows buffer.
 constexpr int64_t kBagWindow = 4096;
 
 template <typename index_t, bool kWeighted>
@@ -910,86 +982,65 @@ __attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"))) bool bag
     const Table& t, const index_t* ids, const int64_t* offsets, int64_t n_offsets,
     int64_t m_ids, int64_t begin, int64_t end, const float* vals, const float* w, int64_t dim,
     bool mean, float* out) {
-  HotRows* cache = fresh_hot_rows();
-  if (cache == nullptr) return false;
-  const uint64_t hot = static_cast<uint64_t>(std::min(kHotRows, t.rows));
-  const uint64_t rows = static_cast<uint64_t>(t.rows);
+  BagRows* buf = bag_rows();
+  if (buf == nullptr) return false;
+  if (begin >= end) return true;
   const auto bag_end = [&](int64_t b) { return b + 1 < n_offsets ? offsets[b + 1] : m_ids; };
-  const int64_t first = offsets[begin], last = bag_end(end - 1);
-  std::memset(out + begin * dim, 0, static_cast<size_t>((end - begin) * dim) * sizeof(float));
-  int32_t hot_pos[kBagWindow];
-  int32_t cold_pos[kBagWindow];
-  Located ring[kRing];
-  int64_t b_hot = begin, b_cold = begin;  // each pass's open bag
-  for (int64_t w0 = first; w0 < last; w0 += kBagWindow) {
-    const int n = static_cast<int>(std::min(kBagWindow, last - w0));
-    const index_t* wid = ids + w0;
-    int nh = 0, nc = 0;
-    for (int j = 0; j < n; ++j) {
-      const uint64_t id = static_cast<uint64_t>(static_cast<int64_t>(wid[j]));
-      hot_pos[nh] = j;
-      cold_pos[nc] = j;
-      nh += id < hot;
-      nc += id >= hot && id < rows;  // an unchecked out-of-range id is in neither
-    }
+  const int64_t h = fill_hot_rows(
+      t, vals, std::min({kHotRows, t.rows, (bag_end(end - 1) - offsets[begin]) / 16}),
+      buf->rows);
+  const float* hot_rows = buf->rows;
+  const float* zero_row = buf->rows + kHotRows * 64;
+  const uint64_t rows = static_cast<uint64_t>(t.rows);
+  for (int64_t b0 = begin; b0 < end;) {
+    int64_t b1 = b0 + 1;
+    while (b1 < end && bag_end(b1) - offsets[b0] <= kBagWindow) ++b1;
+    const size_t n = static_cast<size_t>(bag_end(b1 - 1) - offsets[b0]);
+    if (buf->cold.size() < 2 * n) buf->cold.resize(2 * n);
+    int64_t* cold = buf->cold.data();
+    int64_t nc = 0;
 
-    {  // the hot pass
+    for (int64_t b = b0; b < b1; ++b) {  // every lookup; the others listed
       __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      for (int l = 0; l < nh; ++l) {
-        const uint64_t id = static_cast<uint64_t>(static_cast<int64_t>(wid[hot_pos[l]]));
-        float* row = cache->rows + id * 64;
-        if (__builtin_expect(!(cache->filled[id >> 6] >> (id & 63) & 1), 0)) {  // first use
-          const uint64_t m = static_cast<uint64_t>(t.masks[id]);
-          expand_row64(m, vals + fitted_start(t, id, m, "ragged_bag"), row);
-          cache->filled[id >> 6] |= uint64_t{1} << (id & 63);
+      for (int64_t i = offsets[b], e = bag_end(b); i < e; ++i) {
+        const uint64_t id = static_cast<uint64_t>(static_cast<int64_t>(ids[i]));
+        const bool hot = id < static_cast<uint64_t>(h);
+        const float* row = hot ? hot_rows + id * 64 : zero_row;
+        if constexpr (kWeighted) {
+          const __m512 s = _mm512_set1_ps(hot ? w[i] : 0.f);  // 0 * inf would be nan
+          a0 = _mm512_fmadd_ps(_mm512_load_ps(row), s, a0);
+          a1 = _mm512_fmadd_ps(_mm512_load_ps(row + 16), s, a1);
+          a2 = _mm512_fmadd_ps(_mm512_load_ps(row + 32), s, a2);
+          a3 = _mm512_fmadd_ps(_mm512_load_ps(row + 48), s, a3);
+        } else {
+          a0 = _mm512_add_ps(a0, _mm512_load_ps(row));
+          a1 = _mm512_add_ps(a1, _mm512_load_ps(row + 16));
+          a2 = _mm512_add_ps(a2, _mm512_load_ps(row + 32));
+          a3 = _mm512_add_ps(a3, _mm512_load_ps(row + 48));
         }
-        add_to_bag<kWeighted>(w0 + hot_pos[l], _mm512_load_ps(row), _mm512_load_ps(row + 16),
-                              _mm512_load_ps(row + 32), _mm512_load_ps(row + 48), w, offsets,
-                              n_offsets, m_ids, dim, out, b_hot, a0, a1, a2, a3);
+        cold[2 * nc] = i;
+        cold[2 * nc + 1] = b;
+        nc += !hot && id < rows;  // an unchecked out-of-range id is in neither pass
       }
-      if (nh > 0) add_to_row(out + b_hot * dim, dim, a0, a1, a2, a3);
+      store_row(out + b * dim, dim, a0, a1, a2, a3);
     }
 
-    // the pipelined pass over the others
-    const auto cold_id = [&](int l) {
-      return static_cast<uint64_t>(static_cast<int64_t>(wid[cold_pos[l]]));
-    };
-    for (int l = 0; l < std::min<int>(nc, kAheadMetaPipe); ++l) {
-      prefetch_lookup_meta(t, cold_id(l));
-    }
-    for (int l = 0; l < std::min<int>(nc, kAheadLocate); ++l) {
-      locate_row(t, cold_id(l), vals, ring[l & (kRing - 1)], "ragged_bag");
-    }
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (int l = 0; l < nc; ++l) {
-      if (l + kAheadMetaPipe < nc) prefetch_lookup_meta(t, cold_id(l + kAheadMetaPipe));
-      if (l + kAheadLocate < nc) {
-        locate_row(t, cold_id(l + kAheadLocate), vals, ring[(l + kAheadLocate) & (kRing - 1)],
-                   "ragged_bag");
-      }
-      const Located r = ring[l & (kRing - 1)];
-      const float* src = vals + r.start;
-      const __m512 x0 = quarter(r.bits, 0, src);
-      const __m512 x1 = quarter(r.bits, 16, src);
-      const __m512 x2 = quarter(r.bits, 32, src);
-      const __m512 x3 = quarter(r.bits, 48, src);
-      add_to_bag<kWeighted>(w0 + cold_pos[l], x0, x1, x2, x3, w, offsets, n_offsets, m_ids, dim,
-                            out, b_cold, a0, a1, a2, a3);
-    }
-    if (nc > 0) add_to_row(out + b_cold * dim, dim, a0, a1, a2, a3);
-  }
-  if (mean) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t count = bag_end(b) - offsets[b];
-      if (count <= 1) continue;
-      const __m512 d = _mm512_set1_ps(static_cast<float>(count));
-      for (int64_t k = 0; k < dim; k += 16) {
-        const __mmask16 lanes = k + 16 <= dim ? static_cast<__mmask16>(0xFFFF)
-                                              : static_cast<__mmask16>((1u << (dim - k)) - 1);
-        float* p = out + b * dim + k;
-        _mm512_mask_storeu_ps(p, lanes, _mm512_div_ps(_mm512_maskz_loadu_ps(lanes, p), d));
+    sum_listed<index_t, kWeighted>(t, ids, cold, nc, vals, w, dim, out);
+
+    if (mean) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t count = bag_end(b) - offsets[b];
+        if (count <= 1) continue;
+        const __m512 d = _mm512_set1_ps(static_cast<float>(count));
+        for (int64_t k = 0; k < dim; k += 16) {
+          const __mmask16 lanes = k + 16 <= dim ? static_cast<__mmask16>(0xFFFF)
+                                                : static_cast<__mmask16>((1u << (dim - k)) - 1);
+          float* p = out + b * dim + k;
+          _mm512_mask_storeu_ps(p, lanes, _mm512_div_ps(_mm512_maskz_loadu_ps(lanes, p), d));
+        }
       }
     }
+    b0 = b1;
   }
   return true;
 }

@@ -426,24 +426,28 @@ def test_many_bags_empty_anywhere_split_across_threads_match_reference(k):
         ragged_bag(table, bad, offsets, backend="extension")
 
 
+@pytest.mark.parametrize("ids_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("k", [7, 64])
-def test_bags_over_hot_and_cold_rows_match_reference_call_after_call(k):
-    """The AVX-512 bag serves the first 1024 ids (the hottest, ids being frequency-sorted)
-    from a per-thread copy filled on first use: bags mixing such rows with rows beyond
-    them must match the reference, and a later call on another table with the same ids
-    must not see the first table's rows."""
+def test_bags_over_hot_and_cold_rows_match_reference_call_after_call(k, ids_dtype):
+    """The AVX-512 bag copies a chunk's first rows (the hottest, ids being frequency-sorted;
+    up to 4096, at most a sixteenth of the chunk's lookups) into a per-thread buffer at the
+    start of every call and serves the other rows by locating them: bags mixing both, with
+    every row of the table looked up (so whatever the thread count makes the boundary,
+    rows on both sides of it are read), must match the reference, and a later call on
+    another table with the same ids must not see the first table's rows."""
     g = torch.Generator().manual_seed(k)
     tables = []
     for seed in (1, 2):
-        _, table = _table(3000, k, keep=0.4, seed=seed + k)
+        _, table = _table(6000, k, keep=0.4, seed=seed + k)
         tables.append(table)
-    ids = torch.randint(0, 3000, (4000,), generator=g)
-    ids[::3] = torch.randint(0, 1024, (1334,), generator=g)  # hot rows, many repeated
+    ids = torch.randint(0, 6000, (70_000,), generator=g)
+    ids[::3] = torch.randint(0, 4096, (23_334,), generator=g)  # hot rows, many repeated
     ids[1::9] = 0  # the zero-kept row, hot
-    ids[2::9] = 1023  # the last hot row
-    ids[4::9] = 1024  # the first row that is not
-    offsets = torch.arange(0, 4000, 10)
-    weights = torch.rand(4000, generator=g)
+    ids[: 6000 * 5 : 5] = torch.arange(6000)  # every row
+    ids = ids.to(ids_dtype)
+    offsets = torch.arange(0, 70_000, 10)
+    weights = torch.rand(70_000, generator=g)
+    weights[::7] = 0.0
     for table in (*tables, tables[0]):
         for mode, w in (("sum", None), ("mean", None), ("sum", weights)):
             got = ragged_bag(
@@ -451,6 +455,39 @@ def test_bags_over_hot_and_cold_rows_match_reference_call_after_call(k):
             )
             ref = ragged_bag_reference(table, ids, offsets, mode=mode, per_sample_weights=w)
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+    # unchecked out-of-range ids add nothing: as row 0, which keeps no dim
+    bad = ids.clone()
+    bad[7::101], bad[8::101] = -1, 6000
+    clean = torch.where((bad < 0) | (bad >= 6000), 0, bad)
+    for w in (None, weights):
+        got = ragged_bag(
+            tables[0], bad, offsets, per_sample_weights=w, check_bounds=False, backend="extension"
+        )
+        ref = ragged_bag_reference(tables[0], clean, offsets, per_sample_weights=w)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_corrupt_row_among_the_copied_rows_raises_only_when_looked_up():
+    """The rows copied at the start of a bag call are checked as they are copied; a row
+    that does not fit ends the copy there (the rows after it are located per lookup), so
+    it raises only when a lookup reads it, like every other row."""
+    x, table = _table(5000, 60, keep=0.4, seed=3)
+    masks = table.masks.clone()
+    masks[100, 0] |= 1 << 62  # keeps a dim at or past dim: no longer fits
+    corrupt = RaggedTable(
+        masks, table.values, table.group_offsets, 60, table.group_size, validate=False
+    )
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 5000, (80_000,), generator=g)
+    ids[::2] = torch.randint(0, 400, (40_000,), generator=g)
+    ids[(ids >= 96) & (ids < 112)] = 5  # nothing from row 100's group of 16
+    offsets = torch.arange(0, 80_000, 20)
+    got = ragged_bag(corrupt, ids, offsets, backend="extension")
+    ref = torch.nn.functional.embedding_bag(ids, x.float(), offsets, mode="sum")
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+    ids[12_345] = 100
+    with pytest.raises(ValueError, match="inconsistent ragged table: the mask of row 100"):
+        ragged_bag(corrupt, ids, offsets, backend="extension")
 
 
 def test_bag_per_sample_weights_gradcheck_and_matches_embedding_bag():

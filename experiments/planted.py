@@ -1,23 +1,30 @@
 """The planted benchmark: does the DNIS search recover known signal dimensions, and does it
 beat MDE and the uniform grid at equal bytes where mixed dimensions should matter?
 
-For each instance (a ``dims_law`` × ``basis`` of :mod:`mixemb.data.planted`, one seed):
+For each instance (a ``dims_law`` × ``basis`` of :mod:`mixemb.data.planted`), id order
+(``--id-orders``: "frequency", α blocks over all ids; "field", α blocks per field,
+:meth:`mixemb.data.Dataset.block_boundaries`) and seed (``--seeds``: the data, split and
+training all follow it):
 
 1. recovery — the DNIS search of an FM (:func:`mixemb.methods.shared.searched`, the search
-   ``dnis_ft`` uses), its merged table Ê pruned element-wise at each budget (a fraction of
-   the uniform-K table's fp32 bytes, ragged metadata paid), and the kept dims per id
-   scored against the planted r (:func:`mixemb.data.planted.recovery`: Spearman of the
-   frequency blocks' means, and per feature over ids seen ≥ ``--min-count`` times in
-   training). Contrasts: MDE's block dims (a=0.3, storage "blocks": they follow
-   frequency) and element-wise magnitude pruning of the trained uniform-K table;
+   ``dnis_ft`` uses) and the trained uniform-K table, each pruned at every recovery budget
+   (a fraction of the uniform-K table's fp32 bytes) element-wise (ragged metadata paid)
+   and to one column set per α block (the ``*_blockmask*`` allocation), and MDE's block
+   dims; the kept dims per id scored against the planted r
+   (:func:`mixemb.data.planted.recovery`: Spearman over the α blocks' means, the fields'
+   means, and per feature over ids seen ≥ ``--min-count`` times in training);
 2. accuracy — :func:`mixemb.methods.compare` at the accuracy budgets, validation for
-   selection, test reported: uniform, ``mde_blocks@0.3``, ``dnis_ft`` and
-   ``dnis_blockmask_ft`` where it is registered.
+   selection, test reported, for ``--methods`` (default :data:`METHODS_RUN`).
 
-One JSON per instance in ``--out`` (skipped when present: rerun by deleting it); the
-comparisons' own files go to ``--runs``. Example (the run behind docs/planted.md)::
+One JSON per (instance, order, seed) in ``--out`` (``field-axis.json``,
+``field-axis-by-field-s1.json``, …; skipped when present: rerun by deleting it); the
+comparisons' own files go to ``--runs``. ``python -m experiments.planted_report`` renders
+the tables of docs/planted.md from them. The runs behind it::
 
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/planted.py --out docs/planted
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/planted.py --out docs/planted \
+        --instances field-axis --id-orders field,frequency --seeds 0,1,2
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/planted.py --out docs/planted \
+        --instances hump-axis --id-orders field,frequency --seeds 0
 """
 
 from __future__ import annotations

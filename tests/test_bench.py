@@ -120,3 +120,14 @@ def test_bench_host_overhead_runs_every_provider_and_op(monkeypatch, tmp_path):
     assert {("reference", "alpha_step"), ("custom_op", "weights_step")} <= got
     assert all(r["host_us"] > 0 for r in rows)
     assert json.loads(out.read_text()) == rows
+
+
+def test_bench_serve_loop_runs_one_case_and_writes_nothing(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    serve = importlib.import_module("bench_serve")
+    out = tmp_path / "serve.json"
+    argv = ["--device", "cpu", "--rows", "2000", "--batch", "16", "--out", str(out)]
+    assert serve.main([*argv, "--loop", "mixemb:bag", "--seconds", "0.1"]) == []
+    assert not out.exists()
+    with pytest.raises(SystemExit, match="--loop must be one of"):
+        serve.main([*argv, "--loop", "mixemb:nope", "--seconds", "0.1"])

@@ -99,6 +99,8 @@ def verdict_section(results: dict[str, dict], preset: Preset) -> list[str]:
         "win or loss when the gap is beyond that, a tie within it. Methods with fewer than 2 "
         "seeds at a budget are left out."
         + (f" Not counted: {', '.join(left_out)} (see its section)." if left_out else "")
+        + " Where mixed dimensions should matter most (synthetic Criteo-like fields whose "
+        "signal dimensions are known): [planted.md](planted.md)."
     )
     lines.append("")
     by_params = verdict_rows(results, preset, "params")

@@ -35,7 +35,7 @@ def test_presets_resolve_methods_and_config_from_defaults_preset_and_experiment(
     assert presets["quick"].budgets == [1.0, 0.5, 0.2, 0.1, 0.05]
     assert presets["quick"].verdict_budgets == [0.1, 0.05]
     mf, topk = quick["ml1m-rating-mf"], quick["ml1m-topk-neumf"]
-    assert mf.methods[:3] == ["uniform", "dnis", "dnis_ft"] and len(mf.methods) == 24
+    assert mf.methods[:3] == ["uniform", "dnis", "dnis_ft"] and len(mf.methods) == 26
     assert "dnis_blockmask_rot_ft:int8" in mf.methods and "svd_ft:fp16" in mf.methods
     assert mf.config == {"budget_unit": "bytes", "random_trials": 3, "model_kwargs": {}}
     assert topk.config["batch_size"] == 4096 and topk.config["random_trials"] == 3
@@ -218,7 +218,10 @@ def test_verdict_tables_by_bytes_and_by_parameters():
     name = preset.experiments[0].name
     by_bytes = {name: _results(_pair((0.69, 0.70, 0.71), (0.79, 0.80, 0.81)))}
     assert [r.result for r in verdict_rows(by_bytes, preset, "bytes")] == ["win"]
-    assert verdict_rows(by_bytes, preset, "params") == []
+    # fp32 cells of a byte budget keep at most that fraction of N·K: the params table counts them
+    by_params_rows = verdict_rows(by_bytes, preset, "params")
+    assert [r.result for r in by_params_rows] == ["win"]
+    assert by_params_rows[0].dnis_kept is not None
     text = render(by_bytes, preset, Path("cells"), Path("/nonexistent"), plot=False)
     lines = text.splitlines()
     assert lines[0] == "# Results" and "## Verdict" in lines[:10]
@@ -228,10 +231,10 @@ def test_verdict_tables_by_bytes_and_by_parameters():
     )
     assert "in 1 of 1 (experiment, budget) pairs" in text
     assert "python -m experiments report --preset smoke --out cells" in text
-    assert "By parameters (the paper's unit): no table" in text
+    assert "By parameters (the paper's unit: budgets as fractions of uniform-K's N·K" in text
     by_params = {name: _results(_pair((0.79, 0.80, 0.81), (0.69, 0.70, 0.71)), unit="params")}
     text = render(by_params, preset, Path("cells"), Path("/nonexistent"), plot=False)
-    assert "By parameters (budgets as fractions of uniform-K's N·K parameters" in text
+    assert "By parameters (the paper's unit: budgets as fractions of uniform-K's N·K" in text
     assert "| -0.1000 ± 0.0163 | loss |" in text
     assert "UTC" not in text and "cpu count" not in text
 

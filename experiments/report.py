@@ -49,6 +49,8 @@ METHODS = (
     "vectors (the model absorbs the rotation) and kept on one set of dimensions per "
     "frequency block, chosen by the energy of Ê's columns per stored byte, then fine-tuned "
     "with that mask fixed and stored as one dense table per block; "
+    "`dnis_warm_blockmask_rot_ft` = the same on the search with the full warm start "
+    "(`dnis_warm*`); "
     "`magnitude_blockmask_rot_ft` = the same on the trained uniform-K table (no search); "
     "`svd_ft` = the trained uniform-K table rotated and truncated to its leading d columns, "
     "fine-tuned, stored dense (docs/accuracy_per_byte.md). A suffix `:fp16`, `:bf16` or "

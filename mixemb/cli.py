@@ -379,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_args(g)
     g.add_argument("--no-normalize", action="store_true", help="ablation: raw α gradients")
     g.add_argument("--train-dense", action="store_true", help="also train dense layers")
+    g.add_argument(
+        "--alpha-split",
+        type=float,
+        default=0.0,
+        help="α's steps on this fraction of the training rows, held out of the table's "
+        "training, instead of on validation batches (default 0: validation, the paper's)",
+    )
     g.add_argument("--out", required=True, help="run folder (searched.pt, search.json)")
     g.add_argument("--resume", action="store_true", help="continue the search in --out")
     p.set_defaults(func=cmd_search)
@@ -426,7 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
         "mde, mde@a (MDE with exponent a), random, mde_blocks[@a] / random_blocks (the same "
         "block dims counted as dense per-block tables, no ragged masks), random@m / "
         "random_blocks@m (random search for the wall time DNIS method m, e.g. dnis_ft, took "
-        "at the same budget and seed; m must be in the list too). *_rot: MF and FM only",
+        "at the same budget and seed; m must be in the list too), the block-mask family "
+        "(dnis_blockmask[_rot][_ft], dnis_warm_blockmask_rot_ft, magnitude_blockmask[_rot]_ft, "
+        "svd_ft: docs/accuracy_per_byte.md); any of them with :fp16, :bf16 or :int8 stores "
+        "its values at that dtype. *_rot: models that absorb a rotation (not NeuMF)",
     )
     g.add_argument("--budgets", default="0.5,0.2,0.05", help="fractions of uniform-K params")
     g.add_argument(

@@ -160,7 +160,10 @@ def test_search_prune_evaluate_with_blocks_by_field(tmp_path, capsys):
     common = ["--data", "synthetic", "--task", "ctr", "--model", "fm", "--dim", "8"]
     common += ["--blocks", "2", "--blocks-by", "field"]
     argv = ["search", *common, "--warmup-epochs", "1", "--search-epochs", "1", "--out", str(run)]
-    assert main(argv) == 0
+    assert main([*argv, "--alpha-split", "1.5"]) == 2  # a clear error, no traceback
+    assert "alpha_split must be in [0, 1), got 1.5" in capsys.readouterr().err
+    assert main([*argv, "--alpha-split", "0.2"]) == 0  # α on held-out training rows
+    assert json.loads((run / "search.json").read_text())["search_config"]["alpha_split"] == 0.2
     searched = torch.load(run / "searched.pt", weights_only=True)
     assert searched["encoder"]["id_order"] == "field"
     fields = searched["encoder"]["field_of_id"]

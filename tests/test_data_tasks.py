@@ -317,3 +317,28 @@ def test_bad_requests(tmp_path):
     csv.write_text("y,user\n1,a\n2,b\n")
     with pytest.raises(DataError, match="c.csv line 3: y '2' is not 0 or 1"):
         load_dataset("c", "ctr", path=str(csv), fmt="csv", label="y", categorical=["user"])
+
+
+def test_hold_out_partitions_the_training_rows_by_seed(tmp_path):
+    p = _inter(tmp_path, _rows(n_users=20, n_items=15, per_user=6))
+    ds = load_dataset("toy", "rating", path=str(p), fmt="inter")
+    rest, held = ds.hold_out(0.25, seed=3)
+    assert len(held) == round(0.25 * len(ds.train)) and len(rest.train) + len(held) == len(ds.train)
+    rows = {tuple(r) for r in torch.cat([ds.train.ids, ds.train.labels[:, None]], 1).tolist()}
+    parts = [torch.cat([s.ids, s.labels[:, None]], 1).tolist() for s in (rest.train, held)]
+    assert sorted(map(tuple, parts[0] + parts[1])) == sorted(rows)  # disjoint, all of them
+    assert rest.valid is ds.valid and rest.test is ds.test and rest.encoder is ds.encoder
+    again = ds.hold_out(0.25, seed=3)[1]
+    assert torch.equal(again.ids, held.ids) and not torch.equal(
+        ds.hold_out(0.25, 4)[1].ids, held.ids
+    )
+    for bad in (0.0, 1.0, float("nan"), 1e-9):
+        with pytest.raises(ValueError, match="held|holding"):
+            ds.hold_out(bad, seed=0)
+
+
+def test_hold_out_refuses_sampled_negatives(tmp_path):
+    p = _inter(tmp_path, _rows(n_users=10, n_items=50, per_user=8))
+    ds = load_dataset("toy", "topk", path=str(p), fmt="inter", num_negatives_train=4)
+    with pytest.raises(ValueError, match="sampled per epoch"):
+        ds.hold_out(0.1, seed=0)

@@ -175,6 +175,11 @@ def test_full_warm_start_variant_searches_from_the_whole_training_schedule(monke
     assert [c["config"]["warmup_epochs"] for c in warm] == [3, 3]
     assert [c["method"] for c in warm] == ["dnis_warm_ft"] * 2
     assert warm[0]["kept_params"] <= 0.5 * ds.num_features * 8
+    # the block-mask variant on the full warm start shares that search
+    block = run_method("dnis_warm_blockmask_rot_ft", ds, "mf", cfg, 0.5, 0)
+    assert warmups == [1, 3]
+    assert block["config"]["warmup_epochs"] == 3
+    assert block["search_seconds"] == warm[0]["search_seconds"]
 
 
 def test_block_table_variants_store_block_dims_without_ragged_masks():

@@ -118,6 +118,52 @@ def test_the_magnitude_variant_allocates_on_the_uniform_k_table(served):
     assert "train_seconds" in cell and min(cell["block_dims"]) >= 1
 
 
+def test_the_held_out_variant_searches_alpha_on_training_rows_apart(monkeypatch):
+    """dnis_held_out_blockmask_rot_ft: its own search, with α's steps on 10 % of the
+    training rows (alpha_split), not shared with the validation-α search."""
+    import mixemb.methods.shared as shared
+
+    splits = []
+    real = shared.search
+
+    def recording(model, ds, scfg, **kw):
+        splits.append(scfg.alpha_split)
+        return real(model, ds, scfg, **kw)
+
+    shared.clear_cache()
+    monkeypatch.setattr(shared, "search", recording)
+    ds = _dataset(n=400)
+    cfg = replace(CFG, budget_unit="bytes")
+    for name in ("dnis_blockmask_rot_ft", "dnis_held_out_blockmask_rot_ft"):
+        for budget in (0.3, 0.2):
+            cell = run_method(name, ds, "mf", cfg, budget, 0)
+            assert min(cell["block_dims"]) >= 1 and cell["stored_bytes"] <= (
+                budget * 4 * ds.num_features * cfg.dim
+            )
+    assert splits == [0.0, family.HELD_OUT_FRACTION]
+
+
+def test_the_lookup_mask_weighs_each_row_by_its_training_lookups(served, monkeypatch):
+    """*_lookupmask_*: the block mask of Ê's column energies with each row weighted by its
+    lookups in the training split (the plain block mask weighs rows alike)."""
+    calls = []
+    real = family.block_mask_prune
+
+    def recording(merged, boundaries, keep, row_weights=None):
+        calls.append(row_weights)
+        return real(merged, boundaries, keep, row_weights)
+
+    monkeypatch.setattr(family, "block_mask_prune", recording)
+    ds = _dataset(n=400)
+    cfg = replace(CFG, budget_unit="bytes", finetune_epochs=0)
+    run_method("magnitude_lookupmask_rot_ft", ds, "mf", cfg, 0.3, 0)
+    run_method("magnitude_blockmask_rot_ft", ds, "mf", cfg, 0.3, 0)
+    counts = torch.bincount(ds.train.ids.flatten().long(), minlength=ds.num_features)
+    assert torch.equal(calls[0], counts) and calls[1] is None
+    warm = run_method("dnis_warm_lookupmask_rot_ft", ds, "mf", cfg, 0.3, 0)
+    assert torch.equal(calls[2], counts) and warm["config"]["warmup_epochs"] == cfg.epochs
+
+
 @pytest.mark.parametrize(
     "model_name, value_dtype",
     [("mf", "fp32"), ("mf", "fp16"), ("mf", "bf16"), ("mf", "int8"), ("deepfm", "int8")],

@@ -256,6 +256,15 @@ def test_block_column_scores_are_the_rms_of_each_blocks_columns():
         torch.testing.assert_close(scores[block], rms)
     with pytest.raises(ValueError, match="block sizes"):
         block_column_scores(merged, torch.tensor([0, 0, 9]))
+    weights = torch.arange(9.0)  # row 0 weighs nothing
+    weighted = block_column_scores(merged, bounds, weights)
+    for block, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        mean = (weights[a:b, None].double() * merged[a:b].double().square()).mean(0)
+        torch.testing.assert_close(weighted[block], mean.sqrt())
+    torch.testing.assert_close(block_column_scores(merged, bounds, torch.ones(9)), scores)
+    for bad in (torch.ones(8), -weights, weights.clone().fill_(float("nan"))):
+        with pytest.raises(ValueError, match="row_weights"):
+            block_column_scores(merged, bounds, bad)
 
 
 def test_block_mask_gives_every_block_a_column_then_spends_the_budget_by_score():

@@ -148,6 +148,9 @@ def test_search_needs_soft_select_embedding():
         dict(l1=float("inf")),
         dict(l1=-1.0),
         dict(eps=float("nan")),
+        dict(alpha_split=1.0),
+        dict(alpha_split=-0.1),
+        dict(alpha_split=float("nan")),
     ],
 )
 def test_bad_search_config(bad):
@@ -179,21 +182,31 @@ def test_resume_after_lr_plateau_and_early_stop_equals_uninterrupted(tmp_path):
     _assert_resume_equals(ds, cut, cfg, tmp_path / "b", f"search {cut_at:3d}", full, ref)
 
 
-def test_resume_reads_a_checkpoint_counting_patience_in_bad(tmp_path):
-    """search_last.pt may hold the patience count as "bad" and best_epoch counted from 1."""
-    ds, cut = _planted(n=1000)
-    cfg = SearchConfig(search_epochs=3, patience=10, **{**CFG, "warmup_epochs": 1})
+def _resume_from_edited_checkpoint(tmp_path, cfg, edit, n=1000) -> None:
+    """A search killed in epoch 2 whose search_last.pt ``edit(state)`` rewrites (as an older
+    version wrote it) resumes to the uninterrupted search's history and best epoch."""
+    ds, cut = _planted(n=n)
     ref = search(_model(ds, cut), ds, cfg, run_dir=tmp_path / "a", log=lambda s: 0)
     kill, killer = _kill_at("search   2")
     with pytest.raises(kill):
         search(_model(ds, cut), ds, cfg, run_dir=tmp_path / "b", log=killer)
     path = tmp_path / "b" / "search_last.pt"
     state = load_checkpoint(path, kind="mixemb.search")
-    state["bad"] = state.pop("bad_epochs")
-    state["best_epoch"] += 1
+    edit(state)
     atomic_save(state, path)
     out = search(_model(ds, cut), ds, cfg, run_dir=tmp_path / "b", resume=True, log=lambda s: 0)
     assert _rows(out.history) == _rows(ref.history) and out.best_epoch == ref.best_epoch
+
+
+def test_resume_reads_a_checkpoint_counting_patience_in_bad(tmp_path):
+    """search_last.pt may hold the patience count as "bad" and best_epoch counted from 1."""
+
+    def older(state):
+        state["bad"] = state.pop("bad_epochs")
+        state["best_epoch"] += 1
+
+    cfg = SearchConfig(search_epochs=3, patience=10, **{**CFG, "warmup_epochs": 1})
+    _resume_from_edited_checkpoint(tmp_path, cfg, older)
 
 
 def test_resume_with_other_search_config_is_refused(tmp_path):
@@ -210,3 +223,40 @@ def test_warm_start_config_shares_the_search_settings():
     assert cfg.warmup_config() == TrainConfig(
         epochs=1, batch_size=7, lr=0.3, patience=4, seed=5, k=3
     )
+
+
+def test_alpha_steps_on_held_out_training_rows_leave_validation_unseen(monkeypatch):
+    """alpha_split: α's batches come from training rows held out of the table's training
+    (warm start included); validation rows (marked by label 100) only score."""
+    import mixemb.search.on_dataset as on_dataset
+
+    ds, cut = _planted(n=1200)
+    valid = Split(ds.valid.ids, torch.full_like(ds.valid.labels, 100.0))
+    ds = Dataset(ds.name, ds.task, ds.encoder, ds.train, valid, ds.test)
+    alpha_labels, warm_rows = [], []
+    real_step, real_fit = on_dataset.DnisStep.step, on_dataset.fit
+
+    def step(self, batch, alpha_batch):
+        alpha_labels.append(alpha_batch[1])
+        return real_step(self, batch, alpha_batch)
+
+    def fit(model, dataset, *args, **kw):
+        warm_rows.append(len(dataset.train))
+        return real_fit(model, dataset, *args, **kw)
+
+    monkeypatch.setattr(on_dataset.DnisStep, "step", step)
+    monkeypatch.setattr(on_dataset, "fit", fit)
+    held, rest = ds.hold_out(0.25, seed=0)[::-1]
+    cfg = SearchConfig(search_epochs=1, alpha_split=0.25, **{**CFG, "warmup_epochs": 1})
+    search(_model(ds, cut), ds, cfg, log=lambda s: 0)
+    seen = torch.cat(alpha_labels)
+    assert warm_rows == [len(rest.train)] and len(rest.train) + len(held) == len(ds.train)
+    assert not (seen == 100).any() and set(seen.tolist()) <= set(held.labels.tolist())
+    alpha_labels.clear()
+    search(_model(ds, cut), ds, SearchConfig(search_epochs=1, **CFG), log=lambda s: 0)
+    assert (torch.cat(alpha_labels) == 100).all()  # the paper's protocol: validation
+
+
+def test_a_checkpoint_saved_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    cfg = SearchConfig(search_epochs=2, patience=5, **{**CFG, "warmup_epochs": 0})
+    _resume_from_edited_checkpoint(tmp_path, cfg, lambda state: state["config"].pop("alpha_split"))

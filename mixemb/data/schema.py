@@ -96,6 +96,13 @@ class Split:
     def num_fields(self) -> int:
         return self.ids.shape[1]
 
+    def rows(self, index: torch.Tensor) -> Split:
+        """The rows ``index`` (m,) int64 of this split (of groups of one row)."""
+        if self.group_size != 1:
+            raise ValueError(f"rows() needs single rows, not groups of {self.group_size}")
+        values = None if self.values is None else self.values[index]
+        return Split(self.ids[index], self.labels[index], values)
+
 
 @dataclass
 class Dataset:
@@ -152,6 +159,26 @@ class Dataset:
             if hi > lo:
                 parts.append(lo + equal_boundaries(hi - lo, min(num_blocks, hi - lo))[1:])
         return torch.cat(parts)
+
+    def hold_out(self, fraction: float, seed: int) -> tuple[Dataset, Split]:
+        """This dataset without a random ``fraction`` (0 < f < 1) of its training rows, and
+        those rows (drawn by ``seed``): DNIS's α steps can train on them instead of on the
+        validation split (:class:`mixemb.search.SearchConfig` ``alpha_split``), so the
+        validation split stays unseen by the search until it is scored."""
+        if not 0 < fraction < 1:
+            raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
+        if self.train_sampler is not None:
+            raise ValueError(
+                f"{self.name}: rows cannot be held out of a {self.task} training split whose "
+                "negatives are sampled per epoch"
+            )
+        n = len(self.train)
+        held = round(fraction * n)
+        if not 0 < held < n:
+            raise ValueError(f"holding out {fraction} of {n} training rows leaves a split empty")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        kept, out = order[held:].sort().values, order[:held].sort().values
+        return replace(self, train=self.train.rows(kept)), self.train.rows(out)
 
     def by_field(self) -> Dataset:
         """This dataset with its ids renumbered field by field (:meth:`FeatureEncoder.by_field`):

@@ -15,6 +15,11 @@ the mask fixed (``_ft``, early stopping on validation).
   (Ê·V, V orthogonal; :func:`mixemb.prune.rotate_table`), so its energy sits in the leading
   columns and the blocks' column sets nest: two features of different blocks then share
   min(d_l, d_m) dimensions in a dot product instead of a chance overlap;
+* ``dnis_warm_blockmask_rot_ft``: the same on a search whose warm start is the plain
+  trainer's whole schedule (early-stopped, as uniform-K trains), the authors' protocol;
+* ``dnis_held_out_blockmask_rot_ft``: the same on a search whose α steps run on 10 % of
+  the training rows, held out of the table's training, instead of on the validation
+  split, which then only scores (selection on it is not flattered by α having fit it);
 * ``magnitude_blockmask_ft`` / ``magnitude_blockmask_rot_ft``: the same allocation on the
   trained uniform-K model's table (no α): what the block layout gives without the search;
 * ``svd_ft``: the trained uniform-K table rotated onto its singular vectors and truncated
@@ -44,7 +49,7 @@ from mixemb.block_table import BlockTable
 from mixemb.methods.base import Method, NotApplicable
 from mixemb.methods.blocks import block_sizes
 from mixemb.methods.cells import keep_entries, make_cell
-from mixemb.methods.shared import searched, uniform_k
+from mixemb.methods.shared import full_warm_start, searched, uniform_k
 from mixemb.models import MODELS
 from mixemb.nn.block_table import BlockTableEmbedding
 from mixemb.prune import merged_table, uniform_dim
@@ -52,13 +57,22 @@ from mixemb.prune.budget import STORAGE_DTYPES, dense_bytes
 from mixemb.prune.finetune import dense_state, finetune_masked, masked_model, on_embedding
 from mixemb.prune.pruners import block_mask_prune, expand_block_mask, singular_vectors
 
+# where a block mask's table comes from: the DNIS search (α on validation batches, or on
+# 10 % of the training rows held out of the table's), or the trained uniform-K model
+HELD_OUT_FRACTION = 0.1
+SOURCES = {
+    "dnis": searched,
+    "dnis_held_out": functools.partial(searched, alpha_split=HELD_OUT_FRACTION),
+    "magnitude": uniform_k,
+}
+
 
 def run_blockmask(
     ds, model_name, cfg, budget, seed, log, value_dtype="fp32", *,
-    name, source, rotate, finetune, prefix=False,
+    name, source, rotate, finetune, prefix=False, by_lookups=False,
 ) -> dict:  # fmt: skip
-    """One cell of a block-mask method: ``source`` "dnis" (the search) or "magnitude"
-    (uniform-K); ``prefix``: every block keeps the same d leading columns, stored dense."""
+    """One cell of a block-mask method: ``source`` a key of :data:`SOURCES`; ``prefix``:
+    every block keeps the same d leading columns, stored dense."""
     t0 = time.perf_counter()
     if rotate and not MODELS[model_name].absorbs_rotation:  # before training anything
         raise NotApplicable(f"a rotation of {model_name}'s embeddings is not exact")
@@ -67,7 +81,7 @@ def run_blockmask(
         d = uniform_dim(budget, cfg.dim, unit=cfg.budget_unit, value_dtype=value_dtype)
     else:
         keep = keep_entries(ds, cfg, budget, "blockmask", value_dtype)
-    shared = (searched if source == "dnis" else uniform_k)(ds, model_name, cfg, seed, log)
+    shared = SOURCES[source](ds, model_name, cfg, seed, log)
     t_own = time.perf_counter()  # this budget's own time starts: the source is shared
     model = shared["model"]
     merged = merged_table(model.embedding)
@@ -82,7 +96,10 @@ def run_blockmask(
         rows = expand_block_mask(block_mask, boundaries)
         pruned = merged * rows
     else:
-        pruned, block_mask = block_mask_prune(merged, boundaries, keep)
+        lookups = None
+        if by_lookups:  # each id's lookups in the training split weigh its row
+            lookups = torch.bincount(ds.train.ids.flatten().long(), minlength=ds.num_features)
+        pruned, block_mask = block_mask_prune(merged, boundaries, keep, lookups)
         rows = expand_block_mask(block_mask, boundaries)
     if finetune and cfg.finetune_epochs > 0:
         tcfg = cfg.train_config(seed, cfg.finetune_epochs)
@@ -99,7 +116,7 @@ def run_blockmask(
     else:
         serving = block_table_model(serving, boundaries, block_mask, value_dtype)
         stored, rounded = serving.embedding.nbytes(), "fp32"  # stored at value_dtype
-    if source == "dnis":
+    if source != "magnitude":
         extra = {
             "alpha_mean": model.embedding.alpha.detach().mean(1).tolist(),
             "search_seconds": shared["seconds"],
@@ -128,25 +145,37 @@ def block_table_model(
 
 
 def _method(name: str, source: str, prefix: bool = False) -> Method:
+    warm = name.startswith("dnis_warm")
     runner = functools.partial(
         run_blockmask,
         name=name,
         source=source,
         rotate="_rot" in name or prefix,
+        by_lookups="_lookupmask" in name,
         finetune=name.endswith("_ft"),
         prefix=prefix,
     )
     storage = "dense" if prefix else "blockmask"
-    return Method(name, runner, searches=source == "dnis", value_dtypes=STORAGE_DTYPES[storage])
+    return Method(
+        name,
+        runner,
+        searches=source != "magnitude",
+        configure=full_warm_start if warm else None,
+        value_dtypes=STORAGE_DTYPES[storage],
+    )
 
 
 METHODS = (
     *(
         _method(name, "dnis")
         for name in (
-            "dnis_blockmask", "dnis_blockmask_ft", "dnis_blockmask_rot", "dnis_blockmask_rot_ft"
+            "dnis_blockmask", "dnis_blockmask_ft", "dnis_blockmask_rot", "dnis_blockmask_rot_ft",
+            "dnis_warm_blockmask_rot_ft",
         )
     ),
+    _method("dnis_held_out_blockmask_rot_ft", "dnis_held_out"),
+    _method("dnis_warm_lookupmask_rot_ft", "dnis"),
+    _method("magnitude_lookupmask_rot_ft", "magnitude"),
     _method("magnitude_blockmask_ft", "magnitude"),
     _method("magnitude_blockmask_rot_ft", "magnitude"),
     _method("svd_ft", "magnitude", prefix=True),

@@ -31,12 +31,11 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import replace
 
 from mixemb.methods.base import Method
 from mixemb.methods.blocks import block_dims_cell, block_sizes, scaled_block_dims, train_block_dims
 from mixemb.methods.cells import keep_entries, prune_embedding, pruner_variants, run_pruned
-from mixemb.methods.shared import searched
+from mixemb.methods.shared import full_warm_start, searched
 from mixemb.prune.budget import STORAGE_DTYPES
 
 
@@ -72,10 +71,6 @@ def run_dnis_blocks(ds, model_name, cfg, budget, seed, log, value_dtype="fp32") 
     )  # fmt: skip
 
 
-def _full_warm_start(cfg):
-    return replace(cfg, warmup_epochs=cfg.epochs)
-
-
 METHODS = (
     *pruner_variants("dnis", searched, describe_dnis, searches=True),
     # the search's warm start is the plain trainer's schedule; element-wise pruning only
@@ -91,7 +86,7 @@ METHODS = (
                 describe=describe_dnis,
             ),  # fmt: skip
             searches=True,
-            configure=_full_warm_start,
+            configure=full_warm_start,
             value_dtypes=STORAGE_DTYPES["ragged"],
         )
         for ft in ("", "_ft")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 from torch import nn
@@ -66,14 +66,24 @@ def uniform_k(ds: Dataset, model_name: str, cfg: MethodConfig, seed: int, log: L
     return _cached("uniform-K", ds, model_name, cfg, seed, build)
 
 
-def searched(ds: Dataset, model_name: str, cfg: MethodConfig, seed: int, log: Log) -> dict:
+def full_warm_start(cfg: MethodConfig) -> MethodConfig:
+    """``cfg`` with the search's warm start as long as the plain trainer's schedule (up to
+    ``epochs``, early-stopped on validation): the ``dnis_warm*`` methods' config."""
+    return replace(cfg, warmup_epochs=cfg.epochs)
+
+
+def searched(
+    ds: Dataset, model_name: str, cfg: MethodConfig, seed: int, log: Log, alpha_split: float = 0.0
+) -> dict:
     """{"model": the DNIS-searched model (α trained), "seconds": warm start + search},
-    shared."""
+    shared. alpha_split: α's steps on that fraction of the training rows, held out of the
+    table's (0: on the validation split; :class:`mixemb.search.SearchConfig`)."""
 
     def build() -> dict:
-        scfg = cfg.search_config(seed)
+        scfg = replace(cfg.search_config(seed), alpha_split=alpha_split)
         model = build_search_model(ds, model_name, scfg, **cfg.model_kwargs)
         result = search(model, ds, scfg, log=log)
         return {"model": model, "seconds": result.warmup_seconds + result.search_seconds}
 
-    return _cached("dnis-search", ds, model_name, cfg, seed, build)
+    kind = "dnis-search" if not alpha_split else f"dnis-search-held-out-{alpha_split}"
+    return _cached(kind, ds, model_name, cfg, seed, build)

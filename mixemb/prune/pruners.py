@@ -216,15 +216,29 @@ def prune_table(
     return table, PruneReport.from_mask(mask)
 
 
-def block_column_scores(merged: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
+def block_column_scores(
+    merged: torch.Tensor, boundaries: torch.Tensor, row_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """s (L, K) float64: the RMS over block l's rows of Ê[:, k] (merged (N, K), blocks
-    from boundaries (L+1,)); for Ê = E ⊙ α, s_lk = α_lk · RMS of E[:, k] over the block."""
+    from boundaries (L+1,)); for Ê = E ⊙ α, s_lk = α_lk · RMS of E[:, k] over the block.
+    row_weights: (N,) float ≥ 0, e.g. each id's lookups in the training split: then each
+    row's square is weighted, so s_lk² is the energy a lookup of the block meets per row
+    stored (a column of hot rows outranks the same energy on rows seldom looked up)."""
     counts = (boundaries[1:] - boundaries[:-1]).to(merged.device)
     if bool((counts <= 0).any()):
         raise ValueError(f"every block needs a row, got block sizes {counts.tolist()}")
     block = torch.repeat_interleave(torch.arange(counts.numel(), device=merged.device), counts)
+    squares = merged.double().square()
+    if row_weights is not None:
+        w = torch.as_tensor(row_weights, device=merged.device).double()
+        if w.shape != (merged.shape[0],) or not bool(torch.isfinite(w).all() & (w >= 0).all()):
+            raise ValueError(
+                f"row_weights must be ({merged.shape[0]},) finite and >= 0, got shape "
+                f"{tuple(w.shape)}"
+            )
+        squares = squares * w.unsqueeze(1)
     energy = torch.zeros(counts.numel(), merged.shape[1], dtype=torch.float64, device=merged.device)
-    energy.index_add_(0, block, merged.double().square())
+    energy.index_add_(0, block, squares)
     return (energy / counts.unsqueeze(1).double()).sqrt()
 
 
@@ -266,13 +280,18 @@ def expand_block_mask(block_mask: torch.Tensor, boundaries: torch.Tensor) -> tor
 
 
 def block_mask_prune(
-    merged: torch.Tensor, boundaries: torch.Tensor, keep: int
+    merged: torch.Tensor,
+    boundaries: torch.Tensor,
+    keep: int,
+    row_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ê (N, K) pruned to one dimension set per frequency block, at most ``keep`` entries
-    (:func:`allocate_block_mask` of :func:`block_column_scores`). Returns (pruned (N, K)
-    with Ê's values on the kept columns of each row's block, block mask (L, K) bool)."""
+    (:func:`allocate_block_mask` of :func:`block_column_scores`, rows weighted by
+    ``row_weights`` (N,) when given). Returns (pruned (N, K) with Ê's values on the kept
+    columns of each row's block, block mask (L, K) bool)."""
     sizes = (boundaries[1:] - boundaries[:-1]).tolist()
-    block_mask = allocate_block_mask(block_column_scores(merged, boundaries), sizes, keep)
+    scores = block_column_scores(merged, boundaries, row_weights)
+    block_mask = allocate_block_mask(scores, sizes, keep)
     rows = expand_block_mask(block_mask.to(merged.device), boundaries)
     return _where(rows, merged), block_mask
 

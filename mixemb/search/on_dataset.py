@@ -57,6 +57,9 @@ class SearchConfig:
     normalize: per-block-row gradient normalization on α (the DNIS default; off = ablation).
     train_dense: also update dense layers in weights steps (authors: frozen).
     patience: epochs without validation gain before stopping (and for the LR plateau).
+    alpha_split: 0 (the paper): α steps on validation batches; f in (0, 1): on a random
+        fraction f of the training rows, held out of the table's training (warm start
+        included), so the validation split only scores (:meth:`Dataset.hold_out`).
     seed, k, device, eval_batch_size: as in :class:`mixemb.train.TrainConfig`.
     """
 
@@ -72,6 +75,7 @@ class SearchConfig:
     normalize: bool = True
     train_dense: bool = False
     patience: int = 2
+    alpha_split: float = 0.0
     seed: int = 0
     k: int = 10
     device: str = "cpu"
@@ -89,6 +93,8 @@ class SearchConfig:
             if not math.isfinite(value) or value < 0 or (positive and value == 0):
                 bound = "> 0" if positive else ">= 0"
                 raise ValueError(f"{name} must be a finite number {bound}, got {value}")
+        if not 0 <= self.alpha_split < 1:  # also refuses nan
+            raise ValueError(f"alpha_split must be in [0, 1), got {self.alpha_split}")
 
     def warmup_config(self) -> TrainConfig:
         """The warm start's :class:`TrainConfig`: the shared fields, at least one epoch."""
@@ -146,12 +152,22 @@ def alpha_stats(alpha: torch.Tensor) -> list[dict[str, float]]:
 
 class _AlternatingSteps(EpochHooks):
     """Per training batch a :class:`DnisStep` — a weights step, then an α step on the next
-    validation batch (the validation order is cycled, reseeded, when it runs out);
+    validation batch, or held-out training batch with ``alpha_rows`` (that order is cycled,
+    reseeded, when it runs out);
     ReduceLROnPlateau on the α learning rate after each validation pass."""
 
-    def __init__(self, model: nn.Module, dataset: Dataset, config: SearchConfig, direction: str):
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        config: SearchConfig,
+        direction: str,
+        alpha_rows: Split | None = None,
+    ):
         self.model, self.alpha, self.config = model, model.embedding.alpha, config
-        self.valid, self.device = dataset.valid, torch.device(config.device)
+        # α's batches: the validation split, or the training rows held out for it
+        self.valid = dataset.valid if alpha_rows is None else alpha_rows
+        self.device = torch.device(config.device)
         # the table and the first-order terms (and the dense layers with train_dense); the
         # other parameters stay frozen in both steps
         params = [model.embedding.weight] + model.first_order_parameters()
@@ -244,6 +260,10 @@ def search(
         check_writable(run_dir)
     last_path = None if run_dir is None else run_dir / "search_last.pt"
 
+    alpha_rows = None
+    if config.alpha_split:  # α's rows leave the table's training, warm start included
+        dataset, alpha_rows = dataset.hold_out(config.alpha_split, config.seed)
+
     # ---- warm start: α fixed at 1 -----------------------------------------------------
     t0 = time.perf_counter()
     emb.alpha.requires_grad_(False)
@@ -266,7 +286,7 @@ def search(
 
     # ---- alternating search ------------------------------------------------------------
     _, direction = primary_metric(dataset.task, config.k)
-    hooks = _AlternatingSteps(model, dataset, config, direction)
+    hooks = _AlternatingSteps(model, dataset, config, direction, alpha_rows)
     t1 = time.perf_counter()
     if state is None and config.warmup_epochs == 0 and init_bias:
         init_output_bias(model, dataset.task, dataset.train.labels)

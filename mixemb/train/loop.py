@@ -17,7 +17,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -133,14 +133,13 @@ class LoopResult:
 
 
 def load_resume_state(path: Path, kind: str, config: Any) -> dict:
-    """The checkpoint at ``path`` of ``kind``, refused when saved with another ``config``."""
+    """The checkpoint at ``path`` of ``kind``, refused when saved with another ``config``.
+    A setting the checkpoint predates reads as its default."""
     state = load_checkpoint(path, kind=kind)
-    if state["config"] != asdict(config):
-        diff = {
-            k: (state["config"].get(k), v)
-            for k, v in asdict(config).items()
-            if state["config"].get(k) != v
-        }
+    defaults = {f.name: f.default for f in fields(config) if f.default is not MISSING}
+    saved = {**defaults, **state["config"]}
+    if saved != asdict(config):
+        diff = {k: (saved.get(k), v) for k, v in asdict(config).items() if saved.get(k) != v}
         raise CheckpointError(
             f"{path}: saved with a different configuration (saved, requested): {diff}"
         )

@@ -35,7 +35,7 @@ def test_presets_resolve_methods_and_config_from_defaults_preset_and_experiment(
     assert presets["quick"].budgets == [1.0, 0.5, 0.2, 0.1, 0.05]
     assert presets["quick"].verdict_budgets == [0.1, 0.05]
     mf, topk = quick["ml1m-rating-mf"], quick["ml1m-topk-neumf"]
-    assert mf.methods[:3] == ["uniform", "dnis", "dnis_ft"] and len(mf.methods) == 26
+    assert mf.methods[:3] == ["uniform", "dnis", "dnis_ft"] and len(mf.methods) == 29
     assert "dnis_blockmask_rot_ft:int8" in mf.methods and "svd_ft:fp16" in mf.methods
     assert mf.config == {"budget_unit": "bytes", "random_trials": 3, "model_kwargs": {}}
     assert topk.config["batch_size"] == 4096 and topk.config["random_trials"] == 3

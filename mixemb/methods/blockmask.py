@@ -20,6 +20,9 @@ the mask fixed (``_ft``, early stopping on validation).
 * ``dnis_held_out_blockmask_rot_ft``: the same on a search whose α steps run on 10 % of
   the training rows, held out of the table's training, instead of on the validation
   split, which then only scores (selection on it is not flattered by α having fit it);
+* ``dnis_warm_lookupmask_rot_ft`` / ``magnitude_lookupmask_rot_ft``: the warm-start and
+  the uniform-K variants with each row's squares weighted by its lookups in the training
+  split before the columns are scored (:func:`mixemb.prune.pruners.block_column_scores`);
 * ``magnitude_blockmask_ft`` / ``magnitude_blockmask_rot_ft``: the same allocation on the
   trained uniform-K model's table (no α): what the block layout gives without the search;
 * ``svd_ft``: the trained uniform-K table rotated onto its singular vectors and truncated

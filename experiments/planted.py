@@ -54,7 +54,12 @@ INSTANCES = {
     "hump-axis": {"dims_law": "hump", "basis": "axis"},
     "field-rotated": {"dims_law": "field", "basis": "field"},
 }
-DNIS_FAMILY = ("dnis_ft", "dnis_blockmask_ft", "dnis_blockmask_rot_ft")
+DNIS_FAMILY = (
+    "dnis_ft",
+    "dnis_blockmask_ft",
+    "dnis_blockmask_rot_ft",
+    "dnis_warm_blockmask_rot_ft",
+)
 METHODS_RUN = (
     "uniform", "mde_blocks@0.3", "svd_ft", "magnitude_blockmask_rot_ft", *DNIS_FAMILY
 )  # fmt: skip

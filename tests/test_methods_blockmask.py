@@ -162,6 +162,9 @@ def test_the_lookup_mask_weighs_each_row_by_its_training_lookups(served, monkeyp
     assert torch.equal(calls[0], counts) and calls[1] is None
     warm = run_method("dnis_warm_lookupmask_rot_ft", ds, "mf", cfg, 0.3, 0)
     assert torch.equal(calls[2], counts) and warm["config"]["warmup_epochs"] == cfg.epochs
+    for name in ("magnitude_sqrtlookupmask_rot_ft", "dnis_warm_sqrtlookupmask_rot_ft"):
+        run_method(name, ds, "mf", cfg, 0.3, 0)
+        torch.testing.assert_close(calls[-1], counts.double().sqrt())
 
 
 @pytest.mark.parametrize(

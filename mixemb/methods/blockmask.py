@@ -23,6 +23,7 @@ the mask fixed (``_ft``, early stopping on validation).
 * ``dnis_warm_lookupmask_rot_ft`` / ``magnitude_lookupmask_rot_ft``: the warm-start and
   the uniform-K variants with each row's squares weighted by its lookups in the training
   split before the columns are scored (:func:`mixemb.prune.pruners.block_column_scores`);
+  ``*_sqrtlookupmask_rot_ft``: weighted by the square root of the lookups instead;
 * ``magnitude_blockmask_ft`` / ``magnitude_blockmask_rot_ft``: the same allocation on the
   trained uniform-K model's table (no α): what the block layout gives without the search;
 * ``svd_ft``: the trained uniform-K table rotated onto its singular vectors and truncated
@@ -72,10 +73,12 @@ SOURCES = {
 
 def run_blockmask(
     ds, model_name, cfg, budget, seed, log, value_dtype="fp32", *,
-    name, source, rotate, finetune, prefix=False, by_lookups=False,
+    name, source, rotate, finetune, prefix=False, lookup_weights=None,
 ) -> dict:  # fmt: skip
     """One cell of a block-mask method: ``source`` a key of :data:`SOURCES`; ``prefix``:
-    every block keeps the same d leading columns, stored dense."""
+    every block keeps the same d leading columns, stored dense; ``lookup_weights`` None,
+    "count" or "sqrt": each row's squares weighted by its training lookups (or their square
+    root) when the block mask is allocated."""
     t0 = time.perf_counter()
     if rotate and not MODELS[model_name].absorbs_rotation:  # before training anything
         raise NotApplicable(f"a rotation of {model_name}'s embeddings is not exact")
@@ -99,10 +102,11 @@ def run_blockmask(
         rows = expand_block_mask(block_mask, boundaries)
         pruned = merged * rows
     else:
-        lookups = None
-        if by_lookups:  # each id's lookups in the training split weigh its row
-            lookups = torch.bincount(ds.train.ids.flatten().long(), minlength=ds.num_features)
-        pruned, block_mask = block_mask_prune(merged, boundaries, keep, lookups)
+        weights = None
+        if lookup_weights is not None:  # each id's lookups in the training split weigh its row
+            weights = torch.bincount(ds.train.ids.flatten().long(), minlength=ds.num_features)
+            weights = weights.double().sqrt() if lookup_weights == "sqrt" else weights
+        pruned, block_mask = block_mask_prune(merged, boundaries, keep, weights)
         rows = expand_block_mask(block_mask, boundaries)
     if finetune and cfg.finetune_epochs > 0:
         tcfg = cfg.train_config(seed, cfg.finetune_epochs)
@@ -154,7 +158,9 @@ def _method(name: str, source: str, prefix: bool = False) -> Method:
         name=name,
         source=source,
         rotate="_rot" in name or prefix,
-        by_lookups="_lookupmask" in name,
+        lookup_weights=(
+            "sqrt" if "_sqrtlookupmask" in name else "count" if "_lookupmask" in name else None
+        ),
         finetune=name.endswith("_ft"),
         prefix=prefix,
     )
@@ -179,6 +185,8 @@ METHODS = (
     _method("dnis_held_out_blockmask_rot_ft", "dnis_held_out"),
     _method("dnis_warm_lookupmask_rot_ft", "dnis"),
     _method("magnitude_lookupmask_rot_ft", "magnitude"),
+    _method("dnis_warm_sqrtlookupmask_rot_ft", "dnis"),
+    _method("magnitude_sqrtlookupmask_rot_ft", "magnitude"),
     _method("magnitude_blockmask_ft", "magnitude"),
     _method("magnitude_blockmask_rot_ft", "magnitude"),
     _method("svd_ft", "magnitude", prefix=True),

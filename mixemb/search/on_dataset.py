@@ -166,7 +166,7 @@ class _AlternatingSteps(EpochHooks):
     ):
         self.model, self.alpha, self.config = model, model.embedding.alpha, config
         # α's batches: the validation split, or the training rows held out for it
-        self.valid = dataset.valid if alpha_rows is None else alpha_rows
+        self.alpha_data = dataset.valid if alpha_rows is None else alpha_rows
         self.device = torch.device(config.device)
         # the table and the first-order terms (and the dense layers with train_dense); the
         # other parameters stay frozen in both steps
@@ -185,20 +185,23 @@ class _AlternatingSteps(EpochHooks):
             self.dnis.opt_a, mode=direction, factor=0.5, patience=max(config.patience - 1, 0)
         )
 
-    def _valid_order(self, epoch: int):
-        return batch_order(len(self.valid), self.config.batch_size, self.config.seed + 7919, epoch)
+    def _alpha_order(self, epoch: int):
+        return batch_order(
+            len(self.alpha_data), self.config.batch_size, self.config.seed + 7919, epoch
+        )
 
     def begin_epoch(self, epoch: int) -> None:
-        self.epoch, self.valid_order = epoch, self._valid_order(epoch)
+        self.epoch, self.alpha_order = epoch, self._alpha_order(epoch)
         self.total_w = self.total_a = 0.0
 
     def step(self, train: Split, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        v_index = next(self.valid_order, None)
-        if v_index is None:
-            self.valid_order = self._valid_order(self.epoch + 10**6)
-            v_index = next(self.valid_order)
+        a_index = next(self.alpha_order, None)
+        if a_index is None:
+            self.alpha_order = self._alpha_order(self.epoch + 10**6)
+            a_index = next(self.alpha_order)
         loss, v_loss = self.dnis.step(
-            self._batch(train, index, self.device), self._batch(self.valid, v_index, self.device)
+            self._batch(train, index, self.device),
+            self._batch(self.alpha_data, a_index, self.device),
         )
         self.total_w = self.total_w + loss
         self.total_a = self.total_a + v_loss

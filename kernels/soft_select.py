@@ -1,7 +1,10 @@
 """Triton kernels of the DNIS lookup × α op (forward and α step) and their launchers.
 
 Notation: B lookups (flattened ids), table E (N, K), soft selection α (L, K), block
-boundaries (L+1,) int64. block(id) is computed in-kernel by comparing the id with the
+boundaries (L+1,) int64. E and the output gradient dout (B, K) are read through their row
+strides (unit column stride, any row stride): a table that is a column slice of a wider
+one, or a dout that is a slice of a concatenation's gradient, is read in place, not
+copied. block(id) is computed in-kernel by comparing the id with the
 L-1 inner boundaries (L ≤ 64): no per-row block array is stored or read. Every launcher
 also takes ``block_map`` (N,) int64 instead (boundaries None): block(id) is then one
 load of block_map[id] (the BY_MAP flag), for ids that are not frequency-sorted.
@@ -17,7 +20,7 @@ Kernels (all accumulate in fp32, mask the K tail, never synchronise with the hos
   per-program (L, K) partials Σ E[id] ⊙ dout (⊙ v) accumulated with a one-hot matmul
   (no sort, no atomics), then one program per block row adds λ·sign(α), normalizes by
   mean_k |g| + eps and writes dα. The partial kernel also writes dvalues when asked.
-* The α step's partial kernel reads lookup i's output gradient as dout[i]; with
+* The α step's partial kernel reads lookup i's output gradient as the row dout[i]; with
   DOUT_INDEX (the bag op, ``mixemb.kernels.soft_select_bag``) as the row dout_index[i] of
   dout, none where it is dout's row count, divided by counts[row] with DOUT_COUNTS (mean).
   Both flags are constexprs: off, the code is not compiled in.
@@ -131,6 +134,7 @@ def _alpha_grad_partial_kernel(
     dim,
     num_blocks,
     stride_w,
+    stride_dout,
     stride_alpha,
     tiles_per_program,
     HAS_VALUES: tl.constexpr,
@@ -166,7 +170,7 @@ def _alpha_grad_partial_kernel(
         blocks = _block_of(ids, valid, bounds_ptr, num_blocks, L_PAD, BY_MAP)
         mask = valid[:, None] & cmask[None, :]
         e = tl.load(weight_ptr + ids[:, None] * stride_w + cols[None, :], mask=mask, other=0.0)
-        d = tl.load(dout_ptr + drows[:, None] * dim + cols[None, :], mask=mask, other=0.0)
+        d = tl.load(dout_ptr + drows[:, None] * stride_dout + cols[None, :], mask=mask, other=0.0)
         d = d.to(ACC)
         if DOUT_COUNTS:  # mean pooling: the row's gradient is shared by its count
             d = d / tl.load(counts_ptr + drows, mask=valid, other=1.0).to(ACC)[:, None]
@@ -253,12 +257,23 @@ def _on_device(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def _check_dout(dout: torch.Tensor, ids: torch.Tensor, dim: int, device: torch.device) -> None:
-    if dout.shape != (ids.numel(), dim) or not dout.is_contiguous() or dout.device != device:
+def row_strided(t: torch.Tensor) -> bool:
+    """True when the kernels can read the (R, K) matrix t in place: unit column stride
+    (any row stride), or a single column."""
+    return t.dim() == 2 and (t.stride(1) == 1 or t.shape[1] <= 1)
+
+
+def check_dout(dout: torch.Tensor, rows: int, dim: int, device: torch.device) -> None:
+    """dout must be (rows, K) on device with unit column stride (any row stride)."""
+    if dout.shape != (rows, dim) or not row_strided(dout) or dout.device != device:
         raise ValueError(
-            f"dout must be a contiguous ({ids.numel()}, {dim}) tensor on {device}, got "
-            f"{tuple(dout.shape)} on {dout.device}"
+            f"dout must be a ({rows}, {dim}) tensor with unit column stride on {device}, got "
+            f"{tuple(dout.shape)} with strides {tuple(dout.stride())} on {dout.device}"
         )
+
+
+def _check_dout(dout: torch.Tensor, ids: torch.Tensor, dim: int, device: torch.device) -> None:
+    check_dout(dout, ids.numel(), dim, device)
 
 
 def _blocks(boundaries, block_map):
@@ -268,8 +283,11 @@ def _blocks(boundaries, block_map):
 
 def check_inputs(weight, alpha, boundaries, ids, values, block_map=None) -> None:
     """Shape/dtype/device checks of every launcher (cheap, no device reads)."""
-    if weight.dim() != 2 or not weight.is_contiguous():
-        raise ValueError(f"weight must be a contiguous (N, K) tensor, got {tuple(weight.shape)}")
+    if not row_strided(weight):
+        raise ValueError(
+            f"weight must be an (N, K) tensor with unit column stride (any row stride), got "
+            f"shape {tuple(weight.shape)} with strides {tuple(weight.stride())}"
+        )
     num_blocks, dim = alpha.shape
     if dim != weight.shape[1] or alpha.stride(1) != 1:
         raise ValueError(f"alpha must be (L, K={weight.shape[1]}) with unit column stride")
@@ -310,7 +328,8 @@ def soft_select_fwd(weight, alpha, boundaries, ids, values=None, *, block_map=No
                     out_dtype=None):  # fmt: skip
     """out (B, K) = weight[ids] ⊙ alpha[block(ids)] (⊙ values[:, None]).
 
-    weight: (N, K) float32/float16/bfloat16, contiguous. alpha: (L, K), L ≤ 64.
+    weight: (N, K) float32/float16/bfloat16, unit column stride (read through its row
+    stride, never copied). alpha: (L, K), L ≤ 64.
     boundaries: (L+1,) int64, or None with block_map (N,) int64 in [0, L).
     ids: (B,) int32/int64. values: (B,) or None.
     out_dtype: default torch.promote_types(weight.dtype, alpha.dtype).
@@ -359,8 +378,9 @@ def soft_select_bwd_alpha(
 ):  # fmt: skip
     """The α step's backward: (dalpha (L, K) in alpha's dtype or None, dvalues (B,) or None).
 
-    dout: (B, K) contiguous. dalpha = normalize?(Σ_block weight[id] ⊙ dout (⊙ v)
-    + l1·sign(alpha)); dvalues[b] = Σ_k weight[id] ⊙ alpha[block] ⊙ dout.
+    dout: (B, K), unit column stride (any row stride).
+    dalpha = normalize?(Σ_block weight[id] ⊙ dout (⊙ v) + l1·sign(alpha));
+    dvalues[b] = Σ_k weight[id] ⊙ alpha[block] ⊙ dout.
     Deterministic: fixed partition of lookups into programs and a fixed-order sum.
     """
     check_inputs(weight, alpha, boundaries, ids, values, block_map)
@@ -407,7 +427,7 @@ def alpha_step(
                 dout_index if dout_index is not None else ids,
                 counts if counts is not None else partial, partial, dv,
                 num_lookups, weight.shape[0], dout.shape[0], dim, num_blocks, weight.stride(0),
-                alpha.stride(0), tiles_per_program,
+                dout.stride(0), alpha.stride(0), tiles_per_program,
                 HAS_VALUES=values is not None, NEED_ALPHA=need_alpha, NEED_VALUES=need_values,
                 DOUT_INDEX=dout_index is not None, DOUT_COUNTS=counts is not None,
                 BLOCK_B=block_b, BLOCK_K=block_k, L_PAD=_l_pad(num_blocks), BY_MAP=by_map,
@@ -427,7 +447,8 @@ def alpha_step(
 
 
 def soft_select_bwd_rows(dout, weight, alpha, boundaries, ids, values=None, *, block_map=None):
-    """Per-lookup weight gradients (B, K) in weight's dtype: dout ⊙ alpha[block] (⊙ v).
+    """Per-lookup weight gradients (B, K) in weight's dtype: dout ⊙ alpha[block] (⊙ v);
+    dout (B, K) with unit column stride (any row stride).
 
     With ids they form nn.Embedding(sparse=True)'s uncoalesced sparse gradient.
     """

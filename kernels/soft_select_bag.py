@@ -39,6 +39,7 @@ from mixemb.kernels.soft_select import (
     _on_device,
     _tile,
     alpha_step,
+    check_dout,
     check_inputs,
 )
 from mixemb.kernels.soft_select_weights import weights_step
@@ -168,7 +169,8 @@ def soft_select_bag_fwd(
 ):  # fmt: skip
     """out (B, K) = pool_{i in bag b} weight[id_i] ⊙ alpha[block(id_i)] (· psw_i).
 
-    weight: (N, K) float32/float16/bfloat16/float64, contiguous. alpha: (L, K), L ≤ 64.
+    weight: (N, K) float32/float16/bfloat16/float64, unit column stride (any row stride).
+    alpha: (L, K), L ≤ 64.
     boundaries: (L+1,) int64, or None with block_map (N,) int64 in [0, L).
     ids: (M,) int32/int64. offsets: (B+1,) int64, offsets[0] = 0, non-decreasing.
     per_sample_weights: (M,) float or None (mode "sum" only). mode: "sum" or "mean" (over
@@ -223,15 +225,7 @@ def _index(index, weight, ids, offsets, mode, padding_idx):
 
 
 def _check_bag_dout(dout, offsets, dim, device) -> None:
-    if (
-        dout.shape != (offsets.numel() - 1, dim)
-        or not dout.is_contiguous()
-        or dout.device != device
-    ):
-        raise ValueError(
-            f"dout must be a contiguous ({offsets.numel() - 1}, {dim}) tensor on {device}, got "
-            f"{tuple(dout.shape)} on {dout.device}"
-        )
+    check_dout(dout, offsets.numel() - 1, dim, device)
 
 
 def soft_select_bag_bwd_alpha(
@@ -242,8 +236,9 @@ def soft_select_bag_bwd_alpha(
     """The α step's backward of the bag: (dalpha (L, K) in alpha's dtype or None, dpsw (M,)
     in per_sample_weights' dtype (weight's without them) or None).
 
-    dout: (B, K) contiguous. dalpha = normalize?(Σ_block weight[id] ⊙ g_i + l1·sign(α))
-    with g_i = dout[bag_i] (/ count) (· psw_i), the lookup op's normalization;
+    dout: (B, K), unit column stride (any row stride).
+    dalpha = normalize?(Σ_block weight[id] ⊙ g_i + l1·sign(α)) with
+    g_i = dout[bag_i] (/ count) (· psw_i), the lookup op's normalization;
     dpsw_i = Σ_k weight[id] ⊙ alpha[block] ⊙ dout[bag_i] (0 for a lookup left out).
     index: ``soft_select_bag_index``'s result when the caller has it (else computed).
     """
@@ -265,12 +260,13 @@ def soft_select_bag_bwd_weight(
     """The weights step's backward of the bag: dense dweight (N, K) in weight's dtype, each
     row α[block] ⊙ Σ_{lookups of the id} dout[bag_i] (/ count) (· psw_i); a padding row
     gets zeros. Deterministic: ids sorted once, runs reduced as the lookup op's weights
-    step (bitwise reproducible). dout: (B, K) contiguous; index as in the α step.
+    step (bitwise reproducible). dout: (B, K), unit column stride (any row stride); index
+    as in the α step.
     """
     psw = per_sample_weights
     check_bag_inputs(weight, alpha, boundaries, ids, offsets, psw, mode, block_map)
     _check_bag_dout(dout, offsets, weight.shape[1], weight.device)
-    out = torch.zeros_like(weight)
+    out = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device)
     if ids.numel() == 0 or offsets.numel() == 1:
         return out
     bag_of, counts = _index(index, weight, ids, offsets, mode, padding_idx)

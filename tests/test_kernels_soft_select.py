@@ -5,7 +5,9 @@ On this CPU machine the kernels run in Triton's interpreter (conftest sets
 TRITON_INTERPRET=1 before they are imported), so shapes stay tiny; on a GPU the same
 bodies run on CUDA. Every case checks the forward and every backward variant the search
 uses: α step (table frozen), weights step (α frozen; dense deterministic, dense atomic,
-sparse rows, fused SGD / row-wise Adagrad) and both at once.
+sparse rows, fused SGD / row-wise Adagrad) and both at once; then row-strided tables and
+output gradients (read in place, updated in place), the weights step's int32 sort keys, and
+the stochastic rounding of half tables' fused updates.
 """
 
 from __future__ import annotations
@@ -226,7 +228,7 @@ def test_unchecked_out_of_range_ids_give_zero_rows_and_a_valid_sparse_grad(devic
 def test_launchers_refuse_a_mis_shaped_dout_and_strided_boundaries():
     weight, alpha = torch.randn(10, 5), torch.rand(3, 5)
     boundaries, ids = torch.tensor([0, 3, 6, 10]), torch.tensor([1, 2])
-    with pytest.raises(ValueError, match=r"dout must be a contiguous \(2, 5\)"):
+    with pytest.raises(ValueError, match=r"dout must be a \(2, 5\) tensor with unit column stride"):
         kernels.soft_select_bwd_alpha(torch.ones(2, 4), weight, alpha, boundaries, ids)
     with pytest.raises(ValueError, match="dout must be"):
         weights_kernels.soft_select_bwd_weight(torch.ones(5, 2).t(), weight, alpha, boundaries, ids)
@@ -318,3 +320,254 @@ def test_launchers_name_a_bad_block_map():
             kernels.soft_select_fwd(weight, alpha, b, ids, block_map=m)
     with pytest.raises(ValueError, match="exactly one of boundaries and block_map"):
         weights_kernels.soft_select_bwd_weight(torch.ones(2, 4), weight, alpha, None, ids)
+
+
+# ------------------------------------------------------- row-strided table and dout
+
+
+def _strided(t, pad=3):
+    """t (..., K) as the column slice [pad, pad + K) of a wider (..., K + 2·pad) tensor
+    whose other columns are nan: unit column stride, row stride K + 2·pad. A kernel that
+    read past the slice (a wrong row stride) would meet the nans."""
+    shape = (*t.shape[:-1], t.shape[-1] + 2 * pad)
+    wide = torch.full(shape, float("nan"), dtype=t.dtype, device=t.device)
+    wide[..., pad : pad + t.shape[-1]] = t
+    return wide[..., pad : pad + t.shape[-1]]
+
+
+def _spy_launchers(monkeypatch):
+    """Record (what, tensor) for the table and dout every launcher is handed."""
+    seen = []
+
+    def spy(module, name, *what):
+        real = getattr(module, name)
+
+        def wrapped(*args, **kw):
+            seen.extend((w, args[i]) for i, w in enumerate(what) if w)
+            return real(*args, **kw)
+
+        monkeypatch.setattr(module, name, wrapped)
+
+    spy(kernels, "soft_select_fwd", "weight")
+    spy(kernels, "soft_select_bwd_alpha", "dout", "weight")
+    spy(kernels, "soft_select_bwd_rows", "dout", "weight")
+    spy(weights_kernels, "soft_select_bwd_weight", "dout", "weight")
+    return seen
+
+
+def _run_laid_out(backend, weight, alpha, boundaries, ids, values, dout, *, need, **kw):
+    """_run with weight and dout as given (their layouts kept, not cloned contiguous)."""
+    w = weight.requires_grad_("w" in need)
+    a = alpha.clone().requires_grad_("a" in need)
+    v = None if values is None else values.clone().requires_grad_("v" in need)
+    out = soft_select_lookup(w, a, boundaries, ids, v, backend=backend, **kw)
+    out.backward(dout)
+    grad = w.grad.to_dense() if w.grad is not None and w.grad.is_sparse else w.grad
+    return out, grad, a.grad, None if v is None else v.grad
+
+
+@pytest.mark.parametrize("name", ["dup", "K1", "K24-L64", "hot-row", "empty", "one"])
+def test_row_strided_table_and_dout_are_read_in_place(device, name, monkeypatch):
+    """A table that is a column slice of a wider one and a dout that is a slice of a wider
+    gradient reach the kernels themselves (same storage, no copy) and give the
+    reference's forward and every gradient."""
+    monkeypatch.setattr(weights_kernels, "SEGMENT_CHUNK", 4)
+    weight, alpha, boundaries, ids, values, dout = _case(**CASES[name], device=device)
+    kw = dict(l1=1e-3, need="wav")
+    want = _run("reference", weight, alpha, boundaries, ids, values, dout, **kw)
+    seen = _spy_launchers(monkeypatch)
+    for extra in (dict(deterministic=True), dict(deterministic=False), dict(sparse=True)):
+        w, d = _strided(weight.clone()), _strided(dout.clone())
+        got = _run_laid_out("triton", w, alpha, boundaries, ids, values, d, **kw, **extra)
+        for g, r, what in zip(got, want, ("out", "dweight", "dalpha", "dvalues")):
+            _close(g, r, torch.float32, f"{name} {extra} {what}")
+        handed = {"weight": w, "dout": d}
+        assert seen, "no launcher ran"
+        for what, t in seen:
+            assert t.data_ptr() == handed[what].data_ptr(), f"{what} was copied ({extra})"
+        seen.clear()
+
+
+@pytest.mark.parametrize("kind", ["sgd", "rowwise_adagrad"])
+@pytest.mark.parametrize("layout", ["column-slice", "column-major"])
+def test_fused_optimizer_updates_a_strided_table_itself(device, kind, layout, monkeypatch):
+    """The update lands in the caller's tensor: a column slice of a wider table in place
+    (the other columns untouched), a column-major table through a copy written back."""
+    monkeypatch.setattr(weights_kernels, "SEGMENT_CHUNK", 4)
+    weight, alpha, boundaries, ids, values, dout = _case(15, 9, 3, (30,), hot=True, device=device)
+    if layout == "column-slice":
+        w = _strided(weight.clone())
+    else:
+        w = weight.t().contiguous().t()
+        assert w.stride() == (1, 15)
+    w.requires_grad_()
+    a = alpha.clone().requires_grad_()
+    opt = FusedOptimizer(w, kind, lr=0.3)
+    want_w, want_state = weight.clone(), opt.state.clone()
+    for step in range(2):
+        soft_select_lookup(
+            w, a, boundaries, ids, values, backend="triton", fused_optimizer=opt
+        ).backward(_strided(dout))
+        fused_update_reference(
+            dout, want_w, alpha, boundaries, ids, values, want_state, opt.lr, kind
+        )  # fmt: skip
+        _close(w.detach(), want_w, torch.float32, f"{layout} weight after step {step}")
+        _close(opt.state, want_state, torch.float32, f"{layout} state after step {step}")
+    if layout == "column-slice":
+        wide = w.detach().as_strided((15, 15), (15, 1), w.storage_offset() - 3)
+        assert wide[:, :3].isnan().all() and wide[:, 12:].isnan().all()
+    assert w.grad is None
+
+
+# ----------------------------------------------------------------- sort keys
+
+
+@pytest.mark.parametrize("name", ["dup", "hot-row", "K160", "one"])
+def test_weights_step_sorts_int32_keys_and_gives_the_same_results_bitwise(device, name):
+    """int32 and int64 ids (both sorted as int32 keys) give the same dense gradient and the
+    same fused update, bit for bit, as the reference's within tolerance."""
+    weight, alpha, boundaries, ids, values, dout = _case(**CASES[name], device=device)
+    flat, d = ids.reshape(-1), dout.reshape(-1, weight.shape[1])
+    assert weights_kernels.sort_keys(flat, weight.shape[0]).dtype == torch.int32
+    assert weights_kernels.sort_keys(flat.int(), weight.shape[0]).dtype == torch.int32
+    assert weights_kernels.sort_keys(flat, 2**31).dtype == torch.int64
+    grads = [
+        weights_kernels.soft_select_bwd_weight(d, weight, alpha, boundaries, i, values.reshape(-1))
+        for i in (flat, flat.int())
+    ]
+    assert torch.equal(grads[0], grads[1])
+    want = _run("reference", weight, alpha, boundaries, ids, values, dout, need="w")[1]
+    _close(grads[0], want, torch.float32, "dweight")
+    lr, updated = torch.tensor([0.3], device=device), []
+    for i in (flat, flat.int()):
+        w, state = weight.clone(), torch.zeros(weight.shape[0], device=device)
+        weights_kernels.soft_select_bwd_weight(
+            d, w, alpha, boundaries, i, None, optimizer="rowwise_adagrad", lr=lr, state=state
+        )
+        updated.append((w, state))
+    assert torch.equal(updated[0][0], updated[1][0]) and torch.equal(updated[0][1], updated[1][1])
+
+
+def test_int32_sort_keys_never_wrap_an_out_of_range_id_onto_a_row(device):
+    """Unchecked int64 ids past int32 (2^32 + 3 would wrap to 3) stay out of range: they
+    read and update nothing, the in-range ids' results unchanged bit for bit."""
+    weight, alpha, boundaries, _, _, _ = _case(10, 4, 2, (1,), device=device)
+    good = torch.tensor([3, 1, 3, 7, 0], device=device)
+    bad = torch.tensor([2**32 + 3, -(2**32) + 1, 2**31, -1], device=device)
+    ids = torch.cat([good[:2], bad[:2], good[2:], bad[2:]])
+    dout = torch.randn(ids.numel(), 4, device=device)
+    keep = torch.tensor([True, True, False, False, True, True, True, False, False])
+    got = weights_kernels.soft_select_bwd_weight(dout, weight, alpha, boundaries, ids)
+    want = weights_kernels.soft_select_bwd_weight(dout[keep], weight, alpha, boundaries, good)
+    assert torch.equal(got, want)
+    lr, w = torch.tensor([0.5], device=device), weight.clone()
+    weights_kernels.soft_select_bwd_weight(dout, w, alpha, boundaries, ids, optimizer="sgd", lr=lr)
+    untouched = torch.ones(10, dtype=torch.bool)
+    untouched[good.cpu()] = False
+    assert torch.equal(w[untouched.to(device)], weight[untouched.to(device)])
+
+
+# ------------------------------------------------------------- stochastic rounding
+
+
+def _neighbour_of(got, x):
+    """Where got (fp16 / bf16) is one of the two representable neighbours of x (fp32):
+    nearest(x) itself, or the value one encoding step away on the other side of x; an
+    exactly representable x must come back unchanged."""
+    nearest = x.to(got.dtype)
+    step = (got.view(torch.int16).int() - nearest.view(torch.int16).int()).abs()
+    across = (got.float() - x) * (nearest.float() - x) <= 0
+    exact = nearest.float() == x
+    return torch.where(exact, got == nearest, (got == nearest) | ((step == 1) & across))
+
+
+def _assert_neighbours(got, x, what):
+    ok = _neighbour_of(got, x)
+    bad = (~ok).nonzero()
+    assert ok.all(), f"{what}: {len(bad)} values are not a neighbour of fp32, first {bad[:4]}"
+
+
+@pytest.mark.parametrize("kind", ["sgd", "rowwise_adagrad"])
+@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=CUDA_ONLY)])
+def test_stochastic_rounding_gives_a_neighbour_of_the_fp32_update(device, kind, dtype):
+    """The fused update of a half table, stochastically rounded: every value is one of the
+    two neighbours of the fp32 result (the same kernel on the table upcast to fp32), the
+    rows not looked up unchanged, and some values differ from round-to-nearest."""
+    if dtype == torch.bfloat16 and device == "cpu":
+        pytest.skip("numpy (the interpreter) has no bfloat16")
+    weight, alpha, boundaries, ids, values, dout = _case(40, 24, 3, (64,), hot=True, device=device)
+    weight = (weight * 4).to(dtype)  # several binades, both signs
+    ids = ids % 30  # rows 30.. are never looked up
+    lr = torch.tensor([0.01], device=device)
+    results = {}
+    for name, w, rounding in (
+        ("fp32", weight.float(), dict()),
+        ("nearest", weight.clone(), dict()),
+        ("stochastic", weight.clone(), dict(stochastic_rounding=True, seed=2024)),
+    ):
+        state = torch.zeros(40, device=device)
+        weights_kernels.soft_select_bwd_weight(
+            dout, w, alpha, boundaries, ids, values, optimizer=kind, lr=lr, state=state,
+            **rounding,
+        )  # fmt: skip
+        results[name] = w
+    x, got = results["fp32"], results["stochastic"]
+    _assert_neighbours(got, x, kind)
+    assert torch.equal(results["nearest"], x.to(dtype))
+    assert torch.equal(got[30:], weight[30:])
+    assert (got != results["nearest"]).any(), "nothing was rounded away from nearest"
+
+
+def _small_steps(backend, dtype, steps, *, stochastic_rounding, device, seed=0):
+    """A (64, 16) table of ones, SGD with lr·g = 1e-4 per value per step (below half an
+    ulp of 1.0 in fp16 and bf16) on every row: the table after ``steps`` steps."""
+    torch.manual_seed(seed)
+    w = torch.ones(64, 16, dtype=dtype, device=device).requires_grad_()
+    opt = FusedOptimizer(w, "sgd", lr=1e-4, stochastic_rounding=stochastic_rounding)
+    alpha, bounds = torch.ones(1, 16, device=device), torch.tensor([0, 64], device=device)
+    ids, dout = torch.arange(64, device=device), torch.ones(64, 16, device=device)
+    for _ in range(steps):
+        soft_select_lookup(w, alpha, bounds, ids, backend=backend, fused_optimizer=opt).backward(
+            dout
+        )
+    return w.detach()
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_stochastic_rounding_is_unbiased_where_nearest_loses_the_update(device, backend):
+    """Over 1024 values and 6 steps the mean change equals the fp32 update (6e-4) within
+    4.5 standard deviations of the mean (2.2e-5 each); round-to-nearest keeps every 1.0."""
+    steps, want = 6, 1.0 - 6e-4
+    sr = _small_steps(backend, torch.float16, steps, stochastic_rounding=True, device=device)
+    nearest = _small_steps(backend, torch.float16, steps, stochastic_rounding=False,
+                           device=device)  # fmt: skip
+    assert torch.equal(nearest, torch.ones_like(nearest)), "round-to-nearest kept an update"
+    mean = float(sr.float().mean())
+    assert abs(mean - want) < 1e-4, f"mean {mean} after {steps} steps, fp32 update gives {want}"
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_stochastic_rounding_is_reproducible_and_advances_per_update(device, backend):
+    """torch.manual_seed fixes the rounding (the optimizer draws its key from torch's
+    generator); another seed, or another step of the same run, draws differently."""
+    runs = [
+        _small_steps(backend, torch.float16, 2, stochastic_rounding=True, device=device, seed=s)
+        for s in (5, 5, 6)
+    ]
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+    # the same update of the same table on consecutive steps rounds differently
+    torch.manual_seed(0)
+    w = torch.ones(64, 16, dtype=torch.float16, device=device).requires_grad_()
+    opt = FusedOptimizer(w, "sgd", lr=1e-4)
+    alpha, bounds = torch.ones(1, 16, device=device), torch.tensor([0, 64], device=device)
+    ids, dout = torch.arange(64, device=device), torch.ones(64, 16, device=device)
+    after = []
+    for _ in range(2):
+        with torch.no_grad():
+            w.fill_(1.0)
+        soft_select_lookup(w, alpha, bounds, ids, backend=backend, fused_optimizer=opt).backward(
+            dout
+        )
+        after.append(w.detach().clone())
+    assert not torch.equal(after[0], after[1])

@@ -1,6 +1,7 @@
 """mixemb.ops.soft_select: the public op against autograd of the unfused expression, its
 registered ops (opcheck, gradcheck, their autograd), the eager path against the
-registered one, the PT2 story (torch.compile fullgraph, torch.export) and argument errors.
+registered one, the PT2 story (torch.compile fullgraph, torch.export), argument errors,
+and one table looked up several times in a step with a fused optimizer.
 
 The Triton kernels against the reference are tests/test_kernels_soft_select.py.
 """
@@ -14,7 +15,13 @@ from mixemb import SoftSelectEmbedding
 from mixemb.nn import FusedOptimizer
 from mixemb.ops import soft_select as ops
 from mixemb.ops import soft_select_lookup
-from mixemb.reference import block_of, normalize_alpha_grad, soft_select_lookup_reference
+from mixemb.reference import (
+    block_of,
+    fused_update_reference,
+    normalize_alpha_grad,
+    reference_alpha_values_grad,
+    soft_select_lookup_reference,
+)
 
 
 def _case(n, k, num_blocks, shape, *, hot=False, seed=0, dtype=torch.float64, device="cpu"):
@@ -181,6 +188,12 @@ def test_opcheck_every_op(device, by_map):
         ops.soft_select_fused_update_,
         (dout, weight.clone(), alpha, boundaries, ids, values, state, lr, "rowwise_adagrad",
          1e-8, *bm),
+    )  # fmt: skip
+    # an fp16 table rounded stochastically (the seed a runtime int)
+    torch.library.opcheck(
+        ops.soft_select_fused_update_,
+        (dout, weight.half(), alpha, boundaries, ids, values, state, lr, "sgd", 1e-8, *bm),
+        dict(stochastic_rounding=True, seed=12345),
     )  # fmt: skip
 
 
@@ -412,3 +425,77 @@ def test_a_call_checks_the_block_map_entries_it_looks_up():
         soft_select_lookup(weight, alpha, None, torch.tensor([4, 3, 3]), block_map=block_map)
     out = soft_select_lookup(weight, alpha, None, torch.tensor([0, 4]), block_map=block_map)
     assert torch.equal(out, torch.ones(2, 3))
+
+
+# ------------------------------------------------- one table, several lookups, fused update
+
+
+def _fused_lookups_reference(weight, alpha, boundaries, lookups, kind, lr, l1):
+    """The documented rule, step by step: the lookups' backward calls in reverse forward
+    order, each computing its α and values gradients from the table as the earlier ones
+    left it, then applying its own update. Returns (table, state, dalpha, [dvalues])."""
+    w, k = weight.clone(), weight.shape[1]
+    state = torch.zeros(weight.shape[0] if kind == "rowwise_adagrad" else 0, device=w.device)
+    dalpha, dvalues = torch.zeros_like(alpha), [None] * len(lookups)
+    for i in reversed(range(len(lookups))):
+        ids, values, dout = lookups[i]
+        da, dv = reference_alpha_values_grad(
+            dout.reshape(-1, k), w, alpha, boundaries, ids.reshape(-1), values.reshape(-1),
+            True, True, True, l1, 1e-8,
+        )  # fmt: skip
+        dalpha, dvalues[i] = dalpha + da, dv.reshape(ids.shape)
+        fused_update_reference(dout.reshape(-1, k), w, alpha, boundaries, ids.reshape(-1),
+                               values.reshape(-1), state, lr, kind)  # fmt: skip
+    return w, state, dalpha, dvalues
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("kind", ["sgd", "rowwise_adagrad"])
+def test_a_table_looked_up_three_times_in_one_step_with_a_fused_optimizer(device, backend, kind):
+    """Three lookups of one table sharing rows (a hot row in all three): one backward
+    applies three updates and α's gradient follows the documented rule."""
+    weight, alpha, boundaries, ids = _case(15, 6, 3, (12,), hot=True, dtype=torch.float32,
+                                           device=device)  # fmt: skip
+    g = torch.Generator().manual_seed(4)
+    id_sets = [ids, torch.randint(0, 15, (4, 2), generator=g).to(device), ids[:5]]
+    lookups = [
+        (i, torch.rand(i.shape, generator=g).to(device),
+         torch.randn(*i.shape, 6, generator=g).to(device))
+        for i in id_sets
+    ]  # fmt: skip
+    w, a = weight.clone().requires_grad_(), alpha.clone().requires_grad_()
+    opt = FusedOptimizer(w, kind, lr=0.3)
+    vs = [v.clone().requires_grad_() for _, v, _ in lookups]
+    outs = [
+        soft_select_lookup(w, a, boundaries, i, v, l1=1e-3, backend=backend, fused_optimizer=opt)
+        for (i, _, _), v in zip(lookups, vs)
+    ]
+    for out, (i, v, _) in zip(outs, lookups):  # every forward read the forward's table
+        torch.testing.assert_close(out, soft_select_lookup_reference(weight, alpha, boundaries,
+                                                                     i, v))  # fmt: skip
+    sum((out * d).sum() for out, (_, _, d) in zip(outs, lookups)).backward()
+    want_w, want_state, want_da, want_dv = _fused_lookups_reference(
+        weight, alpha, boundaries, lookups, kind, opt.lr, 1e-3
+    )
+    tol = dict(atol=2e-5, rtol=2e-5)
+    assert w.grad is None
+    torch.testing.assert_close(w.detach(), want_w, **tol)
+    torch.testing.assert_close(opt.state, want_state, **tol)
+    torch.testing.assert_close(a.grad, want_da, **tol)
+    for got, want in zip(vs, want_dv):
+        torch.testing.assert_close(got.grad, want, **tol)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_a_fused_update_bumps_the_table_version_for_other_autograd_users(device, backend):
+    """Another op that saved the table for its backward sees the in-place update as any
+    in-place write: autograd's error, not stale values (both backends alike)."""
+    weight, alpha, boundaries, ids = _case(10, 4, 2, (6,), dtype=torch.float32, device=device)
+    w = weight.clone().requires_grad_()
+    opt = FusedOptimizer(w, "sgd", lr=0.1)
+    loss = (
+        w.square().sum()
+        + soft_select_lookup(w, alpha, boundaries, ids, backend=backend, fused_optimizer=opt).sum()
+    )  # the lookup's backward runs first (created last), then square's
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

@@ -311,11 +311,49 @@ def test_launchers_name_bad_bag_arguments():
         kernels.soft_select_bag_fwd(
             weight, alpha, boundaries, ids, offsets, torch.ones(3), mode="mean"
         )
-    with pytest.raises(ValueError, match=r"dout must be a contiguous \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"dout must be a \(2, 3\) tensor with unit column stride"):
         kernels.soft_select_bag_bwd_weight(
             torch.ones(3, 3), weight, alpha, boundaries, ids, offsets
         )
-    with pytest.raises(ValueError, match=r"dout must be a contiguous \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"dout must be a \(2, 3\) tensor with unit column stride"):
         kernels.soft_select_bag_bwd_alpha(
             torch.ones(3, 2).t(), weight, alpha, boundaries, ids, offsets
         )
+
+
+def _column_slice(t, pad=2):
+    """t (R, K) as the columns [pad, pad + K) of a wider (R, K + 2·pad) tensor of nans."""
+    wide = torch.full((t.shape[0], t.shape[1] + 2 * pad), float("nan"), dtype=t.dtype,
+                      device=t.device)  # fmt: skip
+    wide[:, pad : pad + t.shape[1]] = t
+    return wide[:, pad : pad + t.shape[1]]
+
+
+@pytest.mark.parametrize("name", ["dup-empty-bag", "K5-hot-long-bag", "K1", "one", "no-bags"])
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_row_strided_table_and_dout_match_reference_without_copies(
+    device, name, backend, monkeypatch
+):
+    """A table that is a column slice of a wider one and a dout sliced from a wider
+    gradient: the reference's results, and the kernels get those tensors themselves."""
+    weight, alpha, boundaries, _, ids, offsets, psw, dout = _case(**CASES[name], device=device)
+    want = _want(weight, alpha, boundaries, ids, offsets, psw, dout)
+    seen = []
+    for launcher, at in (("soft_select_bag_fwd", 0), ("soft_select_bag_bwd_alpha", 1),
+                         ("soft_select_bag_bwd_weight", 1)):  # fmt: skip
+        real = getattr(kernels, launcher)
+
+        def spy(*args, _real=real, _at=at, **kw):
+            seen.append((args[_at], args[0] if _at else None))
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(kernels, launcher, spy)
+    w, d = _column_slice(weight.clone()).requires_grad_(), _column_slice(dout.clone())
+    a, v = alpha.clone().requires_grad_(), psw.clone().requires_grad_()
+    out = soft_select_bag(w, a, boundaries, ids, offsets, v, l1=L1, backend=backend)
+    out.backward(d)
+    _close((out.detach(), w.grad, a.grad, v.grad), want, torch.float32, name)
+    assert bool(seen) == (backend == "triton")
+    for table, grad in seen:
+        assert table.data_ptr() == w.data_ptr(), "the table was copied"
+        assert grad is None or grad.data_ptr() == d.data_ptr(), "dout was copied"

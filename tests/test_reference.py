@@ -23,6 +23,7 @@ from mixemb.reference import (
     soft_select_lookup_bytes,
     soft_select_lookup_reference,
     soft_select_weight_grad_bytes,
+    stochastic_round,
 )
 
 IDS_DTYPES = [torch.int32, torch.int64]
@@ -319,3 +320,61 @@ def test_block_map_reference_and_hand_written_backward(with_values):
     fused_update_reference(dout, got, alpha, None, ids, values, state, lr, "sgd", **kw)
     want -= 0.5 * dw
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_stochastic_round_picks_a_neighbour_with_its_share_of_the_gap(dtype):
+    """For each x, over u on a regular grid of [0, 1): only the two neighbours of x come
+    out, the farther from zero with the frequency (|x| - |near|) / gap, so the mean is x
+    to within gap / len(u); exact values, ±inf and nan come back unchanged."""
+    g = torch.Generator().manual_seed(0)
+    tiny = torch.finfo(dtype).smallest_normal
+    x = torch.cat([
+        torch.randn(40, generator=g) * 10.0 ** torch.randint(-3, 4, (40,), generator=g),
+        torch.rand(8, generator=g) * tiny * 2 - tiny,  # subnormals, both signs
+        torch.tensor([1.0 + 1e-4, -1.0 - 1e-4, 1e-9 if dtype == torch.float16 else 1e-42]),
+    ])  # fmt: skip
+    u = (torch.arange(4096) + 0.5) / 4096
+    got = stochastic_round(x[:, None].expand(-1, 4096), dtype, u.expand(x.numel(), -1))
+    assert got.dtype == dtype
+    for i, xi in enumerate(x):
+        vals = torch.unique(got[i].float())
+        near = xi.to(dtype).float()
+        assert len(vals) <= 2 and near in vals, (i, xi, vals)
+        gap = (vals.max() - vals.min()) if len(vals) == 2 else torch.tensor(0.0)
+        mean = got[i].float().mean()
+        assert abs(mean - xi) <= gap / 4096 + 1e-7 * abs(xi), (i, float(xi), float(mean))
+        if len(vals) == 2:  # the neighbours straddle x, one encoding step apart
+            assert vals.min() <= xi <= vals.max()
+            bits = vals.to(dtype).view(torch.int16).int()
+            assert abs(int(bits[1] - bits[0])) == 1
+    special = torch.tensor([1.0, -0.5, 0.0, float("inf"), float("-inf"), float("nan")])
+    out = stochastic_round(special, dtype, torch.full((6,), 0.999))
+    assert torch.equal(out[:5], special[:5].to(dtype)) and out[5].isnan()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_update_reference_rounds_stochastically_by_seed(dtype):
+    """fp16 / bf16 tables: each updated value a neighbour of the fp32 update, the same seed
+    the same table, another seed another; fp32 tables ignore the flag."""
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(20, 8, generator=g)
+    alpha, boundaries = torch.rand(2, 8, generator=g), torch.tensor([0, 7, 20])
+    ids, dout = torch.randint(0, 20, (30,), generator=g), torch.randn(30, 8, generator=g)
+    lr = torch.tensor([0.01])
+
+    def update(w, **kw):
+        w = w.clone()
+        fused_update_reference(dout, w, alpha, boundaries, ids, None, torch.zeros(0), lr,
+                               "sgd", **kw)  # fmt: skip
+        return w
+
+    x = update(weight.to(dtype).float())
+    runs = [update(weight.to(dtype), stochastic_rounding=True, seed=s) for s in (3, 3, 4)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    nearest = x.to(dtype)
+    step = (runs[0].view(torch.int16).int() - nearest.view(torch.int16).int()).abs()
+    across = (runs[0].float() - x) * (nearest.float() - x) <= 0
+    assert ((runs[0] == nearest) | ((step == 1) & across)).all()
+    assert (runs[0] != nearest).any()
+    assert torch.equal(update(weight, stochastic_rounding=True, seed=3), update(weight))

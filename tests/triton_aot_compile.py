@@ -104,6 +104,10 @@ def record_launches() -> None:
         KW.soft_select_bwd_weight(
             d, w, a, b, ids, v, optimizer="rowwise_adagrad", lr=lr, state=state, **bm
         )
+        # stochastic rounding of the updated rows (fp16 / bf16 tables; fp32 / fp64 ignore it)
+        for kind in ("sgd", "rowwise_adagrad"):
+            KW.soft_select_bwd_weight(d, w, a, b, ids, v, optimizer=kind, lr=lr, state=state,
+                                      stochastic_rounding=True, seed=123457, **bm)  # fmt: skip
         # the bag op: 30 bags over the lookups, sum (with the values as per-sample weights)
         # and mean
         offsets = torch.linspace(0, m, 31).long()

@@ -158,11 +158,21 @@ class SoftSelectEmbedding(TableShape, nn.Module):
                 self.alpha.to(self.weight.dtype), sizes, dim=0
             )
 
-    def use_fused_optimizer(self, kind: str = "sgd", lr: float = 0.01, eps: float = 1e-8):
+    def use_fused_optimizer(
+        self,
+        kind: str = "sgd",
+        lr: float = 0.01,
+        eps: float = 1e-8,
+        *,
+        stochastic_rounding: bool = True,
+    ) -> FusedOptimizer:
         """Update the table inside the backward from now on; returns the optimizer
-        (``set_lr`` changes its rate). Its state and lr are buffers (saved with the
-        module). Exclude ``weight`` from any other optimizer."""
-        opt = FusedOptimizer(self.weight, kind, lr=lr, eps=eps)
+        (``set_lr`` changes its rate; ``stochastic_rounding``: see ``FusedOptimizer``). Its
+        state and lr are buffers (saved with the module). Exclude ``weight`` from any other
+        optimizer."""
+        opt = FusedOptimizer(
+            self.weight, kind, lr=lr, eps=eps, stochastic_rounding=stochastic_rounding
+        )
         self.register_buffer("fused_lr", opt.lr)
         self.register_buffer("fused_state", opt.state)
         self.fused_optimizer = opt

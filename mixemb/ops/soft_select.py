@@ -16,6 +16,22 @@ things autograd does not give:
   like ``nn.Embedding(sparse=True)``, so a 4M-row table is not densified per step;
 * or no weight gradient at all: a fused optimizer updates the looked-up rows in place.
 
+The table and the output gradient are handed to the kernels as they are when their
+columns are unit-strided, whatever their row stride: a table that is a column slice of a
+wider one, or the slice of a concatenation's gradient, is not copied per call. Only a
+column-strided one (stride(-1) != 1) is copied; with a fused optimizer the updated copy is
+then written back, so the caller's tensor is always the one updated.
+
+A table with a fused optimizer may be looked up several times in one step. Each lookup's
+backward applies its own update (SGD / row-wise Adagrad, the accumulator too), one after
+another in the order autograd runs them — for lookups whose outputs reach the loss
+independently, the reverse of the forward order — and computes its α (and values)
+gradient from the table as the earlier backward calls of the step left it: the first
+backward sees the forward's table. The forward outputs all read the forward's table.
+The update bumps the table's version counter, as any in-place write does, so another
+autograd user that saved the table (not a lookup with a fused optimizer) still gets
+autograd's "modified by an inplace operation" error instead of stale values.
+
 Where the math runs is decided once, by ``implementation``: the Triton kernels of
 ``mixemb.kernels.soft_select`` and ``mixemb.kernels.soft_select_weights`` (CUDA, or CPU
 under Triton's interpreter) or the reference math of ``mixemb.reference`` (CPU; no Triton
@@ -31,7 +47,8 @@ Two entry points share one forward and one backward (``_backward``):
   - ``soft_select_backward_alpha(...) -> (dalpha (L, K), dvalues (*ids.shape) or (0,))``
   - ``soft_select_backward_weight(...) -> dense (N, K), or per-lookup rows (B, K) if sparse``
   - ``soft_select_fused_update_(...)`` — SGD / row-wise Adagrad on the looked-up rows of
-    weight, in place (mutates weight and the optimizer state);
+    weight, in place (mutates weight and the optimizer state), rounding fp16 / bf16 rows
+    stochastically when asked (with the given seed);
 
 * ``_SoftSelect``, a plain ``torch.autograd.Function`` that eager calls take: it calls the
   launchers or the reference math directly, because the custom-op dispatcher (argument
@@ -83,9 +100,16 @@ def implementation(weight: Tensor, backend: str, compiling: bool) -> str:
 
 
 # -------------------------------------------------------------- forward and backward math
-# impl "triton" flattens ids, values and dout contiguous (what the launchers need, and
-# what the registered ops always did on CPU too); impl "reference" takes them as they come.
-# A layout can change the summation order of a sparse gradient, so each keeps its own.
+# impl "triton" flattens ids and values contiguous and dout (B, K) with unit column stride
+# (what the launchers need, and what the registered ops always did on CPU too); impl
+# "reference" takes them as they come. A layout can change the summation order of a
+# sparse gradient, so each keeps its own.
+
+
+def as_rows(t: Tensor) -> Tensor:
+    """The (R, K) matrix t itself where the kernels read it in place (unit column stride,
+    any row stride), else a contiguous copy."""
+    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
 
 
 def _flat(ids: Tensor, values: Tensor | None, dout: Tensor | None, dim: int, impl: str):
@@ -96,7 +120,7 @@ def _flat(ids: Tensor, values: Tensor | None, dout: Tensor | None, dim: int, imp
     if impl == "triton":
         flat = flat.contiguous()
         vals = None if vals is None else vals.contiguous()
-        d = None if d is None else d.contiguous()
+        d = None if d is None else as_rows(d)
         if kernels_run_on(ids):
             return True, flat, vals, d
     return False, flat.long(), vals, d
@@ -107,7 +131,7 @@ def _forward(weight, alpha, boundaries, block_map, ids, values, impl: str) -> Te
     kernels, flat, vals, _ = _flat(ids, values, None, 0, impl)
     if kernels:
         out = _kernels.soft_select_fwd(
-            weight.contiguous(), alpha, boundaries, flat, vals, block_map=block_map
+            as_rows(weight), alpha, boundaries, flat, vals, block_map=block_map
         )
     else:
         out = ref.reference_forward(weight, alpha, boundaries, flat, vals, block_map)
@@ -123,7 +147,7 @@ def _alpha_values_grad(
     kernels, flat, vals, d = _flat(ids, values, dout, weight.shape[1], impl)
     if kernels:
         dalpha, dvalues = _kernels.soft_select_bwd_alpha(
-            d, weight.contiguous(), alpha, boundaries, flat, vals, need_alpha=need_alpha,
+            d, as_rows(weight), alpha, boundaries, flat, vals, need_alpha=need_alpha,
             need_values=need_values, normalize=normalize, l1=l1, eps=eps, block_map=block_map,
         )  # fmt: skip
     else:
@@ -141,7 +165,7 @@ def _weight_grad(
     """Dense (N, K) in weight's dtype, or the (B, K) per-lookup rows when sparse."""
     kernels, flat, vals, d = _flat(ids, values, dout, weight.shape[1], impl)
     if kernels:
-        w = weight.contiguous()
+        w = as_rows(weight)
         if sparse:
             return _kernels.soft_select_bwd_rows(
                 d, w, alpha, boundaries, flat, vals, block_map=block_map
@@ -156,18 +180,23 @@ def _weight_grad(
 
 def _fused_update(
     dout, weight, alpha, boundaries, block_map, ids, values, state, lr, optimizer,
-    optimizer_eps, impl: str,
+    optimizer_eps, impl: str, stochastic_rounding: bool = False, seed: int = 0,
 ) -> None:  # fmt: skip
+    """Update weight itself in place (a column-strided one through a copy written back)."""
     kernels, flat, vals, d = _flat(ids, values, dout, weight.shape[1], impl)
     if kernels:
+        w = as_rows(weight)
         _weights_kernels.soft_select_bwd_weight(
-            d, weight, alpha, boundaries, flat, vals, block_map=block_map,
-            optimizer=optimizer, lr=lr, state=state, optimizer_eps=optimizer_eps,
+            d, w, alpha, boundaries, flat, vals, block_map=block_map, optimizer=optimizer,
+            lr=lr, state=state, optimizer_eps=optimizer_eps,
+            stochastic_rounding=stochastic_rounding, seed=seed,
         )  # fmt: skip
+        if w is not weight:
+            weight.copy_(w)
     else:
         ref.fused_update_reference(
             d, weight, alpha, boundaries, flat, vals, state, lr, optimizer, optimizer_eps,
-            block_map=block_map,
+            block_map=block_map, stochastic_rounding=stochastic_rounding, seed=seed,
         )  # fmt: skip
 
 
@@ -198,12 +227,19 @@ def _backward(saved, needs, cfg, impl, dout):
     if need_w and optimizer is not None:
         vals = None if values is None else values.detach()
         opt = (optimizer.state, optimizer.lr, optimizer.kind, optimizer.eps)
+        rounding = optimizer.rounding(weight.dtype)  # (stochastic, seed): advances the seed
         w, a = weight.detach(), alpha.detach()
         with torch.no_grad():
             if impl == "ops":
-                soft_select_fused_update_(dout, w, a, boundaries, ids, vals, *opt, block_map)
+                soft_select_fused_update_(
+                    dout, w, a, boundaries, ids, vals, *opt, block_map, *rounding
+                )
             else:
-                _fused_update(dout, w, a, boundaries, block_map, ids, vals, *opt, impl)
+                _fused_update(dout, w, a, boundaries, block_map, ids, vals, *opt, impl,
+                              *rounding)  # fmt: skip
+                # the kernels write memory autograd does not see: the version an in-place
+                # op would leave (the registered op's dispatch bumps it itself)
+                torch.autograd.graph.increment_version(w)
     elif need_w:
         if impl == "ops":
             dweight = soft_select_backward_weight(
@@ -227,7 +263,10 @@ class _SoftSelect(torch.autograd.Function):
     implementation ``impl`` chose by ``implementation``. Like eager autograd, the
     reference forward keeps the gathered table rows (for α's and values' gradients) and α
     rows (for the table's), so the backward does not gather again; only what the inputs
-    that need grad use is kept."""
+    that need grad use is kept. With a fused optimizer the table is kept as a detached
+    alias outside the saved tensors, and no gathered rows: the backward reads the table
+    as earlier fused updates of the step left it (the module docstring's rule), which
+    autograd's version check of a saved tensor would refuse."""
 
     @staticmethod
     def forward(ctx, weight, alpha, boundaries, block_map, ids, values, normalize, l1, eps,
@@ -239,7 +278,7 @@ class _SoftSelect(torch.autograd.Function):
             vals = None if values is None else values.reshape(-1)
             rows, scale, blocks = ref.reference_gather(weight, alpha, boundaries, flat, block_map)
             out = ref.reference_scale(rows, scale, vals).reshape(*ids.shape, weight.shape[1])
-            rows = rows if (need_a or need_v) else None
+            rows = rows if (need_a or need_v) and optimizer is None else None
             scale = scale if need_w else None
         elif impl == "triton":
             out = _forward(weight, alpha, boundaries, block_map, ids, values, impl)
@@ -248,9 +287,11 @@ class _SoftSelect(torch.autograd.Function):
                 weight, alpha, boundaries, ids, values, normalize, l1, eps, sparse,
                 deterministic, block_map,
             )  # fmt: skip
+        ctx.table = None if optimizer is None else weight.detach()
         ctx.save_for_backward(
-            weight, alpha, boundaries, block_map, ids, values, rows, scale, blocks
-        )
+            weight if optimizer is None else None, alpha, boundaries, block_map, ids, values,
+            rows, scale, blocks,
+        )  # fmt: skip
         ctx.cfg = (normalize, l1, eps, sparse, deterministic, optimizer)
         ctx.impl = impl
         return out
@@ -258,7 +299,10 @@ class _SoftSelect(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         need_w, need_a, _, _, _, need_v = ctx.needs_input_grad[:6]
-        grads = _backward(ctx.saved_tensors, (need_w, need_a, need_v), ctx.cfg, ctx.impl, dout)
+        saved = ctx.saved_tensors
+        if ctx.table is not None:
+            saved = (ctx.table, *saved[1:])
+        grads = _backward(saved, (need_w, need_a, need_v), ctx.cfg, ctx.impl, dout)
         dweight, dalpha, dvalues = grads
         return (dweight, dalpha, None, None, None, dvalues) + (None,) * 7
 
@@ -382,21 +426,25 @@ def soft_select_fused_update_(
     optimizer: str,
     optimizer_eps: float,
     block_map: Tensor | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> None:
     """Update the looked-up rows of weight in place with the weights-step gradient.
 
     optimizer "sgd": w -= lr·g. "rowwise_adagrad": m += mean_k g², w -= lr·g/(√m + eps)
     with state m (N,) float32. g is each row's α[block] ⊙ Σ dout (⊙ v). lr: (1,) float32.
+    stochastic_rounding: an fp16 / bf16 table's new values rounded stochastically (the
+    stream of ``seed``, in [0, 2^63)) instead of to nearest; no effect on fp32 / fp64.
     """
     _fused_update(
         dout, weight, alpha, boundaries, block_map, ids, values, state, lr, optimizer,
-        optimizer_eps, "triton",
+        optimizer_eps, "triton", stochastic_rounding, seed,
     )  # fmt: skip
 
 
 @soft_select_fused_update_.register_fake
 def _(dout, weight, alpha, boundaries, ids, values, state, lr, optimizer, optimizer_eps,
-      block_map=None):  # fmt: skip
+      block_map=None, stochastic_rounding=False, seed=0):  # fmt: skip
     return None
 
 
@@ -422,7 +470,8 @@ def soft_select_lookup(
 ) -> Tensor:
     """Look up rows and scale them by their frequency block's soft selection row.
 
-    weight: (N, K) float32/float16/bfloat16 embedding table E.
+    weight: (N, K) float32/float16/bfloat16 embedding table E, any strides (with unit
+        column stride, e.g. a column slice of a wider table, it is never copied).
     alpha: (L, K) soft selection layer α (same device as weight).
     boundaries: (L+1,) int64, boundaries[0] = 0 < … < boundaries[L] = N; block l holds
         the ids in [boundaries[l], boundaries[l+1]). None when block_map is given.
@@ -444,8 +493,9 @@ def soft_select_lookup(
         CPU tensors, off for CUDA (the kernels then read zeros for bad ids, never out
         of bounds).
     fused_optimizer: a ``mixemb.nn.FusedOptimizer`` (the op reads its ``kind``, ``lr``,
-        ``eps`` and ``state``): the table is updated inside the backward and gets no
-        gradient. Eager mode only.
+        ``eps`` and ``state`` and asks it for the rounding): the table is updated inside
+        the backward and gets no gradient; a table looked up several times in one step
+        is updated once per lookup (module docstring). Eager mode only.
     Returns (..., K) in torch.promote_types(weight.dtype, alpha.dtype).
     """
     if backend not in BACKENDS:

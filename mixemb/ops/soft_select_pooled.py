@@ -16,7 +16,9 @@ per-sample weights theirs. Mode "max" is not fused: ``SearchableEmbeddingBag`` r
 Where the math runs is ``mixemb.ops.soft_select``'s one decision (``implementation``):
 the Triton kernels of ``mixemb.kernels.soft_select_bag`` (CUDA, or CPU under Triton's
 interpreter), whose backward reads the per-lookup gradient through a (M,) bag index
-instead of materializing it; or on CPU the pure-PyTorch math: the forward is
+instead of materializing it, and which read the table and dout through their row strides
+(a column slice of a wider table, or of a concatenation's gradient, is not copied; only a
+column-strided one is); or on CPU the pure-PyTorch math: the forward is
 ``soft_select_bag_reference`` and the backward materializes the (M, K) per-lookup
 gradient and runs ``mixemb.reference``'s hand-written lookup backward on it.
 
@@ -36,6 +38,7 @@ import torch
 from mixemb import reference as ref
 from mixemb.ops.soft_select import (
     BACKENDS,
+    as_rows,
     check_lookup_inputs,
     check_lookups,
     implementation,
@@ -80,7 +83,7 @@ def _forward(weight, alpha, boundaries, block_map, ids, offsets, psw, mode, padd
     kernels = _bag_kernels(ids) if impl == "triton" else None
     if kernels is not None:
         return kernels.soft_select_bag_fwd(
-            weight.contiguous(), alpha, boundaries, ids.contiguous(), offsets.contiguous(),
+            as_rows(weight), alpha, boundaries, ids.contiguous(), offsets.contiguous(),
             None if psw is None else psw.contiguous(), mode=mode, padding_idx=padding_idx,
             block_map=block_map,
         )  # fmt: skip
@@ -106,11 +109,11 @@ def _backward_math(dout, saved, needs, cfg, impl):
     weight, alpha, boundaries, block_map, ids, offsets, psw = saved
     need_w, need_a, need_v = needs
     mode, padding_idx, normalize, l1, eps = cfg
-    dout = dout.contiguous()
     kernels = _bag_kernels(ids) if impl == "triton" else None
     dweight = dalpha = dpsw = None
     if kernels is not None:
-        w, flat, offs = weight.contiguous(), ids.contiguous(), offsets.contiguous()
+        dout = as_rows(dout)
+        w, flat, offs = as_rows(weight), ids.contiguous(), offsets.contiguous()
         v = None if psw is None else psw.contiguous()
         index = kernels.soft_select_bag_index(w, flat, offs, mode=mode, padding_idx=padding_idx)
         kw = dict(mode=mode, padding_idx=padding_idx, block_map=block_map, index=index)
@@ -240,7 +243,7 @@ def _registered_backward(ctx, dout):
     weight, alpha, boundaries, block_map, ids, offsets, psw = ctx.saved_tensors
     mode, padding_idx, normalize, l1, eps = ctx.cfg
     dw, da, dv = soft_select_bag_backward(
-        dout.contiguous(), weight, alpha, boundaries, ids, offsets, psw, mode, padding_idx,
+        dout, weight, alpha, boundaries, ids, offsets, psw, mode, padding_idx,
         need_w, need_a, need_v, normalize, l1, eps, block_map,
     )  # fmt: skip
     keep = (need_w, need_a, need_v)

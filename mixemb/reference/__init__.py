@@ -80,6 +80,7 @@ from mixemb.reference.soft_select import (
     soft_select_lookup_bytes,
     soft_select_lookup_reference,
     soft_select_weight_grad_bytes,
+    stochastic_round,
 )
 
 __all__ = [
@@ -112,4 +113,5 @@ __all__ = [
     "soft_select_lookup_bytes",
     "soft_select_lookup_reference",
     "soft_select_weight_grad_bytes",
+    "stochastic_round",
 ]

@@ -193,17 +193,24 @@ def fused_update_reference(
     optimizer: str,
     eps: float = 1e-8,
     block_map: torch.Tensor | None = None,
+    *,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> None:
     """The weights step with its optimizer applied in place, as the fused kernel does.
 
-    dout: (B, K) output gradient; weight: (N, K), updated in place; alpha (L, K);
+    dout: (B, K) output gradient; weight: (N, K), updated in place (any strides);
+    alpha (L, K);
     boundaries (L+1,) int64, or None with block_map (N,) int64; ids (B,) int32/int64;
     values (B,) or None.
     state: (N,) float32 row-wise Adagrad accumulator (updated in place; ignored by SGD).
     lr: (1,) float32 tensor. optimizer: "sgd" or "rowwise_adagrad"; eps: Adagrad's.
     Each looked-up row's gradient is g = Σ_lookups dout ⊙ alpha[block] (⊙ v), in fp32;
     "sgd": w -= lr·g; "rowwise_adagrad": m += mean_k g², w -= lr·g / (√m + eps).
-    Rows not looked up are untouched.
+    Rows not looked up are untouched. The fp32 result is rounded to weight's dtype to
+    nearest, or with stochastic_rounding (fp16 / bf16 tables; ignored otherwise) by
+    ``stochastic_round`` with uniforms drawn from a torch.Generator seeded with ``seed``
+    (the kernel's rounding, not its random stream: Triton's Philox draws other numbers).
     """
     if optimizer not in ("sgd", "rowwise_adagrad"):
         raise ValueError(f"optimizer must be 'sgd' or 'rowwise_adagrad', got {optimizer!r}")
@@ -223,8 +230,32 @@ def fused_update_reference(
         state.index_copy_(0, unique, m)
         g = g / (m.sqrt() + eps).unsqueeze(1)
     new = weight[unique].float() - step * g
+    if stochastic_rounding and weight.dtype in (torch.float16, torch.bfloat16):
+        gen = torch.Generator(device=weight.device).manual_seed(int(seed))
+        u = torch.rand(new.shape, generator=gen, device=weight.device)
+        new = stochastic_round(new, weight.dtype, u)
     with torch.no_grad():
         weight.index_copy_(0, unique, new.to(weight.dtype))
+
+
+def stochastic_round(x: torch.Tensor, dtype: torch.dtype, u: torch.Tensor) -> torch.Tensor:
+    """x (...) float32 rounded to dtype (float16 / bfloat16) stochastically, given u (...)
+    uniform in [0, 1): the representable neighbour farther from zero with probability
+    (|x| - |near|) / (|far| - |near|), else the nearer one — so E[result] = x (unbiased),
+    where round-to-nearest loses any change below half an ulp. Values that are exact,
+    ±inf or nan round to nearest. Returns (...) in dtype; the fused kernel's rounding.
+    """
+    nearest = x.to(dtype)
+    nf = nearest.float()
+    away = x.abs() > nf.abs()
+    # the other neighbour: one step of the integer encoding away from or toward zero
+    step = torch.where(away, 1, -1).to(torch.int16)
+    other = (nearest.view(torch.int16) + step).view(dtype).float()
+    near, far = torch.where(away, nf, other), torch.where(away, other, nf)
+    keep = (nf == x) | nf.isinf() | x.isnan()
+    gap = torch.where(keep, 1.0, far.abs() - near.abs())
+    p_far = (x.abs() - near.abs()) / gap
+    return torch.where(keep, nf, torch.where(u < p_far, far, near)).to(dtype)
 
 
 def padded_gather_reference(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -6,12 +6,19 @@ Side by side in one process, on one Zipf-distributed batch of ids:
 * eager   soft_select_fwd_bwd  forward + autograd backward (dense weight grad, alpha grad)
                                + normalize_alpha_grad (the alpha step's normalization)
 * eager   padded_gather_fwd    F.embedding, the uniform-dimension lookup it replaces
-* compile soft_select_fwd / soft_select_fwd_bwd   torch.compile of the same reference
+* compile soft_select_fwd / soft_select_fwd_bwd / padded_gather_fwd   torch.compile of the
+                               same references
+* triton  padded_gather_fwd    the hand-written Triton gather of ``padded_triton.py`` (CUDA)
 * torch   copy                 dst.copy_(src), the bandwidth the % column is relative to
 
 Ideal bytes come from ``mixemb.reference`` (formulas in its docstring and bench/README.md),
-with every lookup reading its row (unique_rows=None, the upper bound behind the documented
-limits); the shape records ``unique_ids``, the distinct ids of the batch, for the tighter one.
+twice: with every lookup reading its row (``bytes``, unique_rows=None, the upper bound
+behind the documented limits) and with each of the batch's ``unique_ids`` distinct rows
+read once (``bytes_dram``). soft_select_fwd_bwd's autograd gives a dense (N, K) weight
+gradient: its zero fill, N·K·itemsize written, is counted in both. Times are device ms and
+host µs per call (``timing.py``), with the L2 hot, cold or both (``--l2``);
+``vs_best_padded`` divides soft_select_fwd's and padded_gather_fwd's times by the fastest
+padded_gather_fwd provider.
 
     python bench/bench_reference.py                       # cuda: full shape; cpu: small
     python bench/bench_reference.py --device cpu --no-compile
@@ -27,10 +34,12 @@ from pathlib import Path
 import torch
 from common import (
     DEFAULT_ITERS,
+    compare_to_best_padded,
     measure,
     report,
     start_run,
 )
+from timing import add_l2_argument, l2_modes
 
 from mixemb.reference import (
     equal_boundaries,
@@ -60,12 +69,19 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / f"{BENCH}.json"
 TABLE_COLUMNS = [
     ("provider", "provider"),
     ("op", "op"),
+    ("l2", "L2"),
     ("ms", "ms"),
+    ("host_us", "host µs"),
     ("mb", "ideal MB"),
     ("limit_ms", "limit ms"),
     ("gbps", "GB/s"),
     ("pct_of_copy", "% of copy"),
+    ("mb_dram", "DRAM MB"),
+    ("pct_of_copy_dram", "% of copy (DRAM)"),
+    ("vs_best_padded", "vs best padded"),
+    ("timing", "timing"),
 ]
+PADDED_OP = "padded_gather_fwd"
 
 
 def zipf_ids(
@@ -98,7 +114,8 @@ def build_config(args: argparse.Namespace, device: torch.device) -> dict:
 
 
 def make_cases(cfg: dict, device: torch.device, compile_: bool) -> list[tuple]:
-    """(provider, op, fn, ideal bytes) for every measurement of this bench.
+    """(provider, op, fn, ideal bytes, DRAM-only ideal bytes) for every measurement of
+    this bench.
 
     Also sets ``cfg["unique_ids"]``, the number of distinct ids in the sampled batch.
     """
@@ -117,10 +134,18 @@ def make_cases(cfg: dict, device: torch.device, compile_: bool) -> list[tuple]:
     w_train = weight.clone().requires_grad_()
     a_train = alpha.clone().requires_grad_()
 
-    m = cfg["lookups"]
-    fwd_bytes = soft_select_lookup_bytes(m, k, num_blocks, dtype, ids_dtype)
-    bwd_bytes = soft_select_lookup_backward_bytes(m, k, num_blocks, dtype, ids_dtype)
-    gather_bytes = padded_gather_bytes(m, k, dtype, ids_dtype)
+    m, u = cfg["lookups"], cfg["unique_ids"]
+
+    def both(f) -> tuple[int, int]:
+        """(every lookup reading its row, each distinct row read once) bytes of ``f``."""
+        return tuple(f(m, k, num_blocks, dtype, ids_dtype, unique_rows=r) for r in (None, u))
+
+    fwd_bytes = both(soft_select_lookup_bytes)
+    gather_bytes = both(_gather_bytes)
+    fill = n * k * dtype.itemsize  # the dense weight gradient's zero fill
+    fwd_bwd_bytes = tuple(
+        f + b + fill for f, b in zip(fwd_bytes, both(soft_select_lookup_backward_bytes))
+    )
 
     def fwd_of(lookup):
         def fwd():
@@ -143,14 +168,14 @@ def make_cases(cfg: dict, device: torch.device, compile_: bool) -> list[tuple]:
             return padded_gather_reference(weight, ids)
 
     cases = [
-        ("eager", "soft_select_fwd", fwd_of(soft_select_lookup_reference), fwd_bytes),
+        ("eager", "soft_select_fwd", fwd_of(soft_select_lookup_reference), *fwd_bytes),
         (
             "eager",
             "soft_select_fwd_bwd",
             fwd_bwd_of(soft_select_lookup_reference, normalize_alpha_grad),
-            fwd_bytes + bwd_bytes,
+            *fwd_bwd_bytes,
         ),
-        ("eager", "padded_gather_fwd", gather, gather_bytes),
+        ("eager", PADDED_OP, gather, *gather_bytes),
     ]
     if compile_:
         # Separate compiled objects for inference and training graphs, so neither
@@ -158,16 +183,35 @@ def make_cases(cfg: dict, device: torch.device, compile_: bool) -> list[tuple]:
         lookup_fwd = torch.compile(soft_select_lookup_reference, dynamic=False)
         lookup_train = torch.compile(soft_select_lookup_reference, dynamic=False)
         normalize = torch.compile(normalize_alpha_grad, dynamic=False)
+        gather_c = torch.compile(padded_gather_reference, dynamic=False)
         cases += [
-            ("compile", "soft_select_fwd", fwd_of(lookup_fwd), fwd_bytes),
+            ("compile", "soft_select_fwd", fwd_of(lookup_fwd), *fwd_bytes),
             (
                 "compile",
                 "soft_select_fwd_bwd",
                 fwd_bwd_of(lookup_train, normalize),
-                fwd_bytes + bwd_bytes,
+                *fwd_bwd_bytes,
             ),
+            ("compile", PADDED_OP, lambda: gather_c(weight, ids), *gather_bytes),
         ]
+    if device.type == "cuda":
+        from padded_triton import padded_gather
+
+        cases.append(("triton", PADDED_OP, lambda: padded_gather(weight, ids), *gather_bytes))
     return cases
+
+
+def _gather_bytes(m, k, num_blocks, dtype, ids_dtype, unique_rows=None) -> int:
+    """``padded_gather_bytes`` with the lookup formulas' arguments (num_blocks unused)."""
+    return padded_gather_bytes(m, k, dtype, ids_dtype, unique_rows=unique_rows)
+
+
+def _group(row: dict) -> tuple | None:
+    """The rows a row's time is compared with: the forward lookups (soft_select_fwd and
+    the padded gathers) of one L2 mode; None for the rest (no padded counterpart)."""
+    if row["op"] in ("soft_select_fwd", PADDED_OP):
+        return ("forward", f"L2 {row['l2']}")
+    return None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -185,6 +229,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--ids-dtype", choices=["int64", "int32"], default="int64")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
+    add_l2_argument(p)
     p.add_argument("--warmup", type=int, help="untimed iterations (default per device)")
     p.add_argument("--repeats", type=int, help="timed iterations (default per device)")
     p.add_argument("--copy-mib", type=int, help="copy-bandwidth buffer size (default per device)")
@@ -209,23 +254,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out, meta, copy_rate = start_run(
         args.out, device, bench=BENCH, shape=cfg, copy_bytes=copy_bytes
     )
-    for provider, op, fn, nbytes in cases:
-        measure(
-            out,
-            meta,
-            bench=BENCH,
-            shape=cfg,
-            provider=provider,
-            op=op,
-            fn=fn,
-            nbytes=nbytes,
-            copy_gbps=copy_rate,
-            device=device,
-            warmup=warmup,
-            repeats=repeats,
-        )
+    for provider, op, fn, nbytes, nbytes_dram in cases:
+        for l2 in l2_modes(args.l2, device):
+            measure(
+                out,
+                meta,
+                bench=BENCH,
+                shape=cfg,
+                provider=provider,
+                op=op,
+                fn=fn,
+                nbytes=nbytes,
+                nbytes_dram=nbytes_dram,
+                l2=l2,
+                copy_gbps=copy_rate,
+                device=device,
+                warmup=warmup,
+                repeats=repeats,
+            )
     rows = out.rows
-    print(report(BENCH, meta, cfg, rows, TABLE_COLUMNS, args.out))
+    notes = compare_to_best_padded(rows, is_padded=lambda r: r["op"] == PADDED_OP, group=_group)
+    out.save()
+    print(report(BENCH, meta, cfg, rows, TABLE_COLUMNS, args.out, notes))
     return rows
 
 

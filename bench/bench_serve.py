@@ -5,27 +5,33 @@ non-prefix set of dims, frequent rows more: per-row dims d = clamp(A·(1+row)^-0
 with A set for a target mean kept dim, 4 by default), Zipf lookups over
 frequency-sorted ids:
 
-* gather — ``mixemb.ops.ragged_gather`` (the extension) vs ``F.embedding`` on the unpruned
-  (N, K) table vs ``ragged_gather_reference`` (torch ops); on CUDA each mixemb op is also
+* gather — ``mixemb.ops.ragged_gather`` (the extension) vs the padded baselines on the
+  unpruned (N, K) table (``padded``: ``F.embedding``; ``padded-compile``: its
+  ``torch.compile``; ``padded-triton``, CUDA only: a hand-written Triton gather, see
+  ``padded.py``) vs ``ragged_gather_reference`` (torch ops); on CUDA each mixemb op is also
   timed on its other kernel variants (op arguments, ``VARIANTS``): ``mixemb-warp``, the
   one-warp-per-lookup kernels (``one_warp=True``), ``mixemb-u1`` … ``mixemb-u8``, the 16-lane
   kernels serving 1, 2, 4 or 8 lookups at once (``lookups_at_once``), and bags as
   ``mixemb-lanes`` and ``mixemb-lanes-u1`` … ``mixemb-lanes-u8``, the bag kernel whose lanes
   locate 32 lookups at once (``bag_kernel="lanes"``);
-* gather_out — the same two gathers into an output buffer allocated once
-  (``ragged_gather(..., out=)`` vs ``torch.index_select(..., out=)``): the kernels alone,
-  without the allocation and first-touch page faults of a fresh output;
-* bag — ``ragged_bag`` (sum, one bag per sample of F lookups) vs ``F.embedding_bag`` on the
-  unpruned table;
-* dot — ``ragged_dot`` of two lookups vs gather + multiply + sum on the unpruned table.
+* gather_out — the gathers into an output buffer allocated once (``ragged_gather(...,
+  out=)`` vs ``torch.index_select(..., out=)`` and, on CUDA, the Triton gather's ``out=``):
+  the kernels alone, without the allocation and first-touch page faults of a fresh output;
+* bag — ``ragged_bag`` (sum, one bag per sample of F lookups) vs ``F.embedding_bag`` and the
+  compiled gather + sum on the unpruned table;
+* dot — ``ragged_dot`` of two lookups vs gather + multiply + sum on the unpruned table,
+  eager and compiled.
 
 Each mixemb op also runs on the same pruned table stored with fp16 values
 (``mixemb-fp16``) and as an int8 table (``mixemb-int8``: uint8 codes plus a per-row fp16
 scale and bias, dequantized by the kernels into float32 rows).
 
-Reports ms, ideal bytes (``mixemb.reference``), GB/s, % of the copy bandwidth measured in
-the same run, and the bytes of each table, in all and per row. ``--sweep`` adds mean kept
-dims 2 and 6 and other lookup counts.
+Reports device ms and host µs per call (``timing.py``; with the L2 hot, cold or both,
+``--l2``), ideal bytes (``mixemb.reference``) with every lookup reading its row and,
+DRAM-only, each distinct row's metadata and kept values read once, GB/s, % of the copy
+bandwidth measured in the same run, each time over the fastest padded provider of its op
+(``vs_best_padded``), and the bytes of each table, in all and per row. ``--sweep`` adds
+mean kept dims 2 and 6 and other lookup counts.
 
     python bench/bench_serve.py --device cpu            # small shape on this CPU
     python bench/bench_serve.py --device cpu --rounds 5 # each case's fastest of 5 rounds
@@ -45,16 +51,21 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import padded  # noqa: E402
 from bench_reference import zipf_ids  # noqa: E402
 from common import (  # noqa: E402
+    compare_to_best_padded,
     measure,
     report,
     start_run,
 )
+from timing import add_l2_argument, l2_modes  # noqa: E402
 
 from mixemb.ops import ragged_bag, ragged_dot, ragged_gather  # noqa: E402
 from mixemb.ragged import RaggedTable  # noqa: E402
 from mixemb.reference import (  # noqa: E402
+    padded_bag_bytes,
+    padded_dot_bytes,
     padded_gather_bytes,
     ragged_bag_bytes,
     ragged_dot_bytes,
@@ -85,10 +96,16 @@ COLUMNS = [
     ("lookups", "lookups"),
     ("provider", "provider"),
     ("op", "op"),
+    ("l2", "L2"),
     ("ms", "ms"),
+    ("host_us", "host µs"),
     ("mb", "ideal MB"),
     ("gbps", "GB/s"),
     ("pct_of_copy", "% of copy"),
+    ("mb_dram", "DRAM MB"),
+    ("pct_of_copy_dram", "% of copy (DRAM)"),
+    ("vs_best_padded", "vs best padded"),
+    ("timing", "timing"),
     ("table_mb", "table MB"),
     ("bytes_per_row", "B/row"),
 ]
@@ -113,10 +130,12 @@ def pruned_table(rows: int, dim: int, mean_dim: float, device, seed: int = 0) ->
     return values * (ranks < dims.unsqueeze(1))
 
 
-def cases(cfg: dict, device: torch.device, variants: dict | None = None):
-    """(provider, op, fn, ideal bytes, table bytes) rows of one config; ``variants``
-    (default: VARIANTS on CUDA, none on CPU, where the kernels ignore them) adds the mixemb
-    ops' kernel variants."""
+def cases(
+    cfg: dict, device: torch.device, variants: dict | None = None, compile_: bool = True
+) -> list[tuple]:
+    """(provider, op, fn, ideal bytes, DRAM-only ideal bytes, table bytes) rows of one
+    config; ``variants`` (default: VARIANTS on CUDA, none on CPU, where the kernels ignore
+    them) adds the mixemb ops' kernel variants; ``compile_`` the padded-compile providers."""
     n, k = cfg["rows"], cfg["dim"]
     dense = pruned_table(n, k, cfg["mean_dim"], device)
     table = RaggedTable.from_dense(dense)
@@ -124,68 +143,92 @@ def cases(cfg: dict, device: torch.device, variants: dict | None = None):
     unpruned = torch.randn(n, k, device=device)  # what a padded table stores
     ids = zipf_ids(n, (cfg["batch"], cfg["fields"]), cfg["zipf"], device)
     flat = ids.reshape(-1)
-    m = flat.numel()
-    kept = int(table.row_dims()[flat].sum())
+    m, num_bags = flat.numel(), cfg["batch"]
+    dims = table.row_dims()
+    kept = int(dims[flat].sum())
     offsets = torch.arange(0, m, cfg["fields"], device=device)
     ids_b = zipf_ids(n, (m,), cfg["zipf"], device, seed=1)
-    kept_pair = kept + int(table.row_dims()[ids_b].sum())
+    kept_pair = kept + int(dims[ids_b].sum())
+    # DRAM-only: the distinct rows of the batch (of both sides of the dot), read once each
+    distinct = torch.unique(flat)
+    distinct_pair = torch.unique(torch.cat([flat, ids_b]))
+    u, kept_u = distinct.numel(), int(dims[distinct].sum())
+    u_pair, kept_u_pair = distinct_pair.numel(), int(dims[distinct_pair].sum())
     padded_bytes = unpruned.numel() * 4
-    g = ragged_gather_bytes(m, k, kept)
 
     def ours(provider: str, kw: dict, bag_only: bool, tbl: RaggedTable = table) -> list:
         """The mixemb ops on ``tbl`` run with the kernel variant kw."""
         # the byte formulas' dtype: the values' (fp32, fp16) or "int8"
         dtype = "int8" if tbl.scale_bias is not None else tbl.values.dtype
-        gb = ragged_gather_bytes(m, k, kept, dtype)
-        bag_bytes = ragged_bag_bytes(m, cfg["batch"], k, kept, dtype)
-        dot_bytes = ragged_dot_bytes(m, k, kept_pair, dtype)
+        gb = (
+            ragged_gather_bytes(m, k, kept, dtype),
+            ragged_gather_bytes(m, k, kept_u, dtype, unique_rows=u),
+        )
+        bag_bytes = (
+            ragged_bag_bytes(m, num_bags, k, kept, dtype),
+            ragged_bag_bytes(m, num_bags, k, kept_u, dtype, unique_rows=u),
+        )
+        dot_bytes = (
+            ragged_dot_bytes(m, k, kept_pair, dtype),
+            ragged_dot_bytes(m, k, kept_u_pair, dtype, unique_rows=u_pair),
+        )
         out = torch.empty(*ids.shape, k, dtype=tbl.rows_dtype, device=device)
-        bag = [(provider, "bag", lambda: ragged_bag(tbl, flat, offsets, **kw), bag_bytes)]
+        bag = [(provider, "bag", lambda: ragged_bag(tbl, flat, offsets, **kw), *bag_bytes)]
         if bag_only:
             return [(*row, tbl.nbytes()) for row in bag]
         rows = [
-            (provider, "gather", lambda: ragged_gather(tbl, ids, **kw), gb),
+            (provider, "gather", lambda: ragged_gather(tbl, ids, **kw), *gb),
             # into a reused output buffer: the kernel without allocation and first-touch
             # page faults (most of a big fresh CPU output's cost)
-            (provider, "gather_out", lambda: ragged_gather(tbl, ids, out=out, **kw), gb),
+            (provider, "gather_out", lambda: ragged_gather(tbl, ids, out=out, **kw), *gb),
             *bag,
-            (provider, "dot", lambda: ragged_dot(tbl, flat, tbl, ids_b, **kw), dot_bytes),
+            (provider, "dot", lambda: ragged_dot(tbl, flat, tbl, ids_b, **kw), *dot_bytes),
         ]
         return [(*row, tbl.nbytes()) for row in rows]
 
     out_padded = torch.empty(m, k, device=device)
-    rows = [
-        *ours("mixemb", {}, False),
-        *[row for name, t in formats.items() for row in ours(f"mixemb-{name}", {}, False, t)],
-        (
-            "padded",
-            "gather",
-            lambda: F.embedding(ids, unpruned),
-            padded_gather_bytes(m, k),
-            padded_bytes,
-        ),
-        ("reference", "gather", lambda: ragged_gather_reference(table, ids), g, table.nbytes()),
+    g = (ragged_gather_bytes(m, k, kept), ragged_gather_bytes(m, k, kept_u, unique_rows=u))
+    pg = (padded_gather_bytes(m, k), padded_gather_bytes(m, k, unique_rows=u))
+    pb = (
+        padded_bag_bytes(m, num_bags, k),
+        padded_bag_bytes(m, num_bags, k, unique_rows=u),
+    )
+    pd = (padded_dot_bytes(m, k), padded_dot_bytes(m, k, unique_rows=u_pair))
+    baselines = [
+        ("padded", "gather", lambda: F.embedding(ids, unpruned), *pg),
         (
             "padded",
             "gather_out",
             lambda: torch.index_select(unpruned, 0, flat, out=out_padded),
-            padded_gather_bytes(m, k),
-            padded_bytes,
+            *pg,
         ),
-        (
-            "padded",
-            "bag",
-            lambda: F.embedding_bag(flat, unpruned, offsets, mode="sum"),
-            m * k * 4 + m * 8 + cfg["batch"] * k * 4,
-            padded_bytes,
-        ),
-        (
-            "padded",
-            "dot",
-            lambda: (unpruned[flat] * unpruned[ids_b]).sum(1),
-            2 * m * k * 4 + 2 * m * 8 + m * 4,
-            padded_bytes,
-        ),
+        ("padded", "bag", lambda: F.embedding_bag(flat, unpruned, offsets, mode="sum"), *pb),
+        ("padded", "dot", lambda: padded.dot(unpruned, flat, ids_b), *pd),
+    ]
+    if compile_:
+        gather_c, bag_c, dot_c = (
+            torch.compile(fn, dynamic=False) for fn in (padded.gather, padded.bag_sum, padded.dot)
+        )
+        baselines += [
+            ("padded-compile", "gather", lambda: gather_c(unpruned, ids), *pg),
+            ("padded-compile", "bag", lambda: bag_c(unpruned, ids), *pb),  # a bag per sample
+            ("padded-compile", "dot", lambda: dot_c(unpruned, flat, ids_b), *pd),
+        ]
+    if device.type == "cuda":
+        baselines += [
+            ("padded-triton", "gather", lambda: padded.triton_gather(unpruned, ids), *pg),
+            (
+                "padded-triton",
+                "gather_out",
+                lambda: padded.triton_gather(unpruned, flat, out=out_padded),
+                *pg,
+            ),
+        ]
+    rows = [
+        *ours("mixemb", {}, False),
+        *[row for name, t in formats.items() for row in ours(f"mixemb-{name}", {}, False, t)],
+        *[(*row, padded_bytes) for row in baselines],
+        ("reference", "gather", lambda: ragged_gather_reference(table, ids), *g, table.nbytes()),
     ]
     ops = ["gather", "gather_out", "bag", "dot"]
     rows.sort(key=lambda row: ops.index(row[1]))  # by op; providers keep their order
@@ -203,13 +246,25 @@ def _ms(row: dict) -> float:
 
 def loop_case(name: str, cfg: dict, device: torch.device, seconds: float) -> None:
     """Call the case ``name`` ("provider:op") of config ``cfg`` until ``seconds`` pass."""
-    fns = {f"{provider}:{op}": fn for provider, op, fn, _, _ in cases(cfg, device, {})}
+    fns = {f"{provider}:{op}": fn for provider, op, fn, *_ in cases(cfg, device, {})}
     if name not in fns:
         raise SystemExit(f"--loop must be one of {sorted(fns)}, got {name!r}")
     fn = fns[name]
     stop = time.perf_counter() + seconds
     while time.perf_counter() < stop:
         fn()
+
+
+def _group(row: dict) -> tuple | None:
+    """The rows a row's time is compared with: its config, op and L2 mode (not the copy)."""
+    if row["op"] == "copy":
+        return None
+    return (
+        f"mean dim {row['mean_dim']}",
+        f"{row['lookups']} lookups",
+        row["op"],
+        f"L2 {row['l2']}",
+    )
 
 
 class _Kept:
@@ -233,6 +288,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="also time the kernel variants (VARIANTS; default: on CUDA only, the CPU "
         "kernels ignore them)",
     )
+    p.add_argument("--no-compile", action="store_true", help="leave out padded-compile")
+    add_l2_argument(p)
     p.add_argument("--repeats", type=int)
     p.add_argument(
         "--rounds",
@@ -273,14 +330,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.rounds < 1:
         raise SystemExit(f"--rounds must be >= 1, got {args.rounds}")
     out, meta, copy_rate = start_run(args.out, device, bench=BENCH, shape=base)
+    modes = l2_modes(args.l2, device)
     plan = []
     for cfg in configs:
         cfg = {**cfg, "lookups": cfg["batch"] * cfg["fields"]}
         variants = None if args.variants is None else (VARIANTS if args.variants else {})
-        plan += [(cfg, case) for case in cases(cfg, device, variants)]
+        config_cases = cases(cfg, device, variants, compile_=not args.no_compile)
+        plan += [(cfg, case, l2) for case in config_cases for l2 in modes]
     best: list[dict | None] = [None] * len(plan)
-    for _ in range(args.rounds):
-        for k, (cfg, (provider, op, fn, nbytes, table_bytes)) in enumerate(plan):
+    for last in [False] * (args.rounds - 1) + [True]:
+        for k, (cfg, (provider, op, fn, nbytes, nbytes_dram, table_bytes), l2) in enumerate(plan):
             row = measure(
                 _Kept(),
                 meta,
@@ -290,6 +349,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 op=op,
                 fn=fn,
                 nbytes=nbytes,
+                nbytes_dram=nbytes_dram,
+                l2=l2,
                 copy_gbps=copy_rate,
                 device=device,
                 warmup=warmup,
@@ -301,10 +362,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
             if best[k] is None or _ms(row) < _ms(best[k]):
                 best[k] = row
-    for row in best:
-        out.add(row)
+            if last:  # saved as soon as it is final, so a killed run keeps it
+                out.add(best[k])
     rows = out.rows
-    print(report(BENCH, meta, base, rows, COLUMNS, args.out))
+    notes = compare_to_best_padded(rows, is_padded=padded.is_padded, group=_group)
+    out.save()
+    print(report(BENCH, meta, base, rows, COLUMNS, args.out, notes))
     return rows
 
 

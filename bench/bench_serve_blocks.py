@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_reference import zipf_ids  # noqa: E402
 from bench_serve import COLUMNS, ITERS, SHAPES, VALUE_FORMATS, _Kept, _ms  # noqa: E402
-from common import measure, report, start_run  # noqa: E402
+from common import compare_to_best_padded, measure, report, start_run  # noqa: E402
 
 from mixemb.block_table import BlockTable  # noqa: E402
 from mixemb.ops.block_table import block_gather  # noqa: E402
@@ -56,7 +56,8 @@ from mixemb.reference import (  # noqa: E402
 
 BENCH = "bench_serve_blocks"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / f"{BENCH}.json"
-ROUND_COLUMNS = [*COLUMNS[:5], ("ms_rounds", "ms (median of rounds)"), *COLUMNS[5:]]
+_AFTER_MS = COLUMNS.index(("ms", "ms")) + 1
+ROUND_COLUMNS = [*COLUMNS[:_AFTER_MS], ("ms_rounds", "ms (median of rounds)"), *COLUMNS[_AFTER_MS:]]
 
 
 def block_pruned_table(rows: int, dim: int, blocks: int, mean_dim: float, device, seed: int = 0):
@@ -186,7 +187,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ok = [r["ms"] for r in rounds if r["ms"] is not None]
         out.add({**best, "ms_rounds": statistics.median(ok) if ok else None})
     rows = out.rows
-    print(report(BENCH, meta, cfg, rows, ROUND_COLUMNS, args.out))
+    notes = compare_to_best_padded(
+        rows,
+        is_padded=lambda r: r["provider"].startswith("padded"),
+        group=lambda r: None if r["op"] == "copy" else r["op"],
+    )
+    out.save()
+    print(report(BENCH, meta, cfg, rows, ROUND_COLUMNS, args.out, notes))
     return rows
 
 

@@ -15,6 +15,12 @@ providers
 * reference  ``soft_select_lookup(backend="reference")``: hand-written backward, eager
 * eager      the unfused reference expression + autograd + ``normalize_alpha_grad``
 * compile    ``torch.compile`` of the eager provider
+* padded, padded-compile, padded-triton   the padded baselines of fwd and bag_fwd
+             (``padded.py``): a plain lookup of the same table without α (``F.embedding``
+             / ``F.embedding_bag``, their compiled gather / gather + sum, and on CUDA the
+             Triton gather, fwd only); padded-alpha-compile, fwd only: the compiled
+             gather × α[block], the same math as fwd; the sweep keeps padded and
+             padded-triton (no compile per config)
 * torch      the copy that sets the memory-speed limit
 
 ops (every step is forward + backward, as one training step runs them)
@@ -31,8 +37,12 @@ ops (every step is forward + backward, as one training step runs them)
                          then ``mixemb.nn.searchable.pool``), eager/compile its reference
 
 Ideal bytes come from ``mixemb.reference`` (one read of inputs, one write of outputs per
-pass, every lookup reading its row); the sort of the deterministic weights step is extra
-traffic the ideal does not count.
+pass), twice: every lookup reading its row (``bytes``) and each distinct row of the batch
+read once (``bytes_dram``). An op that returns a dense (N, K) weight gradient
+(``DENSE_GRAD_OPS``) also counts its zero fill, N·K·itemsize written; the sort of the
+deterministic weights step is extra traffic the ideal does not count. Times are device ms
+and host µs per call (``timing.py``), with the L2 hot, cold or both (``--l2``); each row's
+``vs_best_padded`` divides its time by the fastest padded provider of its op.
 
     python bench/bench_train.py                      # cuda: full shape; cpu: small
     python bench/bench_train.py --device cuda --sweep
@@ -48,10 +58,19 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import padded  # noqa: E402
 from bench_reference import TABLE_COLUMNS, zipf_ids  # noqa: E402
-from common import DEFAULT_ITERS, measure, report, start_run  # noqa: E402
+from common import (  # noqa: E402
+    DEFAULT_ITERS,
+    compare_to_best_padded,
+    measure,
+    report,
+    start_run,
+)
+from timing import add_l2_argument, l2_modes  # noqa: E402
 
 from mixemb.nn import FusedOptimizer  # noqa: E402
 from mixemb.nn.searchable import pool  # noqa: E402
@@ -61,6 +80,8 @@ from mixemb.reference import (  # noqa: E402
     block_of,
     equal_boundaries,
     normalize_alpha_grad,
+    padded_bag_bytes,
+    padded_gather_bytes,
     soft_select_alpha_grad_bytes,
     soft_select_bag_bytes,
     soft_select_bag_reference,
@@ -98,6 +119,10 @@ OPS = [
     "bag_alpha_step",
     "bag_weights_step",
 ]
+# The ops whose weight gradient is a dense (N, K) tensor, zero-filled every step: the
+# fill is N·K·itemsize written, counted in their ideal bytes.
+DENSE_GRAD_OPS = ("weights_step", "weights_step_atomic", "both_step", "bag_weights_step")
+PADDED_OPS = ("fwd", "bag_fwd")
 
 
 def make_inputs(cfg: dict, device: torch.device) -> dict:
@@ -128,11 +153,23 @@ def make_inputs(cfg: dict, device: torch.device) -> dict:
     )  # fmt: skip
 
 
-def ideal_bytes(cfg: dict, op: str, block_map: bool = False) -> int:
+def ideal_bytes(cfg: dict, op: str, block_map: bool = False, unique_rows: int | None = None) -> int:
+    """Ideal bytes of ``op`` at ``cfg``: every lookup reading its row (unique_rows None)
+    or U distinct rows read once (the DRAM-only figure); a dense weight gradient's zero
+    fill included (DENSE_GRAD_OPS)."""
     args = (cfg["batch"] * cfg["fields"], cfg["dim"], cfg["blocks"])
-    kw = dict(ids_dtype=getattr(torch, cfg.get("ids_dtype", "int64")), block_map=block_map)
+    kw = dict(
+        ids_dtype=getattr(torch, cfg.get("ids_dtype", "int64")),
+        block_map=block_map,
+        unique_rows=unique_rows,
+    )
+    fill = cfg["rows"] * cfg["dim"] * torch.float32.itemsize if op in DENSE_GRAD_OPS else 0
+    return fill + _step_bytes(op, args, kw, cfg["batch"])
+
+
+def _step_bytes(op: str, args: tuple, kw: dict, num_bags: int) -> int:
     if op.startswith("bag_"):
-        bag = (args[0], cfg["batch"], *args[1:])
+        bag = (args[0], num_bags, *args[1:])
         fwd = soft_select_bag_bytes(*bag, **kw)
         step = {"bag_alpha_step": "alpha", "bag_weights_step": "weights"}.get(op)
         return fwd + (soft_select_bag_bytes(*bag, **kw, step=step) if step else 0)
@@ -154,6 +191,22 @@ def ideal_bytes(cfg: dict, op: str, block_map: bool = False) -> int:
             + soft_select_weight_grad_bytes(*args, **kw)
         )
     raise ValueError(op)
+
+
+def provider_bytes(cfg: dict, provider: str, op: str, unique_rows: int | None = None) -> int:
+    """Ideal bytes of what ``provider`` computes for ``op``: a plain lookup's (gather or
+    bag, no α) for the padded baselines that skip α, ``ideal_bytes`` otherwise."""
+    if provider in ("padded", "padded-compile", "padded-triton"):
+        m, k = cfg["batch"] * cfg["fields"], cfg["dim"]
+        ids_dtype = getattr(torch, cfg.get("ids_dtype", "int64"))
+        if op == "fwd":
+            return padded_gather_bytes(m, k, ids_dtype=ids_dtype, unique_rows=unique_rows)
+        if op == "bag_fwd":
+            return padded_bag_bytes(
+                m, cfg["batch"], k, ids_dtype=ids_dtype, unique_rows=unique_rows
+            )
+        raise ValueError(f"no padded baseline for {op}")
+    return ideal_bytes(cfg, op, provider.endswith("+map"), unique_rows)
 
 
 def _blocks(x: dict, by_map: bool) -> tuple:
@@ -339,6 +392,34 @@ def bag_launcher_cases(x: dict) -> dict:
     return {"bag_fwd": fwd, "bag_alpha_step": alpha_step, "bag_weights_step": weights_step}
 
 
+def padded_cases(x: dict, device: torch.device, compile_: bool) -> list[tuple[str, dict]]:
+    """(provider, {op: callable}) of the padded baselines of fwd and bag_fwd (module
+    docstring); ``compile_`` adds the torch.compile ones."""
+    w, a, b, ids = x["weight"], x["alpha"], x["boundaries"], x["ids"]
+    flat = ids.reshape(-1)
+    offsets = x["offsets"][:-1].to(flat.dtype)  # a bag per sample, of the ids' dtype
+    out = [
+        (
+            "padded",
+            {
+                "fwd": lambda: F.embedding(ids, w),
+                "bag_fwd": lambda: F.embedding_bag(flat, w, offsets, mode="sum"),
+            },
+        )
+    ]
+    if compile_:
+        gather = torch.compile(padded.gather, dynamic=False)
+        bag = torch.compile(padded.bag_sum, dynamic=False)
+        lookup = torch.compile(soft_select_lookup_reference, dynamic=False)
+        out.append(
+            ("padded-compile", {"fwd": lambda: gather(w, ids), "bag_fwd": lambda: bag(w, ids)})
+        )
+        out.append(("padded-alpha-compile", {"fwd": lambda: lookup(w, a, b, ids)}))
+    if device.type == "cuda":
+        out.append(("padded-triton", {"fwd": lambda: padded.triton_gather(w, ids)}))
+    return out
+
+
 def providers(x: dict, device: torch.device, args) -> list[tuple[str, dict]]:
     out = []
     if device.type == "cuda":
@@ -352,6 +433,8 @@ def providers(x: dict, device: torch.device, args) -> list[tuple[str, dict]]:
         out.append(("eager", eager_cases(x, compile_=False) | bag_cases(x, "eager")))
         if not args.no_compile:
             out.append(("compile", eager_cases(x, compile_=True) | bag_cases(x, "compile")))
+    compile_ = not (args.no_compile or args.sweep_only_fused)
+    out += padded_cases(x, device, compile_)
     return out
 
 
@@ -378,17 +461,25 @@ def run_config(cfg, device, args, warmup, repeats, copy_bytes, ops) -> list[dict
         for op in ops:
             if op not in cases:
                 continue
-            measure(
-                out, meta, bench=BENCH, shape=cfg, provider=provider, op=op, fn=cases[op],
-                nbytes=ideal_bytes(cfg, op, provider.endswith("+map")), copy_gbps=copy_rate,
-                device=device,
-                warmup=warmup, repeats=repeats,
-            )  # fmt: skip
+            for l2 in l2_modes(args.l2, device):
+                measure(
+                    out, meta, bench=BENCH, shape=cfg, provider=provider, op=op, fn=cases[op],
+                    nbytes=provider_bytes(cfg, provider, op),
+                    nbytes_dram=provider_bytes(cfg, provider, op, cfg["unique_ids"]),
+                    l2=l2, copy_gbps=copy_rate, device=device, warmup=warmup, repeats=repeats,
+                )  # fmt: skip
     del x
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    print(report(BENCH, meta, cfg, out.rows, TABLE_COLUMNS, args.out))
+    notes = compare_to_best_padded(out.rows, is_padded=padded.is_padded, group=_group)
+    out.save()
+    print(report(BENCH, meta, cfg, out.rows, TABLE_COLUMNS, args.out, notes))
     return out.rows
+
+
+def _group(row: dict) -> tuple | None:
+    """The rows a row's time is compared with: its op and L2 mode (not the copy)."""
+    return None if row["op"] == "copy" else (row["op"], f"L2 {row['l2']}")
 
 
 def parse_args(argv):
@@ -403,7 +494,12 @@ def parse_args(argv):
     p.add_argument("--zipf", type=float, help="0 = uniform ids")
     p.add_argument("--ids-dtype", choices=["int64", "int32"], default="int64")
     p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {OPS}")
-    p.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
+    p.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="skip torch.compile(reference) and the padded-compile baselines",
+    )
+    add_l2_argument(p)
     p.add_argument("--sweep", action="store_true", help="also run the K × lookups × ids sweep")
     p.add_argument(
         "--sweep-only-fused", action="store_true",

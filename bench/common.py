@@ -1,10 +1,12 @@
-"""Shared bench helpers: timing, copy bandwidth, result rows, atomic JSON + Markdown output.
+"""Shared bench helpers: copy bandwidth, result rows, atomic JSON + Markdown output.
 
 Every bench in this folder measures its providers side by side in one process and reports
-each as: median ms, the op's ideal bytes (from ``mixemb.reference``), the memory-speed limit
-= bytes / copy bandwidth, GB/s = bytes / time, and % of the copy bandwidth measured in the
-same run (so rows from different machines compare as fractions of what that machine's
-memory can do).
+each as: median device ms and host µs per call (``timing.py``), the op's ideal bytes (from
+``mixemb.reference``) with every lookup reading its row and, DRAM-only, each distinct row
+read once, the memory-speed limit = bytes / copy bandwidth, GB/s = bytes / time, and % of
+the copy bandwidth measured in the same run (so rows from different machines compare as
+fractions of what that machine's memory can do), and each time over the fastest padded
+baseline of its op.
 """
 
 from __future__ import annotations
@@ -12,15 +14,14 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
-import statistics
 import subprocess
 import sys
-import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
 import torch
+from timing import Timing, time_call
 
 from mixemb.train.checkpoint import atomic_write_text
 
@@ -39,50 +40,29 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of ``fn()`` in ms: CUDA events on GPU, perf_counter on CPU.
-
-    Each repeat is timed on its own (median, not mean, so one stray slow iteration does
-    not move the result); caches stay warm between repeats, as they do in training.
-    """
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    if device.type == "cuda":
-        pairs = []
-        for _ in range(repeats):
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            pairs.append((start, end))
-        torch.cuda.synchronize(device)
-        times = [s.elapsed_time(e) for s, e in pairs]
-    else:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+def time_ms(
+    fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, l2: str = "hot"
+) -> float:
+    """Median device time of ``fn()`` in ms (``timing.time_call``: CUDA graph replays on
+    GPU, ``perf_counter`` on CPU)."""
+    return time_call(fn, device, warmup, repeats, l2).ms
 
 
 def copy_bandwidth(
     device: torch.device, nbytes: int | None = None, warmup: int = 2, repeats: int = 10
-) -> tuple[float, float, int]:
+) -> tuple[float, Timing, int]:
     """Measure ``dst.copy_(src)`` of ``nbytes`` (default ``COPY_BYTES[device.type]``).
 
-    Returns (GB/s, median ms, nbytes), with GB/s = 2 * nbytes / time (read + write), the
-    same read + write accounting as the ideal-bytes formulas.
+    Returns (GB/s, its Timing, nbytes), with GB/s = 2 * nbytes / device time (read +
+    write), the same read + write accounting as the ideal-bytes formulas.
     """
     nbytes = COPY_BYTES[device.type] if nbytes is None else nbytes
     n = max(nbytes // 4, 1)
     src = torch.ones(n, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    ms = time_ms(lambda: dst.copy_(src), device, warmup, repeats)
+    timing = time_call(lambda: dst.copy_(src), device, warmup, repeats)
     nbytes = n * 4
-    return gbps(2 * nbytes, ms), ms, nbytes
+    return gbps(2 * nbytes, timing.ms), timing, nbytes
 
 
 def gbps(nbytes: int, ms: float) -> float:
@@ -150,13 +130,19 @@ def result_row(
     nbytes: int,
     copy_gbps: float,
     error: str | None = None,
+    nbytes_dram: int | None = None,
+    timing: Timing | None = None,
 ) -> dict:
-    """One result: ``meta`` + what ran + ms, ideal bytes, limit, GB/s and % of copy.
+    """One result: ``meta`` + what ran + ms, ideal bytes, limit, GB/s and % of copy, the
+    same for the DRAM-only bytes, and how the time was taken.
 
     ``limit_ms`` = nbytes / copy bandwidth: the time an ideal kernel would take here.
-    ``ms=None`` (the provider failed) leaves the rate columns None.
+    ``nbytes_dram``: the ideal bytes with each distinct row read once (None where the bench
+    does not count them). ``timing``: where ``ms`` came from (host µs, method, L2 mode,
+    note). ``ms=None`` (the provider failed) leaves the rate columns None.
     """
     rate = gbps(nbytes, ms) if ms else None
+    rate_dram = gbps(nbytes_dram, ms) if ms and nbytes_dram is not None else None
     return {
         **meta,
         "bench": bench,
@@ -168,6 +154,16 @@ def result_row(
         "limit_ms": nbytes / copy_gbps / 1e6,
         "gbps": rate,
         "pct_of_copy": 100.0 * rate / copy_gbps if rate else None,
+        "bytes_dram": nbytes_dram,
+        "limit_ms_dram": None if nbytes_dram is None else nbytes_dram / copy_gbps / 1e6,
+        "pct_of_copy_dram": 100.0 * rate_dram / copy_gbps if rate_dram else None,
+        "host_us": None if timing is None else timing.host_us,
+        "timing": None if timing is None else timing.method,
+        "timing_note": None if timing is None else timing.note,
+        "l2": None if timing is None else timing.l2,
+        "repeats": None if timing is None else timing.repeats,
+        "vs_best_padded": None,  # set by compare_to_best_padded
+        "best_padded": None,
         "error": error,
     }
 
@@ -192,6 +188,10 @@ class RowsFile:
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
+        self.save()
+
+    def save(self) -> None:
+        """Rewrite the file (after this run's rows were changed in place)."""
         atomic_write_text(json.dumps(self.earlier + self.rows, indent=1) + "\n", self.path)
 
 
@@ -241,13 +241,16 @@ def measure(
     device: torch.device,
     warmup: int,
     repeats: int,
+    nbytes_dram: int | None = None,
+    l2: str = "hot",
     **extra: object,
 ) -> dict:
-    """Time ``fn`` and add its row to ``out``; a failing provider gets a row with its
-    traceback (``error``) instead of stopping the run."""
-    ms, error = None, None
+    """Time ``fn`` (``timing.time_call`` with caches ``l2``: "hot" or "cold") and add its
+    row to ``out``; a failing provider gets a row with its traceback (``error``) instead of
+    stopping the run."""
+    timing, error = None, None
     try:
-        ms = time_ms(fn, device, warmup, repeats)
+        timing = time_call(fn, device, warmup, repeats, l2)
     except Exception:  # e.g. no compiler for torch.compile: the other providers still run
         error = traceback.format_exc(limit=3)
         print(f"{provider} {op} failed:\n{error}", file=sys.stderr)
@@ -257,26 +260,92 @@ def measure(
         shape=shape,
         provider=provider,
         op=op,
-        ms=ms,
+        ms=None if timing is None else timing.ms,
         nbytes=nbytes,
         copy_gbps=copy_gbps,
         error=error,
+        nbytes_dram=nbytes_dram,
+        timing=timing,
     )
+    row["l2"] = l2
     row.update(extra)
     out.add(row)
     return row
 
 
-def report(bench: str, meta: dict, shape: dict, rows: Sequence[dict], columns, out: Path) -> str:
-    """The Markdown table of ``rows`` (with an "mb" column), written beside ``out`` as .md
-    and returned."""
+def compare_to_best_padded(
+    rows: Sequence[dict],
+    *,
+    is_padded: Callable[[dict], bool],
+    group: Callable[[dict], Hashable | None],
+) -> list[str]:
+    """Set ``vs_best_padded`` (ms / the fastest padded row's ms) and ``best_padded`` (that
+    row's provider) on each row of ``rows`` in place, within its group.
+
+    group(row): the key of the rows compared with each other (an op, its shape, its L2
+    mode), or None to leave a row out (the copy). is_padded(row): whether a row is a
+    padded baseline. Rows of a group without a timed padded row, and failed rows, get None.
+    Returns one line per group: its fastest padded provider and time.
+    """
+    best: dict = {}
+    for row in rows:
+        key = group(row)
+        if key is None or row.get("ms") is None or not is_padded(row):
+            continue
+        if key not in best or row["ms"] < best[key]["ms"]:
+            best[key] = row
+    for row in rows:
+        key = group(row)
+        fastest = None if key is None else best.get(key)
+        timed = fastest is not None and row.get("ms") is not None
+        row["vs_best_padded"] = row["ms"] / fastest["ms"] if timed else None
+        row["best_padded"] = fastest["provider"] if fastest is not None else None
+    return [
+        f"fastest padded, {_label(key)}: {row['provider']} {_fmt(row['ms'])} ms"
+        for key, row in best.items()
+    ]
+
+
+def _label(key: Hashable) -> str:
+    return ", ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+
+
+def report(
+    bench: str,
+    meta: dict,
+    shape: dict,
+    rows: Sequence[dict],
+    columns,
+    out: Path,
+    notes: Sequence[str] = (),
+) -> str:
+    """The Markdown table of ``rows`` (with "mb" and "mb_dram" columns) and ``notes`` (one
+    line each, e.g. the fastest padded provider per op; every timing note is added),
+    written beside ``out`` as .md and returned."""
     shape_text = ", ".join(f"{k}={v}" for k, v in shape.items())
-    table = markdown_table([{**r, "mb": r["bytes"] / 1e6} for r in rows], columns)
+    table = markdown_table(
+        [
+            {
+                **r,
+                "mb": r["bytes"] / 1e6,
+                "mb_dram": None if r.get("bytes_dram") is None else r["bytes_dram"] / 1e6,
+            }
+            for r in rows
+        ],
+        columns,
+    )
+    notes = list(notes) + [
+        f"{r['provider']} {r['op']} (L2 {r.get('l2')}): {r['timing_note']}"
+        for r in rows
+        if r.get("timing_note")
+    ]
     text = (
         f"## {bench} on {meta['device']}\n\n"
         f"torch {meta['torch']}, commit {meta['commit']}, {meta['date']}\n\n"
         f"shape: {shape_text}\n\n{table}"
     )
+    if notes:
+        text += "\n" + "".join(f"* {line}\n" for line in notes)
     write_markdown(Path(out).with_suffix(".md"), text)
     return text
 
@@ -289,7 +358,7 @@ def start_run(
     Returns (rows file, run metadata, copy bandwidth in GB/s) for :func:`measure`.
     """
     meta = run_metadata(device)
-    copy_rate, copy_ms, copy_nbytes = copy_bandwidth(device, copy_bytes)
+    copy_rate, copy_timing, copy_nbytes = copy_bandwidth(device, copy_bytes)
     out = RowsFile(path)
     out.add(
         result_row(
@@ -298,9 +367,11 @@ def start_run(
             shape=shape,
             provider="torch",
             op="copy",
-            ms=copy_ms,
+            ms=copy_timing.ms,
             nbytes=2 * copy_nbytes,
             copy_gbps=copy_rate,
+            nbytes_dram=2 * copy_nbytes,
+            timing=copy_timing,
         )
     )
     return out, meta, copy_rate

@@ -136,8 +136,9 @@ step_bench_reference() {
 }
 
 step_bench_train_sweep() {
+  # hot L2 only: the sweep is about scaling over K, lookups and ids; cold doubles its rows
   "$PYTHON" bench/bench_train.py --device cuda --shape full --sweep --sweep-only-fused \
-    --ops fwd,alpha_step,weights_step,weights_step_sgd --warmup 3 --repeats 10 \
+    --ops fwd,alpha_step,weights_step,weights_step_sgd --warmup 3 --repeats 10 --l2 hot \
     --out "$WORK/bench_train_sweep.json"
 }
 

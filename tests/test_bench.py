@@ -9,7 +9,44 @@ from pathlib import Path
 import pytest
 import torch
 
+from mixemb.reference import (
+    soft_select_fused_update_bytes,
+    soft_select_lookup_bytes,
+    soft_select_weight_grad_bytes,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def check_columns(rows: list[dict]) -> None:
+    """The timing, DRAM and padded-comparison columns of a CPU run, consistent with each
+    other and with the copy row."""
+    copy = next(r for r in rows if r["op"] == "copy")
+    for r in rows:
+        assert r["error"] is None and r["timing"] == "cpu_wall" and r["l2"] in ("hot", "cold")
+        assert r["host_us"] == pytest.approx(r["ms"] * 1e3)  # on CPU the same measurement
+        assert 0 < r["bytes_dram"] <= r["bytes"]
+        ratio = r["bytes_dram"] / r["bytes"]
+        assert r["limit_ms_dram"] == pytest.approx(r["limit_ms"] * ratio)
+        assert r["pct_of_copy"] == pytest.approx(100 * r["bytes"] / (r["ms"] * 1e6) / copy["gbps"])
+        assert r["pct_of_copy_dram"] == pytest.approx(r["pct_of_copy"] * ratio)
+
+
+def check_vs_best_padded(rows: list[dict], group, is_padded) -> None:
+    """Each row's vs_best_padded is its ms over the fastest padded row of its group."""
+    best: dict = {}
+    for r in rows:
+        if group(r) is not None and is_padded(r):
+            best[group(r)] = min(best.get(group(r), float("inf")), r["ms"])
+    assert best
+    for r in rows:
+        key = group(r)
+        if key in best:
+            assert r["vs_best_padded"] == pytest.approx(r["ms"] / best[key])
+        else:
+            assert r["vs_best_padded"] is None
+    for key in best:
+        assert any(is_padded(r) and r["vs_best_padded"] == 1.0 for r in rows if group(r) == key)
 
 
 @pytest.fixture
@@ -46,7 +83,21 @@ def test_main_writes_rows_for_every_provider_and_op(bench_reference, tmp_path):
         assert 0 < r["ms"] < 5000 and r["bytes"] > 0 and r["gbps"] > 0 and r["pct_of_copy"] > 0
         assert r["shape"]["rows"] == 500 and r["shape"]["lookups"] == 32
         assert r["torch"] == torch.__version__ and r["date"] and r["device"].startswith("cpu")
-    assert "| eager | soft_select_fwd |" in out.with_suffix(".md").read_text()
+        assert r["l2"] == "hot"  # the default on CPU
+    check_columns(rows)
+    forward = {"soft_select_fwd", "padded_gather_fwd"}
+    check_vs_best_padded(
+        rows,
+        group=lambda r: r["l2"] if r["op"] in forward else None,
+        is_padded=lambda r: r["op"] == "padded_gather_fwd",
+    )
+    fwd_bwd = next(r for r in rows if r["op"] == "soft_select_fwd_bwd")
+    fwd = next(r for r in rows if r["op"] == "soft_select_fwd")
+    assert fwd["bytes_dram"] < fwd["bytes"]  # 32 Zipf lookups of 500 rows repeat some
+    # the dense (N, K) weight gradient's zero fill is counted in both figures
+    assert fwd_bwd["bytes"] - 500 * 64 * 4 > fwd["bytes"]
+    text = out.with_suffix(".md").read_text()
+    assert "| eager | soft_select_fwd |" in text and "fastest padded, forward, L2 hot" in text
 
 
 def test_ragged_format_bytes_match_the_stored_table(monkeypatch, tmp_path):
@@ -66,9 +117,8 @@ def test_bench_serve_runs_every_provider(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
     serve = importlib.import_module("bench_serve")
     out = tmp_path / "serve.json"
-    rows = serve.main(
-        ["--device", "cpu", "--rows", "2000", "--batch", "16", "--repeats", "1", "--out", str(out)]
-    )
+    argv = ["--device", "cpu", "--rows", "2000", "--batch", "16", "--repeats", "1", "--no-compile"]
+    rows = serve.main([*argv, "--l2", "both", "--out", str(out)])
     got = {(r["provider"], r["op"]) for r in rows}
     assert {
         ("mixemb", "gather"),
@@ -83,6 +133,16 @@ def test_bench_serve_runs_every_provider(monkeypatch, tmp_path):
     } <= got
     assert all(r["ms"] > 0 for r in rows)
     assert json.loads(out.read_text())[-1]["op"] == "dot"
+    check_columns(rows)
+    timed = [r for r in rows if r["op"] != "copy"]
+    hot = {(r["provider"], r["op"]) for r in timed if r["l2"] == "hot"}
+    assert hot == {(r["provider"], r["op"]) for r in timed if r["l2"] == "cold"}
+    assert len(timed) == 2 * len(hot)
+    check_vs_best_padded(
+        rows,
+        group=lambda r: None if r["op"] == "copy" else (r["op"], r["l2"]),
+        is_padded=lambda r: r["provider"].startswith("padded"),
+    )
 
 
 def test_pruned_bench_table_hits_its_mean_dim_with_hot_rows_keeping_more(monkeypatch):
@@ -105,7 +165,23 @@ def test_bench_train_runs_every_provider_and_op(monkeypatch, tmp_path):
     got = {(r["provider"], r["op"]) for r in rows if not r["error"]}
     assert {("op", op) for op in train.OPS} <= got
     assert {("reference", "both_step"), ("eager", "alpha_step")} <= got
+    assert {("padded", "fwd"), ("padded", "bag_fwd")} <= got
     assert all(r["ms"] > 0 and r["bytes"] > 0 for r in rows)
+    check_columns(rows)
+    check_vs_best_padded(
+        rows,
+        group=lambda r: (r["op"], r["l2"]) if r["op"] in train.PADDED_OPS else None,
+        is_padded=lambda r: r["provider"].startswith("padded"),
+    )
+    cfg = rows[0]["shape"]
+    m, k, num_blocks = cfg["batch"] * cfg["fields"], cfg["dim"], cfg["blocks"]
+    fill, u = cfg["rows"] * k * 4, cfg["unique_ids"]
+    for unique in (None, u):
+        fwd = soft_select_lookup_bytes(m, k, num_blocks, unique_rows=unique)
+        step = soft_select_weight_grad_bytes(m, k, num_blocks, unique_rows=unique)
+        assert train.ideal_bytes(cfg, "weights_step", unique_rows=unique) == fill + fwd + step
+        sgd = soft_select_fused_update_bytes(m, k, num_blocks, unique_rows=unique)
+        assert train.ideal_bytes(cfg, "weights_step_sgd", unique_rows=unique) == fwd + sgd
     sweep = train.sweep_configs({**train.SHAPES["full"], "ids_dtype": "int64"})
     assert len(sweep) == 6 * 3 * 5 and max(c["rows"] * c["dim"] * 4 for c in sweep) <= 1 << 30
 

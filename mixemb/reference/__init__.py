@@ -51,6 +51,8 @@ Only looked-up rows enter, never the table's N rows.
 from mixemb.reference.serving import (
     block_gather_bytes,
     block_gather_reference,
+    padded_bag_bytes,
+    padded_dot_bytes,
     ragged_bag_bytes,
     ragged_bag_reference,
     ragged_dot_bytes,
@@ -91,6 +93,8 @@ __all__ = [
     "equal_boundaries",
     "fused_update_reference",
     "normalize_alpha_grad",
+    "padded_bag_bytes",
+    "padded_dot_bytes",
     "padded_gather_bytes",
     "padded_gather_reference",
     "ragged_bag_bytes",

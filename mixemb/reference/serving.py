@@ -14,6 +14,8 @@ from mixemb.ragged import RaggedTable, expand_bits, popcount64
 #     ragged gather = I + M·8·W (masks) + M·8 (group offset) + D·v (kept values) + M·K·v (out)
 # The masks of the ≤ G-1 rows before a row in its group share its cache lines and are not
 # counted. A padded gather of the unpruned table moves 2·M·K·v + I (padded_gather_bytes).
+# With unique_rows = U (DRAM-only: caches serve a row's repeats), masks, group offsets and
+# int8 scale and bias count once per distinct row, and D is the U distinct rows' kept values.
 # A bag writes B·K·v instead of M·K·v; a dot reads both rows' kept values and writes M·4.
 # An int8 table (dtype "int8") reads v = 1 B per kept value plus its row's fp16 scale and
 # bias (4 B per lookup) and writes float32 rows and bags (4 B per output value).
@@ -28,15 +30,30 @@ def _ragged_sizes(dtype) -> tuple[int, int, int]:
     return v, 0, v
 
 
+def _distinct(unique_rows: int | None, lookups: int) -> int:
+    u = lookups if unique_rows is None else unique_rows
+    if not 0 <= u <= lookups:
+        raise ValueError(f"need 0 <= unique_rows <= {lookups} lookups, got {unique_rows}")
+    return u
+
+
 def ragged_gather_bytes(
-    num_lookups: int, dim: int, kept_values: int, dtype=torch.float32, ids_dtype=torch.int64
+    num_lookups: int,
+    dim: int,
+    kept_values: int,
+    dtype=torch.float32,
+    ids_dtype=torch.int64,
+    unique_rows: int | None = None,
 ) -> int:
     """Ideal bytes of ``ragged_gather`` (see the formula above); kept_values = D; dtype a
-    float dtype or "int8"."""
+    float dtype or "int8". unique_rows: U distinct rows among the lookups, whose masks,
+    group offsets (and int8 scale and bias) are then read once each, the DRAM-only figure
+    (pass the U rows' kept values as D); default None = M, every lookup reads its row's."""
     v, row, out = _ragged_sizes(dtype)
     i = torch.empty((), dtype=ids_dtype).element_size()
     words = -(-dim // 64)
-    return num_lookups * (i + 8 * words + 8 + row + dim * out) + kept_values * v
+    u = _distinct(unique_rows, num_lookups)
+    return num_lookups * (i + dim * out) + u * (8 * words + 8 + row) + kept_values * v
 
 
 def ragged_bag_bytes(
@@ -46,23 +63,34 @@ def ragged_bag_bytes(
     kept_values: int,
     dtype=torch.float32,
     ids_dtype=torch.int64,
+    unique_rows: int | None = None,
 ) -> int:
-    """Ideal bytes of ``ragged_bag``: the gather's reads, B·K output values."""
+    """Ideal bytes of ``ragged_bag``: the gather's reads, B·K output values; unique_rows as
+    in ``ragged_gather_bytes``."""
     v, row, out = _ragged_sizes(dtype)
     i = torch.empty((), dtype=ids_dtype).element_size()
     words = -(-dim // 64)
-    reads = num_lookups * (i + 8 * words + 8 + row) + kept_values * v
+    u = _distinct(unique_rows, num_lookups)
+    reads = num_lookups * i + u * (8 * words + 8 + row) + kept_values * v
     return reads + num_bags * dim * out + num_bags * 8
 
 
 def ragged_dot_bytes(
-    num_pairs: int, dim: int, kept_values: int, dtype=torch.float32, ids_dtype=torch.int64
+    num_pairs: int,
+    dim: int,
+    kept_values: int,
+    dtype=torch.float32,
+    ids_dtype=torch.int64,
+    unique_rows: int | None = None,
 ) -> int:
-    """Ideal bytes of ``ragged_dot``: both rows' metadata and kept values, 4 B per score."""
+    """Ideal bytes of ``ragged_dot``: both rows' metadata and kept values, 4 B per score;
+    unique_rows: U distinct rows among the 2·M looked-up ones (default None = 2·M), as in
+    ``ragged_gather_bytes``."""
     v, row, _ = _ragged_sizes(dtype)
     i = torch.empty((), dtype=ids_dtype).element_size()
     words = -(-dim // 64)
-    return num_pairs * 2 * (i + 8 * words + 8 + row) + kept_values * v + num_pairs * 4
+    u = _distinct(unique_rows, 2 * num_pairs)
+    return num_pairs * 2 * i + u * (8 * words + 8 + row) + kept_values * v + num_pairs * 4
 
 
 # The references of the ragged serving ops (mixemb.ops.ragged), over a RaggedTable. They
@@ -71,6 +99,33 @@ def ragged_dot_bytes(
 # do: the O(1) checks of every call (shapes, dtypes, group_offsets from 0 to nnz), then
 # each looked-up row inside the values with no mask bit at or past K. An int8 table's
 # looked-up codes are dequantized with mixemb.quant, as the kernels do on the fly.
+def padded_bag_bytes(
+    num_lookups: int,
+    num_bags: int,
+    dim: int,
+    dtype: torch.dtype = torch.float32,
+    ids_dtype: torch.dtype = torch.int64,
+    unique_rows: int | None = None,
+) -> int:
+    """Ideal bytes of a padded sum bag: U rows, M ids and B offsets (8 B) in, B·K out."""
+    u = _distinct(unique_rows, num_lookups)
+    v = dtype.itemsize
+    return u * dim * v + num_lookups * ids_dtype.itemsize + num_bags * (dim * v + 8)
+
+
+def padded_dot_bytes(
+    num_pairs: int,
+    dim: int,
+    dtype: torch.dtype = torch.float32,
+    ids_dtype: torch.dtype = torch.int64,
+    unique_rows: int | None = None,
+) -> int:
+    """Ideal bytes of a padded dot of M pairs: U rows (default 2M) and 2M ids in, M fp32
+    scores out."""
+    u = _distinct(unique_rows, 2 * num_pairs)
+    return u * dim * dtype.itemsize + 2 * num_pairs * ids_dtype.itemsize + num_pairs * 4
+
+
 def _check_serving_table(table: RaggedTable) -> None:
     """The checks every serving op makes before any lookup (csrc/ragged_cpu.cpp
     check_table, csrc/ragged_int8.h check_scale_bias); raises ValueError."""

@@ -17,6 +17,14 @@ ops (forward + backward where a step says so, as a training step runs them)
 * weights_step      α frozen: dense dE
 * weights_step_sgd  α frozen, the table updated in the backward (fused SGD; lookup only)
 
+and the serving ops, called as a serving loop calls them (grad mode on, no input that
+requires grad), on a pruned copy of the same table:
+* ragged      ``mixemb.ops.ragged_gather`` / ``ragged_bag`` (bags of 4) / ``ragged_dot``;
+              ``serve_bag_weighted`` passes per_sample_weights that require grad (the
+              forward records the C++ autograd node)
+* padded      ``F.embedding`` / ``F.embedding_bag`` / gather, multiply and sum on the
+              dense table
+
 Rows (host_us = median µs per call over ``--repeats`` timed batches of ``--calls`` calls;
 on CPU in thread CPU time, so cores shared with other work disturb it less) are appended
 to bench/results/bench_host_overhead.json like the other benches'.
@@ -129,6 +137,38 @@ def step_cases(x: dict, lookup) -> dict:
     }
 
 
+def serving_cases(x: dict) -> dict:
+    """provider → op → callable: the ragged serving ops and their padded counterparts."""
+    import torch.nn.functional as F
+
+    from mixemb import _ext
+    from mixemb.ops import ragged_bag, ragged_dot, ragged_gather
+    from mixemb.ragged import RaggedTable
+
+    w, ids = x["weight"], x["ids"]
+    pruned = w * (torch.rand(w.shape, generator=torch.Generator().manual_seed(1)) < 0.5).to(w)
+    offsets = torch.arange(0, ids.numel(), 4, device=w.device)
+    weights = torch.rand(ids.numel(), device=w.device, requires_grad=True)
+    padded = {
+        "serve_gather": lambda: F.embedding(ids, w),
+        "serve_bag": lambda: F.embedding_bag(ids, w, offsets, mode="sum"),
+        "serve_bag_weighted": lambda: F.embedding_bag(
+            ids, w, offsets, mode="sum", per_sample_weights=weights
+        ),
+        "serve_dot": lambda: (w[ids] * w[ids]).sum(1),
+    }
+    if not _ext.HAS_EXT:
+        return {"padded": padded}
+    table = RaggedTable.from_dense(pruned)
+    ragged = {
+        "serve_gather": lambda: ragged_gather(table, ids),
+        "serve_bag": lambda: ragged_bag(table, ids, offsets),
+        "serve_bag_weighted": lambda: ragged_bag(table, ids, offsets, per_sample_weights=weights),
+        "serve_dot": lambda: ragged_dot(table, ids, table, ids),
+    }
+    return {"ragged": ragged, "padded": padded}
+
+
 def providers(x: dict) -> dict:
     def public(backend):
         def lookup(w, a, b, ids, **kw):
@@ -150,7 +190,7 @@ def providers(x: dict) -> dict:
     cases = step_cases(x, custom_op)
     cases.pop("fused")
     out["custom_op"] = cases
-    return out
+    return {**out, **serving_cases(x)}
 
 
 def host_us(fn, device: torch.device, calls: int, warmup: int, repeats: int) -> float:

@@ -1,7 +1,8 @@
 // The one TORCH_LIBRARY of mixemb: every op schema, one comment above each def.
 // Kernels: csrc/ragged_cpu.cpp (CPU), csrc/cuda/ragged.cu (CUDA); csrc/block_table_cpu.cpp
 // (CPU; block_gather's CUDA kernel is Triton, registered from Python). Fake (meta) kernels
-// and autograd are registered from Python (mixemb/ops/ragged.py, mixemb/ops/block_table.py).
+// are registered from Python (mixemb/ops/ragged.py, mixemb/ops/block_table.py); ragged_bag's
+// autograd (per_sample_weights) in C++, csrc/ragged_autograd.cpp.
 //
 // A ragged table is passed as its three tensors (see mixemb/ragged.py):
 //   masks (N, W) int64 presence bits, values (nnz,) fp32/fp16/bf16 kept values row after

@@ -194,6 +194,8 @@ def test_bench_host_overhead_runs_every_provider_and_op(monkeypatch, tmp_path):
     got = {(r["provider"], r["op"]) for r in rows}
     assert {("floor", "weights_step_sgd"), ("lookup", "weights_step_sgd")} <= got
     assert {("reference", "alpha_step"), ("custom_op", "weights_step")} <= got
+    serving = {"serve_gather", "serve_bag", "serve_bag_weighted", "serve_dot"}
+    assert {(p, op) for p in ("ragged", "padded") for op in serving} <= got
     assert all(r["host_us"] > 0 for r in rows)
     assert json.loads(out.read_text()) == rows
 

@@ -503,6 +503,46 @@ def test_bag_per_sample_weights_gradcheck_and_matches_embedding_bag():
     assert torch.autograd.gradcheck(f, (w,))
 
 
+@pytest.mark.parametrize("include_last", [False, True])
+@pytest.mark.parametrize("offsets_dtype", [torch.int64, torch.int32], ids=str)
+def test_bag_weights_grad_matches_embedding_bag_with_empty_bags(include_last, offsets_dtype):
+    """The C++ autograd's bag of each lookup: empty bags (first, middle, last), duplicate
+    ids, int32 offsets, include_last_offset; the weights' gradient is F.embedding_bag's."""
+    x, table = _table(30, 19, seed=3, dtype=torch.float64)
+    ids = torch.tensor([4, 4, 29, 0, 7, 7, 7, 12, 3])
+    starts = [0, 0, 3, 3, 8, 9] if include_last else [0, 0, 3, 3, 8, 9, 9]
+    offsets = torch.tensor(starts, dtype=offsets_dtype)
+    w = torch.rand(ids.numel(), dtype=torch.float64, requires_grad=True)
+    w_ref = w.detach().clone().requires_grad_(True)
+    got = ragged_bag(
+        table, ids, offsets, per_sample_weights=w, include_last_offset=include_last,
+        backend="extension",
+    )  # fmt: skip
+    ref = torch.nn.functional.embedding_bag(
+        ids, x, offsets.long(), mode="sum", per_sample_weights=w_ref,
+        include_last_offset=include_last,
+    )  # fmt: skip
+    torch.testing.assert_close(got, ref)
+    grad = torch.randn_like(ref)
+    got.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(w.grad, w_ref.grad)
+
+
+def test_bag_without_a_weight_gradient_records_no_graph():
+    """Weights that need no gradient (none, requires_grad False, or grad mode off) go
+    straight to the kernel: the output has no grad_fn; weights that need one get it."""
+    _, table = _table(12, 9, dtype=torch.float64)
+    ids, offsets = torch.tensor([2, 3, 3, 11, 1]), torch.tensor([0, 2, 2])
+    w = torch.rand(5, dtype=torch.float64, requires_grad=True)
+    assert ragged_bag(table, ids, offsets, backend="extension").grad_fn is None
+    plain = w.detach()
+    assert ragged_bag(table, ids, offsets, per_sample_weights=plain).grad_fn is None
+    with torch.no_grad():
+        assert ragged_bag(table, ids, offsets, per_sample_weights=w).grad_fn is None
+    assert ragged_bag(table, ids, offsets, per_sample_weights=w).grad_fn is not None
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("k", [1, 7, 64, 160])
 def test_dot_matches_reference(dtype, k, device, gather_variant):

@@ -2,8 +2,10 @@
 
 The kernels are ``torch.ops.mixemb.ragged_{gather,bag,dot}`` from the compiled extension
 (C++ on CPU, CUDA on GPU; schemas in ``csrc/ops.cpp``). This module registers their fake
-(meta) kernels — so ``torch.compile`` and ``torch.export`` trace them — and the autograd of
-``ragged_bag`` with respect to ``per_sample_weights``. Without the extension every op runs
+(meta) kernels, so that ``torch.compile`` and ``torch.export`` trace them. The autograd of
+``ragged_bag`` with respect to ``per_sample_weights`` is registered in C++
+(``csrc/ragged_autograd.cpp``): a call that needs no gradient reaches the kernel without
+entering Python's autograd. Without the extension every op runs
 its pure-PyTorch reference (``mixemb.reference``) after a one-time warning.
 
 An int8 table (``RaggedTable.from_dense(..., dtype="int8")``) passes its (N, 2) float16
@@ -131,9 +133,11 @@ def ragged_gather(
     t = (table.masks, table.values, table.group_offsets, table.group_size, table.embedding_dim)
     variant = (bool(one_warp), lookups_at_once, table.scale_bias)
     if out is not None:
-        torch.ops.mixemb.ragged_gather_out(*t, ids, out, _bounds(check_bounds, ids), *variant)
+        torch.ops.mixemb.ragged_gather_out.default(
+            *t, ids, out, _bounds(check_bounds, ids), *variant
+        )
         return out
-    return torch.ops.mixemb.ragged_gather(*t, ids, _bounds(check_bounds, ids), *variant)
+    return torch.ops.mixemb.ragged_gather.default(*t, ids, _bounds(check_bounds, ids), *variant)
 
 
 def ragged_bag(
@@ -183,7 +187,7 @@ def ragged_bag(
             per_sample_weights=per_sample_weights,
             include_last_offset=include_last_offset,
         )
-    return torch.ops.mixemb.ragged_bag(
+    return torch.ops.mixemb.ragged_bag.default(
         table.masks,
         table.values,
         table.group_offsets,
@@ -235,7 +239,7 @@ def ragged_dot(
         )
     if not _use_extension(backend, "ragged_dot"):
         return ragged_dot_reference(table_a, ids_a, table_b, ids_b)
-    return torch.ops.mixemb.ragged_dot(
+    return torch.ops.mixemb.ragged_dot.default(
         table_a.masks,
         table_a.values,
         table_a.group_offsets,
@@ -255,7 +259,7 @@ def ragged_dot(
     )
 
 
-# ---- fake kernels and autograd (only when the extension defined the ops) ----------------
+# ---- fake kernels (only when the extension defined the ops) -------------------------------
 if _ext.HAS_EXT:
     # The output depends on the shapes and the values' dtype only: the flags after them
     # (check_bounds, the kernel variant, scale_bias) are taken and ignored, whether passed
@@ -307,34 +311,3 @@ if _ext.HAS_EXT:
     ):
         dtype = torch.float64 if values_a.dtype == torch.float64 else torch.float32
         return values_a.new_empty(ids_a.shape, dtype=dtype)
-
-    def _bag_setup(ctx, inputs, output):
-        masks, values, group_offsets, group_size, dim, ids, offsets, mode, psw, last = inputs[:10]
-        ctx.table = (masks, values, group_offsets, group_size, dim)
-        ctx.scale_bias = inputs[14] if len(inputs) > 14 else None
-        ctx.include_last = last
-        ctx.save_for_backward(ids, offsets)
-        ctx.weights_dtype = None if psw is None else psw.dtype
-
-    def _bag_backward(ctx, grad):
-        ids, offsets = ctx.saved_tensors
-        grad_w = None
-        if ctx.weights_dtype is not None and ctx.needs_input_grad[8]:
-            # d out[b] / d w[i] = row(ids[i]) for i in bag b: dot the row with grad[b].
-            rows = torch.ops.mixemb.ragged_gather(*ctx.table, ids, False, scale_bias=ctx.scale_bias)
-            starts = offsets[:-1] if ctx.include_last else offsets
-            ends = (
-                offsets[1:]
-                if ctx.include_last
-                else torch.cat([offsets[1:], offsets.new_full((1,), ids.numel())])
-            )
-            bag_of = torch.repeat_interleave(
-                torch.arange(starts.numel(), device=ids.device),
-                (ends - starts).long(),
-                output_size=ids.numel(),
-            )
-            grad_w = (rows.to(grad.dtype) * grad[bag_of]).sum(1).to(ctx.weights_dtype)
-        # one gradient per schema argument: only per_sample_weights (the 9th) has one
-        return (*[None] * 8, grad_w, *[None] * 6)
-
-    torch.library.register_autograd("mixemb::ragged_bag", _bag_backward, setup_context=_bag_setup)

@@ -545,13 +545,15 @@ def test_bag_without_a_weight_gradient_records_no_graph():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("k", [1, 7, 64, 160])
-def test_dot_matches_reference(dtype, k, device, gather_variant):
+@pytest.mark.parametrize("ids_dtype", [torch.int64, torch.int32], ids=str)
+def test_dot_matches_reference(dtype, k, ids_dtype, device, gather_variant):
     xa, ta = _table(25, k, keep=0.5, seed=1, dtype=dtype, device=device)
     xb, tb = _table(18, k, keep=0.5, seed=2, dtype=dtype, group_size=4, device=device)
     ia = torch.randint(0, 25, (30,), device=device)
     ib = torch.randint(0, 18, (30,), device=device)
     ia[:3] = 1
     ib[:3] = torch.tensor([0, 1, 1], device=device)
+    ia, ib = ia.to(ids_dtype), ib.to(ids_dtype)
     got = ragged_dot(ta, ia, tb, ib, backend="extension", **gather_variant)
     torch.testing.assert_close(got, ragged_dot_reference(ta, ia, tb, ib), **TOL[dtype])
     assert ragged_dot(ta, ia[:0], tb, ib[:0], backend="extension", **gather_variant).shape == (0,)
@@ -691,7 +693,7 @@ def test_bag_variants_match_float64_sums(dtype, index_dtype, device, variant):
         got = ragged_bag(
             table,
             ids.to(device, index_dtype),
-            (offsets if last else offsets[:-1]).to(device),
+            (offsets if last else offsets[:-1]).to(device, index_dtype),
             mode=mode,
             per_sample_weights=None if w is None else w.to(device),
             include_last_offset=last,

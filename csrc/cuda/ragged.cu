@@ -36,7 +36,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace mixemb {
@@ -135,11 +137,12 @@ __device__ __forceinline__ int64_t row_kept(const TableView& t, int64_t row,
 
 // Ids [lo, hi) of `bag`, clamped into [0, num_ids] so that malformed offsets (checked on
 // the host only with check_bounds) never read past ids / weights.
-__device__ __forceinline__ void bag_range(const int64_t* offsets, int64_t bag,
+template <typename index_t>
+__device__ __forceinline__ void bag_range(const index_t* offsets, int64_t bag,
                                           int64_t num_offsets, int64_t num_ids, int64_t& lo,
                                           int64_t& hi) {
-  lo = min(max(offsets[bag], int64_t{0}), num_ids);
-  hi = bag + 1 < num_offsets ? offsets[bag + 1] : num_ids;
+  lo = min(max(static_cast<int64_t>(offsets[bag]), int64_t{0}), num_ids);
+  hi = bag + 1 < num_offsets ? static_cast<int64_t>(offsets[bag + 1]) : num_ids;
   hi = min(max(hi, lo), num_ids);
 }
 
@@ -391,14 +394,12 @@ __device__ __forceinline__ void write_word_bag(at::opmath_type<out_t> (&acc)[kDi
 // A bag of one-word rows: one warp per bag, each half-warp taking U lookups of the bag at
 // a time (lookups [lo, lo + U) go to the first half, the next U to the second, and so on),
 // 4 accumulators per lane in registers; the halves add up once at the end.
-template <int U, typename scalar_t>
-__global__ void ragged_bag_word_kernel(TableView t, const scalar_t* __restrict__ values,
-                                       const int64_t* __restrict__ ids,
-                                       const int64_t* __restrict__ offsets,
-                                       int64_t num_offsets, int64_t num_ids, int64_t bags,
-                                       int64_t dim, int mean, const double* __restrict__ weights,
-                                       read_t<scalar_t>* __restrict__ out,
-                                       unsigned long long* bad) {
+template <int U, typename scalar_t, typename index_t>
+__global__ void ragged_bag_word_kernel(
+    TableView t, const scalar_t* __restrict__ values, const index_t* __restrict__ ids,
+    const index_t* __restrict__ offsets, int64_t num_offsets, int64_t num_ids, int64_t bags,
+    int64_t dim, int mean, const at::opmath_type<read_t<scalar_t>>* __restrict__ weights,
+    read_t<scalar_t>* __restrict__ out, unsigned long long* bad) {
   using acc_t = at::opmath_type<read_t<scalar_t>>;
   const int half = (threadIdx.x % kWarp) / kLanesPerRow;
   const int sub = threadIdx.x % kLanesPerRow;
@@ -414,11 +415,11 @@ __global__ void ragged_bag_word_kernel(TableView t, const scalar_t* __restrict__
     for (int64_t i0 = lo + half * U; i0 < hi; i0 += 2 * U) {
       int64_t id[U];
       bool ok[U];
-      load_ids<U>(ids, i0, hi, t.rows, bad, sub, id, ok);
+      load_ids<U, index_t>(ids, i0, hi, t.rows, bad, sub, id, ok);
       acc_t scale[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        scale[u] = weights && ok[u] ? static_cast<acc_t>(weights[i0 + u]) : acc_t(1);
+        scale[u] = weights && ok[u] ? weights[i0 + u] : acc_t(1);
       }
       WordRows<U> w;
       issue_word_rows<U>(t, id, ok, sub, w);
@@ -436,14 +437,12 @@ __global__ void ragged_bag_word_kernel(TableView t, const scalar_t* __restrict__
 // lookup pair. Then each half-warp reads the located rows' values, U lookups at a time
 // (U = lookups_at_once), their slots and masks broadcast by shuffles. Chosen with
 // bag_kernel "lanes".
-template <int U, typename scalar_t>
-__global__ void ragged_bag_lanes_kernel(TableView t, const scalar_t* __restrict__ values,
-                                        const int64_t* __restrict__ ids,
-                                        const int64_t* __restrict__ offsets,
-                                        int64_t num_offsets, int64_t num_ids, int64_t bags,
-                                        int64_t dim, int mean, const double* __restrict__ weights,
-                                        read_t<scalar_t>* __restrict__ out,
-                                        unsigned long long* bad) {
+template <int U, typename scalar_t, typename index_t>
+__global__ void ragged_bag_lanes_kernel(
+    TableView t, const scalar_t* __restrict__ values, const index_t* __restrict__ ids,
+    const index_t* __restrict__ offsets, int64_t num_offsets, int64_t num_ids, int64_t bags,
+    int64_t dim, int mean, const at::opmath_type<read_t<scalar_t>>* __restrict__ weights,
+    read_t<scalar_t>* __restrict__ out, unsigned long long* bad) {
   using acc_t = at::opmath_type<read_t<scalar_t>>;
   const int lane = threadIdx.x % kWarp;
   const int half = lane / kLanesPerRow;
@@ -459,14 +458,14 @@ __global__ void ragged_bag_lanes_kernel(TableView t, const scalar_t* __restrict_
     for (int64_t c = lo; c < hi; c += kWarp) {
       // this lane's lookup c + lane: a skipped one (past hi, bad id) reads row 0, mask 0
       const int64_t i = c + lane;
-      const int64_t id = i < hi ? ids[i] : 0;
+      const int64_t id = i < hi ? static_cast<int64_t>(ids[i]) : 0;
       const bool ok = i < hi && valid_id(id, t.rows, i, bad, 0);
       const int64_t row = ok ? id : 0;
       const int64_t group = group_of(t, row);
       const int64_t first = group * t.group_size;
       unsigned long long mask = static_cast<unsigned long long>(t.masks[row]);
       int64_t slot = t.group_offsets[group];
-      const acc_t scale = weights && ok ? static_cast<acc_t>(weights[i]) : acc_t(1);
+      const acc_t scale = weights && ok ? weights[i] : acc_t(1);
       int64_t count = 0;
       for (int64_t r0 = first; r0 < row; r0 += kLanesPerRow) {  // one pass for groups <= 16
 #pragma unroll
@@ -507,11 +506,11 @@ __global__ void ragged_bag_lanes_kernel(TableView t, const scalar_t* __restrict_
 
 // A dot of one-word rows: 16 lanes per pair, 4 dims per lane, U pairs per 16 lanes at
 // once; both tables' stages interleave.
-template <int U, typename scalar_t>
+template <int U, typename scalar_t, typename index_t>
 __global__ void ragged_dot_word_kernel(TableView ta, const scalar_t* __restrict__ va,
                                        TableView tb, const scalar_t* __restrict__ vb,
-                                       const int64_t* __restrict__ ids_a,
-                                       const int64_t* __restrict__ ids_b, int64_t n,
+                                       const index_t* __restrict__ ids_a,
+                                       const index_t* __restrict__ ids_b, int64_t n,
                                        at::opmath_type<read_t<scalar_t>>* __restrict__ out,
                                        unsigned long long* bad) {
   using acc_t = at::opmath_type<read_t<scalar_t>>;
@@ -524,8 +523,8 @@ __global__ void ragged_dot_word_kernel(TableView ta, const scalar_t* __restrict_
        i0 < n; i0 += stride) {
     int64_t a[U], b[U];
     bool ok[U], ok_b[U];
-    load_ids<U>(ids_a, i0, n, ta.rows, bad, sub, a, ok);
-    load_ids<U>(ids_b, i0, n, tb.rows, bad, sub, b, ok_b);
+    load_ids<U, index_t>(ids_a, i0, n, ta.rows, bad, sub, a, ok);
+    load_ids<U, index_t>(ids_b, i0, n, tb.rows, bad, sub, b, ok_b);
 #pragma unroll
     for (int u = 0; u < U; ++u) ok[u] = ok[u] && ok_b[u];  // a pair with a bad id scores 0
     WordRows<U> wa, wb;
@@ -552,12 +551,12 @@ __global__ void ragged_dot_word_kernel(TableView ta, const scalar_t* __restrict_
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void ragged_bag_kernel(TableView t, const scalar_t* __restrict__ values,
-                                  const int64_t* __restrict__ ids,
-                                  const int64_t* __restrict__ offsets, int64_t num_offsets,
+                                  const index_t* __restrict__ ids,
+                                  const index_t* __restrict__ offsets, int64_t num_offsets,
                                   int64_t num_ids, int64_t bags, int64_t dim, int mean,
-                                  const double* __restrict__ weights,
+                                  const at::opmath_type<read_t<scalar_t>>* __restrict__ weights,
                                   read_t<scalar_t>* __restrict__ out, unsigned long long* bad) {
   using acc_t = at::opmath_type<read_t<scalar_t>>;
   const int lane = threadIdx.x % kWarp;
@@ -570,9 +569,9 @@ __global__ void ragged_bag_kernel(TableView t, const scalar_t* __restrict__ valu
     int64_t lo, hi;
     bag_range(offsets, bag, num_offsets, num_ids, lo, hi);
     for (int64_t i = lo; i < hi; ++i) {
-      const int64_t id = ids[i];
+      const int64_t id = static_cast<int64_t>(ids[i]);
       if (!valid_id(id, t.rows, i, bad, lane)) continue;
-      const acc_t scale = weights ? static_cast<acc_t>(weights[i]) : acc_t(1);
+      const acc_t scale = weights ? weights[i] : acc_t(1);
       int64_t start = row_start(t, id, lane);
       unsigned long long last_word = 0;
       if (!row_fits(t, start, row_kept(t, id, last_word), last_word)) {
@@ -604,11 +603,11 @@ __global__ void ragged_bag_kernel(TableView t, const scalar_t* __restrict__ valu
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void ragged_dot_kernel(TableView ta, const scalar_t* __restrict__ va, TableView tb,
                                   const scalar_t* __restrict__ vb,
-                                  const int64_t* __restrict__ ids_a,
-                                  const int64_t* __restrict__ ids_b, int64_t n,
+                                  const index_t* __restrict__ ids_a,
+                                  const index_t* __restrict__ ids_b, int64_t n,
                                   at::opmath_type<read_t<scalar_t>>* __restrict__ out,
                                   unsigned long long* bad) {
   using acc_t = at::opmath_type<read_t<scalar_t>>;
@@ -616,8 +615,8 @@ __global__ void ragged_dot_kernel(TableView ta, const scalar_t* __restrict__ va,
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
        i < n; i += warps) {
-    const int64_t a = ids_a[i];
-    const int64_t b = ids_b[i];
+    const int64_t a = static_cast<int64_t>(ids_a[i]);
+    const int64_t b = static_cast<int64_t>(ids_b[i]);
     const bool ok_a = valid_id(a, ta.rows, i, bad, lane);
     const bool ok_b = valid_id(b, tb.rows, i, bad, lane);
     if (!(ok_a && ok_b)) {
@@ -827,6 +826,14 @@ void ragged_gather_out_cuda(const at::Tensor& masks, const at::Tensor& values,
   gather_into(t, values, ids, dim, check_bounds, one_warp, u, out);
 }
 
+// Two index tensors (ids and offsets, or the two sides' ids) as the kernels read them:
+// contiguous and of one index dtype, their own when they share it (the ids are not copied
+// to widen them), else both int64.
+std::pair<at::Tensor, at::Tensor> same_index_type(const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() == b.scalar_type()) return {a.contiguous(), b.contiguous()};
+  return {a.contiguous().to(at::kLong), b.contiguous().to(at::kLong)};
+}
+
 at::Tensor ragged_bag_cuda(const at::Tensor& masks, const at::Tensor& values,
                            const at::Tensor& group_offsets, int64_t group_size, int64_t dim,
                            const at::Tensor& ids, const at::Tensor& offsets, int64_t mode,
@@ -850,43 +857,51 @@ at::Tensor ragged_bag_cuda(const at::Tensor& masks, const at::Tensor& values,
   check_device(offsets, values, "ragged_bag", "offsets");
   if (weighted) check_device(*per_sample_weights, values, "ragged_bag", "per_sample_weights");
   const c10::DeviceGuard guard(values.device());
-  const at::Tensor ids_c = ids.contiguous().to(at::kLong);
-  const at::Tensor off_c = offsets.contiguous().to(at::kLong);
+  // int32 ids and offsets are read as they are; weights in the accumulation type (no
+  // copy for float32 weights of a float32, float16, bfloat16 or int8 table)
+  at::Tensor ids_c, off_c;
+  std::tie(ids_c, off_c) = same_index_type(ids, offsets);
   const int64_t bags = include_last_offset ? std::max<int64_t>(off_c.numel() - 1, 0)
                                            : off_c.numel();
   if (check_bounds && off_c.numel() > 0) {  // a host sync, as for the id check
-    const at::Tensor off_h = off_c.cpu();
+    const at::Tensor off_h = off_c.cpu().to(at::kLong);
     check_bag_offsets(off_h.data_ptr<int64_t>(), off_h.numel(), ids_c.numel());
   }
   at::Tensor out = at::empty({bags, dim}, values.options().dtype(output_type(values)));
   if (bags == 0) return out;
   at::Tensor bad;
-  if (check_bounds) bad = at::full({2}, INT64_MAX, ids_c.options());
-  at::Tensor w_c;
-  if (weighted) w_c = per_sample_weights->contiguous().to(at::kDouble);
+  if (check_bounds) bad = at::full({2}, INT64_MAX, ids_c.options().dtype(at::kLong));
   const cudaStream_t stream = current_stream(values);
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, values.scalar_type(),
                                   "ragged_bag_cuda", [&] {
-    const double* w_ptr = weighted ? w_c.data_ptr<double>() : nullptr;
+    using acc_t = at::opmath_type<read_t<scalar_t>>;
+    at::Tensor w_c;
+    if (weighted) {
+      w_c = per_sample_weights->contiguous().to(c10::CppTypeToScalarType<acc_t>::value);
+    }
+    const acc_t* w_ptr = weighted ? w_c.data_ptr<acc_t>() : nullptr;
     auto* bad_ptr =
         check_bounds ? reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()) : nullptr;
-    if (t.words == 1 && !one_warp) {
-      with_lookups_at_once(u, [&](auto rows) {
-        constexpr int U = decltype(rows)::value;
-        // the two one-word bag kernels take the same arguments
-        const auto kernel = lanes ? ragged_bag_lanes_kernel<U, scalar_t>
-                                  : ragged_bag_word_kernel<U, scalar_t>;
-        kernel<<<blocks_for(bags), kWarp * kWarpsPerBlock, 0, stream>>>(
-                t, values.data_ptr<scalar_t>(), ids_c.data_ptr<int64_t>(),
-                off_c.data_ptr<int64_t>(), off_c.numel(), ids_c.numel(), bags, dim,
+    AT_DISPATCH_INDEX_TYPES(ids_c.scalar_type(), "ragged_bag_cuda_ids", [&] {
+      if (t.words == 1 && !one_warp) {
+        with_lookups_at_once(u, [&](auto rows) {
+          constexpr int U = decltype(rows)::value;
+          // the two one-word bag kernels take the same arguments
+          const auto kernel = lanes ? ragged_bag_lanes_kernel<U, scalar_t, index_t>
+                                    : ragged_bag_word_kernel<U, scalar_t, index_t>;
+          kernel<<<blocks_for(bags), kWarp * kWarpsPerBlock, 0, stream>>>(
+              t, values.data_ptr<scalar_t>(), ids_c.data_ptr<index_t>(),
+              off_c.data_ptr<index_t>(), off_c.numel(), ids_c.numel(), bags, dim,
+              static_cast<int>(mode), w_ptr, out.data_ptr<read_t<scalar_t>>(), bad_ptr);
+        });
+      } else {
+        ragged_bag_kernel<scalar_t, index_t>
+            <<<blocks_for(bags), kWarp * kWarpsPerBlock, 0, stream>>>(
+                t, values.data_ptr<scalar_t>(), ids_c.data_ptr<index_t>(),
+                off_c.data_ptr<index_t>(), off_c.numel(), ids_c.numel(), bags, dim,
                 static_cast<int>(mode), w_ptr, out.data_ptr<read_t<scalar_t>>(), bad_ptr);
-      });
-    } else {
-      ragged_bag_kernel<scalar_t><<<blocks_for(bags), kWarp * kWarpsPerBlock, 0, stream>>>(
-          t, values.data_ptr<scalar_t>(), ids_c.data_ptr<int64_t>(), off_c.data_ptr<int64_t>(),
-          off_c.numel(), ids_c.numel(), bags, dim, static_cast<int>(mode), w_ptr,
-          out.data_ptr<read_t<scalar_t>>(), bad_ptr);
-    }
+      }
+    });
   });
   check_launch("ragged_bag");
   if (check_bounds) raise_if_bad(bad, ids_c, "ragged_bag");
@@ -913,34 +928,37 @@ at::Tensor ragged_dot_cuda(const at::Tensor& masks_a, const at::Tensor& values_a
   check_device(ids_a, values_a, "ragged_dot", "ids_a");
   check_device(ids_b, values_a, "ragged_dot", "ids_b");
   const c10::DeviceGuard guard(values_a.device());
-  const at::Tensor ia = ids_a.contiguous().to(at::kLong);
-  const at::Tensor ib = ids_b.contiguous().to(at::kLong);
+  at::Tensor ia, ib;  // int32 ids read as they are when both sides' are int32
+  std::tie(ia, ib) = same_index_type(ids_a, ids_b);
   const auto out_type = values_a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor out = at::empty(ids_a.sizes(), values_a.options().dtype(out_type));
   const int64_t n = ia.numel();
   if (n == 0) return out;
   at::Tensor bad;
-  if (check_bounds) bad = at::full({2}, INT64_MAX, ia.options());
+  if (check_bounds) bad = at::full({2}, INT64_MAX, ia.options().dtype(at::kLong));
   const cudaStream_t stream = current_stream(values_a);
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, values_a.scalar_type(),
                                   "ragged_dot_cuda", [&] {
     auto* bad_ptr =
         check_bounds ? reinterpret_cast<unsigned long long*>(bad.data_ptr<int64_t>()) : nullptr;
     auto* out_ptr = out.data_ptr<at::opmath_type<read_t<scalar_t>>>();
-    if (ta.words == 1 && tb.words == 1 && !one_warp) {
-      with_lookups_at_once(u, [&](auto rows) {
-        constexpr int U = decltype(rows)::value;
-        ragged_dot_word_kernel<U, scalar_t>
-            <<<blocks_for(n, kWarp * kWarpsPerBlock / kLanesPerRow * U),
-               kWarp * kWarpsPerBlock, 0, stream>>>(
+    AT_DISPATCH_INDEX_TYPES(ia.scalar_type(), "ragged_dot_cuda_ids", [&] {
+      if (ta.words == 1 && tb.words == 1 && !one_warp) {
+        with_lookups_at_once(u, [&](auto rows) {
+          constexpr int U = decltype(rows)::value;
+          ragged_dot_word_kernel<U, scalar_t, index_t>
+              <<<blocks_for(n, kWarp * kWarpsPerBlock / kLanesPerRow * U),
+                 kWarp * kWarpsPerBlock, 0, stream>>>(
+                  ta, values_a.data_ptr<scalar_t>(), tb, values_b.data_ptr<scalar_t>(),
+                  ia.data_ptr<index_t>(), ib.data_ptr<index_t>(), n, out_ptr, bad_ptr);
+        });
+      } else {
+        ragged_dot_kernel<scalar_t, index_t>
+            <<<blocks_for(n), kWarp * kWarpsPerBlock, 0, stream>>>(
                 ta, values_a.data_ptr<scalar_t>(), tb, values_b.data_ptr<scalar_t>(),
-                ia.data_ptr<int64_t>(), ib.data_ptr<int64_t>(), n, out_ptr, bad_ptr);
-      });
-    } else {
-      ragged_dot_kernel<scalar_t><<<blocks_for(n), kWarp * kWarpsPerBlock, 0, stream>>>(
-          ta, values_a.data_ptr<scalar_t>(), tb, values_b.data_ptr<scalar_t>(),
-          ia.data_ptr<int64_t>(), ib.data_ptr<int64_t>(), n, out_ptr, bad_ptr);
-    }
+                ia.data_ptr<index_t>(), ib.data_ptr<index_t>(), n, out_ptr, bad_ptr);
+      }
+    });
   });
   check_launch("ragged_dot");
   if (check_bounds) raise_if_bad(bad, ia, "ragged_dot", &ib);

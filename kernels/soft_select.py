@@ -18,8 +18,9 @@ Kernels (all accumulate in fp32, mask the K tail, never synchronise with the hos
   serialise on their addresses).
 * ``_alpha_grad_partial_kernel`` + ``_alpha_grad_finish_kernel`` — the α step:
   per-program (L, K) partials Σ E[id] ⊙ dout (⊙ v) accumulated with a one-hot matmul
-  (no sort, no atomics), then one program per block row adds λ·sign(α), normalizes by
-  mean_k |g| + eps and writes dα. The partial kernel also writes dvalues when asked.
+  (no sort, no atomics), then one program per block row sums the partials (a tile of
+  them per step, in a fixed order), adds λ·sign(α), normalizes by mean_k |g| + eps and
+  writes dα. The partial kernel also writes dvalues when asked.
 * The α step's partial kernel reads lookup i's output gradient as the row dout[i]; with
   DOUT_INDEX (the bag op, ``mixemb.kernels.soft_select_bag``) as the row dout_index[i] of
   dout, none where it is dout's row count, divided by counts[row] with DOUT_COUNTS (mean).
@@ -206,14 +207,24 @@ def _alpha_grad_finish_kernel(
     eps,
     NORMALIZE: tl.constexpr,
     K_PAD: tl.constexpr,
+    P_BLOCK: tl.constexpr,
     ACC: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, K_PAD)
     cmask = cols < dim
+    parts = tl.arange(0, P_BLOCK)
     g = tl.zeros([K_PAD], dtype=ACC)
-    for p in range(num_partials):  # fixed order: bitwise reproducible
-        g += tl.load(partial_ptr + (p * num_blocks + row) * dim + cols, mask=cmask, other=0.0)
+    # P_BLOCK partials at a time, each chunk summed by one fixed reduction tree, the chunks
+    # in order: bitwise reproducible for a given number of partials
+    for p0 in range(0, num_partials, P_BLOCK):
+        p = p0 + parts
+        tile = tl.load(
+            partial_ptr + (p[:, None] * num_blocks + row) * dim + cols[None, :],
+            mask=(p < num_partials)[:, None] & cmask[None, :],
+            other=0.0,
+        )
+        g += tl.sum(tile, axis=0)
     a = tl.load(alpha_ptr + row * stride_alpha + cols, mask=cmask, other=0.0).to(ACC)
     sign = tl.where(a > 0, 1.0, tl.where(a < 0, -1.0, 0.0))
     g = g + l1 * sign
@@ -233,6 +244,11 @@ def _pow2(n: int, floor: int = 1) -> int:
 def _acc(dtype: torch.dtype):
     """(Triton, torch) accumulation dtype: fp64 for fp64 tables (gradcheck), else fp32."""
     return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
+
+
+def _finish_rows(dim: int) -> int:
+    """Partials the α finish kernel sums per step: a tile of ~4K elements."""
+    return max(1, 4096 // _pow2(dim, 16))
 
 
 def _l_pad(num_blocks: int) -> int:
@@ -438,7 +454,8 @@ def alpha_step(
             dalpha = torch.empty((num_blocks, dim), dtype=alpha.dtype, device=device)
             _alpha_grad_finish_kernel[(num_blocks,)](
                 partial, alpha, dalpha, programs, num_blocks, dim, alpha.stride(0),
-                float(l1), float(eps), NORMALIZE=normalize, K_PAD=_pow2(dim, 16), ACC=acc_tl,
+                float(l1), float(eps), NORMALIZE=normalize, K_PAD=_pow2(dim, 16),
+                P_BLOCK=_finish_rows(dim), ACC=acc_tl,
             )  # fmt: skip
     if not need_values:
         return dalpha, None

@@ -132,6 +132,22 @@ def test_runs_across_chunk_edges(device, chunk, tile, monkeypatch):
     _close(got, want, torch.float32, "dweight")
 
 
+@pytest.mark.parametrize("rows_per_step", [1, 4, 64])
+def test_alpha_finish_sums_many_partials_across_its_steps(device, rows_per_step, monkeypatch):
+    """The α step over 13 programs (a tile of 16 lookups each), their partials summed
+    1, 4 (a short last step) or 64 (one step) at a time: dα as the reference's, and the
+    same bits on a second run."""
+    monkeypatch.setattr(kernels, "_tile", lambda dim: (16, 8))
+    monkeypatch.setattr(kernels, "_num_programs_cap", lambda device: 64)  # 13 programs
+    monkeypatch.setattr(kernels, "_finish_rows", lambda dim: rows_per_step)
+    weight, alpha, boundaries, ids, values, dout = _case(40, 6, 3, (200,), hot=True, device=device)
+    want = _run("reference", weight, alpha, boundaries, ids, values, dout, need="a", l1=1e-4)
+    got = _run("triton", weight, alpha, boundaries, ids, values, dout, need="a", l1=1e-4)
+    _close(got[2], want[2], torch.float32, "dalpha")
+    again = _run("triton", weight, alpha, boundaries, ids, values, dout, need="a", l1=1e-4)
+    assert torch.equal(got[2], again[2])
+
+
 def test_deterministic_mode_is_bitwise_reproducible(device, monkeypatch):
     monkeypatch.setattr(weights_kernels, "SEGMENT_CHUNK", 4)
     weight, alpha, boundaries, ids, values, dout = _case(16, 7, 3, (60,), hot=True, device=device)

@@ -18,6 +18,7 @@ while the wrong α-gradient order is off by > 100·TOL after a single step.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -115,6 +116,25 @@ def _one_alpha_step(model: nn.Module, batch, group, **rates) -> dict[str, torch.
     return {n: t.alpha.detach() for n, t in searchable_modules(model).items()}
 
 
+def _refusals(train, valid, rank: int) -> dict[str, str]:
+    """The error each refused search raises on this rank ('no error' where none)."""
+    quiet = dict(epochs=1, log=print, process_group=dist.group.WORLD)
+    ddp = nn.parallel.DistributedDataParallel(_model(0))
+    fused = _model(0)
+    fused.ids = SoftSelectEmbedding(USERS, DIM, [0, USERS])
+    fused.ids.use_fused_optimizer("sgd", lr=0.1)
+    sparse = _model(0)
+    sparse.extra = nn.Embedding(USERS, DIM, sparse=True)
+    sparse.forward = lambda user, items: Net.forward(sparse, user, items) + sparse.extra(user)[:, 0]
+    uneven = train[: len(train) - rank]
+    return {
+        "ddp": _expect_error(lambda: dnis(ddp, train, valid, mse, **quiet)),
+        "fused": _expect_error(lambda: DnisStep(fused, mse, process_group=dist.group.WORLD)),
+        "sparse": _expect_error(lambda: dnis(sparse, train, valid, mse, **quiet)),
+        "uneven": _expect_error(lambda: dnis(_model(0), uneven, valid, mse, **quiet)),
+    }
+
+
 def worker(out: Path) -> None:
     """One rank: a search, a stopped-and-resumed search, one α step, the refusals."""
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
@@ -148,22 +168,10 @@ def worker(out: Path) -> None:
     dnis(_model(seed=rank), train, valid, mse, epochs=1, log=alone["lines"].append)
     saved["alone"] = alone
 
-    quiet = dict(epochs=1, log=print, process_group=dist.group.WORLD)
-    ddp = nn.parallel.DistributedDataParallel(_model(0))
-    fused = _model(0)
-    fused.ids = SoftSelectEmbedding(USERS, DIM, [0, USERS])
-    fused.ids.use_fused_optimizer("sgd", lr=0.1)
-    sparse = _model(0)
-    sparse.extra = nn.Embedding(USERS, DIM, sparse=True)
-    sparse.forward = lambda user, items: Net.forward(sparse, user, items) + sparse.extra(user)[:, 0]
-    uneven = train[: len(train) - rank]
-    saved["errors"] = {
-        "ddp": _expect_error(lambda: dnis(ddp, train, valid, mse, **quiet)),
-        "fused": _expect_error(lambda: DnisStep(fused, mse, process_group=dist.group.WORLD)),
-        "sparse": _expect_error(lambda: dnis(sparse, train, valid, mse, **quiet)),
-        "uneven": _expect_error(lambda: dnis(_model(0), uneven, valid, mse, **quiet)),
-    }
+    saved["errors"] = _refusals(train, valid, rank)
     torch.save(saved, out / f"rank{rank}.pt")
+    gc.collect()  # the refused DDP wrapper's reducer goes before the group it was built on
+    dist.barrier()  # no rank tears the group down while another still uses it
     dist.destroy_process_group()
 
 

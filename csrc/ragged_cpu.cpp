@@ -1149,6 +1149,58 @@ __attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"))) void gat
   }
   if (stream) store_fence();  // this thread's streamed rows are visible after the op
 }
+
+// The fp32 scores of pairs [begin, end) in the gather's pipeline, both sides at once:
+// pair i + kAheadMetaPipe has both rows' metadata prefetched, pair i + kAheadLocate both
+// rows located (values prefetched), and pair i is scored: each 16-dim step expands both
+// rows' kept values and adds their products where both rows keep the dim (a masked
+// multiply-add: a dim one row alone keeps adds nothing), then one horizontal sum. A pair
+// with an unchecked out-of-range id scores 0.
+template <typename index_t>
+__attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"))) void dot_avx512(
+    const Table& ta, const Table& tb, const index_t* ids_a, const index_t* ids_b,
+    int64_t begin, int64_t end, const float* va, const float* vb, int64_t dim, float* out) {
+  const auto a_at = [&](int64_t s) {
+    return static_cast<uint64_t>(static_cast<int64_t>(ids_a[s]));
+  };
+  const auto b_at = [&](int64_t s) {
+    return static_cast<uint64_t>(static_cast<int64_t>(ids_b[s]));
+  };
+  Located ring_a[kRing], ring_b[kRing];
+  for (int64_t s = begin; s < std::min(end, begin + kAheadMetaPipe); ++s) {
+    prefetch_lookup_meta(ta, a_at(s));
+    prefetch_lookup_meta(tb, b_at(s));
+  }
+  for (int64_t s = begin; s < std::min(end, begin + kAheadLocate); ++s) {
+    locate_row(ta, a_at(s), va, ring_a[s & (kRing - 1)], "ragged_dot (table a)");
+    locate_row(tb, b_at(s), vb, ring_b[s & (kRing - 1)], "ragged_dot (table b)");
+  }
+  for (int64_t i = begin; i < end; ++i) {
+    if (i + kAheadMetaPipe < end) {
+      prefetch_lookup_meta(ta, a_at(i + kAheadMetaPipe));
+      prefetch_lookup_meta(tb, b_at(i + kAheadMetaPipe));
+    }
+    if (i + kAheadLocate < end) {
+      const int64_t s = i + kAheadLocate;
+      locate_row(ta, a_at(s), va, ring_a[s & (kRing - 1)], "ragged_dot (table a)");
+      locate_row(tb, b_at(s), vb, ring_b[s & (kRing - 1)], "ragged_dot (table b)");
+    }
+    const Located x = ring_a[i & (kRing - 1)];
+    const Located y = ring_b[i & (kRing - 1)];
+    const bool ok = x.start >= 0 && y.start >= 0;
+    const uint64_t mx = ok ? x.bits : 0, my = ok ? y.bits : 0;  // a skipped pair: zeros
+    const float* sx = va + (ok ? x.start : 0);
+    const float* sy = vb + (ok ? y.start : 0);
+    const uint64_t both = mx & my;
+    __m512 acc = _mm512_setzero_ps();
+    for (int q = 0; q < dim; q += 16) {
+      const __m512 px = quarter(mx, q, sx);
+      const __m512 py = quarter(my, q, sy);
+      acc = _mm512_mask3_fmadd_ps(px, py, acc, static_cast<__mmask16>(both >> q));
+    }
+    out[i] = _mm512_reduce_add_ps(acc);
+  }
+}
 #endif
 
 
@@ -1181,6 +1233,23 @@ inline bool gather_fast(const Table& t, const index_t* ids, int64_t begin, int64
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (kHasPipe && t.words == 1) {
       gather_avx512(t, ids, begin, end, vals, dim, stream, out);
+      return true;
+    }
+  }
+#endif
+  return false;
+}
+
+// The pipelined fp32 dot where there is one (dot_avx512; one mask word per row on both
+// sides): pairs [begin, end) scored into out; false where the caller's loop must run.
+template <typename scalar_t, typename index_t, typename acc_t>
+inline bool dot_fast(const Table& ta, const Table& tb, const index_t* ids_a,
+                     const index_t* ids_b, int64_t begin, int64_t end, const scalar_t* va,
+                     const scalar_t* vb, int64_t dim, acc_t* out) {
+#ifdef MIXEMB_X86_64
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (kHasPipe && ta.words == 1 && tb.words == 1) {
+      dot_avx512(ta, tb, ids_a, ids_b, begin, end, va, vb, dim, out);
       return true;
     }
   }
@@ -1404,58 +1473,72 @@ at::Tensor ragged_dot_cpu(const at::Tensor& masks_a, const at::Tensor& values_a,
               " and ids_b ", ids_b.sizes(), " must have the same shape");
   TORCH_CHECK(values_a.scalar_type() == values_b.scalar_type(),
               "ragged_dot: both tables must have the same value dtype");
-  const at::Tensor ia = ids_a.contiguous().to(at::kLong);
-  const at::Tensor ib = ids_b.contiguous().to(at::kLong);
+  check_ids_dtype(ids_a, "ragged_dot");
+  check_ids_dtype(ids_b, "ragged_dot");
+  // int32 ids are read as they are when both sides' are int32
+  const bool same = ids_a.scalar_type() == ids_b.scalar_type();
+  const at::Tensor ia = same ? ids_a.contiguous() : ids_a.contiguous().to(at::kLong);
+  const at::Tensor ib = same ? ids_b.contiguous() : ids_b.contiguous().to(at::kLong);
   const int64_t n = ia.numel();
   // float32 scores (float64 for float64 tables, so gradcheck-grade references work; int8
   // tables dequantize to float32)
   const auto out_type = values_a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor out = at::empty(ids_a.sizes(), values_a.options().dtype(out_type));
-  const int64_t* pa = ia.data_ptr<int64_t>();
-  const int64_t* pb = ib.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, values_a.scalar_type(),
                                   "ragged_dot_cpu", [&] {
     using acc_t = at::opmath_type<read_t<scalar_t>>;
     const scalar_t* va = values_a.data_ptr<scalar_t>();
     const scalar_t* vb = values_b.data_ptr<scalar_t>();
     acc_t* outp = out.data_ptr<acc_t>();
-    at::parallel_for(0, n, 512, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        if (i + kAheadMeta < end) {
-          prefetch_row_meta(ta, pa[i + kAheadMeta]);
-          prefetch_row_meta(tb, pb[i + kAheadMeta]);
+    AT_DISPATCH_INDEX_TYPES(ia.scalar_type(), "ragged_dot_cpu_ids", [&] {
+      const index_t* pa = ia.data_ptr<index_t>();
+      const index_t* pb = ib.data_ptr<index_t>();
+      // every id checked before any is looked up; the first bad position is named
+      if (check_bounds && (any_bad_id(pa, n, ta.rows) || any_bad_id(pb, n, tb.rows))) {
+        for (int64_t i = 0; i < n; ++i) {
+          checked_id(pa, i, ta.rows, true, "ragged_dot");
+          checked_id(pb, i, tb.rows, true, "ragged_dot");
         }
-        const int64_t a = checked_id(pa, i, ta.rows, check_bounds, "ragged_dot");
-        const int64_t b = checked_id(pb, i, tb.rows, check_bounds, "ragged_dot");
-        if (a < 0 || b < 0) {
-          outp[i] = 0;
-          continue;
-        }
-        int64_t sa = row_start(ta, a);
-        int64_t sb = row_start(tb, b);
-        if (!row_fits(ta, a, sa, row_count(ta, a))) {
-          raise_bad_row(ta, a, sa, row_count(ta, a), "ragged_dot (table a)");
-        }
-        if (!row_fits(tb, b, sb, row_count(tb, b))) {
-          raise_bad_row(tb, b, sb, row_count(tb, b), "ragged_dot (table b)");
-        }
-        const Dequant<scalar_t> dqa(ta.scale_bias, a), dqb(tb.scale_bias, b);
-        acc_t acc = 0;
-        for (int64_t w = 0; w < ta.words; ++w) {
-          const uint64_t ma = static_cast<uint64_t>(ta.masks[a * ta.words + w]);
-          const uint64_t mb = static_cast<uint64_t>(tb.masks[b * tb.words + w]);
-          uint64_t both = ma & mb;
-          while (both) {
-            const uint64_t below = (both & -both) - 1;  // bits under the lowest shared bit
-            acc += static_cast<acc_t>(dqa(va[sa + __builtin_popcountll(ma & below)])) *
-                   static_cast<acc_t>(dqb(vb[sb + __builtin_popcountll(mb & below)]));
-            both &= both - 1;
-          }
-          sa += __builtin_popcountll(ma);
-          sb += __builtin_popcountll(mb);
-        }
-        outp[i] = acc;
       }
+      at::parallel_for(0, n, 512, [&](int64_t begin, int64_t end) {
+        if (dot_fast(ta, tb, pa, pb, begin, end, va, vb, dim, outp)) return;
+        for (int64_t i = begin; i < end; ++i) {
+          if (i + kAheadMeta < end) {
+            prefetch_row_meta(ta, static_cast<int64_t>(pa[i + kAheadMeta]));
+            prefetch_row_meta(tb, static_cast<int64_t>(pb[i + kAheadMeta]));
+          }
+          const int64_t a = checked_id(pa, i, ta.rows, false, "ragged_dot");
+          const int64_t b = checked_id(pb, i, tb.rows, false, "ragged_dot");
+          if (a < 0 || b < 0) {
+            outp[i] = 0;
+            continue;
+          }
+          int64_t sa = row_start(ta, a);
+          int64_t sb = row_start(tb, b);
+          if (!row_fits(ta, a, sa, row_count(ta, a))) {
+            raise_bad_row(ta, a, sa, row_count(ta, a), "ragged_dot (table a)");
+          }
+          if (!row_fits(tb, b, sb, row_count(tb, b))) {
+            raise_bad_row(tb, b, sb, row_count(tb, b), "ragged_dot (table b)");
+          }
+          const Dequant<scalar_t> dqa(ta.scale_bias, a), dqb(tb.scale_bias, b);
+          acc_t acc = 0;
+          for (int64_t w = 0; w < ta.words; ++w) {
+            const uint64_t ma = static_cast<uint64_t>(ta.masks[a * ta.words + w]);
+            const uint64_t mb = static_cast<uint64_t>(tb.masks[b * tb.words + w]);
+            uint64_t both = ma & mb;
+            while (both) {
+              const uint64_t below = (both & -both) - 1;  // bits under the lowest shared bit
+              acc += static_cast<acc_t>(dqa(va[sa + __builtin_popcountll(ma & below)])) *
+                     static_cast<acc_t>(dqb(vb[sb + __builtin_popcountll(mb & below)]));
+              both &= both - 1;
+            }
+            sa += __builtin_popcountll(ma);
+            sb += __builtin_popcountll(mb);
+          }
+          outp[i] = acc;
+        }
+      });
     });
   });
   return out;

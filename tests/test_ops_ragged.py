@@ -559,6 +559,21 @@ def test_dot_matches_reference(dtype, k, ids_dtype, device, gather_variant):
     assert ragged_dot(ta, ia[:0], tb, ib[:0], backend="extension", **gather_variant).shape == (0,)
 
 
+@pytest.mark.parametrize("ids_dtype", [torch.int64, torch.int32], ids=str)
+def test_long_dot_over_hot_rows_matches_reference(ids_dtype):
+    """Thousands of pairs (several threads' chunks, the pipeline's prologue and tail), hot
+    rows repeated, a row keeping every dim, different group sizes on the two sides."""
+    xa, ta = _table(300, 64, keep=0.4, seed=5)
+    xb, tb = _table(200, 64, keep=0.4, seed=6, group_size=8)
+    g = torch.Generator().manual_seed(7)
+    ia = (torch.randint(0, 300, (3001,), generator=g) ** 2 // 300).to(ids_dtype)
+    ib = torch.randint(0, 200, (3001,), generator=g).to(ids_dtype)
+    ia[:5], ib[:5] = 1, 1  # row 1 keeps every dim on both sides
+    got = ragged_dot(ta, ia, tb, ib, backend="extension")
+    want = (xa[ia.long()] * xb[ib.long()]).sum(1).float()
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
 def test_out_of_range_id_is_named_on_every_device(device, variant):
     _, table = _table(10, 8, device=device)
     ids = torch.tensor([0, 1, 10], device=device)

@@ -1150,12 +1150,51 @@ __attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"))) void gat
   if (stream) store_fence();  // this thread's streamed rows are visible after the op
 }
 
+// One side of a dot pair as the read stage takes it: `src` its first value, `bits` its
+// mask word, `expand` the mask its values are expanded by (bits for a packed row, every
+// dim for a hot row's dense copy); src null for an unchecked out-of-range id.
+struct DotSide {
+  const float* src;
+  uint64_t bits;
+  uint64_t expand;
+};
+
+// The locate stage of one side of a dot pair, row `id`: a row below h is read from its
+// dense copy in `hot` (64 floats a row, filled by fill_hot_rows), any other is located
+// as locate_row does (values prefetched).
+__attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"),
+               always_inline)) inline void locate_side(
+    const Table& t, uint64_t id, const float* vals, const float* hot, int64_t h, DotSide& r,
+    const char* op) {
+  if (id < static_cast<uint64_t>(h)) {
+    r.src = hot + id * 64;
+    r.bits = static_cast<uint64_t>(t.masks[id]);
+    r.expand = ~uint64_t{0};
+    return;
+  }
+  Located l;
+  locate_row(t, id, vals, l, op);
+  r.src = l.start >= 0 ? vals + l.start : nullptr;
+  r.bits = l.bits;
+  r.expand = l.bits;
+}
+
+// Whether ta and tb are one table (the dot of a table with itself: one copy of its hot
+// rows serves both sides).
+inline bool same_table(const Table& ta, const Table& tb, const float* va, const float* vb) {
+  return ta.masks == tb.masks && ta.group_offsets == tb.group_offsets && ta.rows == tb.rows &&
+         ta.group_size == tb.group_size && va == vb;
+}
+
 // The fp32 scores of pairs [begin, end) in the gather's pipeline, both sides at once:
 // pair i + kAheadMetaPipe has both rows' metadata prefetched, pair i + kAheadLocate both
 // rows located (values prefetched), and pair i is scored: each 16-dim step expands both
 // rows' kept values and adds their products where both rows keep the dim (a masked
-// multiply-add: a dim one row alone keeps adds nothing), then one horizontal sum. A pair
-// with an unchecked out-of-range id scores 0.
+// multiply-add: a dim one row alone keeps adds nothing), then one horizontal sum. As in
+// the bag, the hottest rows (at most one per 16 looked-up rows; a table dotted with
+// itself shares them, two tables get half the buffer each) are first expanded into this
+// thread's BagRows, and a side that looks one of them up reads its dense copy instead of
+// locating it. A pair with an unchecked out-of-range id scores 0.
 template <typename index_t>
 __attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"))) void dot_avx512(
     const Table& ta, const Table& tb, const index_t* ids_a, const index_t* ids_b,
@@ -1166,36 +1205,51 @@ __attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"))) void dot
   const auto b_at = [&](int64_t s) {
     return static_cast<uint64_t>(static_cast<int64_t>(ids_b[s]));
   };
-  Located ring_a[kRing], ring_b[kRing];
+  BagRows* buf = bag_rows();
+  const float* hot_a = nullptr;
+  const float* hot_b = nullptr;
+  int64_t ha = 0, hb = 0;  // no hot rows without a buffer
+  if (buf != nullptr) {
+    const int64_t pairs = end - begin;
+    if (same_table(ta, tb, va, vb)) {
+      hot_a = hot_b = buf->rows;
+      ha = hb = fill_hot_rows(ta, va, std::min({kHotRows, ta.rows, pairs / 8}), buf->rows);
+    } else {
+      hot_a = buf->rows;
+      hot_b = buf->rows + kHotRows / 2 * 64;
+      ha = fill_hot_rows(ta, va, std::min({kHotRows / 2, ta.rows, pairs / 16}), buf->rows);
+      hb = fill_hot_rows(tb, vb, std::min({kHotRows / 2, tb.rows, pairs / 16}),
+                         buf->rows + kHotRows / 2 * 64);
+    }
+  }
+  DotSide ring_a[kRing], ring_b[kRing];
+  const auto locate = [&](int64_t s) __attribute__((
+                           target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"), always_inline)) {
+    locate_side(ta, a_at(s), va, hot_a, ha, ring_a[s & (kRing - 1)], "ragged_dot (table a)");
+    locate_side(tb, b_at(s), vb, hot_b, hb, ring_b[s & (kRing - 1)], "ragged_dot (table b)");
+  };
   for (int64_t s = begin; s < std::min(end, begin + kAheadMetaPipe); ++s) {
     prefetch_lookup_meta(ta, a_at(s));
     prefetch_lookup_meta(tb, b_at(s));
   }
-  for (int64_t s = begin; s < std::min(end, begin + kAheadLocate); ++s) {
-    locate_row(ta, a_at(s), va, ring_a[s & (kRing - 1)], "ragged_dot (table a)");
-    locate_row(tb, b_at(s), vb, ring_b[s & (kRing - 1)], "ragged_dot (table b)");
-  }
+  for (int64_t s = begin; s < std::min(end, begin + kAheadLocate); ++s) locate(s);
   for (int64_t i = begin; i < end; ++i) {
     if (i + kAheadMetaPipe < end) {
       prefetch_lookup_meta(ta, a_at(i + kAheadMetaPipe));
       prefetch_lookup_meta(tb, b_at(i + kAheadMetaPipe));
     }
-    if (i + kAheadLocate < end) {
-      const int64_t s = i + kAheadLocate;
-      locate_row(ta, a_at(s), va, ring_a[s & (kRing - 1)], "ragged_dot (table a)");
-      locate_row(tb, b_at(s), vb, ring_b[s & (kRing - 1)], "ragged_dot (table b)");
-    }
-    const Located x = ring_a[i & (kRing - 1)];
-    const Located y = ring_b[i & (kRing - 1)];
-    const bool ok = x.start >= 0 && y.start >= 0;
-    const uint64_t mx = ok ? x.bits : 0, my = ok ? y.bits : 0;  // a skipped pair: zeros
-    const float* sx = va + (ok ? x.start : 0);
-    const float* sy = vb + (ok ? y.start : 0);
-    const uint64_t both = mx & my;
+    if (i + kAheadLocate < end) locate(i + kAheadLocate);
+    const DotSide x = ring_a[i & (kRing - 1)];
+    const DotSide y = ring_b[i & (kRing - 1)];
+    const bool ok = x.src != nullptr && y.src != nullptr;
+    const uint64_t ex = ok ? x.expand : 0, ey = ok ? y.expand : 0;  // a skipped pair: zeros
+    const float* sx = ok ? x.src : va;
+    const float* sy = ok ? y.src : vb;
+    const uint64_t both = ok ? x.bits & y.bits : 0;
     __m512 acc = _mm512_setzero_ps();
     for (int q = 0; q < dim; q += 16) {
-      const __m512 px = quarter(mx, q, sx);
-      const __m512 py = quarter(my, q, sy);
+      const __m512 px = quarter(ex, q, sx);
+      const __m512 py = quarter(ey, q, sy);
       acc = _mm512_mask3_fmadd_ps(px, py, acc, static_cast<__mmask16>(both >> q));
     }
     out[i] = _mm512_reduce_add_ps(acc);

@@ -467,16 +467,23 @@ def test_bags_over_hot_and_cold_rows_match_reference_call_after_call(k, ids_dtyp
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
 
 
+def _table_with_corrupt_row_100():
+    """(dense (5000, 60) float32, its RaggedTable, the same table but for row 100's mask,
+    which keeps a dim at or past dim: that row no longer fits)."""
+    x, table = _table(5000, 60, keep=0.4, seed=3)
+    masks = table.masks.clone()
+    masks[100, 0] |= 1 << 62
+    corrupt = RaggedTable(
+        masks, table.values, table.group_offsets, 60, table.group_size, validate=False
+    )
+    return x, table, corrupt
+
+
 def test_corrupt_row_among_the_copied_rows_raises_only_when_looked_up():
     """The rows copied at the start of a bag call are checked as they are copied; a row
     that does not fit ends the copy there (the rows after it are located per lookup), so
     it raises only when a lookup reads it, like every other row."""
-    x, table = _table(5000, 60, keep=0.4, seed=3)
-    masks = table.masks.clone()
-    masks[100, 0] |= 1 << 62  # keeps a dim at or past dim: no longer fits
-    corrupt = RaggedTable(
-        masks, table.values, table.group_offsets, 60, table.group_size, validate=False
-    )
+    x, table, corrupt = _table_with_corrupt_row_100()
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(0, 5000, (80_000,), generator=g)
     ids[::2] = torch.randint(0, 400, (40_000,), generator=g)
@@ -572,6 +579,53 @@ def test_long_dot_over_hot_rows_matches_reference(ids_dtype):
     got = ragged_dot(ta, ia, tb, ib, backend="extension")
     want = (xa[ia.long()] * xb[ib.long()]).sum(1).float()
     torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("ids_dtype", [torch.int32, torch.int64], ids=str)
+@pytest.mark.parametrize("k", [7, 64])
+def test_dots_over_hot_and_cold_rows_match_reference_call_after_call(k, ids_dtype):
+    """The AVX-512 dot copies each side's first rows (the hottest; up to 4096 for a table
+    dotted with itself, 2048 a side for two tables, at most one per 16 looked-up rows) into
+    a per-thread buffer at the start of every call and locates the other rows: pairs mixing
+    both, every row of both tables looked up, must match the reference on one table dotted
+    with itself and on two tables, and a later call on other tables with the same ids must
+    not see the first call's rows; unchecked out-of-range ids score 0."""
+    g = torch.Generator().manual_seed(k)
+    tables = [_table(6000, k, keep=0.4, seed=seed + k)[1] for seed in (1, 2, 3)]
+    n = 70_000
+    ids_a = torch.randint(0, 6000, (n,), generator=g)
+    ids_b = torch.randint(0, 6000, (n,), generator=g)
+    ids_a[::3] = torch.randint(0, 2048, (len(ids_a[::3]),), generator=g)  # hot, repeated
+    ids_b[1::2] = torch.randint(0, 4096, (len(ids_b[1::2]),), generator=g)
+    ids_a[: 6000 * 5 : 5] = torch.arange(6000)  # every row, on both sides
+    ids_b[1 : 6000 * 7 : 7] = torch.arange(6000)
+    ids_a, ids_b = ids_a.to(ids_dtype), ids_b.to(ids_dtype)
+    pairs = [(tables[0], tables[0]), (tables[0], tables[1]), (tables[2], tables[2])]
+    for ta, tb in (*pairs, pairs[0]):
+        got = ragged_dot(ta, ids_a, tb, ids_b, backend="extension")
+        want = ragged_dot_reference(ta, ids_a, tb, ids_b)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    bad = ids_a.clone()
+    bad[7::101], bad[8::101] = -1, 6000
+    got = ragged_dot(tables[0], bad, tables[1], ids_b, check_bounds=False, backend="extension")
+    want = ragged_dot_reference(tables[0], bad.clamp(0, 5999), tables[1], ids_b)
+    want[7::101], want[8::101] = 0, 0
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_corrupt_row_among_the_dots_copied_rows_raises_only_when_looked_up():
+    """As the bag: a row that does not fit ends the copy of the hot rows there, so a dot
+    raises only when a pair reads it, and names the side."""
+    x, table, corrupt = _table_with_corrupt_row_100()
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 400, (40_000,), generator=g)
+    ids[(ids >= 96) & (ids < 112)] = 5  # nothing from row 100's group of 16
+    other = torch.randint(0, 5000, (40_000,), generator=g)
+    got = ragged_dot(corrupt, ids, table, other, backend="extension")
+    torch.testing.assert_close(got, (x[ids] * x[other]).sum(1), rtol=1e-5, atol=1e-4)
+    other[12_345] = 100
+    with pytest.raises(ValueError, match="table b.*row 100|row 100.*table b"):
+        ragged_dot(table, ids, corrupt, other, backend="extension")
 
 
 def test_out_of_range_id_is_named_on_every_device(device, variant):

@@ -746,7 +746,8 @@ inline void tile_starts(const Table& t, const index_t* ids, int64_t i0, int64_t 
 }
 
 #ifdef MIXEMB_X86_64
-// The bag's per-thread rows: a dense copy of the hottest rows, then one zero row. Ids are
+// The per-thread rows of the bag and the dot: a dense copy of the hottest rows, then one
+// zero row (the dot splits the rows in halves for two tables). Ids are
 // frequency-sorted, so the first kHotRows ids take most lookups (66 % of bench_serve's
 // Zipf lookups below 1024, 76 % below 4096), and a row expanded once per call is then read
 // as four aligned vectors instead of being located and expanded. One per thread (kept
@@ -1215,11 +1216,11 @@ __attribute__((target("avx512f,avx512bw,avx512vpopcntdq,popcnt,bmi2"))) void dot
       hot_a = hot_b = buf->rows;
       ha = hb = fill_hot_rows(ta, va, std::min({kHotRows, ta.rows, pairs / 8}), buf->rows);
     } else {
+      float* second_half = buf->rows + kHotRows / 2 * 64;
       hot_a = buf->rows;
-      hot_b = buf->rows + kHotRows / 2 * 64;
+      hot_b = second_half;
       ha = fill_hot_rows(ta, va, std::min({kHotRows / 2, ta.rows, pairs / 16}), buf->rows);
-      hb = fill_hot_rows(tb, vb, std::min({kHotRows / 2, tb.rows, pairs / 16}),
-                         buf->rows + kHotRows / 2 * 64);
+      hb = fill_hot_rows(tb, vb, std::min({kHotRows / 2, tb.rows, pairs / 16}), second_half);
     }
   }
   DotSide ring_a[kRing], ring_b[kRing];
